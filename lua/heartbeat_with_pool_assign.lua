@@ -1,0 +1,122 @@
+-- heartbeat_with_pool_assign: refresh a node's liveness and load, and (re)compute its pools.
+-- KEYS[1] node hash          lingua:v1:{cell}:node:<id>
+-- KEYS[2] node pools         lingua:v1:{cell}:node:<id>:pools (set of pool shard ids)
+-- KEYS[3] nodes:expiry       zset node id -> logical expiry ms
+-- KEYS[4] nodes:connected    zset display view of "connected"
+-- KEYS[5] prefix             lingua:v1:{cell}: (pool, poolgroup, pools:index, pair keys)
+-- ARGV[1] node_id
+-- ARGV[2] conn_id            connection the heartbeat came on
+-- ARGV[3] gateway_id         gateway replica holding that connection
+-- ARGV[4] now_ms
+-- ARGV[5] ttl_ms             0 keeps the node's stored ttl_ms
+-- ARGV[6] running_jobs       as reported by the node (display; -1 when absent)
+-- ARGV[7] cpu_percent        -1 when absent (likewise gpu, mem)
+-- ARGV[8] gpu_percent
+-- ARGV[9] mem_percent
+-- ARGV[10] max_shard_size    maximum members of one pool shard
+-- Returns: {1, changed} alive; changed = 1 when pool membership changed
+--          {-1, field} invalid input, nothing written
+--          {-2, ""} node not registered (no live key): the node must re-register
+--          {-3, ""} stale: this connection was already reported dropped; ignored
+--@include common
+
+local node_key, pools_key, expiry_key, connected_key, prefix = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local node_id, conn_id, gateway_id = ARGV[1], ARGV[2], ARGV[3]
+local now = is_int(ARGV[4])
+local ttl_arg = is_int(ARGV[5])
+local reported = {ARGV[6], ARGV[7], ARGV[8], ARGV[9]}
+local max_shard = is_int(ARGV[10])
+
+if not is_node_id(node_id) then return {-1, 'node_id'} end
+if conn_id == '' or #conn_id > 128 then return {-1, 'conn_id'} end
+if gateway_id == '' or #gateway_id > 128 then return {-1, 'gateway_id'} end
+if not now or now <= 0 then return {-1, 'now_ms'} end
+if not ttl_arg or ttl_arg < 0 then return {-1, 'ttl_ms'} end
+for i = 1, 4 do
+  if is_num(reported[i]) == nil then return {-1, 'resource_usage'} end
+end
+if not max_shard or max_shard < 1 then return {-1, 'max_shard_size'} end
+
+local h = redis.call('HMGET', node_key, 'conn_id', 'connected', 'ttl_ms', 'lang_sets', 'region',
+  'gpu_tier', 'pool_sig', 'running', 'reserved', 'capacity', 'status', 'last_heartbeat_ts')
+if not h[4] then return {-2, ''} end
+if h[1] == conn_id and h[2] == '0' then return {-3, ''} end
+
+local ttl = ttl_arg
+if ttl == 0 then ttl = tonumber(h[3]) or 45000 end
+local last = tonumber(h[12]) or 0
+if now < last then now = last end  -- replays and clock skew never move time backwards
+
+redis.call('HSET', node_key, 'last_heartbeat_ts', now, 'connected', '1',
+  'conn_id', conn_id, 'gateway_id', gateway_id, 'ttl_ms', ttl)
+if tonumber(reported[1]) >= 0 then redis.call('HSET', node_key, 'reported_running', reported[1]) end
+if tonumber(reported[2]) >= 0 then redis.call('HSET', node_key, 'cpu_percent', reported[2]) end
+if tonumber(reported[3]) >= 0 then redis.call('HSET', node_key, 'gpu_percent', reported[3]) end
+if tonumber(reported[4]) >= 0 then redis.call('HSET', node_key, 'mem_percent', reported[4]) end
+redis.call('PEXPIRE', node_key, ttl)
+redis.call('ZADD', expiry_key, now + ttl, node_id)
+redis.call('ZADD', connected_key, now, node_id)
+
+local score = load_score(h[8], h[9], h[10], '1', h[11])
+local region, gpu = h[5], h[6]
+local sig = h[4] .. '|' .. region .. '|' .. gpu
+local changed = 0
+
+if sig ~= h[7] then
+  -- Membership: one shard per language set in this node's (region, gpu tier) group.
+  local sets = cjson.decode(h[4])
+  local wanted = {}  -- group id -> true
+  for _, langs in ipairs(sets) do
+    wanted[table.concat(langs, '_') .. ':' .. region .. ':' .. gpu] = true
+  end
+  local have = {}    -- group id -> shard id
+  for _, shard_id in ipairs(redis.call('SMEMBERS', pools_key)) do
+    local p = split(shard_id, ':')
+    local group = p[1] .. ':' .. p[2] .. ':' .. p[3]
+    if wanted[group] and not have[group]
+        and redis.call('ZSCORE', prefix .. 'pool:' .. shard_id, node_id) then
+      have[group] = shard_id
+    else
+      leave_shard(prefix, node_id, shard_id)
+      redis.call('SREM', pools_key, shard_id)
+      changed = 1
+    end
+  end
+  for group, _ in pairs(wanted) do
+    if not have[group] then
+      local group_key = prefix .. 'poolgroup:' .. group
+      local counts = redis.call('HGETALL', group_key)
+      local used, pick = {}, nil
+      for i = 1, #counts, 2 do
+        local shard, count = tonumber(counts[i]), tonumber(counts[i + 1])
+        used[shard] = true
+        if count < max_shard and (pick == nil or shard < pick) then pick = shard end
+      end
+      if pick == nil then
+        pick = 0
+        while used[pick] do pick = pick + 1 end
+      end
+      local shard_id = group .. ':' .. pick
+      local pool_key = prefix .. 'pool:' .. shard_id
+      redis.call('ZADD', pool_key, score, node_id)
+      redis.call('HINCRBY', group_key, pick, 1)
+      redis.call('SADD', pools_key, shard_id)
+      if redis.call('SADD', prefix .. 'pools:index', shard_id) == 1 then
+        local langs = split(split(group, ':')[1], '_')
+        for _, a in ipairs(langs) do
+          for _, b in ipairs(langs) do
+            if a ~= b then redis.call('SADD', prefix .. 'pair:' .. a .. ':' .. b, shard_id) end
+          end
+        end
+      end
+      changed = 1
+    end
+  end
+  redis.call('HSET', node_key, 'pool_sig', sig)
+end
+
+-- Refresh the load score in every shard (XX: never re-add a shard a sweep just removed).
+for _, shard_id in ipairs(redis.call('SMEMBERS', pools_key)) do
+  redis.call('ZADD', prefix .. 'pool:' .. shard_id, 'XX', score, node_id)
+end
+return {1, changed}

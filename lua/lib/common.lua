@@ -1,0 +1,118 @@
+-- Shared helpers, inlined by the loader where a script says `--@include common`.
+-- Validation helpers return nil on bad input so that a script can reject everything
+-- before its first write (Redis has no rollback).
+
+-- Integers are bounded to what a double holds exactly (2^53 - 1): beyond it (or inf/nan)
+-- a number reaches Redis as '1e+30' / 'inf' and PEXPIRE fails after earlier writes.
+local MAX_INT = 9007199254740991
+local function is_int(v)
+  local n = tonumber(v)
+  if n == nil or n ~= n or n ~= math.floor(n) or n > MAX_INT or n < -MAX_INT then return nil end
+  return n
+end
+
+-- A finite number (no inf/nan), or nil.
+local function is_num(v)
+  local n = tonumber(v)
+  if n == nil or n ~= n or n == math.huge or n == -math.huge then return nil end
+  return n
+end
+
+local function is_label(v)
+  -- lowercase letters, digits, '_', '.', '-'; 1..64 chars; no ':' '{' '}' (key safety)
+  return type(v) == 'string' and #v >= 1 and #v <= 64 and string.match(v, '^[a-z0-9][a-z0-9_.-]*$') ~= nil
+end
+
+local function is_node_id(v)
+  return type(v) == 'string' and #v >= 1 and #v <= 64 and string.match(v, '^[A-Za-z0-9][A-Za-z0-9_.-]*$') ~= nil
+end
+
+local function is_lang(v)
+  if type(v) ~= 'string' or #v < 2 or #v > 35 then return false end
+  local first = true
+  for part in string.gmatch(v .. '-', '([^-]*)-') do
+    if first then
+      if not string.match(part, '^[a-z][a-z][a-z]?$') then return false end
+      first = false
+    elseif not string.match(part, '^[a-z0-9][a-z0-9]+$') or #part > 8 then
+      return false
+    end
+  end
+  return true
+end
+
+-- Decode and validate a JSON list of language sets; returns sorted sets or nil.
+local function parse_lang_sets(raw)
+  local ok, sets = pcall(cjson.decode, raw)
+  if not ok or type(sets) ~= 'table' or #sets < 1 or #sets > 16 then return nil end
+  local out = {}
+  for _, set in ipairs(sets) do
+    if type(set) ~= 'table' or #set < 2 or #set > 8 then return nil end
+    local langs = {}
+    for _, l in ipairs(set) do
+      if not is_lang(l) then return nil end
+      langs[#langs + 1] = l
+    end
+    table.sort(langs)
+    for i = 2, #langs do if langs[i] == langs[i - 1] then return nil end end
+    out[#out + 1] = langs
+  end
+  return out
+end
+
+-- Load score of a node in its pool shards: (running + reserved) / capacity, so a free slot
+-- is a score below 1. A node that must not be offered jobs (not connected, not ready) is
+-- pushed past UNSCHEDULABLE so selection's score range never reaches it.
+local UNSCHEDULABLE = 1000
+local function load_score(running, reserved, capacity, connected, status)
+  local cap = tonumber(capacity) or 1
+  if cap < 1 then cap = 1 end
+  local s = ((tonumber(running) or 0) + (tonumber(reserved) or 0)) / cap
+  if connected ~= '1' or status ~= 'ready' then s = s + UNSCHEDULABLE end
+  return s
+end
+
+local function split(s, sep)
+  local out = {}
+  for part in string.gmatch(s, '([^' .. sep .. ']+)') do out[#out + 1] = part end
+  return out
+end
+
+-- Remove node_id from one pool shard; a shard left empty is deleted with its index entries.
+-- prefix carries the hash tag; shard_id = '<langset>:<region>:<gpu>:<shard>'.
+local function leave_shard(prefix, node_id, shard_id)
+  local pool_key = prefix .. 'pool:' .. shard_id
+  if redis.call('ZREM', pool_key, node_id) == 0 then return 0 end
+  local p = split(shard_id, ':')
+  local group_key = prefix .. 'poolgroup:' .. p[1] .. ':' .. p[2] .. ':' .. p[3]
+  local left = redis.call('HINCRBY', group_key, p[4], -1)
+  if left <= 0 or redis.call('ZCARD', pool_key) == 0 then
+    redis.call('DEL', pool_key)
+    redis.call('HDEL', group_key, p[4])
+    redis.call('SREM', prefix .. 'pools:index', shard_id)
+    local langs = split(p[1], '_')
+    for _, a in ipairs(langs) do
+      for _, b in ipairs(langs) do
+        if a ~= b then
+          local pair_key = prefix .. 'pair:' .. a .. ':' .. b
+          redis.call('SREM', pair_key, shard_id)
+        end
+      end
+    end
+  end
+  return 1
+end
+
+-- Full removal of a node: every pool shard, its pool set, record and indexes.
+local function remove_node(prefix, node_id, node_key, node_pools_key, all_key, expiry_key, connected_key)
+  local shards = redis.call('SMEMBERS', node_pools_key)
+  local removed = 0
+  for _, shard_id in ipairs(shards) do
+    removed = removed + leave_shard(prefix, node_id, shard_id)
+  end
+  redis.call('DEL', node_pools_key, node_key)
+  redis.call('SREM', all_key, node_id)
+  redis.call('ZREM', expiry_key, node_id)
+  redis.call('ZREM', connected_key, node_id)
+  return removed
+end

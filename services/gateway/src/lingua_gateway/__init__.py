@@ -1,0 +1,1 @@
+"""Gateway: terminates node and client WebSockets and publishes their events."""

@@ -1,0 +1,182 @@
+"""The gateway process: WebSocket endpoints, HTTP health/metrics, delivery consumer, drain."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import AsyncIterator
+from urllib.parse import urlsplit
+
+import orjson
+from aio_pika.abc import AbstractIncomingMessage
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.http11 import Request, Response
+
+from lingua_shared.bus import consume, declare_queue
+from lingua_shared.errors import DependencyDown
+from lingua_shared.events import GATEWAY_INBOUND, GatewayInbound, NodeRegisterEvent, RegisterReply
+from lingua_shared.logs import get_logger
+from lingua_shared.protocol import ErrorCode, ErrorMessage
+from lingua_shared.runtime import Infra, render_metrics
+from lingua_shared.settings import Settings
+
+from lingua_gateway.coalescer import HeartbeatCoalescer
+from lingua_gateway.metrics import Metrics
+from lingua_gateway.node_endpoint import NodeConnection
+
+log = get_logger(__name__)
+DEFAULT_PORT = 5010
+RESTART_CLOSE_CODE = 1012
+
+
+class Gateway:
+    def __init__(self, settings: Settings, infra: Infra, metrics: Metrics) -> None:
+        self.settings = settings
+        self.infra = infra
+        self.metrics = metrics
+        self.nodes: dict[str, NodeConnection] = {}
+        self.pending: dict[str, asyncio.Future[RegisterReply]] = {}
+        self.coalescer = HeartbeatCoalescer(
+            infra.publisher, settings.instance_id, settings.heartbeat_batch_ms,
+            settings.heartbeat_batch_max, metrics,
+        )
+        self.draining = False
+        self.connections: set[ServerConnection] = set()
+
+    # -- register RPC over the bus ---------------------------------------------------------
+    async def register_rpc(self, event: NodeRegisterEvent, correlation_id: str) -> RegisterReply:
+        fut: asyncio.Future[RegisterReply] = asyncio.get_running_loop().create_future()
+        self.pending[correlation_id] = fut
+        try:
+            await self.infra.publisher.event(
+                "node.register", event, reply_to=self.settings.instance_id,
+                correlation_id=correlation_id,
+            )
+            return await asyncio.wait_for(fut, self.settings.register_timeout_s)
+        except TimeoutError:
+            raise DependencyDown(
+                "registration not confirmed in time (node-manager busy or down); retry"
+            ) from None
+        finally:
+            self.pending.pop(correlation_id, None)
+
+    async def on_delivery(self, msg: GatewayInbound, message: AbstractIncomingMessage) -> None:
+        if isinstance(msg, RegisterReply):
+            fut = self.pending.get(message.correlation_id or "")
+            if fut is not None and not fut.done():
+                fut.set_result(msg)
+            return
+        conn = self.nodes.get(msg.node_id)
+        if conn is None or (msg.conn_id and conn.conn_id != msg.conn_id):
+            log.info("gateway.to_node_not_held", node_id=msg.node_id, conn_id=msg.conn_id)
+            return
+        if msg.payload is not None:
+            conn.out.send(msg.payload)
+        if msg.close_code is not None:
+            await conn.out.flush_and_stop(0.5)
+            await conn.ws.close(msg.close_code, msg.close_reason[:120])
+
+    # -- WebSocket and HTTP ----------------------------------------------------------------
+    async def handler(self, ws: ServerConnection) -> None:
+        path = urlsplit(ws.request.path).path if ws.request else ""
+        self.connections.add(ws)
+        try:
+            if path == "/ws/node":
+                await NodeConnection(self, ws).run()
+            else:  # "/ws/session": the client side arrives with the job path
+                self.metrics.errors_sent.labels("session", ErrorCode.UNSUPPORTED_FEATURE).inc()
+                await ws.send(orjson.dumps(ErrorMessage(
+                    code=ErrorCode.UNSUPPORTED_FEATURE,
+                    message="client sessions are not served by this version yet").to_wire()).decode())
+                await ws.close(1013, "sessions not available yet")
+        finally:
+            self.connections.discard(ws)
+
+    async def process_request(self, conn: ServerConnection, request: Request) -> Response | None:
+        path = urlsplit(request.path).path
+        if path in ("/ws/node", "/ws/session"):
+            if self.draining:
+                return conn.respond(503, "draining\n")
+            return None
+        if path == "/healthz":
+            return conn.respond(200, "ok\n")
+        if path == "/readyz":
+            ok, checks = await self.infra.readiness()
+            ok = ok and not self.draining
+            checks["draining"] = self.draining
+            resp = conn.respond(200 if ok else 503, orjson.dumps({"ready": ok, "checks": checks}).decode())
+            resp.headers["Content-Type"] = "application/json"
+            return resp
+        if path == "/metrics":
+            resp = conn.respond(200, render_metrics(self.metrics.registry).decode())
+            resp.headers["Content-Type"] = "text/plain; version=0.0.4"
+            return resp
+        return conn.respond(404, "not found\n")
+
+    async def liveness_loop(self) -> None:
+        """Redis knows which gateway replicas are alive (node-manager reconciles against it)."""
+        key = self.infra.keys.gateway(self.settings.instance_id)
+        ttl = self.settings.gateway_liveness_ttl_ms
+        while True:
+            with contextlib.suppress(Exception):
+                await self.infra.redis.set(key, "1", px=ttl)
+            await asyncio.sleep(ttl / 3000)
+
+    async def drain(self, server: Server) -> None:
+        """Stop accepting, tell every peer to reconnect elsewhere (1012), publish what remains."""
+        self.draining = True
+        log.info("gateway.draining", instance_id=self.settings.instance_id,
+                 connections=len(self.connections))
+        server.close(close_connections=False)
+        await asyncio.gather(
+            *(ws.close(RESTART_CLOSE_CODE, "gateway restarting; reconnect") for ws in list(self.connections)),
+            return_exceptions=True,
+        )
+        deadline = asyncio.get_running_loop().time() + self.settings.drain_timeout_s
+        while self.connections and asyncio.get_running_loop().time() < deadline:
+            await asyncio.sleep(0.05)
+        await self.coalescer.stop()
+        await server.wait_closed()
+
+
+@contextlib.asynccontextmanager
+async def running_gateway(settings: Settings) -> AsyncIterator[tuple[Gateway, Server]]:
+    metrics = Metrics()
+    async with Infra.open(settings) as infra:
+        gw = Gateway(settings, infra, metrics)
+        channel = await infra.consume_channel()
+        queue = await declare_queue(channel, infra.topo.gateway_queue_spec(settings.instance_id))
+        infra.consumers["deliver"] = await consume(queue, GATEWAY_INBOUND, gw.on_delivery,
+                                                   name="deliver")
+        gw.coalescer.start()
+        liveness = asyncio.create_task(gw.liveness_loop())
+        server = await serve(
+            gw.handler, settings.host, settings.port or DEFAULT_PORT,
+            process_request=gw.process_request, max_size=settings.ws_max_frame_bytes,
+            compression=None, ping_interval=settings.ws_ping_interval_s,
+            ping_timeout=settings.ws_ping_timeout_s, close_timeout=2,
+        )
+        log.info("gateway.started", instance_id=settings.instance_id,
+                 port=settings.port or DEFAULT_PORT)
+        try:
+            yield gw, server
+        finally:
+            if not gw.draining:
+                await gw.drain(server)
+            liveness.cancel()
+            with contextlib.suppress(BaseException):
+                await liveness
+            with contextlib.suppress(Exception):
+                await infra.redis.delete(infra.keys.gateway(settings.instance_id))
+            log.info("gateway.stopped", instance_id=settings.instance_id)
+
+
+async def serve_forever(settings: Settings) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with running_gateway(settings) as (gw, server):
+        await stop.wait()
+        await gw.drain(server)

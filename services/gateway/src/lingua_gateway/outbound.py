@@ -1,0 +1,64 @@
+"""A bounded outbound queue per connection with a send timeout.
+
+``websockets`` blocks ``send()`` for as long as a peer does not read; one writer task per
+connection drains a bounded queue so that a slow reader never blocks the read loop or any
+other connection, and is closed (4008) when its queue overflows or a send times out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import orjson
+from websockets.asyncio.server import ServerConnection
+
+SLOW_CONSUMER_CLOSE = 4008
+
+
+class Outbound:
+    def __init__(self, ws: ServerConnection, maxsize: int, send_timeout: float,
+                 on_slow: Any = None) -> None:
+        self.ws = ws
+        self.queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize)
+        self.send_timeout = send_timeout
+        self.on_slow = on_slow
+        self.task = asyncio.create_task(self._writer())
+
+    def send(self, message: dict[str, Any]) -> bool:
+        """Queue a message; ``False`` (and the connection is being closed) when full."""
+        try:
+            self.queue.put_nowait(orjson.dumps(message).decode())
+            return True
+        except asyncio.QueueFull:
+            self._slow("outbound queue full")
+            return False
+
+    def _slow(self, reason: str) -> None:
+        if self.on_slow is not None:
+            self.on_slow()
+        asyncio.create_task(self.ws.close(SLOW_CONSUMER_CLOSE, f"slow consumer: {reason}"))
+
+    async def _writer(self) -> None:
+        while True:
+            item = await self.queue.get()
+            if item is None:
+                return
+            try:
+                await asyncio.wait_for(self.ws.send(item), self.send_timeout)
+            except TimeoutError:
+                self._slow("send timed out")
+                return
+            except Exception:
+                return  # connection closed; the read loop ends it
+
+    async def flush_and_stop(self, timeout: float = 1.0) -> None:
+        """Let queued messages go out (bounded), then stop the writer."""
+        with contextlib.suppress(asyncio.QueueFull):
+            self.queue.put_nowait(None)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(asyncio.shield(self.task), timeout)
+        self.task.cancel()
+        with contextlib.suppress(BaseException):
+            await self.task

@@ -1,0 +1,1 @@
+"""Node-manager: consumes node events and runs the node lifecycle Lua scripts."""

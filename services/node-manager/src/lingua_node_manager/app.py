@@ -1,0 +1,77 @@
+"""The node-manager app: ``create_app(settings)`` with a lifespan that owns every resource."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI, Response
+from fastapi.responses import JSONResponse
+
+from lingua_shared.bus import consume
+from lingua_shared.events import NODE_EVENT
+from lingua_shared.logs import get_logger
+from lingua_shared.runtime import Infra, render_metrics
+from lingua_shared.settings import Settings
+
+from lingua_node_manager.handlers import NodeEventHandler
+from lingua_node_manager.metrics import Metrics
+from lingua_node_manager.sweeper import reconcile_once, run_every, sweep_once
+
+log = get_logger(__name__)
+DEFAULT_PORT = 5020
+
+
+def create_app(settings: Settings) -> FastAPI:
+    metrics = Metrics()
+    state: dict[str, Infra] = {}
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with Infra.open(settings) as infra:
+            state["infra"] = infra
+            handler = NodeEventHandler(infra, metrics)
+            channel = await infra.consume_channel()
+            queue = await channel.get_queue(infra.topo.node_manager_queue, ensure=False)
+            infra.consumers["node_events"] = await consume(
+                queue, NODE_EVENT, handler, name="node_events",
+                on_outcome=lambda o: metrics.events.labels("bus", o).inc() if o != "ok" else None,
+            )
+            loops = [
+                asyncio.create_task(run_every(settings.sweep_interval_s, "sweep", sweep_once,
+                                              infra, metrics)),
+                asyncio.create_task(run_every(settings.reconcile_interval_s, "reconcile",
+                                              reconcile_once, infra, metrics)),
+            ]
+            log.info("node_manager.started", instance_id=settings.instance_id)
+            try:
+                yield
+            finally:
+                # Stop taking deliveries first; unacked ones go back to the queue.
+                with contextlib.suppress(Exception):
+                    await queue.cancel(infra.consumers.pop("node_events"))
+                for t in loops:
+                    t.cancel()
+                await asyncio.gather(*loops, return_exceptions=True)
+                log.info("node_manager.stopped", instance_id=settings.instance_id)
+
+    app = FastAPI(title="lingua node-manager", lifespan=lifespan)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        infra = state.get("infra")
+        if infra is None:
+            return JSONResponse({"ready": False}, status_code=503)
+        ok, checks = await infra.readiness()
+        return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
+
+    @app.get("/metrics")
+    async def metrics_endpoint() -> Response:
+        return Response(render_metrics(metrics.registry), media_type="text/plain; version=0.0.4")
+
+    return app

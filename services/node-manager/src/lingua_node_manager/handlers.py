@@ -1,0 +1,148 @@
+"""Handlers of node events: registration (RPC), heartbeat batches, disconnections."""
+
+from __future__ import annotations
+
+from aio_pika.abc import AbstractIncomingMessage
+
+from lingua_shared.bus import Unroutable
+from lingua_shared.errors import DependencyDown, ScriptRejected
+from lingua_shared.events import (
+    HeartbeatBatch,
+    NodeDisconnected,
+    NodeEvent,
+    NodeRegisterEvent,
+    RegisterReply,
+    ToNode,
+)
+from lingua_shared.logs import get_logger
+from lingua_shared.protocol import NodeControl
+from lingua_shared.runtime import Infra, now_ms
+from lingua_shared.scripts import ScriptCode
+
+from lingua_node_manager.metrics import Metrics
+
+log = get_logger(__name__)
+REPLACED_CLOSE_CODE = 4001
+
+
+class NodeEventHandler:
+    def __init__(self, infra: Infra, metrics: Metrics) -> None:
+        self.infra = infra
+        self.metrics = metrics
+
+    async def __call__(self, event: NodeEvent, message: AbstractIncomingMessage) -> None:
+        if isinstance(event, HeartbeatBatch):
+            await self.heartbeats(event)
+        elif isinstance(event, NodeRegisterEvent):
+            await self.register(event, message)
+        else:
+            await self.disconnected(event)
+
+    async def register(self, ev: NodeRegisterEvent, message: AbstractIncomingMessage) -> None:
+        s = self.infra.scripts
+        now = now_ms()
+        try:
+            result = await s.register_node_v2(
+                node_id=ev.node_id, now_ms=now, ttl_ms=ev.ttl_ms, region=ev.region,
+                gpu_tier=ev.gpu_tier, lang_sets=ev.lang_sets, capacity=ev.capacity,
+                services=ev.services, gateway_id=ev.gateway_id, conn_id=ev.conn_id, meta=ev.meta,
+            )
+            # Pools right away, so the ack means "you are in your pools" (heartbeat script).
+            hb = await s.heartbeat_with_pool_assign(
+                node_id=ev.node_id, conn_id=ev.conn_id, gateway_id=ev.gateway_id, now_ms=now,
+                ttl_ms=ev.ttl_ms, max_shard_size=self.infra.settings.pool_shard_size,
+            )
+        except ScriptRejected as exc:
+            self.metrics.events.labels("node.register", "rejected").inc()
+            log.warning("node.register_rejected", node_id=ev.node_id, reason=exc.message)
+            await self._reply(ev, message, RegisterReply(
+                node_id=ev.node_id, conn_id=ev.conn_id, ok=False,
+                error_code="INVALID_CAPABILITY_SCHEMA", message=exc.message))
+            return
+        log.info("node.registered", node_id=ev.node_id, conn_id=ev.conn_id,
+                 gateway_id=ev.gateway_id, created=result.created, pools_changed=hb.pools_changed,
+                 region=ev.region, gpu_tier=ev.gpu_tier, lang_sets=ev.lang_sets,
+                 trace_id=ev.trace_id)
+        self.metrics.events.labels("node.register", "created" if result.created else "refreshed").inc()
+        delivered = await self._reply(ev, message, RegisterReply(
+            node_id=ev.node_id, conn_id=ev.conn_id, ok=True, created=result.created,
+            message="registered" if result.created else "re-registered"))
+        if not delivered:
+            # The gateway that asked is gone, and with it the connection: not schedulable.
+            await s.node_offline(node_id=ev.node_id, mode="dropped", conn_id=ev.conn_id,
+                                 now_ms=now_ms())
+        if result.replaced_conn_id and result.replaced_gateway_id:
+            await self._send(result.replaced_gateway_id, ToNode(
+                node_id=ev.node_id, conn_id=result.replaced_conn_id,
+                close_code=REPLACED_CLOSE_CODE, close_reason="replaced by a newer connection"))
+
+    async def _reply(self, ev: NodeRegisterEvent, message: AbstractIncomingMessage,
+                     reply: RegisterReply) -> bool:
+        target = message.reply_to or ev.gateway_id
+        return await self._send(target, reply, correlation_id=message.correlation_id)
+
+    async def _send(self, gateway_id: str, model: RegisterReply | ToNode,
+                    correlation_id: str | None = None) -> bool:
+        try:
+            await self.infra.publisher.to_gateway(gateway_id, model, correlation_id=correlation_id)
+            return True
+        except Unroutable:
+            log.warning("node.gateway_gone", gateway_id=gateway_id, node_id=model.node_id)
+            return False
+
+    async def heartbeats(self, batch: HeartbeatBatch) -> None:
+        """Apply a whole batch in one pipelined round trip of script calls."""
+        s = self.infra.scripts
+        script = s.script("heartbeat_with_pool_assign")
+        now = now_ms()
+        shard_size = self.infra.settings.pool_shard_size
+        async with self.infra.redis.pipeline(transaction=False) as pipe:
+            for b in batch.beats:
+                keys, args = s.heartbeat_args(
+                    node_id=b.node_id, conn_id=b.conn_id, gateway_id=batch.gateway_id,
+                    now_ms=now, running_jobs=b.running_jobs, cpu_percent=b.cpu_percent,
+                    gpu_percent=b.gpu_percent, mem_percent=b.mem_percent,
+                    max_shard_size=shard_size,
+                )
+                await script(keys=keys, args=args, client=pipe)
+            replies = await pipe.execute(raise_on_error=False)
+        self.metrics.batch_size.observe(len(batch.beats))
+        reregister: list[tuple[str, str]] = []
+        for beat, reply in zip(batch.beats, replies, strict=True):
+            self.metrics.apply_lag.observe(max(0.0, (now - beat.ts_ms) / 1000))
+            if isinstance(reply, Exception):
+                if isinstance(reply, (ConnectionError, TimeoutError, OSError)):
+                    raise DependencyDown(f"heartbeat batch failed: {reply!r}")
+                log.error("node.heartbeat_failed", node_id=beat.node_id, error=repr(reply))
+                self.metrics.heartbeats.labels("error").inc()
+                continue
+            code = int(reply[0])
+            if code == 1:
+                self.metrics.heartbeats.labels("alive").inc()
+                if int(reply[1]):
+                    log.info("node.pools_assigned", node_id=beat.node_id, conn_id=beat.conn_id)
+            elif code == ScriptCode.NOT_REGISTERED:
+                self.metrics.heartbeats.labels("not_registered").inc()
+                reregister.append((beat.node_id, beat.conn_id))
+            elif code == ScriptCode.STALE:
+                self.metrics.heartbeats.labels("stale").inc()
+            else:
+                self.metrics.heartbeats.labels("invalid").inc()
+                log.error("node.heartbeat_invalid", node_id=beat.node_id, field=str(reply[1]))
+        for node_id, conn_id in reregister:
+            log.info("node.reregister_requested", node_id=node_id, conn_id=conn_id)
+            self.metrics.reregister.inc()
+            await self._send(batch.gateway_id, ToNode(
+                node_id=node_id, conn_id=conn_id,
+                payload=NodeControl(command="reregister", reason="node not known to the scheduler")
+                .to_wire()))
+
+    async def disconnected(self, ev: NodeDisconnected) -> None:
+        mode = "graceful" if ev.graceful else "dropped"
+        result = await self.infra.scripts.node_offline(
+            node_id=ev.node_id, mode=mode, conn_id=ev.conn_id, now_ms=now_ms())
+        outcome = {1: "done", 0: "already_gone", -2: "stale_conn"}.get(result.code, "other")
+        self.metrics.events.labels("node.disconnected", f"{mode}_{outcome}").inc()
+        log.info("node.offline" if ev.graceful else "node.dropped", node_id=ev.node_id,
+                 conn_id=ev.conn_id, close_code=ev.close_code, outcome=outcome,
+                 pools_removed=result.pools_removed)

@@ -1,0 +1,102 @@
+"""Background loops: the expiry sweeper (N6) and the connected-view reconciliation (N7).
+
+Every replica runs both; the scripts are idempotent, so concurrent sweeps are harmless.
+The sweeper reads ``nodes:expiry`` (a zset of logical deadlines), so its cost is the number
+of expired nodes, never the number of nodes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from lingua_shared.logs import get_logger
+from lingua_shared.runtime import Infra, now_ms
+
+from lingua_node_manager.metrics import Metrics
+
+log = get_logger(__name__)
+SWEEP_BATCH = 500
+
+
+async def sweep_once(infra: Infra, metrics: Metrics, now: int | None = None) -> int:
+    """Clean every node whose logical expiry has passed; returns how many were removed."""
+    now = now if now is not None else now_ms()
+    removed = 0
+    while True:
+        due = await infra.redis.zrangebyscore(
+            infra.keys.nodes_expiry, "-inf", now, start=0, num=SWEEP_BATCH)
+        if not due:
+            return removed
+        s = infra.scripts
+        script = s.script("node_offline")
+        async with infra.redis.pipeline(transaction=False) as pipe:
+            for raw in due:
+                keys, args = s.node_offline_args(node_id=raw.decode(), mode="expired", now_ms=now)
+                await script(keys=keys, args=args, client=pipe)
+            replies = await pipe.execute()
+        batch_removed = 0
+        for raw, reply in zip(due, replies, strict=True):
+            if int(reply[0]) == 1:
+                batch_removed += 1
+                log.info("node.expired", node_id=raw.decode(), pools_removed=int(reply[1]))
+        removed += batch_removed
+        metrics.swept.inc(batch_removed)
+        if len(due) < SWEEP_BATCH or batch_removed == 0:
+            return removed
+
+
+async def reconcile_once(infra: Infra, metrics: Metrics) -> dict[str, int]:
+    """Align the display view ``nodes:connected`` with the node records, one way (N7).
+
+    Redis node records win: a view entry whose node is gone, not connected, or held by a
+    gateway replica that is no longer alive is removed (the last also marks the node dropped,
+    since no gateway holds it); a connected node missing from the view is added.
+    """
+    r, k, s = infra.redis, infra.keys, infra.scripts
+    fixes = {"removed": 0, "added": 0, "gateway_lost": 0}
+    live_gateways: dict[str, bool] = {}
+
+    async def gateway_alive(gw: str) -> bool:
+        if gw not in live_gateways:
+            live_gateways[gw] = bool(await r.exists(k.gateway(gw)))
+        return live_gateways[gw]
+
+    view = {m.decode() for m in await r.zrange(k.nodes_connected, 0, -1)}
+    all_nodes = {m.decode() for m in await r.smembers(k.nodes_all)}
+    ids = sorted(view | all_nodes)
+    now = now_ms()
+    for i in range(0, len(ids), 500):
+        chunk = ids[i : i + 500]
+        async with r.pipeline(transaction=False) as pipe:
+            for node_id in chunk:
+                pipe.hmget(k.node(node_id), "connected", "gateway_id", "conn_id")
+            records = await pipe.execute()
+        for node_id, (connected, gw, conn) in zip(chunk, records, strict=True):
+            is_connected = connected == b"1"
+            if is_connected and gw and not await gateway_alive(gw.decode()):
+                await s.node_offline(node_id=node_id, mode="dropped", conn_id=conn.decode(),
+                                     now_ms=now)
+                fixes["gateway_lost"] += 1
+                log.info("node.gateway_lost", node_id=node_id, gateway_id=gw.decode())
+                continue
+            if node_id in view and not is_connected:
+                await r.zrem(k.nodes_connected, node_id)
+                fixes["removed"] += 1
+            elif is_connected and node_id not in view:
+                await r.zadd(k.nodes_connected, {node_id: now})
+                fixes["added"] += 1
+    for fix, n in fixes.items():
+        if n:
+            metrics.reconciled.labels(fix).inc(n)
+    return fixes
+
+
+async def run_every(interval_s: float, name: str, fn, *args) -> None:  # type: ignore[no-untyped-def]
+    while True:
+        try:
+            await fn(*args)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("node_manager.loop_failed", loop=name, error=repr(exc))
+        await asyncio.sleep(interval_s)

@@ -1,0 +1,261 @@
+"""RabbitMQ topology as data, and the one way every service publishes and consumes.
+
+Topology (names prefixed by ``Settings.bus_prefix``, default ``lingua``)::
+
+    <p>.events    topic exchange, durable: node.register, node.heartbeat.batch, node.disconnected
+    <p>.deliver   direct exchange, durable: routing key = gateway instance id
+    <p>.dlx       fanout exchange, durable: dead letters
+    <p>.dead      quorum queue bound to <p>.dlx: messages that were rejected or hit the limit
+    <p>.node-manager.events   quorum queue, x-delivery-limit, dead-lettered to <p>.dlx
+    <p>.gateway.<instance>    classic exclusive queue per gateway replica, bound to <p>.deliver
+
+Publishing uses publisher confirms and ``mandatory``: an unroutable message (for example to a
+gateway replica that is gone) raises :class:`Unroutable` instead of vanishing.
+Consuming goes through :func:`consume`: undecodable -> dead-lettered at once; a handler
+exception -> requeued, and the queue's delivery limit dead-letters a poison message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import aio_pika
+import orjson
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+    ExchangeType,
+)
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from lingua_shared.errors import DependencyDown, LinguaError
+from lingua_shared.logs import get_logger
+
+log = get_logger(__name__)
+T = TypeVar("T")
+
+
+class Unroutable(LinguaError):
+    """A mandatory publish the broker could not route (no queue bound for the key)."""
+
+
+@dataclass(frozen=True)
+class ExchangeSpec:
+    name: str
+    type: ExchangeType
+
+
+@dataclass(frozen=True)
+class QueueSpec:
+    name: str
+    bindings: tuple[tuple[str, str], ...]  # (exchange, routing key)
+    quorum: bool = True
+    exclusive: bool = False
+    arguments: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Topology:
+    prefix: str = "lingua"
+    delivery_limit: int = 5
+
+    @property
+    def events(self) -> str:
+        return f"{self.prefix}.events"
+
+    @property
+    def deliver(self) -> str:
+        return f"{self.prefix}.deliver"
+
+    @property
+    def dlx(self) -> str:
+        return f"{self.prefix}.dlx"
+
+    @property
+    def dead(self) -> str:
+        return f"{self.prefix}.dead"
+
+    @property
+    def node_manager_queue(self) -> str:
+        return f"{self.prefix}.node-manager.events"
+
+    def gateway_queue(self, instance_id: str) -> str:
+        return f"{self.prefix}.gateway.{instance_id}"
+
+    def exchanges(self) -> list[ExchangeSpec]:
+        return [
+            ExchangeSpec(self.events, ExchangeType.TOPIC),
+            ExchangeSpec(self.deliver, ExchangeType.DIRECT),
+            ExchangeSpec(self.dlx, ExchangeType.FANOUT),
+        ]
+
+    def work_queue_args(self) -> dict[str, Any]:
+        return {
+            "x-queue-type": "quorum",
+            "x-delivery-limit": self.delivery_limit,
+            "x-dead-letter-exchange": self.dlx,
+        }
+
+    def shared_queues(self) -> list[QueueSpec]:
+        return [
+            QueueSpec(self.dead, ((self.dlx, ""),), arguments={"x-queue-type": "quorum"}),
+            QueueSpec(
+                self.node_manager_queue,
+                ((self.events, "node.#"),),
+                arguments=self.work_queue_args(),
+            ),
+        ]
+
+    def gateway_queue_spec(self, instance_id: str) -> QueueSpec:
+        return QueueSpec(
+            self.gateway_queue(instance_id),
+            ((self.deliver, instance_id),),
+            quorum=False,
+            exclusive=True,
+        )
+
+
+async def declare_queue(channel: AbstractChannel, spec: QueueSpec) -> AbstractQueue:
+    queue = await channel.declare_queue(
+        spec.name,
+        durable=spec.quorum,
+        exclusive=spec.exclusive,
+        auto_delete=spec.exclusive,
+        arguments=spec.arguments or None,
+    )
+    for exchange, key in spec.bindings:
+        await queue.bind(exchange, routing_key=key)
+    return queue
+
+
+async def declare_topology(channel: AbstractChannel, topo: Topology) -> None:
+    """Idempotent: every service calls it at start-up."""
+    for ex in topo.exchanges():
+        await channel.declare_exchange(ex.name, ex.type, durable=True)
+    for spec in topo.shared_queues():
+        await declare_queue(channel, spec)
+
+
+async def connect(url: str, timeout: float) -> AbstractRobustConnection:
+    """``connect_robust`` with a timeout, so a half-open link is detected and recovered."""
+    try:
+        return await aio_pika.connect_robust(url, timeout=timeout)
+    except (OSError, asyncio.TimeoutError, aio_pika.exceptions.AMQPError) as exc:
+        raise DependencyDown(f"RabbitMQ unreachable at startup: {exc!r}") from exc
+
+
+def encode(model: BaseModel) -> bytes:
+    return orjson.dumps(model.model_dump(mode="json", exclude_none=True))
+
+
+class Publisher:
+    """Confirmed, mandatory publishes on one channel."""
+
+    def __init__(self, channel: AbstractChannel, topo: Topology, confirm_timeout: float) -> None:
+        self.channel = channel
+        self.topo = topo
+        self.timeout = confirm_timeout
+        self._exchanges: dict[str, AbstractExchange] = {}
+
+    @classmethod
+    async def open(
+        cls, conn: AbstractRobustConnection, topo: Topology, confirm_timeout: float = 5.0
+    ) -> Publisher:
+        channel = await conn.channel(publisher_confirms=True, on_return_raises=True)
+        self = cls(channel, topo, confirm_timeout)
+        for name in (topo.events, topo.deliver):
+            self._exchanges[name] = await channel.get_exchange(name, ensure=False)
+        return self
+
+    async def publish(
+        self,
+        exchange: str,
+        routing_key: str,
+        model: BaseModel,
+        *,
+        reply_to: str | None = None,
+        correlation_id: str | None = None,
+        persistent: bool = True,
+        expiration_s: float | None = None,
+    ) -> None:
+        message = aio_pika.Message(
+            encode(model),
+            content_type="application/json",
+            delivery_mode=(
+                aio_pika.DeliveryMode.PERSISTENT if persistent else aio_pika.DeliveryMode.NOT_PERSISTENT
+            ),
+            reply_to=reply_to,
+            correlation_id=correlation_id,
+            expiration=expiration_s,
+            type=getattr(model, "kind", None),
+        )
+        try:
+            await self._exchanges[exchange].publish(
+                message, routing_key=routing_key, mandatory=True, timeout=self.timeout
+            )
+        except aio_pika.exceptions.PublishError as exc:
+            raise Unroutable(
+                f"unroutable: {exchange}/{routing_key}", {"routing_key": routing_key}
+            ) from exc
+        except (asyncio.TimeoutError, aio_pika.exceptions.AMQPError, ConnectionError) as exc:
+            raise DependencyDown(f"publish to {exchange}/{routing_key} failed: {exc!r}") from exc
+
+    async def event(self, routing_key: str, model: BaseModel, **kw: Any) -> None:
+        await self.publish(self.topo.events, routing_key, model, **kw)
+
+    async def to_gateway(self, gateway_id: str, model: BaseModel, **kw: Any) -> None:
+        """Deliver to one gateway replica; :class:`Unroutable` when that replica is gone."""
+        await self.publish(self.topo.deliver, gateway_id, model, persistent=False, **kw)
+
+
+Handler = Callable[[T, AbstractIncomingMessage], Awaitable[None]]
+
+
+async def consume(
+    queue: AbstractQueue,
+    adapter: TypeAdapter[T],
+    handler: Handler[T],
+    *,
+    name: str,
+    on_outcome: Callable[[str], None] | None = None,
+) -> str:
+    """Attach ``handler`` to ``queue`` with explicit ack/nack/reject; returns the consumer tag.
+
+    invalid body -> reject without requeue (dead-lettered); handler exception -> nack with
+    requeue (the queue's delivery limit dead-letters a poison message); success -> ack.
+    """
+
+    def outcome(o: str) -> None:
+        if on_outcome is not None:
+            on_outcome(o)
+
+    async def on_message(message: AbstractIncomingMessage) -> None:
+        try:
+            msg = adapter.validate_json(message.body)
+        except ValidationError as exc:
+            log.error("bus.invalid_message", consumer=name, errors=exc.error_count(),
+                      first_error=str(exc.errors()[0]["msg"]) if exc.errors() else "")
+            await message.reject(requeue=False)
+            outcome("invalid")
+            return
+        try:
+            await handler(msg, message)
+        except asyncio.CancelledError:
+            await message.nack(requeue=True)
+            raise
+        except Exception as exc:
+            log.warning("bus.handler_failed", consumer=name, error=repr(exc),
+                        redelivered=message.redelivered)
+            await message.nack(requeue=True)
+            outcome("requeued")
+            return
+        await message.ack()
+        outcome("ok")
+
+    return await queue.consume(on_message)

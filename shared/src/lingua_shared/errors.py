@@ -1,0 +1,65 @@
+"""Domain errors, each mapped once to a protocol error code (and a WebSocket close code)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from lingua_shared.protocol.codes import ErrorCode
+from lingua_shared.protocol.common import ErrorMessage
+
+
+class LinguaError(Exception):
+    """Base of every domain error; ``code`` is the protocol error code sent to the peer."""
+
+    code: ErrorCode = ErrorCode.INTERNAL_ERROR
+    close_code: int | None = None  # set when the connection must be closed
+
+    def __init__(self, message: str, details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def to_message(self) -> ErrorMessage:
+        return ErrorMessage(code=self.code.value, message=self.message, details=self.details)
+
+
+class InvalidMessage(LinguaError):
+    code = ErrorCode.INVALID_MESSAGE
+
+
+class InvalidCapabilitySchema(LinguaError):
+    code = ErrorCode.INVALID_CAPABILITY_SCHEMA
+
+
+class MessageTooLarge(LinguaError):
+    code = ErrorCode.MESSAGE_TOO_LARGE
+    close_code = 1009
+
+
+class NodeNotRegistered(LinguaError):
+    code = ErrorCode.NODE_NOT_REGISTERED
+
+
+class NodeIdConflict(LinguaError):
+    code = ErrorCode.NODE_ID_CONFLICT
+
+
+class DependencyDown(LinguaError):
+    """Redis or RabbitMQ did not answer in time; the request can be retried."""
+
+    code = ErrorCode.SCHEDULER_DEPENDENCY_DOWN
+
+
+class Unauthorized(LinguaError):
+    code = ErrorCode.UNAUTHORIZED
+    close_code = 1008
+
+
+class ScriptRejected(LinguaError):
+    """A Lua script refused its input (a negative code); ``reason`` names the code."""
+
+    code = ErrorCode.INVALID_MESSAGE
+
+
+class UnsupportedFeature(LinguaError):
+    code = ErrorCode.UNSUPPORTED_FEATURE

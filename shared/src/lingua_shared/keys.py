@@ -1,0 +1,87 @@
+"""Every Redis key of the scheduler, built in one place (MISSION N9).
+
+All keys live under ``lingua:v1:`` and carry one hash tag, ``{<cell>}``, so every key a Lua
+script touches is in one Redis Cluster slot. A *cell* is one scheduling domain (default
+``main``); the cell is the unit a Redis Cluster shards by. Scripts receive :func:`Keys.prefix`
+as ``KEYS[1]`` and derive the keys they compute (pools, pair index) from it, with the
+same layout as here; ``shared/tests/test_keys.py`` pins the two together.
+
+Layout (``P`` = ``lingua:v1:{cell}:``)::
+
+    P node:<id>                       hash  node record; PEXPIRE = liveness TTL (schedulable)
+    P node:<id>:pools                 set   pool shard ids the node is a member of
+    P nodes:all                       set   ids of every registered node
+    P nodes:expiry                    zset  node id -> logical expiry (ms); the sweeper's index
+    P nodes:connected                 zset  display view of "connected": node id -> last seen ms
+    P pool:<langset>:<region>:<gpu>:<shard>   zset  members scored by load (see lua/README)
+    P poolgroup:<langset>:<region>:<gpu>      hash  shard id -> member count
+    P pools:index                     set   every pool shard id in use
+    P pair:<src>:<tgt>                set   pool shard ids whose language set covers src->tgt
+    P gateway:<instance>              string liveness of a gateway replica (TTL)
+
+A *pool shard id* is ``<langset>:<region>:<gpu>:<shard>`` where ``langset`` is the sorted
+languages joined by ``_`` (``en_ja_zh``; codes such as ``pt-br`` keep their ``-``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+ROOT = "lingua:v1:"
+
+
+def langset_id(langs: list[str]) -> str:
+    """Canonical id of a language set: sorted, de-duplicated, joined by ``-``."""
+    return "_".join(sorted(set(langs)))
+
+
+@dataclass(frozen=True)
+class Keys:
+    cell: str = "main"
+
+    @property
+    def prefix(self) -> str:
+        return f"{ROOT}{{{self.cell}}}:"
+
+    def node(self, node_id: str) -> str:
+        return f"{self.prefix}node:{node_id}"
+
+    def node_pools(self, node_id: str) -> str:
+        return f"{self.prefix}node:{node_id}:pools"
+
+    @property
+    def nodes_all(self) -> str:
+        return f"{self.prefix}nodes:all"
+
+    @property
+    def nodes_expiry(self) -> str:
+        return f"{self.prefix}nodes:expiry"
+
+    @property
+    def nodes_connected(self) -> str:
+        return f"{self.prefix}nodes:connected"
+
+    def pool(self, shard_id: str) -> str:
+        return f"{self.prefix}pool:{shard_id}"
+
+    def pool_group(self, langset: str, region: str, gpu_tier: str) -> str:
+        return f"{self.prefix}poolgroup:{langset}:{region}:{gpu_tier}"
+
+    @property
+    def pools_index(self) -> str:
+        return f"{self.prefix}pools:index"
+
+    def pair(self, src: str, tgt: str) -> str:
+        return f"{self.prefix}pair:{src}:{tgt}"
+
+    def gateway(self, instance_id: str) -> str:
+        return f"{self.prefix}gateway:{instance_id}"
+
+    @staticmethod
+    def shard_id(langset: str, region: str, gpu_tier: str, shard: int) -> str:
+        return f"{langset}:{region}:{gpu_tier}:{shard}"
+
+    @staticmethod
+    def parse_shard_id(shard_id: str) -> tuple[str, str, str, int]:
+        langset, region, gpu, shard = shard_id.split(":")
+        return langset, region, gpu, int(shard)

@@ -1,0 +1,63 @@
+"""Wire protocol of the lingua network (PROTOCOL.md), as pydantic models.
+
+Every message is a JSON object tagged by ``type``. Unknown fields are accepted and kept
+(``extra="allow"``), never an error: existing lingua nodes and web clients send more than we
+read. Our own additions are optional fields.
+"""
+
+from lingua_shared.protocol.codes import ErrorCode, NodeStatus, ServiceType
+from lingua_shared.protocol.common import ErrorMessage, WireModel
+from lingua_shared.protocol.node import (
+    NODE_INBOUND,
+    CapabilityByType,
+    Hardware,
+    InstalledService,
+    JobAck,
+    JobAssign,
+    JobCancel,
+    JobResult,
+    JobStarted,
+    LanguageCapabilities,
+    NodeAsrPartial,
+    NodeControl,
+    NodeError,
+    NodeHeartbeat,
+    NodeInbound,
+    NodeRegister,
+    NodeRegisterAck,
+    Pipeline,
+    ResourceUsage,
+    derive_capabilities,
+    NodeCapabilities,
+    CapabilityError,
+)
+
+__all__ = [
+    "NODE_INBOUND",
+    "CapabilityByType",
+    "CapabilityError",
+    "ErrorCode",
+    "ErrorMessage",
+    "Hardware",
+    "InstalledService",
+    "JobAck",
+    "JobAssign",
+    "JobCancel",
+    "JobResult",
+    "JobStarted",
+    "LanguageCapabilities",
+    "NodeAsrPartial",
+    "NodeCapabilities",
+    "NodeControl",
+    "NodeError",
+    "NodeHeartbeat",
+    "NodeInbound",
+    "NodeRegister",
+    "NodeRegisterAck",
+    "NodeStatus",
+    "Pipeline",
+    "ResourceUsage",
+    "ServiceType",
+    "WireModel",
+    "derive_capabilities",
+]

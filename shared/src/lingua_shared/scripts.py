@@ -1,0 +1,238 @@
+"""The Lua loader and one typed wrapper per script (``<name>.lua`` <-> ``Scripts.<name>``).
+
+Scripts are read from ``lua/`` at start-up (fail fast), with ``--@include <lib>`` lines
+replaced by ``lua/lib/<lib>.lua``, and run through redis-py's ``register_script`` (EVALSHA
+with a NOSCRIPT fallback, so a Redis restart or ``SCRIPT FLUSH`` never reaches a caller).
+Expected outcomes come back as ``[code, ...]`` with negative codes mapped by
+:class:`ScriptCode`; a script's header lists them and ``shared/tests/test_script_contract.py``
+checks each header against the wrapper here.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from enum import IntEnum
+from pathlib import Path
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+
+from lingua_shared.errors import NodeNotRegistered, ScriptRejected
+from lingua_shared.keys import Keys
+
+INCLUDE_RE = re.compile(r"^--@include\s+(\w+)\s*$", re.MULTILINE)
+
+
+def find_lua_dir(explicit: str | None = None) -> Path:
+    """``explicit`` (``LINGUA_LUA_DIR``), else the repository's ``lua/`` above this file."""
+    if explicit:
+        path = Path(explicit)
+        if not (path / "register_node_v2.lua").is_file():
+            raise FileNotFoundError(f"LINGUA_LUA_DIR={explicit} holds no register_node_v2.lua")
+        return path
+    for parent in Path(__file__).resolve().parents:
+        candidate = parent / "lua"
+        if (candidate / "register_node_v2.lua").is_file():
+            return candidate
+    raise FileNotFoundError("no lua/ directory found; set LINGUA_LUA_DIR")
+
+
+def load_source(lua_dir: Path, name: str) -> str:
+    text = (lua_dir / f"{name}.lua").read_text()
+
+    def include(m: re.Match[str]) -> str:
+        return (lua_dir / "lib" / f"{m.group(1)}.lua").read_text()
+
+    return INCLUDE_RE.sub(include, text)
+
+
+class ScriptCode(IntEnum):
+    """Negative outcome codes shared by the scripts (see each header)."""
+
+    INVALID_INPUT = -1
+    NOT_REGISTERED = -2  # heartbeat: no live node key
+    STALE = -3  # heartbeat: dropped connection; offline: see OfflineResult
+    OFFLINE_STALE_CONN = -2  # node_offline: a newer connection owns the node
+    OFFLINE_NOT_EXPIRED = -3  # node_offline: the node is alive
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+@dataclass(frozen=True)
+class RegisterResult:
+    created: bool
+    replaced_gateway_id: str
+    replaced_conn_id: str
+
+
+@dataclass(frozen=True)
+class HeartbeatResult:
+    code: int  # 1 alive, -2 not registered, -3 stale connection
+    pools_changed: bool
+
+    @property
+    def alive(self) -> bool:
+        return self.code == 1
+
+
+@dataclass(frozen=True)
+class OfflineResult:
+    code: int  # 1 done, 0 nothing to do, -2 stale connection, -3 not expired
+    pools_removed: int
+
+
+class Scripts:
+    """Typed wrappers; build with :meth:`load` once per process."""
+
+    NAMES = ("register_node_v2", "heartbeat_with_pool_assign", "node_offline")
+
+    def __init__(self, redis: Redis, keys: Keys, lua_dir: Path) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.lua_dir = lua_dir
+        self._scripts: dict[str, AsyncScript] = {
+            name: redis.register_script(load_source(lua_dir, name)) for name in self.NAMES
+        }
+
+    @classmethod
+    async def load(cls, redis: Redis, keys: Keys, lua_dir: str | None = None) -> Scripts:
+        """Read every script and load it into Redis now, so a broken script fails start-up."""
+        self = cls(redis, keys, find_lua_dir(lua_dir))
+        for script in self._scripts.values():
+            await redis.script_load(script.script)
+        return self
+
+    def script(self, name: str) -> AsyncScript:
+        return self._scripts[name]
+
+    @staticmethod
+    def _check_invalid(name: str, reply: list[Any]) -> None:
+        if int(reply[0]) == ScriptCode.INVALID_INPUT:
+            raise ScriptRejected(f"{name}: invalid {_s(reply[1])}", {"field": _s(reply[1])})
+
+    # -- register_node_v2 ---------------------------------------------------------------
+    def register_node_v2_args(
+        self,
+        *,
+        node_id: str,
+        now_ms: int,
+        ttl_ms: int,
+        region: str,
+        gpu_tier: str,
+        lang_sets: list[list[str]],
+        capacity: int,
+        services: dict[str, list[str]],
+        gateway_id: str,
+        conn_id: str,
+        meta: dict[str, Any] | None = None,
+    ) -> tuple[list[str], list[Any]]:
+        k = self.keys
+        keys = [k.node(node_id), k.nodes_all, k.nodes_expiry, k.nodes_connected]
+        args = [
+            node_id,
+            now_ms,
+            ttl_ms,
+            region,
+            gpu_tier,
+            json.dumps(lang_sets),
+            capacity,
+            json.dumps(services),
+            gateway_id,
+            conn_id,
+            json.dumps(meta or {}),
+        ]
+        return keys, args
+
+    async def register_node_v2(self, **kw: Any) -> RegisterResult:
+        keys, args = self.register_node_v2_args(**kw)
+        reply = await self._scripts["register_node_v2"](keys=keys, args=args)
+        return self.parse_register(reply)
+
+    def parse_register(self, reply: list[Any]) -> RegisterResult:
+        self._check_invalid("register_node_v2", reply)
+        return RegisterResult(int(reply[0]) == 1, _s(reply[1]), _s(reply[2]))
+
+    # -- heartbeat_with_pool_assign ------------------------------------------------------
+    def heartbeat_args(
+        self,
+        *,
+        node_id: str,
+        conn_id: str,
+        gateway_id: str,
+        now_ms: int,
+        ttl_ms: int = 0,
+        running_jobs: int | None = None,
+        cpu_percent: float | None = None,
+        gpu_percent: float | None = None,
+        mem_percent: float | None = None,
+        max_shard_size: int = 256,
+    ) -> tuple[list[str], list[Any]]:
+        k = self.keys
+        keys = [
+            k.node(node_id),
+            k.node_pools(node_id),
+            k.nodes_expiry,
+            k.nodes_connected,
+            k.prefix,
+        ]
+
+        def num(v: float | None) -> float:
+            return -1 if v is None else v
+
+        args = [
+            node_id,
+            conn_id,
+            gateway_id,
+            now_ms,
+            ttl_ms,
+            num(running_jobs),
+            num(cpu_percent),
+            num(gpu_percent),
+            num(mem_percent),
+            max_shard_size,
+        ]
+        return keys, args
+
+    async def heartbeat_with_pool_assign(self, **kw: Any) -> HeartbeatResult:
+        keys, args = self.heartbeat_args(**kw)
+        reply = await self._scripts["heartbeat_with_pool_assign"](keys=keys, args=args)
+        return self.parse_heartbeat(reply)
+
+    def parse_heartbeat(self, reply: list[Any]) -> HeartbeatResult:
+        self._check_invalid("heartbeat_with_pool_assign", reply)
+        code = int(reply[0])
+        return HeartbeatResult(code, code == 1 and int(reply[1]) == 1)
+
+    # -- node_offline ---------------------------------------------------------------------
+    def node_offline_args(
+        self, *, node_id: str, mode: str, conn_id: str = "", now_ms: int
+    ) -> tuple[list[str], list[Any]]:
+        k = self.keys
+        keys = [
+            k.node(node_id),
+            k.node_pools(node_id),
+            k.nodes_all,
+            k.nodes_expiry,
+            k.nodes_connected,
+            k.prefix,
+        ]
+        return keys, [node_id, mode, conn_id, now_ms]
+
+    async def node_offline(self, **kw: Any) -> OfflineResult:
+        keys, args = self.node_offline_args(**kw)
+        reply = await self._scripts["node_offline"](keys=keys, args=args)
+        return self.parse_offline(reply)
+
+    def parse_offline(self, reply: list[Any]) -> OfflineResult:
+        self._check_invalid("node_offline", reply)
+        return OfflineResult(int(reply[0]), int(reply[1]))
+
+
+def require_registered(result: HeartbeatResult, node_id: str) -> None:
+    if result.code == ScriptCode.NOT_REGISTERED:
+        raise NodeNotRegistered(f"node {node_id} is not registered", {"node_id": node_id})

@@ -1,0 +1,71 @@
+"""Settings of every service (pydantic-settings, ``LINGUA_`` prefix).
+
+One class with the settings all services share; each service reads the part it needs. Built
+once in ``main()`` and passed down; nothing reads the environment at import time.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_instance_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="LINGUA_", extra="ignore")
+
+    profile: str = Field("development", description="development | production")
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    cell: str = Field("main", description="Redis hash tag of every key (one scheduling cell)")
+    bus_prefix: str = Field("lingua", description="prefix of every exchange and queue name")
+    instance_id: str = Field(default_factory=_default_instance_id)
+    log_level: str = "INFO"
+    lua_dir: str | None = Field(None, description="directory of the .lua scripts")
+
+    # HTTP (health, metrics) / WebSocket
+    host: str = "127.0.0.1"
+    port: int | None = Field(None, description="listen port; each service has its own default")
+
+    # node lifecycle
+    node_default_heartbeat_interval_ms: int = Field(
+        15_000, description="assumed interval of nodes that do not announce one (lingua agents)"
+    )
+    node_ttl_intervals: float = Field(3.0, description="TTL = this many heartbeat intervals")
+    node_min_ttl_ms: int = 3_000
+    node_default_capacity: int = 4
+    node_default_region: str = "default"
+    node_default_gpu_tier: str = "default"
+    pool_shard_size: int = Field(256, description="maximum members of one pool shard")
+    sweep_interval_s: float = 1.0
+    reconcile_interval_s: float = Field(30.0, description="N7: display view vs Redis")
+    gateway_liveness_ttl_ms: int = 10_000
+
+    # gateway
+    ws_max_frame_bytes: int = 1_048_576
+    ws_ping_interval_s: float = 5.0
+    ws_ping_timeout_s: float = 5.0
+    ws_send_timeout_s: float = 5.0
+    ws_outbound_queue: int = 256
+    heartbeat_batch_ms: int = Field(100, description="coalescing window for node heartbeats")
+    heartbeat_batch_max: int = 2_000
+    register_timeout_s: float = 5.0
+    drain_timeout_s: float = 10.0
+
+    # bus
+    amqp_connect_timeout_s: float = 5.0
+    amqp_prefetch: int = 256
+    amqp_delivery_limit: int = 5
+    amqp_confirm_timeout_s: float = 5.0
+
+    def ttl_ms_for(self, heartbeat_interval_ms: int | None) -> int:
+        """Liveness TTL of a node that beats every ``heartbeat_interval_ms`` (N6)."""
+        interval = heartbeat_interval_ms or self.node_default_heartbeat_interval_ms
+        return max(self.node_min_ttl_ms, int(interval * self.node_ttl_intervals))
