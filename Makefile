@@ -1,0 +1,39 @@
+# Thin wrapper over the real commands; every target installs what it needs first.
+SHELL := /bin/bash
+PY := .venv/bin/python
+NODES ?= 12
+
+.PHONY: install services up down status demo test test-unit test-integration bench lint
+
+install:            ## uv + the workspace in .venv
+	@bash scripts/bootstrap.sh
+
+services:           ## Redis and RabbitMQ: started when installed but not running
+	@bash scripts/ensure-services.sh
+
+up: install services    ## the whole stack in the background, ready, URLs printed
+	@$(PY) scripts/stack.py up
+
+down:               ## stop what `make up` started (by PID)
+	@$(PY) scripts/stack.py down
+
+status:
+	@$(PY) scripts/stack.py status
+
+demo: install services  ## the main job (see README)
+	@$(PY) scripts/demo.py --nodes $(NODES)
+
+test: install services  ## every test: unit, Lua, integration (real Redis and RabbitMQ)
+	@$(PY) -m pytest
+
+test-unit: install services
+	@$(PY) -m pytest -m "not integration"
+
+test-integration: install services
+	@$(PY) -m pytest -m integration
+
+bench: install services ## benchmarks (figures, not assertions)
+	@$(PY) scripts/bench.py
+
+lint: install
+	@.venv/bin/ruff check . && .venv/bin/ruff format --check .
