@@ -31,7 +31,7 @@ ROOT = "lingua:v1:"
 
 
 def langset_id(langs: list[str]) -> str:
-    """Canonical id of a language set: sorted, de-duplicated, joined by ``-``."""
+    """Canonical id of a language set: sorted, de-duplicated, joined by ``_``."""
     return "_".join(sorted(set(langs)))
 
 

@@ -17,12 +17,13 @@ from typing import Any
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from prometheus_client import CollectorRegistry, generate_latest
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
 from lingua_shared.bus import Publisher, Topology, connect, declare_topology
 from lingua_shared.errors import DependencyDown
 from lingua_shared.keys import Keys
 from lingua_shared.logs import get_logger
-from lingua_shared.scripts import Scripts
+from lingua_shared.scripts import Scripts, find_lua_dir
 from lingua_shared.settings import Settings
 
 log = get_logger(__name__)
@@ -62,15 +63,13 @@ class Infra:
             )
             stack.push_async_callback(redis.aclose)
             keys = Keys(settings.cell)
+            lua_dir = find_lua_dir(settings.lua_dir)  # a missing lua/ is not a Redis outage
             try:
                 await redis.ping()
-                scripts = await Scripts.load(redis, keys, settings.lua_dir)
-            except (OSError, ConnectionError) as exc:
+            except (OSError, RedisError) as exc:
                 raise DependencyDown(f"Redis unreachable at {settings.redis_url}: {exc}") from exc
-            except Exception as exc:
-                if exc.__class__.__module__.startswith("redis"):
-                    raise DependencyDown(f"Redis unreachable at {settings.redis_url}: {exc}") from exc
-                raise
+            # A script that does not compile fails start-up with Redis's own message.
+            scripts = await Scripts.load(redis, keys, str(lua_dir))
             topo = Topology(settings.bus_prefix, settings.amqp_delivery_limit)
             amqp = await connect(settings.amqp_url, settings.amqp_connect_timeout_s)
             stack.push_async_callback(amqp.close)

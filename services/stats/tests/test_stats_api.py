@@ -1,0 +1,117 @@
+"""The stats app against real Redis and RabbitMQ, driven through its own lifespan."""
+
+from __future__ import annotations
+
+import httpx
+from lingua_shared.settings import Settings
+from lingua_stats.__main__ import show
+from lingua_stats.app import create_app
+
+NOW = 1_700_000_000_000
+SERVICES = {"asr": ["en", "ja", "zh"], "semantic": ["en", "ja", "zh"]}
+
+
+def make_settings(redis_url: str, amqp_url: str, bus_prefix: str) -> Settings:
+    return Settings(redis_url=redis_url, amqp_url=amqp_url, bus_prefix=bus_prefix, cell="test")
+
+
+async def register(scripts, node_id: str, lang_sets, region: str = "eu") -> None:  # type: ignore[no-untyped-def]
+    await scripts.register_node_v2(
+        node_id=node_id,
+        now_ms=NOW,
+        ttl_ms=60_000,
+        region=region,
+        gpu_tier="a100",
+        lang_sets=lang_sets,
+        capacity=4,
+        services=SERVICES,
+        gateway_id="gw-1",
+        conn_id=f"c-{node_id}",
+    )
+    hb = await scripts.heartbeat_with_pool_assign(
+        node_id=node_id, conn_id=f"c-{node_id}", gateway_id="gw-1", now_ms=NOW
+    )
+    assert hb.alive
+
+
+async def test_health_ready_metrics_and_live_views(redis_url, amqp_url, bus_prefix, scripts):
+    app = create_app(make_settings(redis_url, amqp_url, bus_prefix))
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://stats") as client,
+    ):
+        assert (await client.get("/healthz")).json() == {"status": "ok"}
+        ready = await client.get("/readyz")
+        assert ready.status_code == 200
+        assert ready.json() == {
+            "ready": True,
+            "checks": {"redis": True, "amqp": True, "consumers": {}},
+        }
+
+        empty = (await client.get("/api/v1/pools")).json()
+        assert empty["groups"] == [] and empty["nodes"]["registered"] == 0
+        assert (await client.get("/api/v1/nodes")).json() == []
+
+        await register(scripts, "n1", [["en", "zh"], ["en", "ja", "zh"]])
+        await register(scripts, "n2", [["en", "zh"]], region="us")
+        await scripts.node_offline(node_id="n2", mode="dropped", conn_id="c-n2", now_ms=NOW)
+
+        # live: the very next request sees the new state (no cache, N8)
+        pools = (await client.get("/api/v1/pools")).json()
+        assert [(g["langset"], g["region"]) for g in pools["groups"]] == [
+            (["en", "ja", "zh"], "eu"),
+            (["en", "zh"], "eu"),
+            (["en", "zh"], "us"),
+        ]
+        assert [
+            [(m["node_id"], m["schedulable"]) for s in g["shards"] for m in s["members"]]
+            for g in pools["groups"]
+        ] == [[("n1", True)], [("n1", True)], [("n2", False)]]
+        assert pools["groups"][0]["shards"][0]["shard_id"] == "en_ja_zh:eu:a100:0"
+        assert pools["groups"][0]["shards"][0]["capacity"] == 4
+        assert pools["nodes"] == {
+            "registered": 2,
+            "alive": 2,
+            "connected": 1,
+            "schedulable": 1,
+            "in_pools": 2,
+        }
+
+        nodes = (await client.get("/api/v1/nodes")).json()
+        assert [(n["node_id"], n["connected"], n["schedulable"]) for n in nodes] == [
+            ("n1", True, True),
+            ("n2", False, False),
+        ]
+        assert nodes[0]["pools"] == ["en_ja_zh:eu:a100:0", "en_zh:eu:a100:0"]
+        assert nodes[0]["lang_sets"] == [["en", "zh"], ["en", "ja", "zh"]]
+
+        metrics = await client.get("/metrics")
+        assert metrics.status_code == 200
+        assert metrics.headers["content-type"].startswith("text/plain")
+        assert 'lingua_stats_reads_total{outcome="ok",view="pools"} 2.0' in metrics.text
+        assert 'lingua_stats_reads_total{outcome="ok",view="nodes"} 2.0' in metrics.text
+        assert 'lingua_stats_read_seconds_count{view="pools"} 2.0' in metrics.text
+
+
+async def test_not_ready_outside_the_lifespan(redis_url, amqp_url, bus_prefix):
+    app = create_app(make_settings(redis_url, amqp_url, bus_prefix))
+    transport = httpx.ASGITransport(app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://stats") as client:
+        assert (await client.get("/healthz")).status_code == 200
+        assert (await client.get("/readyz")).status_code == 503
+        pools = await client.get("/api/v1/pools")
+        assert pools.status_code == 503
+        assert pools.json()["code"] == "SCHEDULER_DEPENDENCY_DOWN"
+
+
+async def test_show_prints_the_live_table(redis_url, scripts, capsys):
+    await register(scripts, "n1", [["en", "zh"]])
+    assert await show(redis_url, "test", None) == 0
+    out = capsys.readouterr().out
+    assert "registered=1" in out and "schedulable=1" in out
+    assert "n1" in out and "en_zh:eu:a100:0" in out
+
+
+async def test_show_reports_a_redis_outage(capsys):
+    assert await show("redis://127.0.0.1:1/0", "test", None) == 1
+    assert "did not answer" in capsys.readouterr().err
