@@ -50,7 +50,10 @@ async def reconcile_once(infra: Infra, metrics: Metrics) -> dict[str, int]:
 
     Redis node records win: a view entry whose node is gone, not connected, or held by a
     gateway replica that is no longer alive is removed (the last also marks the node dropped,
-    since no gateway holds it); a connected node missing from the view is added.
+    since no gateway holds it); a connected node missing from the view is added. A gateway
+    counts as gone only when its liveness key is missing *and* the node's heartbeats have
+    stopped for a liveness TTL: a live gateway whose key was briefly lost (a Redis flush or
+    restart) keeps its nodes.
     """
     r, k, s = infra.redis, infra.keys, infra.scripts
     fixes = {"removed": 0, "added": 0, "gateway_lost": 0}
@@ -69,11 +72,13 @@ async def reconcile_once(infra: Infra, metrics: Metrics) -> dict[str, int]:
         chunk = ids[i : i + 500]
         async with r.pipeline(transaction=False) as pipe:
             for node_id in chunk:
-                pipe.hmget(k.node(node_id), "connected", "gateway_id", "conn_id")
+                pipe.hmget(k.node(node_id), "connected", "gateway_id", "conn_id",
+                           "last_heartbeat_ts")
             records = await pipe.execute()
-        for node_id, (connected, gw, conn) in zip(chunk, records, strict=True):
+        for node_id, (connected, gw, conn, last_hb) in zip(chunk, records, strict=True):
             is_connected = connected == b"1"
-            if is_connected and gw and not await gateway_alive(gw.decode()):
+            silent = now - int(last_hb or 0) > infra.settings.gateway_liveness_ttl_ms
+            if is_connected and gw and silent and not await gateway_alive(gw.decode()):
                 await s.node_offline(node_id=node_id, mode="dropped", conn_id=conn.decode(),
                                      now_ms=now)
                 fixes["gateway_lost"] += 1

@@ -96,6 +96,8 @@ class NodeHeartbeat(WireModel):
     installed_services: list[InstalledService] | None = None
     capability_by_type: list[CapabilityByType] | None = None
     language_capabilities: LanguageCapabilities | None = None
+    # ours, optional: "draining" while the node finishes in-flight jobs before leaving
+    status: str | None = None
 
 
 class Pipeline(WireModel):

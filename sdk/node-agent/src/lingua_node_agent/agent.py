@@ -1,0 +1,266 @@
+"""``NodeAgent``: one node's life on the wire — connect, register, heartbeat, serve, drain.
+
+The lifecycle follows the gateway's contract (PROTOCOL.md, MISSION N6): every (re)connection
+starts with ``node_register`` under the same node id, which is how a node that lost its
+socket comes back inside the TTL grace with its pools intact; losses other than our own
+shutdown are retried with full-jitter backoff; a shutdown drains (refuse new jobs, finish the
+running ones, announce ``draining`` in heartbeats) and then closes with 1000, the one close
+that tells the scheduler to forget the node at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidURI, WebSocketException
+from websockets.protocol import State
+from websockets.uri import parse_uri
+
+from lingua_node_agent.backoff import Backoff
+from lingua_node_agent.capabilities import agent_version, build_register, self_check
+from lingua_node_agent.config import MAX_FRAME_BYTES, AgentConfig
+from lingua_node_agent.errors import ConfigError, RegistrationRejected
+from lingua_node_agent.handlers import EchoHandler
+from lingua_node_agent.heartbeat import HeartbeatPacer
+from lingua_node_agent.job_runner import JobRunner
+from lingua_node_agent.jobs import JobHandler
+from lingua_node_agent.jsonlog import NodeLogger
+from lingua_node_agent.messages import CLOSE_RETRY, GatewayMessages
+from lingua_node_agent.resources import PsutilSampler, ResourceSampler
+from lingua_node_agent.state import NodeIdStore
+from lingua_node_agent.ticker import HeartbeatTicker
+from lingua_shared.protocol import Hardware, WireModel
+
+CLOSE_REPLACED = 4001  # the gateway's "another connection took this node id"
+
+
+class NodeAgent(GatewayMessages):
+    """A node agent: ``await run()`` until :meth:`stop` (or a permanent rejection).
+
+    Observable state for callers and tests: ``node_id``, ``registered`` (an Event set while
+    registered on the current connection), ``connected``, ``status``, ``draining`` and the
+    counters ``connections``, ``reconnects``, ``registrations``, ``heartbeats_sent``,
+    ``last_close_code``; ``jobs`` is the :class:`JobRunner` with its job counters and
+    ``heartbeats`` the :class:`HeartbeatPacer`.
+    Pass a shared ``ticker`` to run many agents on one heartbeat timer (the simulator does).
+    """
+
+    def __init__(
+        self,
+        config: AgentConfig,
+        handler: JobHandler | None = None,
+        *,
+        ticker: HeartbeatTicker | None = None,
+        resources: ResourceSampler | None = None,
+        hardware: Hardware | None = None,
+        rng: random.Random | None = None,
+        jitter_heartbeats: bool = False,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        try:
+            parse_uri(config.gateway)
+        except InvalidURI as exc:
+            raise ConfigError(f"invalid gateway URL: {exc}") from None
+        self.config = config
+        self._store = NodeIdStore(config.state_file) if config.state_file else None
+        self._saved_id = self._store.load() if self._store else None
+        self.node_id: str | None = config.node_id or self._saved_id
+        self._register = build_register(config, hardware)
+        self.capabilities = self_check(self._register.model_copy(update={"node_id": self.node_id}))
+        self.log = NodeLogger(logger or logging.getLogger(__name__), lambda: self.node_id)
+        handler = handler if handler is not None else EchoHandler()
+        self.jobs = JobRunner(handler, config.capacity, self._send, self.log)
+        self._own_ticker = ticker is None
+        self._ticker = ticker if ticker is not None else HeartbeatTicker()
+        self._rng = rng if rng is not None else random.Random()
+        self.heartbeats = HeartbeatPacer(
+            self._ticker,
+            resources if resources is not None else PsutilSampler(),
+            self._send,
+            lambda: self.jobs.running_jobs,
+            config.capacity,
+            self._register.installed_services,
+            self._register.capability_by_type,
+            self._rng,
+            jitter=jitter_heartbeats,
+        )
+        self._backoff = Backoff(config.backoff_base_s, config.backoff_cap_s, self._rng)
+        self._ua = f"lingua-node-agent/{agent_version()}"
+
+        self.registered = asyncio.Event()
+        self.stopped = asyncio.Event()
+        self.connected = False
+        self.draining = False
+        self.status = "idle"
+        self.connections = self.reconnects = self.registrations = 0
+        self.last_close_code: int | None = None
+        self.heartbeat_interval_s = config.heartbeat_interval_ms / 1000.0
+
+        self._ws: ClientConnection | None = None
+        self._started = False
+        self._stop_requested = False
+        self._wakeup = asyncio.Event()
+        self._closer: asyncio.Task[None] | None = None
+        self._ack_deadline: float | None = None
+
+    # ----------------------------------------------------------------- lifecycle
+
+    async def run(self) -> None:
+        """Connect and serve until stopped; raises :class:`RegistrationRejected` if refused."""
+        if self._started:
+            raise RuntimeError("NodeAgent.run() may only be called once")
+        self._started = True
+        ticker_task = asyncio.create_task(self._ticker.run()) if self._own_ticker else None
+        try:
+            while not self._stop_requested:
+                try:
+                    await self._session()
+                except RegistrationRejected:
+                    raise
+                except (OSError, TimeoutError, WebSocketException) as exc:
+                    self.log.warning("connection failed", extra={"error": repr(exc)})
+                except Exception:
+                    self.log.exception("unexpected error in the connection; reconnecting")
+                if self._stop_requested:
+                    break
+                delay = self._next_delay()
+                self.reconnects += 1
+                self.status = "backoff"
+                self.log.info(
+                    "reconnecting",
+                    extra={"delay_s": round(delay, 3), "attempt": self._backoff.attempt},
+                )
+                try:
+                    async with asyncio.timeout(delay):
+                        await self._wakeup.wait()
+                except TimeoutError:
+                    pass
+        finally:
+            self._stop_requested = True
+            await self.jobs.abort("node agent stopped")
+            await self.heartbeats.close()
+            for task in (self._closer, ticker_task):
+                if task is not None and not task.done():
+                    task.cancel()
+                    await asyncio.gather(task, return_exceptions=True)
+            self.status = "stopped"
+            self.stopped.set()
+
+    def stop(self, drain: bool = True, reason: str = "stop requested") -> None:
+        """Ask :meth:`run` to end. Safe from a signal handler; calling again with
+        ``drain=False`` skips what is left of a drain (jobs are aborted, close is immediate)."""
+        if self._stop_requested and (drain or self._closer is None or self._closer.done()):
+            return
+        first = not self._stop_requested
+        self._stop_requested = True
+        self.jobs.accepting = False
+        self.draining = self.heartbeats.draining = self.draining or drain
+        self._wakeup.set()
+        if first:
+            self.log.info("stopping", extra={"drain": drain, "reason": reason})
+        if self._closer is not None:
+            self._closer.cancel()
+        ws = self._ws
+        if ws is not None:
+            self._closer = asyncio.get_running_loop().create_task(self._close(ws, drain))
+
+    async def _close(self, ws: ClientConnection, drain: bool) -> None:
+        """Drain (when asked), then close with 1000 so the scheduler drops the node at once."""
+        if drain:
+            self.status = "draining"
+            await self.heartbeats.send_now()  # announce "draining" now, not a beat later
+            if not await self.jobs.wait_idle(self.config.drain_timeout_s):
+                self.log.warning(
+                    "drain timeout, aborting jobs", extra={"running": self.jobs.running_jobs}
+                )
+        await self.jobs.abort("node is shutting down")
+        await ws.close(1000, "node stopping")
+
+    def _next_delay(self) -> float:
+        if self.last_close_code == CLOSE_REPLACED:
+            # Another process holds our node id; coming back fast would only evict it (and
+            # then us) in a loop. Wait the longest delay and let the operator see the log.
+            return self._backoff.cap_s
+        return self._backoff.next_delay()
+
+    # ----------------------------------------------------------------- connection
+
+    async def _session(self) -> None:
+        cfg = self.config
+        self.status = "connecting"
+        ws = await connect(
+            cfg.gateway,
+            compression=None,
+            max_size=MAX_FRAME_BYTES,
+            open_timeout=cfg.open_timeout_s,
+            ping_interval=cfg.ping_interval_s,
+            ping_timeout=cfg.ping_timeout_s,
+            close_timeout=cfg.close_timeout_s,
+            user_agent_header=self._ua,
+        )
+        self._ws = ws
+        self.connected = True
+        self.connections += 1
+        try:
+            if self._stop_requested:
+                return
+            await self._send_register()
+            await self._receive_loop(ws)
+        except ConnectionClosed:
+            pass  # the close code is read below, whichever side closed
+        finally:
+            self._disconnected(ws)
+            await ws.close(1000 if self._stop_requested else CLOSE_RETRY, "node agent closing")
+            self.last_close_code = ws.close_code
+            self.log.log(
+                logging.ERROR if ws.close_code == CLOSE_REPLACED else logging.INFO,
+                "connection closed",
+                extra={"code": ws.close_code, "reason": ws.close_reason or ""},
+            )
+
+    def _disconnected(self, ws: ClientConnection) -> None:
+        if self._ws is ws:
+            self._ws = None
+        self.connected = False
+        self.registered.clear()
+        self._ack_deadline = None
+        self.heartbeats.stop()
+
+    async def _receive_loop(self, ws: ClientConnection) -> None:
+        loop = asyncio.get_running_loop()
+        while ws.state is State.OPEN:
+            if self._ack_deadline is None:
+                raw = await ws.recv()
+            else:
+                try:
+                    async with asyncio.timeout(max(0.0, self._ack_deadline - loop.time())):
+                        raw = await ws.recv()
+                except TimeoutError:
+                    self.log.warning("no node_register_ack in time; reconnecting")
+                    await ws.close(CLOSE_RETRY, "register timeout")
+                    return
+            await self._dispatch(ws, raw)
+
+    # ----------------------------------------------------------------- sending
+
+    async def _send(self, msg: WireModel | dict[str, Any]) -> bool:
+        """Send on the current connection; ``False`` (never an exception) when there is none.
+        A dict is sent as is (the heartbeat pacer pre-serialises its constant parts)."""
+        ws = self._ws
+        if ws is None:
+            return False
+        data = msg if isinstance(msg, dict) else msg.to_wire()
+        try:
+            await ws.send(json.dumps(data, separators=(",", ":"), ensure_ascii=False))
+        except ConnectionClosed:
+            return False
+        return True
+
+    @property
+    def heartbeats_sent(self) -> int:
+        return self.heartbeats.sent

@@ -1,0 +1,181 @@
+"""Agent configuration: one dataclass, filled from a TOML file and then from CLI flags.
+
+The dataclass is what the SDK takes; the TOML and flag parsing live here too so that the
+CLI, the simulator and tests all share one notion of "a valid setting" (e.g. the
+``"en,zh;en,ja,zh"`` syntax of language sets).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lingua_node_agent.errors import ConfigError
+from lingua_node_agent.jsonlog import parse_level
+
+DEFAULT_GATEWAY = "ws://127.0.0.1:5010/ws/node"
+DEFAULT_LANGS = ["en", "zh"]
+MAX_FRAME_BYTES = 16 * 1024 * 1024
+
+
+@dataclass
+class AgentConfig:
+    """Everything one node agent needs; every field has a working default.
+
+    ``asr_langs`` / ``semantic_langs`` default to the union of ``lang_sets`` (or to
+    ``en, zh`` when no set is given either), so ``AgentConfig()`` is a valid node.
+    """
+
+    gateway: str = DEFAULT_GATEWAY
+    node_id: str | None = None
+    state_file: Path | None = None
+    region: str | None = None
+    gpu_tier: str | None = None
+    lang_sets: list[list[str]] | None = None
+    asr_langs: list[str] | None = None
+    semantic_langs: list[str] | None = None
+    tts_langs: list[str] = field(default_factory=list)
+    capacity: int = 4
+    heartbeat_interval_ms: int = 1000
+    drain_timeout_s: float = 30.0
+    log_level: str = "info"
+    # Import spec ("package.module:attr") of the job handler, for the CLI and TOML; SDK users
+    # pass a handler object to NodeAgent instead.
+    handler: str | None = None
+    # Connection tuning: rarely changed, so they have no CLI flag (TOML only).
+    backoff_base_s: float = 0.25
+    backoff_cap_s: float = 10.0
+    register_timeout_s: float = 10.0
+    open_timeout_s: float = 10.0
+    ping_interval_s: float | None = 20.0
+    ping_timeout_s: float | None = 20.0
+    close_timeout_s: float = 5.0
+    version: str | None = None
+    platform: str | None = None
+
+    def effective_asr_langs(self) -> list[str]:
+        return list(self.asr_langs) if self.asr_langs else self._default_langs()
+
+    def effective_semantic_langs(self) -> list[str]:
+        return list(self.semantic_langs) if self.semantic_langs else self._default_langs()
+
+    def _default_langs(self) -> list[str]:
+        if self.lang_sets:
+            return sorted({lang for group in self.lang_sets for lang in group})
+        return list(DEFAULT_LANGS)
+
+
+def parse_langs(text: str) -> list[str]:
+    """``"en, zh,ja"`` -> ``["en", "zh", "ja"]`` (order kept, blanks dropped)."""
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def parse_lang_sets(text: str) -> list[list[str]]:
+    """``"en,zh;en,ja,zh"`` -> ``[["en", "zh"], ["en", "ja", "zh"]]``."""
+    sets = [parse_langs(group) for group in text.split(";")]
+    sets = [s for s in sets if s]
+    if not sets:
+        raise ConfigError(f"no language set in {text!r} (expected e.g. 'en,zh;en,ja,zh')")
+    return sets
+
+
+def _as_langs(key: str, value: Any) -> list[str]:
+    if isinstance(value, str):
+        return parse_langs(value)
+    if isinstance(value, list) and all(isinstance(x, str) for x in value):
+        return list(value)
+    raise ConfigError(f"{key} must be a list of language codes or a 'en,zh' string")
+
+
+def _as_lang_sets(value: Any) -> list[list[str]]:
+    if isinstance(value, str):
+        return parse_lang_sets(value)
+    if isinstance(value, list) and all(isinstance(g, list) for g in value):
+        return [_as_langs("lang_sets", g) for g in value]
+    raise ConfigError("lang_sets must be a list of lists or a 'en,zh;en,ja,zh' string")
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(AgentConfig)}
+_CONVERTERS: dict[str, Any] = {
+    "lang_sets": _as_lang_sets,
+    "asr_langs": lambda v: _as_langs("asr_langs", v),
+    "semantic_langs": lambda v: _as_langs("semantic_langs", v),
+    "tts_langs": lambda v: _as_langs("tts_langs", v),
+    "state_file": Path,
+}
+_NUMBERS = {
+    "capacity": int,
+    "heartbeat_interval_ms": int,
+    "drain_timeout_s": float,
+    "backoff_base_s": float,
+    "backoff_cap_s": float,
+    "register_timeout_s": float,
+    "open_timeout_s": float,
+    "close_timeout_s": float,
+}
+
+
+def config_from_mapping(values: dict[str, Any], base: AgentConfig | None = None) -> AgentConfig:
+    """Overlay ``values`` (TOML keys or flag values; ``None`` means "not given") on ``base``.
+
+    Unknown keys are an error, not a silent no-op: a typo such as ``capcity = 8`` in a TOML
+    file should stop the agent rather than run it with the default.
+    """
+    changes: dict[str, Any] = {}
+    for raw_key, value in values.items():
+        key = raw_key.replace("-", "_")
+        if key not in _FIELDS:
+            raise ConfigError(f"unknown setting {raw_key!r}")
+        if value is None:
+            continue
+        if key in _CONVERTERS:
+            value = _CONVERTERS[key](value)
+        elif key in _NUMBERS:
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigError(f"{raw_key} must be a number, got {value!r}")
+            value = _NUMBERS[key](value)
+        elif key in ("ping_interval_s", "ping_timeout_s"):
+            value = float(value) if value else None
+        elif not isinstance(value, str):
+            raise ConfigError(f"{raw_key} must be a string, got {value!r}")
+        changes[key] = value
+    cfg = dataclasses.replace(base or AgentConfig(), **changes)
+    check_ranges(cfg)
+    return cfg
+
+
+def check_ranges(cfg: AgentConfig) -> None:
+    """Local sanity checks that ``derive_capabilities`` does not cover."""
+    if not cfg.gateway.startswith(("ws://", "wss://")):
+        raise ConfigError(f"gateway must be a ws:// or wss:// URL, got {cfg.gateway!r}")
+    if cfg.drain_timeout_s < 0:
+        raise ConfigError("drain_timeout_s must be >= 0")
+    if cfg.backoff_base_s <= 0 or cfg.backoff_cap_s < cfg.backoff_base_s:
+        raise ConfigError("need 0 < backoff_base_s <= backoff_cap_s")
+    if cfg.register_timeout_s <= 0 or cfg.open_timeout_s <= 0:
+        raise ConfigError("register_timeout_s and open_timeout_s must be > 0")
+    try:
+        parse_level(cfg.log_level)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def load_toml(path: str | Path, base: AgentConfig | None = None) -> AgentConfig:
+    """Read a flat TOML file (keys as in :class:`AgentConfig`, ``-`` or ``_`` alike).
+
+    Settings may instead sit under an ``[agent]`` table (then only that table is read), so
+    the file can share a document with other tools' tables.
+    """
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"invalid TOML in {path}: {exc}") from None
+    if isinstance(data.get("agent"), dict):
+        data = data["agent"]
+    return config_from_mapping(data, base)

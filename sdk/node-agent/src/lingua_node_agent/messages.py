@@ -1,0 +1,139 @@
+"""What the agent does with each message from the gateway (the ``/ws/node`` inbound side).
+
+Split from :mod:`lingua_node_agent.agent`, which owns the connection lifecycle, so that the
+per-message rules of PROTOCOL.md read in one place: the ack binds the node id and starts
+heartbeats; ``INVALID_CAPABILITY_SCHEMA`` is final while other registration errors are
+retried; ``reregister`` re-sends the registration on the same socket; jobs are refused
+before the ack.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from websockets.asyncio.client import ClientConnection
+
+from lingua_node_agent.backoff import Backoff
+from lingua_node_agent.config import AgentConfig
+from lingua_node_agent.errors import RegistrationRejected
+from lingua_node_agent.heartbeat import HeartbeatPacer
+from lingua_node_agent.inbound import Skipped, decode
+from lingua_node_agent.job_runner import JobRunner
+from lingua_node_agent.state import NodeIdStore
+from lingua_shared.protocol import (
+    ErrorCode,
+    ErrorMessage,
+    JobAssign,
+    JobCancel,
+    NodeControl,
+    NodeRegister,
+    NodeRegisterAck,
+    WireModel,
+)
+
+CLOSE_RETRY = 4000  # our own non-final close: not 1000/1001, so the gateway keeps our state
+
+
+class GatewayMessages:
+    """Mixin of :class:`NodeAgent`: one handler per gateway message type."""
+
+    # Provided by NodeAgent.
+    config: AgentConfig
+    node_id: str | None
+    status: str
+    draining: bool
+    registrations: int
+    heartbeat_interval_s: float
+    registered: asyncio.Event
+    log: logging.LoggerAdapter[Any]
+    jobs: JobRunner
+    heartbeats: HeartbeatPacer
+    _register: NodeRegister
+    _store: NodeIdStore | None
+    _saved_id: str | None
+    _backoff: Backoff
+    _ack_deadline: float | None
+
+    async def _send(self, msg: WireModel | dict[str, Any]) -> bool:
+        raise NotImplementedError
+
+    def stop(self, drain: bool = True, reason: str = "stop requested") -> None:
+        raise NotImplementedError
+
+    async def _dispatch(self, ws: ClientConnection, raw: str | bytes) -> None:
+        msg = decode(raw)
+        if isinstance(msg, Skipped):
+            level = logging.DEBUG if msg.reason == "binary frame" else logging.WARNING
+            self.log.log(
+                level,
+                f"ignoring a frame: {msg.reason}",
+                extra={"msg_type": msg.msg_type, "detail": msg.detail},
+            )
+            return
+        if isinstance(msg, NodeRegisterAck):
+            await self._on_ack(msg)
+        elif isinstance(msg, ErrorMessage):
+            await self._on_error(ws, msg)
+        elif isinstance(msg, NodeControl):
+            await self._on_control(msg)
+        elif isinstance(msg, JobAssign):
+            if not self.registered.is_set() or self.node_id is None:
+                self.log.warning("ignoring a job before the ack", extra={"job_id": msg.job_id})
+                return
+            await self.jobs.submit(msg, self.node_id)
+        elif isinstance(msg, JobCancel):
+            cancelled = self.jobs.cancel(msg.job_id)
+            self.log.info("job_cancel", extra={"job_id": msg.job_id, "cancelled": cancelled})
+
+    # ----------------------------------------------------------------- registration
+
+    async def _send_register(self) -> None:
+        self._ack_deadline = asyncio.get_running_loop().time() + self.config.register_timeout_s
+        self.status = "registering"
+        await self._send(self._register.model_copy(update={"node_id": self.node_id}))
+
+    async def _on_ack(self, ack: NodeRegisterAck) -> None:
+        if ack.node_id != self.node_id:
+            self.log.info("node id assigned", extra={"previous": self.node_id, "new": ack.node_id})
+            self.node_id = ack.node_id
+        if self._store is not None and self._saved_id != ack.node_id:
+            self._store.save(ack.node_id)
+            self._saved_id = ack.node_id
+        if ack.heartbeat_interval_ms:
+            self.heartbeat_interval_s = max(0.1, ack.heartbeat_interval_ms / 1000.0)
+        self._ack_deadline = None
+        self.registrations += 1
+        self._backoff.reset()
+        self.status = "draining" if self.draining else "ready"
+        self.registered.set()
+        self.log.info(
+            "registered",
+            extra={"ack_status": ack.status, "heartbeat_interval_s": self.heartbeat_interval_s},
+        )
+        await self.heartbeats.start(ack.node_id, self.heartbeat_interval_s)
+
+    async def _on_error(self, ws: ClientConnection, err: ErrorMessage) -> None:
+        extra = {"code": err.code, "error": err.message}
+        if err.code == ErrorCode.INVALID_CAPABILITY_SCHEMA:
+            self.log.error("registration rejected", extra=extra)
+            await ws.close(1000, "registration rejected")
+            raise RegistrationRejected(err.code, err.message)
+        if self._ack_deadline is not None:
+            self.log.warning("registration failed; will retry", extra=extra)
+            await ws.close(CLOSE_RETRY, "registration failed")
+        elif err.code == ErrorCode.NODE_NOT_REGISTERED:
+            self.log.warning("gateway lost our registration; registering again", extra=extra)
+            await self._send_register()
+        else:
+            self.log.warning("error from gateway", extra=extra)
+
+    async def _on_control(self, ctrl: NodeControl) -> None:
+        self.log.info("node_control", extra={"command": ctrl.command, "reason": ctrl.reason})
+        if ctrl.command == "reregister":
+            await self._send_register()  # heartbeats go on meanwhile
+        elif ctrl.command == "drain":
+            self.stop(drain=True, reason=ctrl.reason or "drain requested by the gateway")
+        else:
+            self.log.warning("ignoring unknown node_control command")
