@@ -15,7 +15,7 @@
 -- ARGV[9] mem_percent
 -- ARGV[10] max_shard_size    maximum members of one pool shard
 -- Returns: {1, changed} alive; changed = 1 when pool membership changed
---          {-1, field} invalid input, nothing written
+--          {-1, field} invalid input, nothing written (field names the bad argument)
 --          {-2, ""} node not registered (no live key): the node must re-register
 --          {-3, ""} stale: this connection was already reported dropped; ignored
 --@include common
@@ -32,8 +32,9 @@ if conn_id == '' or #conn_id > 128 then return {-1, 'conn_id'} end
 if gateway_id == '' or #gateway_id > 128 then return {-1, 'gateway_id'} end
 if not now or now <= 0 then return {-1, 'now_ms'} end
 if not ttl_arg or ttl_arg < 0 then return {-1, 'ttl_ms'} end
+local reported_names = {'running_jobs', 'cpu_percent', 'gpu_percent', 'mem_percent'}
 for i = 1, 4 do
-  if is_num(reported[i]) == nil then return {-1, 'resource_usage'} end
+  if is_num(reported[i]) == nil then return {-1, reported_names[i]} end
 end
 if not max_shard or max_shard < 1 then return {-1, 'max_shard_size'} end
 

@@ -35,9 +35,16 @@ async def run(nodes: int, rounds: int, batch: int, redis_url: str) -> dict[str, 
     t0 = time.perf_counter()
     for i, node_id in enumerate(ids):
         await s.register_node_v2(
-            node_id=node_id, now_ms=now, ttl_ms=60_000, region=("eu", "us")[i % 2],
-            gpu_tier=("a100", "t4")[i % 3 % 2], lang_sets=[["en", "zh"], ["en", "ja", "zh"]],
-            capacity=4, services={"asr": ["en", "ja", "zh"]}, gateway_id="bench", conn_id=node_id,
+            node_id=node_id,
+            now_ms=now,
+            ttl_ms=60_000,
+            region=("eu", "us")[i % 2],
+            gpu_tier=("a100", "t4")[i % 3 % 2],
+            lang_sets=[["en", "zh"], ["en", "ja", "zh"]],
+            capacity=4,
+            services={"asr": ["en", "ja", "zh"]},
+            gateway_id="bench",
+            conn_id=node_id,
         )
     register_s = time.perf_counter() - t0
     script = s.script("heartbeat_with_pool_assign")
@@ -45,8 +52,14 @@ async def run(nodes: int, rounds: int, batch: int, redis_url: str) -> dict[str, 
     async def one_by_one() -> float:
         t = time.perf_counter()
         for node_id in ids:
-            await s.heartbeat_with_pool_assign(node_id=node_id, conn_id=node_id, gateway_id="bench",
-                                               now_ms=now, running_jobs=0, cpu_percent=10.0)
+            await s.heartbeat_with_pool_assign(
+                node_id=node_id,
+                conn_id=node_id,
+                gateway_id="bench",
+                now_ms=now,
+                running_jobs=0,
+                cpu_percent=10.0,
+            )
         return time.perf_counter() - t
 
     async def pipelined() -> float:
@@ -54,8 +67,14 @@ async def run(nodes: int, rounds: int, batch: int, redis_url: str) -> dict[str, 
         for i in range(0, nodes, batch):
             async with redis.pipeline(transaction=False) as pipe:
                 for node_id in ids[i : i + batch]:
-                    k, a = s.heartbeat_args(node_id=node_id, conn_id=node_id, gateway_id="bench",
-                                            now_ms=now, running_jobs=0, cpu_percent=10.0)
+                    k, a = s.heartbeat_args(
+                        node_id=node_id,
+                        conn_id=node_id,
+                        gateway_id="bench",
+                        now_ms=now,
+                        running_jobs=0,
+                        cpu_percent=10.0,
+                    )
                     await script(keys=k, args=a, client=pipe)
                 await pipe.execute()
         return time.perf_counter() - t
@@ -82,20 +101,26 @@ def main() -> None:
     ap.add_argument("--nodes", type=int, default=10_000)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--batch", type=int, default=1000)
-    ap.add_argument("--redis-url", default=os.environ.get("LINGUA_BENCH_REDIS_URL",
-                                                           "redis://127.0.0.1:6379/11"))
+    ap.add_argument(
+        "--redis-url", default=os.environ.get("LINGUA_BENCH_REDIS_URL", "redis://127.0.0.1:6379/11")
+    )
     args = ap.parse_args()
     figures = asyncio.run(run(args.nodes, args.rounds, args.batch, args.redis_url))
-    out = {"machine": {"cpus": os.cpu_count()}, "node_scripts": figures,
-           "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    out = {
+        "machine": {"cpus": os.cpu_count()},
+        "node_scripts": figures,
+        "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     path = ROOT / "bench" / "results" / "latest.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2) + "\n")
     print(f"node lifecycle scripts, {figures['nodes']} nodes (Redis {args.redis_url}):")
     print(f"  register                 {figures['register_per_s']:>8} /s")
     print(f"  heartbeat, one per RTT   {figures['heartbeat_single_per_s']:>8} /s   (baseline)")
-    print(f"  heartbeat, pipelined     {figures['heartbeat_pipelined_per_s']:>8} /s   "
-          f"x{figures['pipelined_over_single']} the baseline (batches of {figures['batch']})")
+    print(
+        f"  heartbeat, pipelined     {figures['heartbeat_pipelined_per_s']:>8} /s   "
+        f"x{figures['pipelined_over_single']} the baseline (batches of {figures['batch']})"
+    )
     print(f"  written to {path.relative_to(ROOT)}")
 
 

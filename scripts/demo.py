@@ -34,8 +34,10 @@ async def wait_schedulable(redis: Redis, keys: Keys, count: int, timeout: float)
         if sum(1 for n in nodes if n.schedulable) >= count:
             return nodes
         await asyncio.sleep(0.25)
-    raise TimeoutError(f"only {sum(1 for n in nodes if n.schedulable)} of {count} nodes became "
-                       f"schedulable in {timeout:.0f}s; see .run/logs/")
+    raise TimeoutError(
+        f"only {sum(1 for n in nodes if n.schedulable)} of {count} nodes became "
+        f"schedulable in {timeout:.0f}s; see .run/logs/"
+    )
 
 
 async def demo(count: int) -> int:
@@ -45,21 +47,45 @@ async def demo(count: int) -> int:
     agent_id = "demo-agent-1"
     # One real agent beside the simulated ones: it will leave gracefully at the end.
     agent = subprocess.Popen(
-        [sys.executable, "-m", "lingua_node_agent", "run", "--node-id", agent_id,
-         "--gateway", "ws://127.0.0.1:5010/ws/node", "--region", "eu", "--gpu-tier", "a100",
-         "--asr-langs", "en,ja,zh", "--semantic-langs", "en,ja,zh", "--lang-sets", "en,ja,zh",
-         "--heartbeat-interval-ms", "1000"],
-        stdout=subprocess.DEVNULL, stderr=open(ROOT / ".run" / "logs" / "demo-agent.log", "ab"))
+        [
+            sys.executable,
+            "-m",
+            "lingua_node_agent",
+            "run",
+            "--node-id",
+            agent_id,
+            "--gateway",
+            "ws://127.0.0.1:5010/ws/node",
+            "--region",
+            "eu",
+            "--gpu-tier",
+            "a100",
+            "--asr-langs",
+            "en,ja,zh",
+            "--semantic-langs",
+            "en,ja,zh",
+            "--lang-sets",
+            "en,ja,zh",
+            "--heartbeat-interval-ms",
+            "1000",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=open(ROOT / ".run" / "logs" / "demo-agent.log", "ab"),
+    )
     try:
         t0 = time.monotonic()
         nodes = await wait_schedulable(redis, keys, count + 1, 60)
-        print(f"\n{count} simulated nodes and 1 agent registered and schedulable in "
-              f"{time.monotonic() - t0:.1f}s. Nodes and pools, read live from Redis:\n")
+        print(
+            f"\n{count} simulated nodes and 1 agent registered and schedulable in "
+            f"{time.monotonic() - t0:.1f}s. Nodes and pools, read live from Redis:\n"
+        )
         print(render_text(await read_pool_view(redis, keys, now_ms()), nodes))
 
         pools_before = {m.decode() for m in await redis.smembers(keys.node_pools(agent_id))}
-        print(f"\n{agent_id} leaves gracefully (SIGTERM: drain, clean close); "
-              f"it was in {', '.join(sorted(pools_before))}")
+        print(
+            f"\n{agent_id} leaves gracefully (SIGTERM: drain, clean close); "
+            f"it was in {', '.join(sorted(pools_before))}"
+        )
         agent.terminate()
         agent.wait(15)
         t1 = time.monotonic()
@@ -67,8 +93,10 @@ async def demo(count: int) -> int:
             await asyncio.sleep(0.05)
         gone = not await redis.exists(keys.node(agent_id))
         left = [s for s in pools_before if await redis.zscore(keys.pool(s), agent_id) is not None]
-        print(f"  after its goodbye: record {'gone' if gone else 'STILL THERE'}, "
-              f"pool entries left: {len(left)} (agent exit code {agent.returncode})")
+        print(
+            f"  after its goodbye: record {'gone' if gone else 'STILL THERE'}, "
+            f"pool entries left: {len(left)} (agent exit code {agent.returncode})"
+        )
         print("\nThe stack keeps running with the simulated nodes heartbeating:")
         print("  live pools  http://127.0.0.1:5040/api/v1/pools")
         print("  live nodes  http://127.0.0.1:5040/api/v1/nodes")
@@ -86,8 +114,10 @@ def main() -> int:
     ap.add_argument("--nodes", type=int, default=12)
     args = ap.parse_args()
     env = {**os.environ}
-    rc = subprocess.call([sys.executable, str(ROOT / "scripts" / "stack.py"), "up",
-                          "--nodes", str(args.nodes)], env=env)
+    rc = subprocess.call(
+        [sys.executable, str(ROOT / "scripts" / "stack.py"), "up", "--nodes", str(args.nodes)],
+        env=env,
+    )
     if rc != 0:
         return rc
     return asyncio.run(demo(args.nodes))

@@ -49,8 +49,12 @@ def up(nodes: int) -> int:
         if _running(name):
             print(f"  {name:13} already running (pid {_running(name)})")
             continue
-        p = ServiceProcess(name, module, int(os.environ.get(f"LINGUA_{name.upper().replace('-', '_')}_PORT", port)),
-                           log_path=LOGS / f"{name}.log")
+        p = ServiceProcess(
+            name,
+            module,
+            int(os.environ.get(f"LINGUA_{name.upper().replace('-', '_')}_PORT", port)),
+            log_path=LOGS / f"{name}.log",
+        )
         p.start()
         assert p.proc is not None
         _pidfile(name).write_text(str(p.proc.pid))
@@ -65,11 +69,21 @@ def up(nodes: int) -> int:
             down()
             return 1
     if nodes and not _running("nodes"):
-        log = open(LOGS / "nodes.log", "ab")  # noqa: SIM115
+        log = open(LOGS / "nodes.log", "ab")
         proc = subprocess.Popen(
-            [sys.executable, "-m", "lingua_node_agent", "simulate", "--count", str(nodes),
-             "--gateway", "ws://127.0.0.1:5010/ws/node"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "lingua_node_agent",
+                "simulate",
+                "--count",
+                str(nodes),
+                "--gateway",
+                "ws://127.0.0.1:5010/ws/node",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         _pidfile("nodes").write_text(str(proc.pid))
     print("Lingua scheduler is up:")
@@ -99,7 +113,9 @@ def status() -> int:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = ap.add_subparsers(dest="cmd", required=True)
     u = sub.add_parser("up")
     u.add_argument("--nodes", type=int, default=0, help="simulated nodes to start as well")

@@ -28,8 +28,13 @@ class Stack:
 
     def start(self, name: str, service: str, **env: str) -> ServiceProcess:
         module, _ = SERVICES[service]
-        p = ServiceProcess(name, module, free_port(), {**self.env, **env,
-                           "LINGUA_INSTANCE_ID": name}, self.log_dir / f"{name}.log")
+        p = ServiceProcess(
+            name,
+            module,
+            free_port(),
+            {**self.env, **env, "LINGUA_INSTANCE_ID": name},
+            self.log_dir / f"{name}.log",
+        )
         p.start()
         self.procs[name] = p
         return p
@@ -43,7 +48,8 @@ class Stack:
     def logs(self) -> str:
         return "\n".join(
             f"--- {p.name} ---\n" + "\n".join(p.log_path.read_text().splitlines()[-30:])
-            for p in self.procs.values() if p.log_path and p.log_path.exists()
+            for p in self.procs.values()
+            if p.log_path and p.log_path.exists()
         )
 
 
@@ -68,8 +74,9 @@ def stack_env(redis_url: str, amqp_url: str, bus_prefix: str) -> dict[str, str]:
 
 
 @pytest.fixture
-def stack(redis, stack_env: dict[str, str], tmp_path: Path,
-          request: pytest.FixtureRequest) -> Iterator[Stack]:
+def stack(
+    redis, stack_env: dict[str, str], tmp_path: Path, request: pytest.FixtureRequest
+) -> Iterator[Stack]:
     """node-manager + one gateway (``gw-a``), ready. ``redis`` (flushed) comes first."""
     s = Stack(stack_env, tmp_path)
     try:

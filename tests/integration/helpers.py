@@ -13,8 +13,12 @@ from redis.asyncio import Redis
 from lingua_shared.keys import Keys
 
 
-async def eventually(check: Callable[[], Awaitable[Any]], timeout: float = 10.0,
-                     interval: float = 0.05, what: str = "condition") -> Any:
+async def eventually(
+    check: Callable[[], Awaitable[Any]],
+    timeout: float = 10.0,
+    interval: float = 0.05,
+    what: str = "condition",
+) -> Any:
     """Poll ``check`` until it returns a truthy value; fail with ``what`` after ``timeout``."""
     deadline = time.monotonic() + timeout
     last: Any = None
@@ -35,8 +39,10 @@ def register_frame(node_id: str | None = None, **extra: Any) -> str:
         "hardware": {"cpu_cores": 8, "memory_gb": 32},
         "installed_models": [],
         "capability_by_type": [{"type": "asr", "ready": True}, {"type": "semantic", "ready": True}],
-        "language_capabilities": {"asr_languages": ["en", "ja", "zh"],
-                                  "semantic_languages": ["en", "ja", "zh"]},
+        "language_capabilities": {
+            "asr_languages": ["en", "ja", "zh"],
+            "semantic_languages": ["en", "ja", "zh"],
+        },
         "features_supported": {},
         "accept_public_jobs": True,
         "region": "eu",
@@ -59,11 +65,16 @@ async def node_pools(redis: Redis, keys: Keys, node_id: str) -> set[str]:
 
 
 async def scores(redis: Redis, keys: Keys, node_id: str) -> dict[str, float | None]:
-    return {shard: await redis.zscore(keys.pool(shard), node_id)
-            for shard in await node_pools(redis, keys, node_id)}
+    return {
+        shard: await redis.zscore(keys.pool(shard), node_id)
+        for shard in await node_pools(redis, keys, node_id)
+    }
 
 
 async def lingua_keys(redis: Redis, keys: Keys) -> list[str]:
     """Every scheduler key of the cell except gateway liveness keys."""
-    return sorted(k.decode() for k in await redis.keys(keys.prefix.replace("{", "[{]") + "*")
-                  if b":gateway:" not in k)
+    return sorted(
+        k.decode()
+        for k in await redis.keys(keys.prefix.replace("{", "[{]") + "*")
+        if b":gateway:" not in k
+    )

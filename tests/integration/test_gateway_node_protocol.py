@@ -9,7 +9,13 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.integration.helpers import eventually, lingua_keys, node_pools, node_state, register_frame
+from tests.integration.helpers import (
+    eventually,
+    lingua_keys,
+    node_pools,
+    node_state,
+    register_frame,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -49,12 +55,16 @@ async def _gone(redis, keys, node_id):
 
 async def test_n1_rejection_names_what_is_missing_and_writes_nothing(stack, redis):
     async with connect(stack.gateway_url()) as ws:
-        await ws.send(register_frame(
-            "node-no-semantic",
-            capability_by_type=[{"type": "asr", "ready": True},
-                                {"type": "semantic", "ready": False, "reason": "model loading"}],
-            language_capabilities={"asr_languages": ["en", "zh"], "semantic_languages": []},
-        ))
+        await ws.send(
+            register_frame(
+                "node-no-semantic",
+                capability_by_type=[
+                    {"type": "asr", "ready": True},
+                    {"type": "semantic", "ready": False, "reason": "model loading"},
+                ],
+                language_capabilities={"asr_languages": ["en", "zh"], "semantic_languages": []},
+            )
+        )
         err = await recv_json(ws)
         assert err["type"] == "error" and err["code"] == "INVALID_CAPABILITY_SCHEMA"
         assert "Semantic" in err["message"] and "ASR" not in err["message"].split("missing:")[1]

@@ -24,9 +24,16 @@ pytestmark = pytest.mark.integration
 
 
 def agent_config(stack, node_id: str, **kw) -> AgentConfig:
-    base = dict(gateway=stack.gateway_url(), node_id=node_id, region="eu", gpu_tier="a100",
-                lang_sets=[["en", "ja", "zh"], ["en", "zh"]], heartbeat_interval_ms=200,
-                backoff_base_s=0.05, backoff_cap_s=0.5)
+    base = dict(
+        gateway=stack.gateway_url(),
+        node_id=node_id,
+        region="eu",
+        gpu_tier="a100",
+        lang_sets=[["en", "ja", "zh"], ["en", "zh"]],
+        heartbeat_interval_ms=200,
+        backoff_base_s=0.05,
+        backoff_cap_s=0.5,
+    )
     base.update(kw)
     return AgentConfig(**base)
 
@@ -58,8 +65,9 @@ async def test_register_heartbeat_pools_drop_reconnect_and_goodbye(stack, redis)
     async with running(agent) as task:
         await asyncio.wait_for(agent.registered.wait(), 10)
         want_pools = {"en_ja_zh:eu:a100:0", "en_zh:eu:a100:0"}
-        await eventually(lambda: _pools_are(redis, keys, "node-life-1", want_pools),
-                         what="pool assignment")
+        await eventually(
+            lambda: _pools_are(redis, keys, "node-life-1", want_pools), what="pool assignment"
+        )
         state = await node_state(redis, keys, "node-life-1")
         assert state["gateway_id"] == "gw-a" and state["connected"] == "1"
         assert 0 < int(await redis.pttl(keys.node("node-life-1"))) <= 1000
@@ -70,7 +78,9 @@ async def test_register_heartbeat_pools_drop_reconnect_and_goodbye(stack, redis)
         state = await node_state(redis, keys, "node-life-1")
         assert int(state["last_heartbeat_ts"]) > first_beat + 1000
         assert state["registered_at"] == registered_at
-        assert all(s is not None and s < 1 for s in (await scores(redis, keys, "node-life-1")).values())
+        assert all(
+            s is not None and s < 1 for s in (await scores(redis, keys, "node-life-1")).values()
+        )
 
         # abnormal drop: the TCP connection dies without a close frame
         assert agent._ws is not None
@@ -86,13 +96,18 @@ async def test_register_heartbeat_pools_drop_reconnect_and_goodbye(stack, redis)
         agent.stop(drain=True)
         await asyncio.wait_for(task, 10)
         assert agent.last_close_code == 1000
-        await eventually(lambda: _gone(redis, keys, "node-life-1"), timeout=2,
-                         what="graceful removal (well before the TTL sweep would)")
+        await eventually(
+            lambda: _gone(redis, keys, "node-life-1"),
+            timeout=2,
+            what="graceful removal (well before the TTL sweep would)",
+        )
         assert await redis.smembers(keys.pools_index) == set()
         assert await redis.smembers(keys.pair("zh", "en")) == set()
 
 
-async def test_dropped_node_keeps_its_pools_for_the_grace_and_resumes_with_a_heartbeat(stack, redis):
+async def test_dropped_node_keeps_its_pools_for_the_grace_and_resumes_with_a_heartbeat(
+    stack, redis
+):
     keys = stack.keys
     ws = await connect(stack.gateway_url())
     await ws.send(register_frame("node-grace", heartbeat_interval_ms=1000))  # TTL 3 s
@@ -108,8 +123,15 @@ async def test_dropped_node_keeps_its_pools_for_the_grace_and_resumes_with_a_hea
     assert await redis.zscore(keys.nodes_connected, "node-grace") is None
     # a new connection resumes the node with a heartbeat, no registration
     async with connect(stack.gateway_url()) as ws2:
-        await ws2.send(json.dumps({"type": "node_heartbeat", "node_id": "node-grace",
-                                   "resource_usage": {"cpu_percent": 5, "running_jobs": 0}}))
+        await ws2.send(
+            json.dumps(
+                {
+                    "type": "node_heartbeat",
+                    "node_id": "node-grace",
+                    "resource_usage": {"cpu_percent": 5, "running_jobs": 0},
+                }
+            )
+        )
         await eventually(lambda: _schedulable(redis, keys, "node-grace"), what="resumed")
         assert await node_pools(redis, keys, "node-grace") == pools
 
@@ -118,16 +140,38 @@ async def test_silent_death_expires_and_the_sweeper_cleans_the_pools(stack, redi
     keys = stack.keys
     with open(tmp_path / "agent.log", "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "lingua_node_agent", "run", "--gateway", stack.gateway_url(),
-             "--node-id", "node-silent", "--lang-sets", "en,zh", "--region", "us",
-             "--gpu-tier", "t4", "--heartbeat-interval-ms", "200"],
-            stdout=subprocess.DEVNULL, stderr=log, env=os.environ.copy())
+            [
+                sys.executable,
+                "-m",
+                "lingua_node_agent",
+                "run",
+                "--gateway",
+                stack.gateway_url(),
+                "--node-id",
+                "node-silent",
+                "--lang-sets",
+                "en,zh",
+                "--region",
+                "us",
+                "--gpu-tier",
+                "t4",
+                "--heartbeat-interval-ms",
+                "200",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            env=os.environ.copy(),
+        )
     try:
-        await eventually(lambda: _pools_are(redis, keys, "node-silent", {"en_zh:us:t4:0"}),
-                         what="registration")
+        await eventually(
+            lambda: _pools_are(redis, keys, "node-silent", {"en_zh:us:t4:0"}), what="registration"
+        )
         proc.send_signal(signal.SIGSTOP)  # no heartbeats, no close frame, socket still open
-        await eventually(lambda: _gone(redis, keys, "node-silent"), timeout=8,
-                         what="expiry and sweep of a silent node")
+        await eventually(
+            lambda: _gone(redis, keys, "node-silent"),
+            timeout=8,
+            what="expiry and sweep of a silent node",
+        )
         assert await redis.exists(keys.pool("en_zh:us:t4:0")) == 0
         assert await redis.zscore(keys.nodes_expiry, "node-silent") is None
         assert metric(stack, "nm-1", "lingua_nodes_swept_total") >= 1
@@ -144,18 +188,25 @@ async def test_redis_flush_makes_nodes_reregister(stack, redis):
             await es.enter_async_context(running(a))
         for a in agents:
             await asyncio.wait_for(a.registered.wait(), 10)
-        await eventually(lambda: _all_schedulable(redis, keys, [a.node_id for a in agents]),
-                         what="all registered")
+        await eventually(
+            lambda: _all_schedulable(redis, keys, [a.node_id for a in agents]),
+            what="all registered",
+        )
         registrations = [a.registrations for a in agents]
         await redis.flushdb()
-        await eventually(lambda: _all_schedulable(redis, keys, [a.node_id for a in agents]),
-                         timeout=10, what="every node back after the flush")
+        await eventually(
+            lambda: _all_schedulable(redis, keys, [a.node_id for a in agents]),
+            timeout=10,
+            what="every node back after the flush",
+        )
         assert [a.registrations for a in agents] > registrations
         assert all(a.registrations == r + 1 for a, r in zip(agents, registrations, strict=True))
         assert metric(stack, "nm-1", "lingua_reregister_requests_total") >= 3
         for a in agents:
-            assert await node_pools(redis, keys, a.node_id) == {"en_ja_zh:eu:a100:0",
-                                                                "en_zh:eu:a100:0"}
+            assert await node_pools(redis, keys, a.node_id) == {
+                "en_ja_zh:eu:a100:0",
+                "en_zh:eu:a100:0",
+            }
 
 
 async def test_every_service_reports_health_readiness_and_metrics(stack):
@@ -175,9 +226,11 @@ async def _pools_are(redis, keys, node_id, want):
 
 
 async def _gone(redis, keys, node_id):
-    return (not await redis.exists(keys.node(node_id))
-            and not await node_pools(redis, keys, node_id)
-            and node_id.encode() not in await redis.smembers(keys.nodes_all))
+    return (
+        not await redis.exists(keys.node(node_id))
+        and not await node_pools(redis, keys, node_id)
+        and node_id.encode() not in await redis.smembers(keys.nodes_all)
+    )
 
 
 async def _connected_is(redis, keys, node_id, value):
@@ -200,5 +253,6 @@ async def _reconnected(agent):
 
 async def _dropped_events(stack):
     """How many drops node-manager applied (0 is falsy: keep polling)."""
-    return metric(stack, "nm-1", "lingua_node_events_total", kind="node.disconnected",
-                  outcome="dropped_done")
+    return metric(
+        stack, "nm-1", "lingua_node_events_total", kind="node.disconnected", outcome="dropped_done"
+    )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import httpx
 import pytest
+
 from lingua_dispatcher.app import create_app
 from lingua_shared.errors import DependencyDown
 from lingua_shared.settings import Settings

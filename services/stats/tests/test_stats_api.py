@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import httpx
+
 from lingua_shared.settings import Settings
 from lingua_stats.__main__ import show
 from lingua_stats.app import create_app

@@ -146,7 +146,7 @@ async def connect(url: str, timeout: float) -> AbstractRobustConnection:
     """``connect_robust`` with a timeout, so a half-open link is detected and recovered."""
     try:
         return await aio_pika.connect_robust(url, timeout=timeout)
-    except (OSError, asyncio.TimeoutError, aio_pika.exceptions.AMQPError) as exc:
+    except (TimeoutError, OSError, aio_pika.exceptions.AMQPError) as exc:
         raise DependencyDown(f"RabbitMQ unreachable at startup: {exc!r}") from exc
 
 
@@ -188,7 +188,9 @@ class Publisher:
             encode(model),
             content_type="application/json",
             delivery_mode=(
-                aio_pika.DeliveryMode.PERSISTENT if persistent else aio_pika.DeliveryMode.NOT_PERSISTENT
+                aio_pika.DeliveryMode.PERSISTENT
+                if persistent
+                else aio_pika.DeliveryMode.NOT_PERSISTENT
             ),
             reply_to=reply_to,
             correlation_id=correlation_id,
@@ -203,7 +205,7 @@ class Publisher:
             raise Unroutable(
                 f"unroutable: {exchange}/{routing_key}", {"routing_key": routing_key}
             ) from exc
-        except (asyncio.TimeoutError, aio_pika.exceptions.AMQPError, ConnectionError) as exc:
+        except (TimeoutError, aio_pika.exceptions.AMQPError, ConnectionError) as exc:
             raise DependencyDown(f"publish to {exchange}/{routing_key} failed: {exc!r}") from exc
 
     async def event(self, routing_key: str, model: BaseModel, **kw: Any) -> None:
@@ -239,8 +241,12 @@ async def consume(
         try:
             msg = adapter.validate_json(message.body)
         except ValidationError as exc:
-            log.error("bus.invalid_message", consumer=name, errors=exc.error_count(),
-                      first_error=str(exc.errors()[0]["msg"]) if exc.errors() else "")
+            log.error(
+                "bus.invalid_message",
+                consumer=name,
+                errors=exc.error_count(),
+                first_error=str(exc.errors()[0]["msg"]) if exc.errors() else "",
+            )
             await message.reject(requeue=False)
             outcome("invalid")
             return
@@ -250,8 +256,12 @@ async def consume(
             await message.nack(requeue=True)
             raise
         except Exception as exc:
-            log.warning("bus.handler_failed", consumer=name, error=repr(exc),
-                        redelivered=message.redelivered)
+            log.warning(
+                "bus.handler_failed",
+                consumer=name,
+                error=repr(exc),
+                redelivered=message.redelivered,
+            )
             await message.nack(requeue=True)
             outcome("requeued")
             return

@@ -50,9 +50,12 @@ class ServiceProcess:
 
     def start(self) -> None:
         env = {**os.environ, **self.env, "LINGUA_PORT": str(self.port)}
-        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL  # noqa: SIM115
+        out = open(self.log_path, "ab") if self.log_path else subprocess.DEVNULL
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", self.module], env=env, stdout=out, stderr=subprocess.STDOUT,
+            [sys.executable, "-m", self.module],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         if self.log_path:
@@ -69,7 +72,9 @@ class ServiceProcess:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
-                raise RuntimeError(f"{self.name} exited with {self.proc.returncode}; see {self.log_path}")
+                raise RuntimeError(
+                    f"{self.name} exited with {self.proc.returncode}; see {self.log_path}"
+                )
             if self.ready():
                 return
             time.sleep(0.1)

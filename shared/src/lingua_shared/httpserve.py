@@ -21,6 +21,13 @@ class _Server(uvicorn.Server):
 
 
 def serve_app(app: Any, host: str, port: int, graceful_timeout_s: float) -> None:
-    config = uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False,
-                            timeout_graceful_shutdown=graceful_timeout_s, lifespan="on")
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=graceful_timeout_s,
+        lifespan="on",
+    )
     _Server(config).run()

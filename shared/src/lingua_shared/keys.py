@@ -3,8 +3,8 @@
 All keys live under ``lingua:v1:`` and carry one hash tag, ``{<cell>}``, so every key a Lua
 script touches is in one Redis Cluster slot. A *cell* is one scheduling domain (default
 ``main``); the cell is the unit a Redis Cluster shards by. Scripts receive :func:`Keys.prefix`
-as ``KEYS[1]`` and derive the keys they compute (pools, pair index) from it, with the
-same layout as here; ``shared/tests/test_keys.py`` pins the two together.
+as their last KEYS entry and derive the keys they compute (pools, pair index) from it, with
+the same layout as here; ``shared/tests/test_keys.py`` pins the two together.
 
 Layout (``P`` = ``lingua:v1:{cell}:``)::
 
@@ -13,7 +13,7 @@ Layout (``P`` = ``lingua:v1:{cell}:``)::
     P nodes:all                       set   ids of every registered node
     P nodes:expiry                    zset  node id -> logical expiry (ms); the sweeper's index
     P nodes:connected                 zset  display view of "connected": node id -> last seen ms
-    P pool:<langset>:<region>:<gpu>:<shard>   zset  members scored by load (see lua/README)
+    P pool:<langset>:<region>:<gpu>:<shard>   zset  members scored by load (docs/architecture.md)
     P poolgroup:<langset>:<region>:<gpu>      hash  shard id -> member count
     P pools:index                     set   every pool shard id in use
     P pair:<src>:<tgt>                set   pool shard ids whose language set covers src->tgt

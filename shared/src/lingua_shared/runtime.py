@@ -58,7 +58,9 @@ class Infra:
     async def open(cls, settings: Settings) -> AsyncIterator[Infra]:
         async with contextlib.AsyncExitStack() as stack:
             redis = Redis.from_url(
-                settings.redis_url, socket_timeout=5, socket_connect_timeout=5,
+                settings.redis_url,
+                socket_timeout=5,
+                socket_connect_timeout=5,
                 health_check_interval=15,
             )
             stack.push_async_callback(redis.aclose)

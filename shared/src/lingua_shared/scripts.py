@@ -50,13 +50,21 @@ def load_source(lua_dir: Path, name: str) -> str:
 
 
 class ScriptCode(IntEnum):
-    """Negative outcome codes shared by the scripts (see each header)."""
+    """Negative outcome codes of register/heartbeat (see each header); -1 is shared by all."""
 
     INVALID_INPUT = -1
     NOT_REGISTERED = -2  # heartbeat: no live node key
-    STALE = -3  # heartbeat: dropped connection; offline: see OfflineResult
-    OFFLINE_STALE_CONN = -2  # node_offline: a newer connection owns the node
-    OFFLINE_NOT_EXPIRED = -3  # node_offline: the node is alive
+    STALE = -3  # heartbeat: this connection was already reported dropped
+
+
+class OfflineCode(IntEnum):
+    """Outcome codes of ``node_offline``."""
+
+    DONE = 1
+    NOTHING_TO_DO = 0
+    INVALID_INPUT = -1
+    STALE_CONN = -2  # a newer connection owns the node
+    NOT_EXPIRED = -3  # the node is alive
 
 
 def _s(v: Any) -> str:
@@ -197,6 +205,9 @@ class Scripts:
             max_shard_size,
         ]
         return keys, args
+
+    # ``<script>_args`` for every script (the contract test looks builders up by name)
+    heartbeat_with_pool_assign_args = heartbeat_args
 
     async def heartbeat_with_pool_assign(self, **kw: Any) -> HeartbeatResult:
         keys, args = self.heartbeat_args(**kw)

@@ -88,9 +88,7 @@ def amqp_url() -> Iterator[str]:
         from testcontainers.rabbitmq import RabbitMqContainer
 
         with RabbitMqContainer("rabbitmq:3.13") as c:
-            yield (
-                f"amqp://guest:guest@{c.get_container_host_ip()}:{c.get_exposed_port(5672)}/"
-            )
+            yield (f"amqp://guest:guest@{c.get_container_host_ip()}:{c.get_exposed_port(5672)}/")
         return
     pytest.fail(
         "no RabbitMQ: set LINGUA_TEST_AMQP_URL, start rabbitmq-server on 127.0.0.1:5672 "

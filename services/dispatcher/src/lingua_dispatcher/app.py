@@ -12,11 +12,11 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
+
+from lingua_dispatcher.metrics import Metrics
 from lingua_shared.logs import get_logger
 from lingua_shared.runtime import Infra, render_metrics
 from lingua_shared.settings import Settings
-
-from lingua_dispatcher.metrics import Metrics
 
 log = get_logger(__name__)
 DEFAULT_PORT = 5030

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import asyncio
 
+from lingua_gateway.app import serve_forever
 from lingua_shared.logs import configure_logging
 from lingua_shared.runtime import install_uvloop
 from lingua_shared.settings import Settings
-
-from lingua_gateway.app import serve_forever
 
 
 def main() -> None:

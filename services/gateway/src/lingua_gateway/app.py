@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
@@ -13,6 +14,9 @@ from aio_pika.abc import AbstractIncomingMessage
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
+from lingua_gateway.coalescer import HeartbeatCoalescer
+from lingua_gateway.metrics import Metrics
+from lingua_gateway.node_endpoint import NodeConnection
 from lingua_shared.bus import consume, declare_queue
 from lingua_shared.errors import DependencyDown
 from lingua_shared.events import GATEWAY_INBOUND, GatewayInbound, NodeRegisterEvent, RegisterReply
@@ -20,10 +24,6 @@ from lingua_shared.logs import get_logger
 from lingua_shared.protocol import ErrorCode, ErrorMessage
 from lingua_shared.runtime import Infra, render_metrics
 from lingua_shared.settings import Settings
-
-from lingua_gateway.coalescer import HeartbeatCoalescer
-from lingua_gateway.metrics import Metrics
-from lingua_gateway.node_endpoint import NodeConnection
 
 log = get_logger(__name__)
 DEFAULT_PORT = 5010
@@ -38,11 +38,21 @@ class Gateway:
         self.nodes: dict[str, NodeConnection] = {}
         self.pending: dict[str, asyncio.Future[RegisterReply]] = {}
         self.coalescer = HeartbeatCoalescer(
-            infra.publisher, settings.instance_id, settings.heartbeat_batch_ms,
-            settings.heartbeat_batch_max, metrics,
+            infra.publisher,
+            settings.instance_id,
+            settings.heartbeat_batch_ms,
+            settings.heartbeat_batch_max,
+            metrics,
         )
         self.draining = False
         self.connections: set[ServerConnection] = set()
+        self._background: set[asyncio.Task[None]] = set()
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` in the background, holding a reference until it ends."""
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     # -- register RPC over the bus ---------------------------------------------------------
     async def register_rpc(self, event: NodeRegisterEvent, correlation_id: str) -> RegisterReply:
@@ -50,7 +60,9 @@ class Gateway:
         self.pending[correlation_id] = fut
         try:
             await self.infra.publisher.event(
-                "node.register", event, reply_to=self.settings.instance_id,
+                "node.register",
+                event,
+                reply_to=self.settings.instance_id,
                 correlation_id=correlation_id,
             )
             return await asyncio.wait_for(fut, self.settings.register_timeout_s)
@@ -86,9 +98,14 @@ class Gateway:
                 await NodeConnection(self, ws).run()
             else:  # "/ws/session": the client side arrives with the job path
                 self.metrics.errors_sent.labels("session", ErrorCode.UNSUPPORTED_FEATURE).inc()
-                await ws.send(orjson.dumps(ErrorMessage(
-                    code=ErrorCode.UNSUPPORTED_FEATURE,
-                    message="client sessions are not served by this version yet").to_wire()).decode())
+                await ws.send(
+                    orjson.dumps(
+                        ErrorMessage(
+                            code=ErrorCode.UNSUPPORTED_FEATURE,
+                            message="client sessions are not served by this version yet",
+                        ).to_wire()
+                    ).decode()
+                )
                 await ws.close(1013, "sessions not available yet")
         finally:
             self.connections.discard(ws)
@@ -105,7 +122,9 @@ class Gateway:
             ok, checks = await self.infra.readiness()
             ok = ok and not self.draining
             checks["draining"] = self.draining
-            resp = conn.respond(200 if ok else 503, orjson.dumps({"ready": ok, "checks": checks}).decode())
+            resp = conn.respond(
+                200 if ok else 503, orjson.dumps({"ready": ok, "checks": checks}).decode()
+            )
             resp.headers["Content-Type"] = "application/json"
             return resp
         if path == "/metrics":
@@ -126,11 +145,17 @@ class Gateway:
     async def drain(self, server: Server) -> None:
         """Stop accepting, tell every peer to reconnect elsewhere (1012), publish what remains."""
         self.draining = True
-        log.info("gateway.draining", instance_id=self.settings.instance_id,
-                 connections=len(self.connections))
+        log.info(
+            "gateway.draining",
+            instance_id=self.settings.instance_id,
+            connections=len(self.connections),
+        )
         server.close(close_connections=False)
         await asyncio.gather(
-            *(ws.close(RESTART_CLOSE_CODE, "gateway restarting; reconnect") for ws in list(self.connections)),
+            *(
+                ws.close(RESTART_CLOSE_CODE, "gateway restarting; reconnect")
+                for ws in list(self.connections)
+            ),
             return_exceptions=True,
         )
         deadline = asyncio.get_running_loop().time() + self.settings.drain_timeout_s
@@ -147,18 +172,25 @@ async def running_gateway(settings: Settings) -> AsyncIterator[tuple[Gateway, Se
         gw = Gateway(settings, infra, metrics)
         channel = await infra.consume_channel()
         queue = await declare_queue(channel, infra.topo.gateway_queue_spec(settings.instance_id))
-        infra.consumers["deliver"] = await consume(queue, GATEWAY_INBOUND, gw.on_delivery,
-                                                   name="deliver")
+        infra.consumers["deliver"] = await consume(
+            queue, GATEWAY_INBOUND, gw.on_delivery, name="deliver"
+        )
         gw.coalescer.start()
         liveness = asyncio.create_task(gw.liveness_loop())
         server = await serve(
-            gw.handler, settings.host, settings.port or DEFAULT_PORT,
-            process_request=gw.process_request, max_size=settings.ws_max_frame_bytes,
-            compression=None, ping_interval=settings.ws_ping_interval_s,
-            ping_timeout=settings.ws_ping_timeout_s, close_timeout=2,
+            gw.handler,
+            settings.host,
+            settings.port or DEFAULT_PORT,
+            process_request=gw.process_request,
+            max_size=settings.ws_max_frame_bytes,
+            compression=None,
+            ping_interval=settings.ws_ping_interval_s,
+            ping_timeout=settings.ws_ping_timeout_s,
+            close_timeout=2,
         )
-        log.info("gateway.started", instance_id=settings.instance_id,
-                 port=settings.port or DEFAULT_PORT)
+        log.info(
+            "gateway.started", instance_id=settings.instance_id, port=settings.port or DEFAULT_PORT
+        )
         try:
             yield gw, server
         finally:

@@ -10,19 +10,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
+from lingua_gateway.metrics import Metrics
 from lingua_shared.bus import Publisher
 from lingua_shared.events import Beat, HeartbeatBatch
 from lingua_shared.logs import get_logger
 from lingua_shared.runtime import now_ms
 
-from lingua_gateway.metrics import Metrics
-
 log = get_logger(__name__)
 
 
 class HeartbeatCoalescer:
-    def __init__(self, publisher: Publisher, gateway_id: str, window_ms: int, max_batch: int,
-                 metrics: Metrics) -> None:
+    def __init__(
+        self,
+        publisher: Publisher,
+        gateway_id: str,
+        window_ms: int,
+        max_batch: int,
+        metrics: Metrics,
+    ) -> None:
         self.publisher = publisher
         self.gateway_id = gateway_id
         self.window = window_ms / 1000

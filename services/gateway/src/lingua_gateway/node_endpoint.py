@@ -7,13 +7,14 @@ with a typed ``error`` and the connection stays open.
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from typing import TYPE_CHECKING
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
+from lingua_gateway.decode import decode_frame
+from lingua_gateway.outbound import Outbound
 from lingua_shared.errors import (
     DependencyDown,
     InvalidCapabilitySchema,
@@ -36,17 +37,22 @@ from lingua_shared.protocol import (
 from lingua_shared.protocol.node import NODE_ID_RE
 from lingua_shared.runtime import now_ms
 
-from lingua_gateway.decode import decode_frame
-from lingua_gateway.outbound import Outbound
-
 if TYPE_CHECKING:
     from lingua_gateway.app import Gateway
 
 log = get_logger(__name__)
 ENDPOINT = "node"
 NODE_TYPES = frozenset(
-    {"node_register", "node_heartbeat", "job_ack", "job_started", "job_result", "asr_partial",
-     "node_error", "error"}
+    {
+        "node_register",
+        "node_heartbeat",
+        "job_ack",
+        "job_started",
+        "job_result",
+        "asr_partial",
+        "node_error",
+        "error",
+    }
 )
 GRACEFUL_CLOSE_CODES = (1000, 1001)
 
@@ -57,8 +63,12 @@ class NodeConnection:
         self.ws = ws
         self.conn_id = uuid.uuid4().hex
         self.node_id: str | None = None
-        self.out = Outbound(ws, gw.settings.ws_outbound_queue, gw.settings.ws_send_timeout_s,
-                            on_slow=lambda: gw.metrics.outbound_dropped.labels(ENDPOINT).inc())
+        self.out = Outbound(
+            ws,
+            gw.settings.ws_outbound_queue,
+            gw.settings.ws_send_timeout_s,
+            on_slow=lambda: gw.metrics.outbound_dropped.labels(ENDPOINT).inc(),
+        )
         self._rpc_seq = 0
 
     def send_error(self, err: LinguaError | ErrorMessage) -> None:
@@ -78,8 +88,13 @@ class NodeConnection:
                 except LinguaError as err:
                     if isinstance(err, InvalidMessage):
                         m.messages_in.labels(ENDPOINT, "invalid").inc()
-                    log.info("gateway.node_bad_input", conn_id=self.conn_id, node_id=self.node_id,
-                             code=err.code.value, error=err.message)
+                    log.info(
+                        "gateway.node_bad_input",
+                        conn_id=self.conn_id,
+                        node_id=self.node_id,
+                        code=err.code.value,
+                        error=err.message,
+                    )
                     self.send_error(err)
         except ConnectionClosed:
             pass
@@ -93,8 +108,12 @@ class NodeConnection:
         elif isinstance(msg, NodeRegister):
             await self.on_register(msg)
         elif isinstance(msg, ErrorMessage):
-            log.warning("gateway.node_reported_error", node_id=self.node_id, code=msg.code,
-                        error=msg.message[:200])
+            log.warning(
+                "gateway.node_reported_error",
+                node_id=self.node_id,
+                code=msg.code,
+                error=msg.message[:200],
+            )
         else:
             kind = getattr(msg, "type", "?")
             raise UnsupportedFeature(
@@ -104,7 +123,7 @@ class NodeConnection:
     def on_heartbeat(self, hb: NodeHeartbeat) -> None:
         if self.node_id is None:
             # A node reconnecting within its TTL may resume with a heartbeat (N6); bind it.
-            if not NODE_ID_RE.match(hb.node_id):
+            if not NODE_ID_RE.fullmatch(hb.node_id):
                 raise InvalidMessage(f"invalid node_id {hb.node_id[:70]!r}")
             self.bind(hb.node_id)
         elif hb.node_id != self.node_id:
@@ -112,19 +131,25 @@ class NodeConnection:
                 f"node_id {hb.node_id[:70]!r} does not match this connection ({self.node_id})"
             )
         ru = hb.resource_usage
-        self.gw.coalescer.add(Beat(
-            node_id=hb.node_id, conn_id=self.conn_id, ts_ms=now_ms(),
-            running_jobs=ru.running_jobs if ru else None,
-            cpu_percent=ru.cpu_percent if ru else None,
-            gpu_percent=ru.gpu_percent if ru else None,
-            mem_percent=ru.mem_percent if ru else None,
-        ))
+        self.gw.coalescer.add(
+            Beat(
+                node_id=hb.node_id,
+                conn_id=self.conn_id,
+                ts_ms=now_ms(),
+                running_jobs=ru.running_jobs if ru else None,
+                cpu_percent=ru.cpu_percent if ru else None,
+                gpu_percent=ru.gpu_percent if ru else None,
+                mem_percent=ru.mem_percent if ru else None,
+            )
+        )
 
     async def on_register(self, reg: NodeRegister) -> None:
         s = self.gw.settings
         try:
             caps = derive_capabilities(
-                reg, default_region=s.node_default_region, default_gpu_tier=s.node_default_gpu_tier,
+                reg,
+                default_region=s.node_default_region,
+                default_gpu_tier=s.node_default_gpu_tier,
                 default_capacity=s.node_default_capacity,
             )
         except CapabilityError as exc:
@@ -135,9 +160,16 @@ class NodeConnection:
         interval = caps.heartbeat_interval_ms or s.node_default_heartbeat_interval_ms
         self._rpc_seq += 1
         event = NodeRegisterEvent(
-            node_id=node_id, conn_id=self.conn_id, gateway_id=s.instance_id, sent_at_ms=now_ms(),
-            ttl_ms=s.ttl_ms_for(interval), region=caps.region, gpu_tier=caps.gpu_tier,
-            lang_sets=caps.lang_sets, capacity=caps.capacity, services=caps.services,
+            node_id=node_id,
+            conn_id=self.conn_id,
+            gateway_id=s.instance_id,
+            sent_at_ms=now_ms(),
+            ttl_ms=s.ttl_ms_for(interval),
+            region=caps.region,
+            gpu_tier=caps.gpu_tier,
+            lang_sets=caps.lang_sets,
+            capacity=caps.capacity,
+            services=caps.services,
             meta={k: v for k, v in (("version", reg.version), ("platform", reg.platform)) if v},
             trace_id=getattr(reg, "trace_id", None),
         )
@@ -145,18 +177,24 @@ class NodeConnection:
         if not reply.ok:
             raise InvalidCapabilitySchema(reply.message or "registration refused")
         self.bind(node_id)
-        log.info("gateway.node_registered", node_id=node_id, conn_id=self.conn_id,
-                 created=reply.created)
-        self.out.send(NodeRegisterAck(
-            node_id=node_id, message=reply.message, status="ready", heartbeat_interval_ms=interval,
-        ).to_wire())
+        log.info(
+            "gateway.node_registered", node_id=node_id, conn_id=self.conn_id, created=reply.created
+        )
+        self.out.send(
+            NodeRegisterAck(
+                node_id=node_id,
+                message=reply.message,
+                status="ready",
+                heartbeat_interval_ms=interval,
+            ).to_wire()
+        )
 
     def bind(self, node_id: str) -> None:
         self.node_id = node_id
         previous = self.gw.nodes.get(node_id)
         self.gw.nodes[node_id] = self
         if previous is not None and previous is not self:
-            asyncio.create_task(previous.ws.close(4001, "replaced by a newer connection"))
+            self.gw.spawn(previous.ws.close(4001, "replaced by a newer connection"))
 
     async def closed(self) -> None:
         await self.out.flush_and_stop(0.2)
@@ -171,11 +209,21 @@ class NodeConnection:
             return
         if self.gw.nodes.get(self.node_id) is self:
             del self.gw.nodes[self.node_id]
-        ev = NodeDisconnected(node_id=self.node_id, conn_id=self.conn_id,
-                              gateway_id=self.gw.settings.instance_id, graceful=graceful,
-                              close_code=code, ts_ms=now_ms())
-        log.info("gateway.node_closed", node_id=self.node_id, conn_id=self.conn_id,
-                 close_code=code, graceful=graceful)
+        ev = NodeDisconnected(
+            node_id=self.node_id,
+            conn_id=self.conn_id,
+            gateway_id=self.gw.settings.instance_id,
+            graceful=graceful,
+            close_code=code,
+            ts_ms=now_ms(),
+        )
+        log.info(
+            "gateway.node_closed",
+            node_id=self.node_id,
+            conn_id=self.conn_id,
+            close_code=code,
+            graceful=graceful,
+        )
         try:
             await self.gw.infra.publisher.event("node.disconnected", ev)
         except (DependencyDown, Exception) as exc:

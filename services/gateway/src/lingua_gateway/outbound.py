@@ -18,13 +18,15 @@ SLOW_CONSUMER_CLOSE = 4008
 
 
 class Outbound:
-    def __init__(self, ws: ServerConnection, maxsize: int, send_timeout: float,
-                 on_slow: Any = None) -> None:
+    def __init__(
+        self, ws: ServerConnection, maxsize: int, send_timeout: float, on_slow: Any = None
+    ) -> None:
         self.ws = ws
         self.queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize)
         self.send_timeout = send_timeout
         self.on_slow = on_slow
         self.task = asyncio.create_task(self._writer())
+        self._closing: asyncio.Task[None] | None = None
 
     def send(self, message: dict[str, Any]) -> bool:
         """Queue a message; ``False`` (and the connection is being closed) when full."""
@@ -38,7 +40,10 @@ class Outbound:
     def _slow(self, reason: str) -> None:
         if self.on_slow is not None:
             self.on_slow()
-        asyncio.create_task(self.ws.close(SLOW_CONSUMER_CLOSE, f"slow consumer: {reason}"))
+        if self._closing is None:
+            self._closing = asyncio.create_task(
+                self.ws.close(SLOW_CONSUMER_CLOSE, f"slow consumer: {reason}")
+            )
 
     async def _writer(self) -> None:
         while True:

@@ -9,15 +9,14 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
 
+from lingua_node_manager.handlers import NodeEventHandler
+from lingua_node_manager.metrics import Metrics
+from lingua_node_manager.sweeper import reconcile_once, run_every, sweep_once
 from lingua_shared.bus import consume
 from lingua_shared.events import NODE_EVENT
 from lingua_shared.logs import get_logger
 from lingua_shared.runtime import Infra, render_metrics
 from lingua_shared.settings import Settings
-
-from lingua_node_manager.handlers import NodeEventHandler
-from lingua_node_manager.metrics import Metrics
-from lingua_node_manager.sweeper import reconcile_once, run_every, sweep_once
 
 log = get_logger(__name__)
 DEFAULT_PORT = 5020
@@ -35,14 +34,21 @@ def create_app(settings: Settings) -> FastAPI:
             channel = await infra.consume_channel()
             queue = await channel.get_queue(infra.topo.node_manager_queue, ensure=False)
             infra.consumers["node_events"] = await consume(
-                queue, NODE_EVENT, handler, name="node_events",
+                queue,
+                NODE_EVENT,
+                handler,
+                name="node_events",
                 on_outcome=lambda o: metrics.events.labels("bus", o).inc() if o != "ok" else None,
             )
             loops = [
-                asyncio.create_task(run_every(settings.sweep_interval_s, "sweep", sweep_once,
-                                              infra, metrics)),
-                asyncio.create_task(run_every(settings.reconcile_interval_s, "reconcile",
-                                              reconcile_once, infra, metrics)),
+                asyncio.create_task(
+                    run_every(settings.sweep_interval_s, "sweep", sweep_once, infra, metrics)
+                ),
+                asyncio.create_task(
+                    run_every(
+                        settings.reconcile_interval_s, "reconcile", reconcile_once, infra, metrics
+                    )
+                ),
             ]
             log.info("node_manager.started", instance_id=settings.instance_id)
             try:

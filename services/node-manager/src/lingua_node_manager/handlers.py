@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aio_pika.abc import AbstractIncomingMessage
 
+from lingua_node_manager.metrics import Metrics
 from lingua_shared.bus import Unroutable
 from lingua_shared.errors import DependencyDown, ScriptRejected
 from lingua_shared.events import (
@@ -18,8 +19,6 @@ from lingua_shared.logs import get_logger
 from lingua_shared.protocol import NodeControl
 from lingua_shared.runtime import Infra, now_ms
 from lingua_shared.scripts import ScriptCode
-
-from lingua_node_manager.metrics import Metrics
 
 log = get_logger(__name__)
 REPLACED_CLOSE_CODE = 4001
@@ -43,46 +42,93 @@ class NodeEventHandler:
         now = now_ms()
         try:
             result = await s.register_node_v2(
-                node_id=ev.node_id, now_ms=now, ttl_ms=ev.ttl_ms, region=ev.region,
-                gpu_tier=ev.gpu_tier, lang_sets=ev.lang_sets, capacity=ev.capacity,
-                services=ev.services, gateway_id=ev.gateway_id, conn_id=ev.conn_id, meta=ev.meta,
+                node_id=ev.node_id,
+                now_ms=now,
+                ttl_ms=ev.ttl_ms,
+                region=ev.region,
+                gpu_tier=ev.gpu_tier,
+                lang_sets=ev.lang_sets,
+                capacity=ev.capacity,
+                services=ev.services,
+                gateway_id=ev.gateway_id,
+                conn_id=ev.conn_id,
+                meta=ev.meta,
             )
             # Pools right away, so the ack means "you are in your pools" (heartbeat script).
             hb = await s.heartbeat_with_pool_assign(
-                node_id=ev.node_id, conn_id=ev.conn_id, gateway_id=ev.gateway_id, now_ms=now,
-                ttl_ms=ev.ttl_ms, max_shard_size=self.infra.settings.pool_shard_size,
+                node_id=ev.node_id,
+                conn_id=ev.conn_id,
+                gateway_id=ev.gateway_id,
+                now_ms=now,
+                ttl_ms=ev.ttl_ms,
+                max_shard_size=self.infra.settings.pool_shard_size,
             )
         except ScriptRejected as exc:
             self.metrics.events.labels("node.register", "rejected").inc()
             log.warning("node.register_rejected", node_id=ev.node_id, reason=exc.message)
-            await self._reply(ev, message, RegisterReply(
-                node_id=ev.node_id, conn_id=ev.conn_id, ok=False,
-                error_code="INVALID_CAPABILITY_SCHEMA", message=exc.message))
+            await self._reply(
+                ev,
+                message,
+                RegisterReply(
+                    node_id=ev.node_id,
+                    conn_id=ev.conn_id,
+                    ok=False,
+                    error_code="INVALID_CAPABILITY_SCHEMA",
+                    message=exc.message,
+                ),
+            )
             return
-        log.info("node.registered", node_id=ev.node_id, conn_id=ev.conn_id,
-                 gateway_id=ev.gateway_id, created=result.created, pools_changed=hb.pools_changed,
-                 region=ev.region, gpu_tier=ev.gpu_tier, lang_sets=ev.lang_sets,
-                 trace_id=ev.trace_id)
-        self.metrics.events.labels("node.register", "created" if result.created else "refreshed").inc()
-        delivered = await self._reply(ev, message, RegisterReply(
-            node_id=ev.node_id, conn_id=ev.conn_id, ok=True, created=result.created,
-            message="registered" if result.created else "re-registered"))
+        log.info(
+            "node.registered",
+            node_id=ev.node_id,
+            conn_id=ev.conn_id,
+            gateway_id=ev.gateway_id,
+            created=result.created,
+            pools_changed=hb.pools_changed,
+            region=ev.region,
+            gpu_tier=ev.gpu_tier,
+            lang_sets=ev.lang_sets,
+            trace_id=ev.trace_id,
+        )
+        self.metrics.events.labels(
+            "node.register", "created" if result.created else "refreshed"
+        ).inc()
+        delivered = await self._reply(
+            ev,
+            message,
+            RegisterReply(
+                node_id=ev.node_id,
+                conn_id=ev.conn_id,
+                ok=True,
+                created=result.created,
+                message="registered" if result.created else "re-registered",
+            ),
+        )
         if not delivered:
             # The gateway that asked is gone, and with it the connection: not schedulable.
-            await s.node_offline(node_id=ev.node_id, mode="dropped", conn_id=ev.conn_id,
-                                 now_ms=now_ms())
+            await s.node_offline(
+                node_id=ev.node_id, mode="dropped", conn_id=ev.conn_id, now_ms=now_ms()
+            )
         if result.replaced_conn_id and result.replaced_gateway_id:
-            await self._send(result.replaced_gateway_id, ToNode(
-                node_id=ev.node_id, conn_id=result.replaced_conn_id,
-                close_code=REPLACED_CLOSE_CODE, close_reason="replaced by a newer connection"))
+            await self._send(
+                result.replaced_gateway_id,
+                ToNode(
+                    node_id=ev.node_id,
+                    conn_id=result.replaced_conn_id,
+                    close_code=REPLACED_CLOSE_CODE,
+                    close_reason="replaced by a newer connection",
+                ),
+            )
 
-    async def _reply(self, ev: NodeRegisterEvent, message: AbstractIncomingMessage,
-                     reply: RegisterReply) -> bool:
+    async def _reply(
+        self, ev: NodeRegisterEvent, message: AbstractIncomingMessage, reply: RegisterReply
+    ) -> bool:
         target = message.reply_to or ev.gateway_id
         return await self._send(target, reply, correlation_id=message.correlation_id)
 
-    async def _send(self, gateway_id: str, model: RegisterReply | ToNode,
-                    correlation_id: str | None = None) -> bool:
+    async def _send(
+        self, gateway_id: str, model: RegisterReply | ToNode, correlation_id: str | None = None
+    ) -> bool:
         try:
             await self.infra.publisher.to_gateway(gateway_id, model, correlation_id=correlation_id)
             return True
@@ -99,9 +145,14 @@ class NodeEventHandler:
         async with self.infra.redis.pipeline(transaction=False) as pipe:
             for b in batch.beats:
                 keys, args = s.heartbeat_args(
-                    node_id=b.node_id, conn_id=b.conn_id, gateway_id=batch.gateway_id,
-                    now_ms=now, running_jobs=b.running_jobs, cpu_percent=b.cpu_percent,
-                    gpu_percent=b.gpu_percent, mem_percent=b.mem_percent,
+                    node_id=b.node_id,
+                    conn_id=b.conn_id,
+                    gateway_id=batch.gateway_id,
+                    now_ms=now,
+                    running_jobs=b.running_jobs,
+                    cpu_percent=b.cpu_percent,
+                    gpu_percent=b.gpu_percent,
+                    mem_percent=b.mem_percent,
                     max_shard_size=shard_size,
                 )
                 await script(keys=keys, args=args, client=pipe)
@@ -132,17 +183,29 @@ class NodeEventHandler:
         for node_id, conn_id in reregister:
             log.info("node.reregister_requested", node_id=node_id, conn_id=conn_id)
             self.metrics.reregister.inc()
-            await self._send(batch.gateway_id, ToNode(
-                node_id=node_id, conn_id=conn_id,
-                payload=NodeControl(command="reregister", reason="node not known to the scheduler")
-                .to_wire()))
+            await self._send(
+                batch.gateway_id,
+                ToNode(
+                    node_id=node_id,
+                    conn_id=conn_id,
+                    payload=NodeControl(
+                        command="reregister", reason="node not known to the scheduler"
+                    ).to_wire(),
+                ),
+            )
 
     async def disconnected(self, ev: NodeDisconnected) -> None:
         mode = "graceful" if ev.graceful else "dropped"
         result = await self.infra.scripts.node_offline(
-            node_id=ev.node_id, mode=mode, conn_id=ev.conn_id, now_ms=now_ms())
+            node_id=ev.node_id, mode=mode, conn_id=ev.conn_id, now_ms=now_ms()
+        )
         outcome = {1: "done", 0: "already_gone", -2: "stale_conn"}.get(result.code, "other")
         self.metrics.events.labels("node.disconnected", f"{mode}_{outcome}").inc()
-        log.info("node.offline" if ev.graceful else "node.dropped", node_id=ev.node_id,
-                 conn_id=ev.conn_id, close_code=ev.close_code, outcome=outcome,
-                 pools_removed=result.pools_removed)
+        log.info(
+            "node.offline" if ev.graceful else "node.dropped",
+            node_id=ev.node_id,
+            conn_id=ev.conn_id,
+            close_code=ev.close_code,
+            outcome=outcome,
+            pools_removed=result.pools_removed,
+        )

@@ -13,21 +13,29 @@ class Metrics:
             "lingua_node_events_total", "Node events consumed", ["kind", "outcome"], registry=r
         )
         self.heartbeats = Counter(
-            "lingua_heartbeats_applied_total", "Heartbeats applied by outcome", ["outcome"],
+            "lingua_heartbeats_applied_total",
+            "Heartbeats applied by outcome",
+            ["outcome"],
             registry=r,
         )
         self.batch_size = Histogram(
-            "lingua_heartbeat_batch_size", "Heartbeats per applied batch",
-            buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000), registry=r,
+            "lingua_heartbeat_batch_size",
+            "Heartbeats per applied batch",
+            buckets=(1, 10, 50, 100, 250, 500, 1000, 2000, 5000),
+            registry=r,
         )
         self.apply_lag = Histogram(
-            "lingua_heartbeat_apply_lag_seconds", "Heartbeat received at gateway -> applied",
-            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5), registry=r,
+            "lingua_heartbeat_apply_lag_seconds",
+            "Heartbeat received at gateway -> applied",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+            registry=r,
         )
         self.swept = Counter("lingua_nodes_swept_total", "Expired nodes cleaned", registry=r)
         self.reconciled = Counter(
-            "lingua_reconcile_fixes_total", "Display-view entries fixed by reconciliation",
-            ["fix"], registry=r,
+            "lingua_reconcile_fixes_total",
+            "Display-view entries fixed by reconciliation",
+            ["fix"],
+            registry=r,
         )
         self.reregister = Counter(
             "lingua_reregister_requests_total", "node_control reregister sent", registry=r

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import asyncio
 
+from lingua_node_manager.metrics import Metrics
 from lingua_shared.logs import get_logger
 from lingua_shared.runtime import Infra, now_ms
-
-from lingua_node_manager.metrics import Metrics
 
 log = get_logger(__name__)
 SWEEP_BATCH = 500
@@ -24,7 +23,8 @@ async def sweep_once(infra: Infra, metrics: Metrics, now: int | None = None) -> 
     removed = 0
     while True:
         due = await infra.redis.zrangebyscore(
-            infra.keys.nodes_expiry, "-inf", now, start=0, num=SWEEP_BATCH)
+            infra.keys.nodes_expiry, "-inf", now, start=0, num=SWEEP_BATCH
+        )
         if not due:
             return removed
         s = infra.scripts
@@ -72,15 +72,17 @@ async def reconcile_once(infra: Infra, metrics: Metrics) -> dict[str, int]:
         chunk = ids[i : i + 500]
         async with r.pipeline(transaction=False) as pipe:
             for node_id in chunk:
-                pipe.hmget(k.node(node_id), "connected", "gateway_id", "conn_id",
-                           "last_heartbeat_ts")
+                pipe.hmget(
+                    k.node(node_id), "connected", "gateway_id", "conn_id", "last_heartbeat_ts"
+                )
             records = await pipe.execute()
         for node_id, (connected, gw, conn, last_hb) in zip(chunk, records, strict=True):
             is_connected = connected == b"1"
             silent = now - int(last_hb or 0) > infra.settings.gateway_liveness_ttl_ms
             if is_connected and gw and silent and not await gateway_alive(gw.decode()):
-                await s.node_offline(node_id=node_id, mode="dropped", conn_id=conn.decode(),
-                                     now_ms=now)
+                await s.node_offline(
+                    node_id=node_id, mode="dropped", conn_id=conn.decode(), now_ms=now
+                )
                 fixes["gateway_lost"] += 1
                 log.info("node.gateway_lost", node_id=node_id, gateway_id=gw.decode())
                 continue

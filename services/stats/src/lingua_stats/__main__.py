@@ -11,23 +11,24 @@ import argparse
 import asyncio
 import sys
 
-from lingua_shared.keys import Keys
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
 from lingua_shared.httpserve import serve_app
+from lingua_shared.keys import Keys
 from lingua_shared.logs import configure_logging
 from lingua_shared.poolview import read_nodes, read_pool_view, render_text
 from lingua_shared.runtime import install_uvloop, now_ms
 from lingua_shared.settings import Settings
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
-
 from lingua_stats.app import DEFAULT_PORT, create_app
 
 
 def serve(settings: Settings) -> None:
     configure_logging("stats", settings.log_level)
     install_uvloop()
-    serve_app(create_app(settings), settings.host, settings.port or DEFAULT_PORT,
-              settings.drain_timeout_s)
+    serve_app(
+        create_app(settings), settings.host, settings.port or DEFAULT_PORT, settings.drain_timeout_s
+    )
 
 
 async def show(redis_url: str, cell: str, watch_s: float | None) -> int:

@@ -14,14 +14,14 @@ from typing import Any, TypeVar
 
 from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
+from redis.exceptions import RedisError
+
 from lingua_shared.errors import DependencyDown
 from lingua_shared.keys import Keys
 from lingua_shared.logs import get_logger
 from lingua_shared.poolview import NodeView, PoolView, read_nodes, read_pool_view
 from lingua_shared.runtime import Infra, now_ms, render_metrics
 from lingua_shared.settings import Settings
-from redis.exceptions import RedisError
-
 from lingua_stats.metrics import Metrics
 
 log = get_logger(__name__)

@@ -247,7 +247,7 @@ def _norm_lang(lang: Any) -> str:
     if not isinstance(lang, str):
         raise CapabilityError(f"language codes must be strings, got {lang!r}")
     code = lang.strip().lower().replace("_", "-")
-    if not LANG_RE.match(code):
+    if len(code) > 35 or not LANG_RE.fullmatch(code):
         raise CapabilityError(f"invalid language code {lang!r} (expected e.g. 'en', 'zh', 'pt-br')")
     return code
 
@@ -270,7 +270,7 @@ def _label(value: str | None, default: str, what: str) -> str:
     if value is None or value == "":
         return default
     label = value.strip().lower()
-    if not LABEL_RE.match(label):
+    if not LABEL_RE.fullmatch(label):
         raise CapabilityError(
             f"invalid {what} {value!r}: lowercase letters, digits, '_', '.', '-' (at most 32)"
         )
@@ -289,7 +289,7 @@ def derive_capabilities(
     A node is valid when ASR and Semantic are both ready with at least one language each.
     Without ``lang_sets`` its language set is the languages both ASR and Semantic support.
     """
-    if reg.node_id is not None and not NODE_ID_RE.match(reg.node_id):
+    if reg.node_id is not None and not NODE_ID_RE.fullmatch(reg.node_id):
         raise CapabilityError(
             f"invalid node_id {reg.node_id!r}: 1-64 of letters, digits, '_', '.', '-'"
         )
@@ -317,7 +317,16 @@ def derive_capabilities(
             if len(langs) < 2:
                 raise CapabilityError(f"lang_set {raw!r} needs at least two distinct languages")
             if len(langs) > MAX_LANGS_PER_SET:
-                raise CapabilityError(f"lang_set {raw!r} has more than {MAX_LANGS_PER_SET} languages")
+                raise CapabilityError(
+                    f"lang_set {raw!r} has more than {MAX_LANGS_PER_SET} languages"
+                )
+            unsupported = sorted(set(langs) - (set(asr_langs) & set(sem_langs)))
+            if unsupported:
+                raise CapabilityError(
+                    f"lang_set {raw!r} names {unsupported}, which ASR and Semantic do not both "
+                    f"support (asr={asr_langs}, semantic={sem_langs})",
+                    [f"ASR and Semantic support for {', '.join(unsupported)}"],
+                )
             if langs not in sets:
                 sets.append(langs)
     else:

@@ -1,0 +1,240 @@
+"""Each ``lua/*.lua`` header against its Python wrapper (CONVENTIONS "Lua").
+
+The header (purpose line, ``KEYS[i]``, ``ARGV[i]``, ``Returns:``) is the only documentation a
+caller reads, so it must stay true: the numbering has no gaps, the builder produces exactly
+that many keys and arguments in that order, every code the script returns is listed and
+handled by the wrapper, and the script reaches no key it was not given.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from lingua_shared.errors import ScriptRejected
+from lingua_shared.keys import Keys
+from lingua_shared.scripts import INCLUDE_RE, ScriptCode, Scripts, find_lua_dir, load_source
+
+LUA_DIR = find_lua_dir()
+SCRIPT_NAMES = sorted(p.stem for p in LUA_DIR.glob("*.lua"))
+
+INDEXED_RE = re.compile(r"^(KEYS|ARGV)\[(\d+)\]\s+(\S+)\s*(.*)$")
+CODE_RE = re.compile(r"\{\s*(-?\d+)\s*,")
+BODY_RETURN_RE = re.compile(r"return\s*\{\s*(-?\d+)\s*,")
+INVALID_FIELD_RE = re.compile(r"return\s*\{\s*-1\s*,\s*'([a-z_]+)'\s*\}")
+
+
+@dataclass
+class Header:
+    purpose: str
+    keys: list[tuple[int, str, str]] = field(default_factory=list)  # (i, name, description)
+    argv: list[tuple[int, str, str]] = field(default_factory=list)
+    returns: str = ""
+
+    @property
+    def codes(self) -> set[int]:
+        return {int(c) for c in CODE_RE.findall(self.returns)}
+
+
+def parse_header(name: str) -> Header:
+    lines = (LUA_DIR / f"{name}.lua").read_text().splitlines()
+    comment: list[str] = []
+    for line in lines:
+        if not line.startswith("--") or INCLUDE_RE.match(line):
+            break
+        comment.append(line[2:].strip())
+    assert comment, f"{name}.lua has no header"
+    header = Header(purpose=comment[0])
+    in_returns = False
+    for text in comment[1:]:
+        if text.startswith("Returns:"):
+            in_returns = True
+        if in_returns:
+            header.returns += text + "\n"
+            continue
+        m = INDEXED_RE.match(text)
+        if m:
+            target = header.keys if m.group(1) == "KEYS" else header.argv
+            target.append((int(m.group(2)), m.group(3), m.group(4)))
+    return header
+
+
+def body_of(name: str) -> str:
+    """The script's own code: no header, no inlined library."""
+    text = (LUA_DIR / f"{name}.lua").read_text()
+    return "\n".join(line for line in text.splitlines() if not line.startswith("--"))
+
+
+# Distinct sample values for every builder parameter, so that a swapped argument shows.
+SAMPLES: dict[str, Any] = {
+    "node_id": "node-7",
+    "now_ms": 1_700_000_000_123,
+    "ttl_ms": 45_001,
+    "region": "eu-west",
+    "gpu_tier": "a100",
+    "lang_sets": [["en", "ja", "zh"]],
+    "capacity": 6,
+    "services": {"asr": ["en", "zh"], "semantic": ["en", "ja", "zh"]},
+    "gateway_id": "gw-3",
+    "conn_id": "conn-42",
+    "meta": {"version": "1.2.3"},
+    "running_jobs": 2,
+    "cpu_percent": 11.5,
+    "gpu_percent": 22.5,
+    "mem_percent": 33.5,
+    "max_shard_size": 17,
+    "mode": "dropped",
+}
+
+
+@pytest.fixture
+def offline_scripts() -> Scripts:
+    """Scripts without a server: the builders and parsers are pure."""
+    s = Scripts.__new__(Scripts)
+    s.keys = Keys("test")
+    s.lua_dir = LUA_DIR
+    return s
+
+
+def builder(s: Scripts, name: str) -> Any:
+    fn = getattr(s, f"{name}_args", None)
+    assert fn is not None, f"Scripts has no {name}_args builder"
+    return fn
+
+
+def test_every_script_has_a_wrapper_and_every_wrapper_a_script() -> None:
+    assert SCRIPT_NAMES, f"no scripts in {LUA_DIR}"
+    assert set(Scripts.NAMES) == set(SCRIPT_NAMES)
+    for name in SCRIPT_NAMES:
+        assert callable(getattr(Scripts, name, None)), f"Scripts.{name} missing"
+        assert callable(getattr(Scripts, f"{name}_args", None)), f"Scripts.{name}_args missing"
+
+
+@pytest.mark.parametrize("name", SCRIPT_NAMES)
+def test_header_numbering_has_no_gaps(name: str) -> None:
+    h = parse_header(name)
+    assert h.purpose.startswith(f"{name}:"), "purpose line names the script"
+    assert [i for i, _, _ in h.keys] == list(range(1, len(h.keys) + 1))
+    assert [i for i, _, _ in h.argv] == list(range(1, len(h.argv) + 1))
+    assert h.keys and h.argv and h.returns
+
+
+@pytest.mark.parametrize("name", SCRIPT_NAMES)
+def test_body_uses_exactly_the_declared_keys_and_argv(name: str) -> None:
+    h = parse_header(name)
+    body = body_of(name)
+    used_keys = {int(i) for i in re.findall(r"KEYS\[(\d+)\]", body)}
+    used_argv = {int(i) for i in re.findall(r"ARGV\[(\d+)\]", body)}
+    assert used_keys == set(range(1, len(h.keys) + 1))
+    assert used_argv == set(range(1, len(h.argv) + 1))
+
+
+def test_library_takes_no_keys_or_argv_of_its_own() -> None:
+    for lib in (LUA_DIR / "lib").glob("*.lua"):
+        text = lib.read_text()
+        assert not re.search(r"\b(KEYS|ARGV)\[", text), f"{lib.name} reads KEYS/ARGV"
+
+
+@pytest.mark.parametrize("name", SCRIPT_NAMES)
+def test_no_keyspace_scans(name: str) -> None:
+    source = load_source(LUA_DIR, name)
+    assert not re.search(r"redis\.p?call\(\s*'(KEYS|SCAN)'", source, re.IGNORECASE)
+
+
+@pytest.mark.parametrize("name", SCRIPT_NAMES)
+def test_builder_produces_the_header_arity_in_header_order(
+    name: str, offline_scripts: Scripts
+) -> None:
+    h = parse_header(name)
+    fn = builder(offline_scripts, name)
+    params = list(inspect.signature(fn).parameters)
+    assert params == [n for _, n, _ in h.argv], "builder parameters follow ARGV order"
+    kw = {p: SAMPLES[p] for p in params}
+    keys, args = fn(**kw)
+    assert len(keys) == len(h.keys)
+    assert len(args) == len(h.argv)
+    for (_, arg_name, _), value in zip(h.argv, args, strict=True):
+        sample = kw[arg_name]
+        if isinstance(sample, dict | list):
+            assert json.loads(value) == sample, arg_name
+        else:
+            assert value == sample, arg_name
+
+
+@pytest.mark.parametrize("name", SCRIPT_NAMES)
+def test_key_descriptions_match_the_built_keys(name: str, offline_scripts: Scripts) -> None:
+    """``KEYS[i] nodes:all`` or ``lingua:v1:{cell}:node:<id>`` describe key i exactly."""
+    h = parse_header(name)
+    fn = builder(offline_scripts, name)
+    keys, _ = fn(**{p: SAMPLES[p] for p in inspect.signature(fn).parameters})
+    prefix = offline_scripts.keys.prefix
+    for (i, key_name, desc), key in zip(h.keys, keys, strict=True):
+        assert key.startswith(prefix), key
+        if key_name == "prefix":
+            assert key == prefix
+        elif ":" in key_name:
+            assert key == prefix + key_name, f"KEYS[{i}]"
+        template = next((w for w in desc.split() if w.startswith("lingua:v1:")), None)
+        if template:
+            expected = template.replace("{cell}", "{test}").replace("<id>", SAMPLES["node_id"])
+            assert key == expected, f"KEYS[{i}]"
+
+
+@pytest.mark.parametrize("name", SCRIPT_NAMES)
+def test_returned_codes_are_exactly_the_documented_ones(name: str) -> None:
+    h = parse_header(name)
+    returned = {int(c) for c in BODY_RETURN_RE.findall(body_of(name))}
+    assert returned == h.codes
+    assert ScriptCode.INVALID_INPUT in h.codes
+
+
+@pytest.mark.parametrize("name", SCRIPT_NAMES)
+def test_every_negative_code_is_a_script_code(name: str) -> None:
+    values = {int(c) for c in ScriptCode}
+    for code in parse_header(name).codes:
+        if code < 0:
+            assert code in values, f"{name}: {code} not in ScriptCode"
+
+
+@pytest.mark.parametrize("name", SCRIPT_NAMES)
+def test_invalid_input_fields_name_an_argument(name: str) -> None:
+    argv_names = {n for _, n, _ in parse_header(name).argv}
+    fields = set(INVALID_FIELD_RE.findall(body_of(name)))
+    assert fields, "the script validates its input"
+    assert fields <= argv_names
+
+
+PARSERS = {
+    "register_node_v2": "parse_register",
+    "heartbeat_with_pool_assign": "parse_heartbeat",
+    "node_offline": "parse_offline",
+}
+
+
+def test_every_script_has_a_parser() -> None:
+    assert set(PARSERS) == set(SCRIPT_NAMES)
+
+
+@pytest.mark.parametrize("name", SCRIPT_NAMES)
+def test_wrapper_handles_every_documented_code(name: str, offline_scripts: Scripts) -> None:
+    parse = getattr(offline_scripts, PARSERS[name])
+    for code in sorted(parse_header(name).codes):
+        if code == ScriptCode.INVALID_INPUT:
+            with pytest.raises(ScriptRejected) as exc:
+                parse([code, b"node_id"])
+            assert exc.value.details == {"field": "node_id"}
+            continue
+        filler: Any = 0 if name == "node_offline" else b""
+        reply = [code, b"", b""] if name == "register_node_v2" else [code, filler]
+        if name == "heartbeat_with_pool_assign" and code == 1:
+            reply = [1, 1]
+        result = parse(reply)
+        if name == "register_node_v2":
+            assert result.created is (code == 1)
+        else:
+            assert result.code == code
