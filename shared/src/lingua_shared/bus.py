@@ -2,11 +2,13 @@
 
 Topology (names prefixed by ``Settings.bus_prefix``, default ``lingua``)::
 
-    <p>.events    topic exchange, durable: node.register, node.heartbeat.batch, node.disconnected
+    <p>.events    topic exchange, durable: node.register, node.heartbeat.batch, node.disconnected,
+                  job.request, job.node_event
     <p>.deliver   direct exchange, durable: routing key = gateway instance id
     <p>.dlx       fanout exchange, durable: dead letters
     <p>.dead      quorum queue bound to <p>.dlx: messages that were rejected or hit the limit
     <p>.node-manager.events   quorum queue, x-delivery-limit, dead-lettered to <p>.dlx
+    <p>.dispatcher.events     quorum queue, x-delivery-limit, dead-lettered to <p>.dlx
     <p>.gateway.<instance>    classic exclusive queue per gateway replica, bound to <p>.deliver
 
 Publishing uses publisher confirms and ``mandatory``: an unroutable message (for example to a
@@ -43,6 +45,10 @@ T = TypeVar("T")
 
 class Unroutable(LinguaError):
     """A mandatory publish the broker could not route (no queue bound for the key)."""
+
+
+NODE_MANAGER_KEYS = ("node.register", "node.heartbeat.batch", "node.disconnected")
+DISPATCHER_KEYS = ("job.request", "job.node_event", "node.disconnected")
 
 
 @dataclass(frozen=True)
@@ -85,6 +91,10 @@ class Topology:
     def node_manager_queue(self) -> str:
         return f"{self.prefix}.node-manager.events"
 
+    @property
+    def dispatcher_queue(self) -> str:
+        return f"{self.prefix}.dispatcher.events"
+
     def gateway_queue(self, instance_id: str) -> str:
         return f"{self.prefix}.gateway.{instance_id}"
 
@@ -107,7 +117,12 @@ class Topology:
             QueueSpec(self.dead, ((self.dlx, ""),), arguments={"x-queue-type": "quorum"}),
             QueueSpec(
                 self.node_manager_queue,
-                ((self.events, "node.#"),),
+                tuple((self.events, k) for k in NODE_MANAGER_KEYS),
+                arguments=self.work_queue_args(),
+            ),
+            QueueSpec(
+                self.dispatcher_queue,
+                tuple((self.events, k) for k in DISPATCHER_KEYS),
                 arguments=self.work_queue_args(),
             ),
         ]

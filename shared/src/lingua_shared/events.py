@@ -98,5 +98,71 @@ class ToNode(BusModel):
     close_reason: str = ""
 
 
-GatewayInbound = Annotated[RegisterReply | ToNode, Field(discriminator="kind")]
+# -- job path ------------------------------------------------------------------------------
+
+
+class JobRequest(BusModel):
+    """gateway -> dispatcher: one utterance of a session to translate (MISSION J1/J2).
+
+    ``request_key`` is the idempotency key (J2): the client's ``request_id`` when it sent one,
+    else ``<session_id>:<utterance_index>``. ``audio`` is base64, forwarded untouched (J9).
+    """
+
+    kind: Literal["job.request"] = "job.request"
+    request_key: str
+    session_id: str
+    utterance_index: int
+    gateway_id: str  # the replica holding the session's connection
+    conn_id: str
+    mode: str  # one_way | two_way_auto
+    src_lang: str  # "auto" in two-way sessions
+    tgt_lang: str
+    lang_a: str | None = None
+    lang_b: str | None = None
+    audio: str
+    audio_format: str
+    sample_rate: int
+    pipeline: dict[str, Any] = Field(default_factory=dict)
+    trace_id: str
+    received_at_ms: int  # utterance end seen at the gateway
+
+
+class NodeJobEvent(BusModel):
+    """gateway -> dispatcher: a job message from a node, with the connection it came on.
+
+    ``message`` is the validated wire message (``job_ack``, ``job_started``, ``job_result``,
+    ``asr_partial`` or ``node_error``) as a dict; ``node_id`` is the id bound to the
+    connection, never the one the node claims in the message.
+    """
+
+    kind: Literal["node.job_event"] = "node.job_event"
+    node_id: str
+    conn_id: str
+    gateway_id: str
+    received_at_ms: int
+    message: dict[str, Any]
+
+
+class ToSession(BusModel):
+    """dispatcher -> the gateway holding a session: messages for its client.
+
+    Each carries the ``utterance_index`` it answers (results, ``missing_result``, typed
+    errors); the gateway sends a session's messages in index order, exactly one per index.
+    ``ordered = False`` messages (``asr_partial``) go out at once.
+    """
+
+    kind: Literal["to.session"] = "to.session"
+    session_id: str
+    conn_id: str = ""
+    utterance_index: int | None = None
+    ordered: bool = True
+    payload: dict[str, Any]
+
+
+GatewayInbound = Annotated[RegisterReply | ToNode | ToSession, Field(discriminator="kind")]
 GATEWAY_INBOUND: TypeAdapter[GatewayInbound] = TypeAdapter(GatewayInbound)
+
+DispatcherEvent = Annotated[
+    JobRequest | NodeJobEvent | NodeDisconnected, Field(discriminator="kind")
+]
+DISPATCHER_EVENT: TypeAdapter[DispatcherEvent] = TypeAdapter(DispatcherEvent)

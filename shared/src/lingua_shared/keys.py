@@ -19,6 +19,18 @@ Layout (``P`` = ``lingua:v1:{cell}:``)::
     P pair:<src>:<tgt>                set   pool shard ids whose language set covers src->tgt
     P gateway:<instance>              string liveness of a gateway replica (TTL)
 
+    job path:
+    P session:<sid>                   hash  gateway_id, conn_id, mode, langs, affinity (TTL)
+    P session:<sid>:results           hash  utterance index -> outcome waiting for its turn
+    P job:<job_id>                    hash  job record and state machine (TTL)
+    P job:<job_id>:audio              string the utterance audio, kept for redispatch (TTL)
+    P idem:<request_key>              string job id of a request key (J2, TTL)
+    P node:<id>:jobs                  set   job ids holding a lease on the node
+    P timers                          zset  job id -> when its lease / wait ends
+    P gaps                            zset  session id -> when its missing result times out
+    P stats:exclusions                hash  selection exclusion reason -> count
+    P stats:unserved                  hash  "<src>:<tgt>" -> requests no pool covers
+
 A *pool shard id* is ``<langset>:<region>:<gpu>:<shard>`` where ``langset`` is the sorted
 languages joined by ``_`` (``en_ja_zh``; codes such as ``pt-br`` keep their ``-``).
 """
@@ -76,6 +88,40 @@ class Keys:
 
     def gateway(self, instance_id: str) -> str:
         return f"{self.prefix}gateway:{instance_id}"
+
+    def session(self, session_id: str) -> str:
+        return f"{self.prefix}session:{session_id}"
+
+    def session_results(self, session_id: str) -> str:
+        return f"{self.prefix}session:{session_id}:results"
+
+    def job(self, job_id: str) -> str:
+        return f"{self.prefix}job:{job_id}"
+
+    def job_audio(self, job_id: str) -> str:
+        return f"{self.prefix}job:{job_id}:audio"
+
+    def idem(self, request_key: str) -> str:
+        return f"{self.prefix}idem:{request_key}"
+
+    def node_jobs(self, node_id: str) -> str:
+        return f"{self.prefix}node:{node_id}:jobs"
+
+    @property
+    def timers(self) -> str:
+        return f"{self.prefix}timers"
+
+    @property
+    def gaps(self) -> str:
+        return f"{self.prefix}gaps"
+
+    @property
+    def exclusions(self) -> str:
+        return f"{self.prefix}stats:exclusions"
+
+    @property
+    def unserved(self) -> str:
+        return f"{self.prefix}stats:unserved"
 
     @staticmethod
     def shard_id(langset: str, region: str, gpu_tier: str, shard: int) -> str:

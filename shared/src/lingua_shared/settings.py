@@ -59,6 +59,31 @@ class Settings(BaseSettings):
     register_timeout_s: float = 5.0
     drain_timeout_s: float = 10.0
 
+    # sessions (gateway, client side)
+    session_ttl_s: float = Field(600.0, description="session record TTL, refreshed on activity")
+    max_utterance_ms: int = Field(20_000, description="the gateway cuts an utterance this long")
+    max_utterance_bytes: int = Field(2_000_000, description="and one this large")
+    session_buffer_bytes: int = Field(4_000_000, description="audio buffered per connection")
+    ws_session_max_frame_bytes: int = 512_000
+    result_reorder_timeout_s: float = Field(
+        10.0, description="gateway: how long a later result waits for an earlier index"
+    )
+
+    # jobs (dispatcher)
+    select_policy: str = Field("pack", description="pack (default) | spread (MISSION J8)")
+    ack_timeout_ms: int = Field(3_000, description="job_assign -> job_ack, else redispatch")
+    job_deadline_ms: int = Field(30_000, description="job_ack -> job_result, else redispatch")
+    max_attempts: int = Field(3, description="dispatch attempts before a typed error")
+    no_node_wait_ms: int = Field(
+        2_000, description="how long a job may wait for a free slot before NO_AVAILABLE_NODE"
+    )
+    gap_timeout_ms: int = Field(
+        35_000, description="a missing result blocks later ones at most this long"
+    )
+    model_cooldown_ms: int = Field(30_000, description="MODEL_NOT_AVAILABLE: skip the service")
+    job_ttl_s: int = Field(600, description="job records and audio live this long")
+    timer_interval_s: float = 0.05
+
     # bus
     amqp_connect_timeout_s: float = 5.0
     amqp_prefetch: int = 256
