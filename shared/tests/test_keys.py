@@ -34,7 +34,9 @@ def documented_layout() -> list[tuple[re.Pattern[str], str]]:
     doc = keys_module.__doc__ or ""
     out = []
     for m in re.finditer(r"^\s+P (\S+)\s+(hash|set|zset|string)\b", doc, re.MULTILINE):
-        pattern = re.sub(r"<[a-z_]+>", "[^:]+", re.escape(m.group(1)))
+        # a request key is free text (``<session_id>:<index>`` or a client's request id)
+        pattern = re.escape(m.group(1)).replace("<request_key>", ".+")
+        pattern = re.sub(r"<[a-z_]+>", "[^:]+", pattern)
         out.append((re.compile(pattern), m.group(2)))
     return out
 
@@ -69,11 +71,23 @@ def all_builder_keys(
         k.pools_index,
         k.pair(langs[0], langs[-1]),
         k.gateway(f"gw-{region}"),
+        k.session(f"s-{node_id}"),
+        k.session_results(f"s-{node_id}"),
+        k.job(f"j-{node_id}"),
+        k.job_audio(f"j-{node_id}"),
+        k.idem(f"s-{node_id}:{len(langs)}"),
+        k.node_jobs(node_id),
+        k.timers,
+        k.gaps,
+        k.exclusions,
+        k.unserved,
     ]
 
 
 def test_layout_docstring_is_parsed() -> None:
-    assert len(LAYOUT) == 10  # node, node pools, nodes x3, pool, poolgroup, index, pair, gateway
+    # node, node pools, nodes x3, pool, poolgroup, index, pair, gateway; then the job path:
+    # session, session results, job, job audio, idem, node jobs, timers, gaps, stats x2
+    assert len(LAYOUT) == 20
 
 
 def test_langset_id_is_the_scripts_group_naming() -> None:
