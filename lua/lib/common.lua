@@ -116,3 +116,62 @@ local function remove_node(prefix, node_id, node_key, node_pools_key, all_key, e
   redis.call('ZREM', connected_key, node_id)
   return removed
 end
+
+-- Rewrite a node's load score in every shard it belongs to (after a slot changes hands).
+local function refresh_score(prefix, node_id)
+  local node_key = prefix .. 'node:' .. node_id
+  local h = redis.call('HMGET', node_key, 'running', 'reserved', 'capacity', 'connected', 'status')
+  if not h[3] then return end
+  local score = load_score(h[1], h[2], h[3], h[4], h[5])
+  for _, shard_id in ipairs(redis.call('SMEMBERS', node_key .. ':pools')) do
+    redis.call('ZADD', prefix .. 'pool:' .. shard_id, 'XX', score, node_id)
+  end
+end
+
+-- Give back the slot a job holds on its node: reserved (assigned) or running (acked).
+local function release_slot(prefix, job_id, node_id, state)
+  if not node_id or node_id == '' then return end
+  local node_key = prefix .. 'node:' .. node_id
+  redis.call('SREM', node_key .. ':jobs', job_id)
+  if redis.call('EXISTS', node_key) == 0 then return end
+  local field = (state == 'acked') and 'running' or 'reserved'
+  if tonumber(redis.call('HGET', node_key, field) or '0') > 0 then
+    redis.call('HINCRBY', node_key, field, -1)
+  end
+  refresh_score(prefix, node_id)
+end
+
+-- Store one outcome for its utterance index and pop every outcome now due, in index order.
+-- Returns a flat list idx1, payload1, idx2, payload2, ... (empty when nothing is due).
+local function deliver_in_order(prefix, session_id, idx, payload, now, gap_ms, session_ttl_ms)
+  local session_key = prefix .. 'session:' .. session_id
+  local results_key = session_key .. ':results'
+  local next_idx = tonumber(redis.call('HGET', session_key, 'next_deliver') or '0')
+  local out = {}
+  if idx ~= nil then
+    if idx < next_idx then return nil end  -- already answered (by a gap's missing_result)
+    redis.call('HSET', results_key, idx, payload)
+  end
+  while true do
+    local p = redis.call('HGET', results_key, next_idx)
+    if not p then break end
+    out[#out + 1] = next_idx
+    out[#out + 1] = p
+    redis.call('HDEL', results_key, next_idx)
+    next_idx = next_idx + 1
+  end
+  redis.call('HSET', session_key, 'next_deliver', next_idx)
+  redis.call('PEXPIRE', session_key, session_ttl_ms)
+  if redis.call('HLEN', results_key) > 0 then
+    redis.call('PEXPIRE', results_key, session_ttl_ms)
+    -- a new hole (the run advanced) gets a fresh deadline; an old one keeps its own
+    if #out > 0 then
+      redis.call('ZADD', prefix .. 'gaps', now + gap_ms, session_id)
+    else
+      redis.call('ZADD', prefix .. 'gaps', 'NX', now + gap_ms, session_id)
+    end
+  else
+    redis.call('ZREM', prefix .. 'gaps', session_id)
+  end
+  return out
+end

@@ -89,6 +89,31 @@ SAMPLES: dict[str, Any] = {
     "mem_percent": 33.5,
     "max_shard_size": 17,
     "mode": "dropped",
+    # job path
+    "request_key": "s-1:4",
+    "job_id": "j-9",
+    "fields": {"session_id": "s-1", "utterance_index": "4"},
+    "audio": "QUJD",
+    "attempt": 2,
+    "lease_ms": 3_001,
+    "pair_src": "zh",
+    "pair_tgt": "en",
+    "policy": "spread",
+    "candidates": 8,
+    "wait_until_ms": 1_700_000_002_000,
+    "retry_ms": 51,
+    "deadline_ms": 30_002,
+    "outcome": "done",
+    "payload": {"type": "translation_result", "utterance_index": 4},
+    "gap_ms": 35_003,
+    "session_ttl_ms": 600_004,
+    "reason": "ack_timeout",
+    "max_attempts": 3,
+    "session_id": "s-1",
+    "claim_ms": 1_005,
+    "limit": 99,
+    "service": "asr",
+    "until_ms": 1_700_000_030_000,
 }
 
 
@@ -213,6 +238,28 @@ PARSERS = {
     "register_node_v2": "parse_register",
     "heartbeat_with_pool_assign": "parse_heartbeat",
     "node_offline": "parse_offline",
+    **{
+        name: f"parse_{name}"
+        for name in (
+            "job_create",
+            "select_node",
+            "job_ack",
+            "job_finish",
+            "job_release",
+            "gap_expire",
+            "timers_claim",
+            "service_cooldown",
+        )
+    },
+}
+
+# A well-formed reply of each job script for a documented code (shapes from the headers).
+JOB_REPLIES: dict[str, Any] = {
+    "select_node": lambda c: [c, b"n1", b"gw", b"c1", b"en_zh:eu:a:0"] if c == 1 else [c, b"x", 0],
+    "job_finish": lambda c: [c, b"gw", b"c1", 0, b'{"type": "x"}'] if c == 1 else [c, b""],
+    "gap_expire": lambda c: (
+        [c, b"gw", b"c1", 3, b'{"type": "missing_result"}'] if c == 1 else [c, b""]
+    ),
 }
 
 
@@ -229,8 +276,12 @@ def test_wrapper_handles_every_documented_code(name: str, offline_scripts: Scrip
                 parse([code, b"node_id"])
             assert exc.value.details == {"field": "node_id"}
             continue
+        if name == "timers_claim":
+            continue  # its only code is -1; a success is a plain list of job ids
         filler: Any = 0 if name == "node_offline" else b""
         reply = [code, b"", b""] if name == "register_node_v2" else [code, filler]
+        if name in JOB_REPLIES:
+            reply = JOB_REPLIES[name](code)
         if name == "heartbeat_with_pool_assign" and code == 1:
             reply = [1, 1]
         result = parse(reply)
@@ -238,3 +289,5 @@ def test_wrapper_handles_every_documented_code(name: str, offline_scripts: Scrip
             assert result.created is (code == 1)
         else:
             assert result.code == code
+        if name in ("job_finish", "gap_expire") and code == 1:
+            assert result.items and result.gateway_id == "gw"

@@ -28,7 +28,7 @@ async def test_health_ready_and_metrics(redis_url, amqp_url, bus_prefix):
         assert ready.status_code == 200
         assert ready.json() == {
             "ready": True,
-            "checks": {"redis": True, "amqp": True, "consumers": {}},
+            "checks": {"redis": True, "amqp": True, "consumers": {"dispatcher_events": True}},
         }
         metrics = await client.get("/metrics")
         assert metrics.status_code == 200

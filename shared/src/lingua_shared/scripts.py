@@ -21,6 +21,7 @@ from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
 from lingua_shared.errors import NodeNotRegistered, ScriptRejected
+from lingua_shared.job_scripts import JOB_SCRIPT_NAMES, JobScriptsMixin
 from lingua_shared.keys import Keys
 
 INCLUDE_RE = re.compile(r"^--@include\s+(\w+)\s*$", re.MULTILINE)
@@ -55,6 +56,9 @@ class ScriptCode(IntEnum):
     INVALID_INPUT = -1
     NOT_REGISTERED = -2  # heartbeat: no live node key
     STALE = -3  # heartbeat: this connection was already reported dropped
+    NO_NODE = -4  # select_node: no eligible node with a free slot
+    STALE_JOB = -5  # job scripts: another attempt or another node, or not in that state
+    NO_SUCH_JOB = -6  # job scripts: the job record is gone
 
 
 class OfflineCode(IntEnum):
@@ -94,10 +98,10 @@ class OfflineResult:
     pools_removed: int
 
 
-class Scripts:
+class Scripts(JobScriptsMixin):
     """Typed wrappers; build with :meth:`load` once per process."""
 
-    NAMES = ("register_node_v2", "heartbeat_with_pool_assign", "node_offline")
+    NAMES = ("register_node_v2", "heartbeat_with_pool_assign", "node_offline", *JOB_SCRIPT_NAMES)
 
     def __init__(self, redis: Redis, keys: Keys, lua_dir: Path) -> None:
         self.redis = redis

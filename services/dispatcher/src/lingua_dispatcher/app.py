@@ -1,19 +1,26 @@
 """The dispatcher app: ``create_app(settings)`` with a lifespan that owns every resource.
 
-The lifespan opens :class:`~lingua_shared.runtime.Infra` so that a missing Redis, RabbitMQ or
-a broken Lua script fails start-up. No consumers are attached yet (the job path is a later
-issue), so ``/readyz`` checks Redis and the AMQP channel only.
+The lifespan opens :class:`~lingua_shared.runtime.Infra` (a missing Redis, RabbitMQ or a
+broken Lua script fails start-up), attaches the consumer of job requests, node job messages
+and node disconnections, and runs the job-timer and result-gap loops.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
+from aio_pika.abc import AbstractIncomingMessage
 from fastapi import FastAPI, Response
 from fastapi.responses import JSONResponse
 
+from lingua_dispatcher.jobs import Jobs
 from lingua_dispatcher.metrics import Metrics
+from lingua_dispatcher.node_events import NodeEvents
+from lingua_dispatcher.timers import expire_gaps, fire_timers, loop
+from lingua_shared.bus import consume
+from lingua_shared.events import DISPATCHER_EVENT, DispatcherEvent, JobRequest, NodeJobEvent
 from lingua_shared.logs import get_logger
 from lingua_shared.runtime import Infra, render_metrics
 from lingua_shared.settings import Settings
@@ -30,10 +37,40 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with Infra.open(settings) as infra:
             state["infra"] = infra
-            log.info("dispatcher.started", instance_id=settings.instance_id)
+            jobs = Jobs(infra, metrics)
+            node_events = NodeEvents(jobs)
+
+            async def handle(ev: DispatcherEvent, message: AbstractIncomingMessage) -> None:
+                if isinstance(ev, JobRequest):
+                    await jobs.on_request(ev)
+                elif isinstance(ev, NodeJobEvent):
+                    await node_events.on_event(ev)
+                else:
+                    await node_events.on_node_lost(ev)
+
+            channel = await infra.consume_channel()
+            queue = await channel.get_queue(infra.topo.dispatcher_queue, ensure=False)
+            infra.consumers["dispatcher_events"] = await consume(
+                queue, DISPATCHER_EVENT, handle, name="dispatcher_events"
+            )
+            loops = [
+                asyncio.create_task(loop(settings.timer_interval_s, "timers", fire_timers, jobs)),
+                asyncio.create_task(loop(0.2, "gaps", expire_gaps, jobs)),
+            ]
+            log.info(
+                "dispatcher.started",
+                instance_id=settings.instance_id,
+                policy=settings.select_policy,
+            )
             try:
                 yield
             finally:
+                # stop taking deliveries; unacked ones return to the queue for another replica
+                with contextlib.suppress(Exception):
+                    await queue.cancel(infra.consumers.pop("dispatcher_events"))
+                for t in loops:
+                    t.cancel()
+                await asyncio.gather(*loops, return_exceptions=True)
                 state.pop("infra", None)
                 log.info("dispatcher.stopped", instance_id=settings.instance_id)
 

@@ -1,16 +1,60 @@
-"""Prometheus metrics of the dispatcher (one registry per app, so tests can build many).
-
-Empty of job metrics until the job path exists; ``lingua_dispatcher_info`` says which
-instance answers a scrape.
-"""
+"""Prometheus metrics of the dispatcher (one registry per app, so tests can build many)."""
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Info
+from prometheus_client import CollectorRegistry, Counter, Histogram, Info
+
+LATENCY_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 
 
 class Metrics:
     def __init__(self, instance_id: str) -> None:
         self.registry = CollectorRegistry()
-        self.info = Info("lingua_dispatcher", "Dispatcher instance", registry=self.registry)
+        r = self.registry
+        self.info = Info("lingua_dispatcher", "Dispatcher instance", registry=r)
         self.info.info({"instance_id": instance_id})
+        self.jobs = Counter("lingua_jobs_total", "Jobs by outcome", ["outcome"], registry=r)
+        self.duplicates = Counter(
+            "lingua_job_duplicates_total", "Job requests that were duplicates (J2)", registry=r
+        )
+        self.dispatch_latency = Histogram(
+            "lingua_dispatch_latency_seconds",
+            "Utterance end at the gateway -> job_assign published",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.roundtrip = Histogram(
+            "lingua_roundtrip_latency_seconds",
+            "Utterance end at the gateway -> its result published to the session's gateway",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.redispatch = Counter(
+            "lingua_job_redispatch_total", "Attempts taken back, by reason", ["reason"], registry=r
+        )
+        self.no_node = Counter(
+            "lingua_no_available_node_total",
+            "Selections that found no node",
+            ["reason"],
+            registry=r,
+        )
+        self.stale = Counter(
+            "lingua_stale_node_messages_total",
+            "Node job messages dropped: stale attempt, wrong node, unknown job",
+            ["type", "why"],
+            registry=r,
+        )
+        self.errors = Counter(
+            "lingua_job_errors_total",
+            "Typed errors sent to clients, by code",
+            ["code"],
+            registry=r,
+        )
+        self.cooldowns = Counter(
+            "lingua_service_cooldowns_total", "MODEL_NOT_AVAILABLE reports applied", registry=r
+        )
+        self.delivery_dropped = Counter(
+            "lingua_deliveries_dropped_total",
+            "Client messages whose gateway was gone",
+            registry=r,
+        )

@@ -1,0 +1,36 @@
+-- job_release: take a job back from its node (ack timeout, deadline, node gone, unroutable,
+-- node refused it) so it can be dispatched again, a bounded number of times (MISSION J5).
+-- KEYS[1] prefix             lingua:v1:{cell}: (job, node, timers)
+-- ARGV[1] job_id
+-- ARGV[2] attempt            the attempt being taken back (fencing: another one is left alone)
+-- ARGV[3] reason             ack_timeout | deadline | node_lost | unroutable | refused | ...
+-- ARGV[4] now_ms
+-- ARGV[5] max_attempts
+-- Returns: {1, next_attempt} released: dispatch it again with next_attempt
+--          {2, attempts} released, and no attempt is left: finish it with a typed error
+--          {0, state} nothing to do: that attempt is no longer current (a replay or a race)
+--          {-6, ""} no such job; {-1, field} invalid input, nothing written
+--@include common
+
+local prefix = KEYS[1]
+local job_id, reason = ARGV[1], ARGV[3]
+local attempt = is_int(ARGV[2])
+local now = is_int(ARGV[4])
+local max_attempts = is_int(ARGV[5])
+if not is_node_id(job_id) then return {-1, 'job_id'} end
+if not attempt or attempt < 1 then return {-1, 'attempt'} end
+if reason == '' or #reason > 64 then return {-1, 'reason'} end
+if not now or now <= 0 then return {-1, 'now_ms'} end
+if not max_attempts or max_attempts < 1 then return {-1, 'max_attempts'} end
+
+local job_key = prefix .. 'job:' .. job_id
+local job = redis.call('HMGET', job_key, 'state', 'attempt', 'node_id')
+if not job[1] then return {-6, ''} end
+if tonumber(job[2]) ~= attempt or (job[1] ~= 'assigned' and job[1] ~= 'acked') then
+  return {0, job[1]}
+end
+release_slot(prefix, job_id, job[3], job[1])
+redis.call('ZREM', prefix .. 'timers', job_id)
+redis.call('HSET', job_key, 'state', 'queued', 'released_at', now, 'release_reason', reason)
+if attempt >= max_attempts then return {2, attempt} end
+return {1, attempt + 1}

@@ -1,0 +1,152 @@
+-- select_node: pick the least loaded eligible node for a job attempt and reserve its slot.
+-- KEYS[1] prefix             lingua:v1:{cell}: (job, session, pair, pool, node, timers, stats)
+-- ARGV[1] job_id
+-- ARGV[2] attempt            the attempt this reservation is for (fencing token, from 1)
+-- ARGV[3] now_ms
+-- ARGV[4] lease_ms           how long the reservation waits for job_ack
+-- ARGV[5] pair_src           selection pair: the pool's language set must contain both
+-- ARGV[6] pair_tgt
+-- ARGV[7] services           JSON list of service types the job needs (e.g. ["asr","semantic"])
+-- ARGV[8] policy             pack | spread
+-- ARGV[9] candidates         how many of the lowest scores to examine per shard
+-- ARGV[10] wait_until_ms     until when the job may wait for a free slot (0 = no waiting)
+-- ARGV[11] retry_ms          when waiting, how soon to try again
+-- Returns: {1, node_id, gateway_id, conn_id, shard_id} reserved (or the same reservation
+--          again when this attempt was already reserved: a replay)
+--          {-4, reason, waiting} no node: reason no_covering_pool | no_free_slot;
+--          waiting = 1 when the job now waits for a slot (a timer will retry it)
+--          {-5, state} the job is not waiting for a node (already assigned, done, ...)
+--          {-6, ""} no such job
+--          {-1, field} invalid input, nothing written
+--@include common
+
+local prefix = KEYS[1]
+local job_id = ARGV[1]
+local attempt = is_int(ARGV[2])
+local now = is_int(ARGV[3])
+local lease = is_int(ARGV[4])
+local src, tgt = ARGV[5], ARGV[6]
+local policy = ARGV[8]
+local k = is_int(ARGV[9])
+local wait_until = is_int(ARGV[10])
+local retry = is_int(ARGV[11])
+if not is_node_id(job_id) then return {-1, 'job_id'} end
+if not attempt or attempt < 1 then return {-1, 'attempt'} end
+if not now or now <= 0 then return {-1, 'now_ms'} end
+if not lease or lease <= 0 then return {-1, 'lease_ms'} end
+if not is_lang(src) then return {-1, 'pair_src'} end
+if not is_lang(tgt) or tgt == src then return {-1, 'pair_tgt'} end
+local ok, services = pcall(cjson.decode, ARGV[7])
+if not ok or type(services) ~= 'table' then return {-1, 'services'} end
+if policy ~= 'pack' and policy ~= 'spread' then return {-1, 'policy'} end
+if not k or k < 1 or k > 64 then return {-1, 'candidates'} end
+if not wait_until or wait_until < 0 then return {-1, 'wait_until_ms'} end
+if not retry or retry <= 0 then return {-1, 'retry_ms'} end
+
+local job_key = prefix .. 'job:' .. job_id
+local job = redis.call('HMGET', job_key, 'state', 'attempt', 'node_id', 'session_id', 'tried',
+  'shard')
+if not job[1] then return {-6, ''} end
+local state, job_attempt = job[1], tonumber(job[2])
+if state == 'assigned' and job_attempt == attempt then
+  local n = redis.call('HMGET', prefix .. 'node:' .. job[3], 'gateway_id', 'conn_id')
+  return {1, job[3], n[1] or '', n[2] or '', job[6] or ''}
+end
+if (state ~= 'queued' and state ~= 'waiting') or job_attempt >= attempt then
+  return {-5, state}
+end
+
+local tried = {}
+for id in string.gmatch(job[5] or '', '[^,]+') do tried[id] = true end
+local session_key = prefix .. 'session:' .. (job[4] or '')
+local shards = redis.call('SMEMBERS', prefix .. 'pair:' .. src .. ':' .. tgt)
+if #shards == 0 then
+  redis.call('HINCRBY', prefix .. 'stats:unserved', src .. ':' .. tgt, 1)
+  return {-4, 'no_covering_pool', 0}
+end
+local preferred = redis.call('HGET', session_key, 'pref_shard')
+if preferred and policy == 'pack' then
+  -- affinity (J3): the session's pool first; soft: the others when it has no free slot
+  local ordered = {preferred}
+  for _, s in ipairs(shards) do if s ~= preferred then ordered[#ordered + 1] = s end end
+  shards = ordered
+end
+
+local job_hash = 0
+for c = 1, #job_id do job_hash = (job_hash * 31 + string.byte(job_id, c)) % 1000003 end
+
+local excluded = {}
+local function exclude(reason) excluded[reason] = (excluded[reason] or 0) + 1 end
+local best, best_score, best_shard, best_node = nil, nil, nil, nil
+local ties = 0
+for i, shard_id in ipairs(shards) do
+  local pool_key = prefix .. 'pool:' .. shard_id
+  local members = redis.call('ZRANGEBYSCORE', pool_key, '-inf', '(1', 'WITHSCORES', 'LIMIT', 0, k)
+  if #members == 0 then exclude('pool_full') end
+  for j = 1, #members, 2 do
+    local node_id, score = members[j], tonumber(members[j + 1])
+    if best_score ~= nil and score > best_score then break end  -- sorted: nothing better here
+    local node_key = prefix .. 'node:' .. node_id
+    local n = redis.call('HMGET', node_key, 'capacity', 'running', 'reserved', 'connected',
+      'status', 'gateway_id', 'conn_id')
+    local eligible = true
+    if not n[1] then
+      -- the node's TTL passed: lazily take it out of the shard (the sweeper does the rest)
+      redis.call('ZREM', pool_key, node_id)
+      exclude('expired'); eligible = false
+    elseif n[4] ~= '1' or n[5] ~= 'ready' then
+      exclude('not_connected'); eligible = false
+    elseif tried[node_id] then
+      exclude('already_tried'); eligible = false
+    elseif tonumber(n[2] or 0) + tonumber(n[3] or 0) >= tonumber(n[1]) then
+      exclude('no_free_slot'); eligible = false
+    else
+      for _, svc in ipairs(services) do
+        local until_ms = tonumber(redis.call('HGET', node_key, 'unavail:' .. svc) or '0')
+        if until_ms > now then exclude('service_unavailable'); eligible = false; break end
+      end
+    end
+    if eligible then
+      if best_score == nil or score < best_score then
+        best_score, best_node, best_shard, best, ties = score, node_id, shard_id, n, 1
+      elseif score == best_score and policy == 'spread' then
+        -- spread: equally loaded nodes take turns (reservoir choice keyed by the job id)
+        ties = ties + 1
+        if (job_hash + attempt) % ties == 0 then
+          best_node, best_shard, best = node_id, shard_id, n
+        end
+      end
+      -- members come sorted by score: pack stops at a shard's first eligible node; spread
+      -- goes on only through nodes exactly as loaded as the best
+      if policy == 'pack' then break end
+    end
+  end
+  if best_node and i == 1 and shard_id == preferred and policy == 'pack' then break end
+end
+
+for reason, count in pairs(excluded) do
+  redis.call('HINCRBY', prefix .. 'stats:exclusions', reason, count)
+end
+
+if not best_node then
+  if wait_until > now then
+    redis.call('HSET', job_key, 'state', 'waiting', 'wait_until', wait_until)
+    redis.call('ZADD', prefix .. 'timers', now + retry, job_id)
+    return {-4, 'no_free_slot', 1}
+  end
+  return {-4, 'no_free_slot', 0}
+end
+
+local node_key = prefix .. 'node:' .. best_node
+redis.call('HINCRBY', node_key, 'reserved', 1)
+redis.call('SADD', node_key .. ':jobs', job_id)
+refresh_score(prefix, best_node)
+local tried_list = job[5] or ''
+if tried_list ~= '' then tried_list = tried_list .. ',' end
+redis.call('HSET', job_key, 'state', 'assigned', 'attempt', attempt, 'node_id', best_node,
+  'shard', best_shard, 'assigned_at', now, 'tried', tried_list .. best_node)
+redis.call('ZADD', prefix .. 'timers', now + lease, job_id)
+if job[4] and redis.call('EXISTS', session_key) == 1 then
+  redis.call('HSETNX', session_key, 'pref_shard', best_shard)
+end
+return {1, best_node, best[6] or '', best[7] or '', best_shard}

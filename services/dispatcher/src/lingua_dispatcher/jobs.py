@@ -1,0 +1,341 @@
+"""The job state machine's driver: create (J2), select and reserve (J4), dispatch (J5),
+take back and redispatch, finish with a typed error, deliver in order (J6).
+
+Everything a decision reads is in Redis and changes only through the job scripts, so any
+replica can pick up any job at any step; this class holds no job state of its own.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Any
+
+from lingua_dispatcher.metrics import Metrics
+from lingua_shared.bus import Unroutable
+from lingua_shared.errors import DependencyDown
+from lingua_shared.events import JobRequest, ToNode, ToSession
+from lingua_shared.job_scripts import Delivery
+from lingua_shared.logs import get_logger
+from lingua_shared.protocol import ErrorCode, ErrorMessage, JobAssign, Pipeline
+from lingua_shared.runtime import Infra, now_ms
+
+log = get_logger(__name__)
+CANDIDATES_PER_SHARD = 8
+RETRY_WAIT_MS = 100
+JOB_FIELDS = (
+    "session_id",
+    "utterance_index",
+    "mode",
+    "src_lang",
+    "tgt_lang",
+    "lang_a",
+    "lang_b",
+    "pair_src",
+    "pair_tgt",
+    "audio_format",
+    "sample_rate",
+    "pipeline",
+    "trace_id",
+    "state",
+    "attempt",
+    "wait_until",
+    "received_at_ms",
+    "gateway_id",
+    "conn_id",
+    "node_id",
+)
+# take-back reasons whose exhaustion is reported to the client as this code
+EXHAUSTED_CODE = {"ack_timeout": ErrorCode.JOB_TIMEOUT, "deadline": ErrorCode.JOB_TIMEOUT}
+
+
+def selection_pair(
+    mode: str, src: str, tgt: str, lang_a: str | None, lang_b: str | None
+) -> tuple[str, str]:
+    """Two-way sessions select on {lang_a, lang_b} (the set must cover both directions)."""
+    if mode == "two_way_auto" and lang_a and lang_b:
+        return lang_a, lang_b
+    return src, tgt
+
+
+def needed_services(pipeline: dict[str, Any]) -> list[str]:
+    services = ["asr", "semantic"]
+    if pipeline.get("use_tts"):
+        services.append("tts")
+    return services
+
+
+class Jobs:
+    def __init__(self, infra: Infra, metrics: Metrics) -> None:
+        self.infra = infra
+        self.s = infra.scripts
+        self.settings = infra.settings
+        self.metrics = metrics
+
+    async def read_job(self, job_id: str) -> dict[str, str] | None:
+        values = await self.infra.redis.hmget(self.infra.keys.job(job_id), JOB_FIELDS)
+        if values[JOB_FIELDS.index("state")] is None:
+            return None
+        return {k: v.decode() for k, v in zip(JOB_FIELDS, values, strict=True) if v is not None}
+
+    # -- request -> job ---------------------------------------------------------------------
+    async def on_request(self, req: JobRequest) -> None:
+        pair = selection_pair(req.mode, req.src_lang, req.tgt_lang, req.lang_a, req.lang_b)
+        job_id = f"j-{uuid.uuid4().hex[:16]}"
+        fields = {
+            "session_id": req.session_id,
+            "utterance_index": str(req.utterance_index),
+            "mode": req.mode,
+            "src_lang": req.src_lang,
+            "tgt_lang": req.tgt_lang,
+            "lang_a": req.lang_a or "",
+            "lang_b": req.lang_b or "",
+            "pair_src": pair[0],
+            "pair_tgt": pair[1],
+            "audio_format": req.audio_format,
+            "sample_rate": str(req.sample_rate),
+            "pipeline": req.pipeline,
+            "trace_id": req.trace_id,
+            "gateway_id": req.gateway_id,
+            "conn_id": req.conn_id,
+            "received_at_ms": str(req.received_at_ms),
+        }
+        created = await self.s.job_create(
+            request_key=req.request_key,
+            job_id=job_id,
+            now_ms=now_ms(),
+            ttl_ms=self.settings.job_ttl_s * 1000,
+            fields=fields,
+            audio=req.audio,
+        )
+        if created.code == 2:
+            self.metrics.duplicates.inc()
+            existing = created.value
+            log.info(
+                "job.duplicate_request",
+                request_key=req.request_key,
+                job_id=existing,
+                session_id=req.session_id,
+                utterance_index=req.utterance_index,
+            )
+            job = await self.read_job(existing)
+            if job is not None and job["state"] == "queued" and job.get("attempt") == "0":
+                # the replica that created it died before dispatching: take over
+                await self.dispatch(existing, 1, audio=req.audio)
+            return
+        log.info(
+            "job.created",
+            job_id=job_id,
+            session_id=req.session_id,
+            utterance_index=req.utterance_index,
+            trace_id=req.trace_id,
+        )
+        await self.dispatch(job_id, 1, audio=req.audio, job=fields)
+
+    # -- select + send ----------------------------------------------------------------------
+    async def dispatch(
+        self,
+        job_id: str,
+        attempt: int,
+        *,
+        audio: str | None = None,
+        job: dict[str, Any] | None = None,
+    ) -> None:
+        """Reserve a node for ``attempt`` and send it the job; on failure take it back and try
+        the next attempt, at most ``max_attempts`` in all, then a typed error."""
+        job = job or await self.read_job(job_id)
+        if job is None:
+            return
+        st = self.settings
+        while True:
+            now = now_ms()
+            wait_until = int(job.get("wait_until") or 0) or now + st.no_node_wait_ms
+            pipeline = (
+                job["pipeline"] if isinstance(job["pipeline"], dict) else _json(job["pipeline"])
+            )
+            sel = await self.s.select_node(
+                job_id=job_id,
+                attempt=attempt,
+                now_ms=now,
+                lease_ms=st.ack_timeout_ms,
+                pair_src=job["pair_src"],
+                pair_tgt=job["pair_tgt"],
+                services=needed_services(pipeline),
+                policy=st.select_policy,
+                candidates=CANDIDATES_PER_SHARD,
+                wait_until_ms=wait_until,
+                retry_ms=RETRY_WAIT_MS,
+            )
+            if sel.code == -4:
+                if sel.waiting:
+                    log.info("job.waiting_for_slot", job_id=job_id, attempt=attempt)
+                    return
+                self.metrics.no_node.labels(sel.reason).inc()
+                pair = f"{job['pair_src']}->{job['pair_tgt']}"
+                why = (
+                    "no node serves this language pair"
+                    if sel.reason == "no_covering_pool"
+                    else "every node that serves this language pair is busy"
+                )
+                await self.fail(job_id, job, ErrorCode.NO_AVAILABLE_NODE, f"{why} ({pair})")
+                return
+            if sel.code != 1:
+                log.info("job.not_dispatchable", job_id=job_id, attempt=attempt, reason=sel.reason)
+                return
+            if audio is None:
+                raw = await self.infra.redis.get(self.infra.keys.job_audio(job_id))
+                audio = raw.decode() if raw else ""
+            assign = JobAssign(
+                job_id=job_id,
+                attempt_id=attempt,
+                session_id=job["session_id"],
+                utterance_index=int(job["utterance_index"]),
+                src_lang=job["src_lang"],
+                tgt_lang=job["tgt_lang"],
+                pipeline=Pipeline(**pipeline),
+                audio=audio,
+                audio_format=job["audio_format"],
+                sample_rate=int(job["sample_rate"]),
+                trace_id=job["trace_id"],
+                mode=job.get("mode") or None,
+                lang_a=job.get("lang_a") or None,
+                lang_b=job.get("lang_b") or None,
+            )
+            try:
+                await self.infra.publisher.to_gateway(
+                    sel.gateway_id,
+                    ToNode(node_id=sel.node_id, conn_id=sel.conn_id, payload=assign.to_wire()),
+                )
+            except (Unroutable, DependencyDown) as exc:
+                log.warning(
+                    "job.assign_unroutable",
+                    job_id=job_id,
+                    attempt=attempt,
+                    node_id=sel.node_id,
+                    gateway_id=sel.gateway_id,
+                    error=repr(exc),
+                )
+                nxt = await self.take_back(job_id, attempt, "unroutable", job)
+                if nxt is None:
+                    return
+                attempt = nxt
+                continue
+            received = int(job.get("received_at_ms") or now)
+            self.metrics.dispatch_latency.observe(max(0, now_ms() - received) / 1000)
+            log.info(
+                "job.dispatched",
+                job_id=job_id,
+                attempt=attempt,
+                node_id=sel.node_id,
+                shard=sel.shard_id,
+                session_id=job["session_id"],
+                trace_id=job["trace_id"],
+            )
+            return
+
+    async def take_back(
+        self, job_id: str, attempt: int, reason: str, job: dict[str, Any] | None = None
+    ) -> int | None:
+        """Release ``attempt``; the next attempt number, or None when nothing more to do."""
+        rel = await self.s.job_release(
+            job_id=job_id,
+            attempt=attempt,
+            reason=reason,
+            now_ms=now_ms(),
+            max_attempts=self.settings.max_attempts,
+        )
+        if rel.code == 0:
+            return None  # another replica moved this job on already
+        self.metrics.redispatch.labels(reason).inc()
+        if rel.code == 1:
+            log.info("job.taken_back", job_id=job_id, attempt=attempt, reason=reason)
+            return int(rel.value)
+        job = job or await self.read_job(job_id)
+        if job is not None:
+            code = EXHAUSTED_CODE.get(reason, ErrorCode.NODE_UNAVAILABLE)
+            await self.fail(
+                job_id,
+                job,
+                code,
+                f"no node completed the job in {attempt} attempts (last: {reason})",
+            )
+        return None
+
+    async def redispatch(self, job_id: str, attempt: int, reason: str) -> None:
+        nxt = await self.take_back(job_id, attempt, reason)
+        if nxt is not None:
+            await self.dispatch(job_id, nxt)
+
+    # -- outcomes ---------------------------------------------------------------------------
+    async def fail(
+        self,
+        job_id: str,
+        job: dict[str, Any],
+        code: ErrorCode,
+        message: str,
+        *,
+        attempt: int = 0,
+        node_id: str = "",
+    ) -> None:
+        """End a job with a typed error for its client, in its place in the order."""
+        payload = ErrorMessage(
+            code=code.value,
+            message=message,
+            details={"job_id": job_id, "utterance_index": int(job["utterance_index"])},
+        ).to_wire()
+        payload.update(session_id=job["session_id"], utterance_index=int(job["utterance_index"]))
+        self.metrics.errors.labels(code.value).inc()
+        self.metrics.jobs.labels("failed").inc()
+        log.info(
+            "job.failed",
+            job_id=job_id,
+            code=code.value,
+            error=message,
+            session_id=job["session_id"],
+            trace_id=job.get("trace_id"),
+        )
+        delivery = await self.s.job_finish(
+            job_id=job_id,
+            attempt=attempt,
+            node_id=node_id,
+            now_ms=now_ms(),
+            outcome="failed",
+            payload=payload,
+            gap_ms=self.settings.gap_timeout_ms,
+            session_ttl_ms=int(self.settings.session_ttl_s * 1000),
+        )
+        await self.deliver(job["session_id"], delivery)
+
+    async def deliver(self, session_id: str, delivery: Delivery) -> None:
+        if delivery.code != 1 or not delivery.items or not delivery.gateway_id:
+            return
+        for index, payload in delivery.items:
+            try:
+                await self.infra.publisher.to_gateway(
+                    delivery.gateway_id,
+                    ToSession(
+                        session_id=session_id,
+                        conn_id=delivery.conn_id,
+                        utterance_index=index,
+                        ordered=True,
+                        payload=payload,
+                    ),
+                )
+            except (Unroutable, DependencyDown) as exc:
+                self.metrics.delivery_dropped.inc()
+                log.warning(
+                    "job.delivery_dropped",
+                    session_id=session_id,
+                    utterance_index=index,
+                    gateway_id=delivery.gateway_id,
+                    error=repr(exc),
+                )
+                return
+
+
+def _json(raw: str) -> dict[str, Any]:
+    try:
+        value = json.loads(raw) if raw else {}
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}

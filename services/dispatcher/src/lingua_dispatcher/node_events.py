@@ -1,0 +1,233 @@
+"""What nodes say about their jobs (ack, result, partial, error) and nodes going away.
+
+Every message is checked against the job record in the same script that writes (attempt and
+node fencing): a result from a stale attempt, or from a node the job is not assigned to, is
+dropped and counted, never delivered.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import ValidationError
+
+from lingua_dispatcher.jobs import Jobs
+from lingua_shared.events import NodeDisconnected, NodeJobEvent, ToSession
+from lingua_shared.logs import get_logger
+from lingua_shared.protocol import ErrorCode, JobResult, NodeAsrPartial, NodeError
+from lingua_shared.protocol.session import ClientAsrPartial, TranslationResult
+from lingua_shared.runtime import now_ms
+
+log = get_logger(__name__)
+# a node refusing or unable to run a job: give it to another node instead of failing it
+RETRY_ELSEWHERE = {
+    ErrorCode.MODEL_NOT_AVAILABLE.value,
+    ErrorCode.MODEL_LOAD_FAILED.value,
+    ErrorCode.NODE_OVERLOADED.value,
+    ErrorCode.NODE_UNAVAILABLE.value,
+}
+
+
+class NodeEvents:
+    def __init__(self, jobs: Jobs) -> None:
+        self.jobs = jobs
+        self.s = jobs.s
+        self.settings = jobs.settings
+        self.metrics = jobs.metrics
+
+    async def on_event(self, ev: NodeJobEvent) -> None:
+        kind = ev.message.get("type")
+        try:
+            if kind == "job_ack":
+                await self.on_ack(ev)
+            elif kind == "job_result":
+                await self.on_result(ev, JobResult.model_validate(ev.message))
+            elif kind == "asr_partial":
+                await self.on_partial(ev, NodeAsrPartial.model_validate(ev.message))
+            elif kind == "node_error":
+                await self.on_node_error(ev, NodeError.model_validate(ev.message))
+            # job_started carries nothing the state machine needs
+        except ValidationError as exc:
+            log.warning(
+                "dispatcher.bad_node_message",
+                node_id=ev.node_id,
+                type=kind,
+                error=str(exc.errors()[0]["msg"]) if exc.errors() else "",
+            )
+            self.metrics.stale.labels(str(kind), "invalid").inc()
+
+    async def on_ack(self, ev: NodeJobEvent) -> None:
+        job_id, attempt = str(ev.message.get("job_id")), int(ev.message.get("attempt_id") or 1)
+        res = await self.s.job_ack(
+            job_id=job_id,
+            attempt=attempt,
+            node_id=ev.node_id,
+            now_ms=now_ms(),
+            deadline_ms=self.settings.job_deadline_ms,
+        )
+        if res.code < 0:
+            self.metrics.stale.labels("job_ack", _why(res.code, res.value)).inc()
+            log.info(
+                "job.ack_dropped", job_id=job_id, attempt=attempt, node_id=ev.node_id, why=res.value
+            )
+        elif res.code == 1:
+            log.info("job.acked", job_id=job_id, attempt=attempt, node_id=ev.node_id)
+
+    async def on_result(self, ev: NodeJobEvent, r: JobResult) -> None:
+        job = await self.jobs.read_job(r.job_id)
+        if job is None:
+            self.metrics.stale.labels("job_result", "unknown_job").inc()
+            return
+        if not r.success:
+            err = r.error
+            code = err.code if err else ErrorCode.INTERNAL_ERROR.value
+            details = (err.details or {}) if err else {}
+            if code == ErrorCode.INVALID_MESSAGE.value and details.get("refused"):
+                # the node refused a copy of a job it already runs: the original stands
+                self.metrics.stale.labels("job_result", "duplicate_refused").inc()
+                return
+            if code in RETRY_ELSEWHERE:
+                if code == ErrorCode.MODEL_NOT_AVAILABLE.value:
+                    await self.cooldown(ev.node_id, details)
+                if (
+                    job.get("state") in ("assigned", "acked")
+                    and str(r.attempt_id) == job.get("attempt")
+                    and job.get("node_id") == ev.node_id
+                ):
+                    await self.jobs.redispatch(r.job_id, r.attempt_id, code.lower())
+                else:
+                    self.metrics.stale.labels("job_result", "stale").inc()
+                return
+            await self.jobs.fail(
+                r.job_id,
+                job,
+                _code(code),
+                (err.message if err else "") or code,
+                attempt=r.attempt_id,
+                node_id=ev.node_id,
+            )
+            return
+        payload = TranslationResult(
+            session_id=job["session_id"],
+            utterance_index=int(job["utterance_index"]),
+            job_id=r.job_id,
+            text_asr=r.text_asr or "",
+            text_translated=r.text_translated or "",
+            tts_audio=r.tts_audio or "",
+            tts_format=r.tts_format or "",
+            trace_id=job["trace_id"],
+            service_timings={"processing_time_ms": r.processing_time_ms}
+            if r.processing_time_ms is not None
+            else None,
+            src_lang=job["src_lang"],
+            tgt_lang=job["tgt_lang"],
+        ).to_wire()
+        delivery = await self.s.job_finish(
+            job_id=r.job_id,
+            attempt=r.attempt_id,
+            node_id=ev.node_id,
+            now_ms=now_ms(),
+            outcome="done",
+            payload=payload,
+            gap_ms=self.settings.gap_timeout_ms,
+            session_ttl_ms=int(self.settings.session_ttl_s * 1000),
+        )
+        if delivery.code < 0:
+            self.metrics.stale.labels("job_result", _why(delivery.code, delivery.gateway_id)).inc()
+            log.info(
+                "job.result_dropped",
+                job_id=r.job_id,
+                attempt=r.attempt_id,
+                node_id=ev.node_id,
+                why=delivery.gateway_id,
+            )
+            return
+        if delivery.code in (0, 3):
+            self.metrics.stale.labels(
+                "job_result", "duplicate" if delivery.code == 0 else "after_gap"
+            ).inc()
+            return
+        self.metrics.jobs.labels("done").inc()
+        received = int(job.get("received_at_ms") or 0)
+        if received:
+            self.metrics.roundtrip.observe(max(0, now_ms() - received) / 1000)
+        log.info(
+            "job.done",
+            job_id=r.job_id,
+            attempt=r.attempt_id,
+            node_id=ev.node_id,
+            session_id=job["session_id"],
+            trace_id=job["trace_id"],
+        )
+        await self.jobs.deliver(job["session_id"], delivery)
+
+    async def on_partial(self, ev: NodeJobEvent, p: NodeAsrPartial) -> None:
+        job = await self.jobs.read_job(p.job_id)
+        if job is None or job.get("state") not in ("assigned", "acked"):
+            self.metrics.stale.labels("asr_partial", "not_running").inc()
+            return
+        if job.get("node_id") != ev.node_id:
+            self.metrics.stale.labels("asr_partial", "wrong_node").inc()
+            return
+        msg = ClientAsrPartial(
+            session_id=job["session_id"],
+            utterance_index=int(job["utterance_index"]),
+            job_id=p.job_id,
+            text=p.text,
+            is_final=p.is_final,
+            trace_id=job["trace_id"],
+        )
+        session = await self.jobs.infra.redis.hmget(
+            self.jobs.infra.keys.session(job["session_id"]), "gateway_id", "conn_id"
+        )
+        gateway = (session[0] or job["gateway_id"].encode()).decode()
+        conn = (session[1] or b"").decode()
+        try:
+            await self.jobs.infra.publisher.to_gateway(
+                gateway,
+                ToSession(
+                    session_id=job["session_id"],
+                    conn_id=conn,
+                    ordered=False,
+                    utterance_index=int(job["utterance_index"]),
+                    payload=msg.to_wire(),
+                ),
+            )
+        except Exception:
+            self.metrics.delivery_dropped.inc()
+
+    async def on_node_error(self, ev: NodeJobEvent, e: NodeError) -> None:
+        log.info("node.error_reported", node_id=ev.node_id, code=e.code, error=e.message[:200])
+        if e.code == ErrorCode.MODEL_NOT_AVAILABLE.value:
+            await self.cooldown(ev.node_id, e.details or {})
+
+    async def cooldown(self, node_id: str, details: dict[str, Any]) -> None:
+        """J7: one HSET per report, however many come; selection skips the service."""
+        service = str(details.get("service_type") or details.get("service") or "asr").lower()
+        until = now_ms() + self.settings.model_cooldown_ms
+        res = await self.s.service_cooldown(node_id=node_id, service=service, until_ms=until)
+        if res.code == 1:
+            self.metrics.cooldowns.inc()
+
+    async def on_node_lost(self, ev: NodeDisconnected) -> None:
+        """A node's connection ended: take its jobs back and dispatch them elsewhere (J5)."""
+        r, k = self.jobs.infra.redis, self.jobs.infra.keys
+        current = await r.hget(k.node(ev.node_id), "conn_id")
+        if current is not None and current.decode() != ev.conn_id:
+            return  # the node is back on a newer connection; its jobs are fine
+        for raw in await r.smembers(k.node_jobs(ev.node_id)):
+            job_id = raw.decode()
+            attempt = await r.hget(k.job(job_id), "attempt")
+            if attempt is not None:
+                await self.jobs.redispatch(job_id, int(attempt), "node_lost")
+
+
+def _why(code: int, value: str) -> str:
+    return {-5: value or "stale", -6: "unknown_job"}.get(code, str(code))
+
+
+def _code(code: str) -> ErrorCode:
+    try:
+        return ErrorCode(code)
+    except ValueError:
+        return ErrorCode.INTERNAL_ERROR

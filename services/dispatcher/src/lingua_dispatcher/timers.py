@@ -1,0 +1,72 @@
+"""Background loops of every dispatcher replica: job timers and result-gap timeouts.
+
+Timers are claimed atomically (``timers_claim``), so each due timer is handled by one
+replica; a claim only pushes the timer forward, so a replica that dies mid-way leaves the
+timer to fire again for another.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from lingua_dispatcher.jobs import Jobs
+from lingua_shared.logs import get_logger
+from lingua_shared.runtime import now_ms
+
+log = get_logger(__name__)
+CLAIM_MS = 5_000
+BATCH = 200
+
+
+async def fire_timers(jobs: Jobs) -> int:
+    """Handle every job whose lease, deadline or wait has ended; returns how many."""
+    due = await jobs.s.timers_claim(now_ms=now_ms(), claim_ms=CLAIM_MS, limit=BATCH)
+    for job_id in due:
+        job = await jobs.read_job(job_id)
+        state = job.get("state") if job else None
+        attempt = int(job.get("attempt") or 0) if job else 0
+        if job is None or state in ("done", "failed"):
+            await jobs.infra.redis.zrem(jobs.infra.keys.timers, job_id)
+        elif state == "assigned":
+            await jobs.redispatch(job_id, attempt, "ack_timeout")
+        elif state == "acked":
+            await jobs.redispatch(job_id, attempt, "deadline")
+        else:  # waiting for a slot, or released by a replica that died before dispatching
+            await jobs.dispatch(job_id, attempt + 1, job=job)
+    return len(due)
+
+
+async def expire_gaps(jobs: Jobs) -> int:
+    """Answer overdue holes in sessions' result order with missing_result (J6)."""
+    r, k = jobs.infra.redis, jobs.infra.keys
+    now = now_ms()
+    sessions = await r.zrangebyscore(k.gaps, "-inf", now, start=0, num=BATCH)
+    for raw in sessions:
+        session_id = raw.decode()
+        delivery = await jobs.s.gap_expire(
+            session_id=session_id,
+            now_ms=now,
+            gap_ms=jobs.settings.gap_timeout_ms,
+            session_ttl_ms=int(jobs.settings.session_ttl_s * 1000),
+        )
+        if delivery.code == 1:
+            log.info(
+                "session.gap_timeout",
+                session_id=session_id,
+                utterance_index=delivery.items[0][0] if delivery.items else None,
+            )
+            await jobs.deliver(session_id, delivery)
+    return len(sessions)
+
+
+async def loop(interval_s: float, name: str, fn, jobs: Jobs) -> None:  # type: ignore[no-untyped-def]
+    while True:
+        try:
+            busy = await fn(jobs)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.warning("dispatcher.loop_failed", loop=name, error=repr(exc))
+            busy = 0
+        if not busy:
+            await asyncio.sleep(interval_s)
