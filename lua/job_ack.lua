@@ -22,7 +22,7 @@ if not now or now <= 0 then return {-1, 'now_ms'} end
 if not deadline or deadline <= 0 then return {-1, 'deadline_ms'} end
 
 local job_key = prefix .. 'job:' .. job_id
-local job = redis.call('HMGET', job_key, 'state', 'attempt', 'node_id', 'session_id')
+local job = redis.call('HMGET', job_key, 'state', 'attempt', 'node_id', 'session_id', 'node_reg')
 if not job[1] then return {-6, ''} end
 if tonumber(job[2]) ~= attempt then return {-5, 'stale_attempt'} end
 if job[3] ~= node_id then return {-5, 'wrong_node'} end
@@ -30,7 +30,9 @@ if job[1] == 'acked' then return {0, job[4]} end
 if job[1] ~= 'assigned' then return {-5, 'state_' .. job[1]} end
 
 local node_key = prefix .. 'node:' .. node_id
-if redis.call('EXISTS', node_key) == 1 then
+-- the reservation moves to running only in the registration that granted it (see
+-- same_registration): a node that expired or registered anew has no such slot to commit
+if same_registration(node_key, job[5]) then
   if tonumber(redis.call('HGET', node_key, 'reserved') or '0') > 0 then
     redis.call('HINCRBY', node_key, 'reserved', -1)
   end

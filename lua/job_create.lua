@@ -6,9 +6,12 @@
 -- ARGV[4] ttl_ms             lifetime of the job record, its audio and the request key
 -- ARGV[5] fields             JSON object of job fields (session_id, utterance_index, langs, ...)
 -- ARGV[6] audio              the utterance audio (base64), kept for redispatch
+-- A new job gets a timer RESCUE_MS (1 s) ahead, replaced by its lease once it is reserved.
 -- Returns: {1, job_id} created; {2, existing_job_id} duplicate request, nothing written;
 --          {-1, field} invalid input, nothing written
 --@include common
+
+local RESCUE_MS = 1000
 
 local prefix = KEYS[1]
 local request_key, job_id = ARGV[1], ARGV[2]
@@ -40,4 +43,6 @@ redis.call('HSET', job_key, 'job_id', job_id, 'request_key', request_key, 'state
   'attempt', 0, 'created_at', now, 'tried', '', unpack(flat))
 redis.call('PEXPIRE', job_key, ttl)
 redis.call('SET', job_key .. ':audio', ARGV[6], 'PX', ttl)
+-- a safety timer: if the creator dies before selecting, the timers dispatch the job
+redis.call('ZADD', prefix .. 'timers', now + RESCUE_MS, job_id)
 return {1, job_id}

@@ -35,7 +35,7 @@ if not session_ttl or session_ttl <= 0 then return {-1, 'session_ttl_ms'} end
 
 local job_key = prefix .. 'job:' .. job_id
 local job = redis.call('HMGET', job_key, 'state', 'attempt', 'node_id', 'session_id',
-  'utterance_index', 'gateway_id', 'conn_id')
+  'utterance_index', 'gateway_id', 'conn_id', 'node_reg')
 if not job[1] then return {-6, ''} end
 if job[1] == 'done' or job[1] == 'failed' then return {0, ''} end
 if node_id ~= '' then
@@ -44,7 +44,9 @@ if node_id ~= '' then
   if job[1] ~= 'assigned' and job[1] ~= 'acked' then return {-5, 'state_' .. job[1]} end
 end
 
-if job[1] == 'assigned' or job[1] == 'acked' then release_slot(prefix, job_id, job[3], job[1]) end
+if job[1] == 'assigned' or job[1] == 'acked' then
+  release_slot(prefix, job_id, job[3], job[1], job[8])
+end
 redis.call('ZREM', prefix .. 'timers', job_id)
 redis.call('HSET', job_key, 'state', outcome, 'finished_at', now)
 redis.call('DEL', job_key .. ':audio')

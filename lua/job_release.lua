@@ -6,11 +6,15 @@
 -- ARGV[3] reason             ack_timeout | deadline | node_lost | unroutable | refused | ...
 -- ARGV[4] now_ms
 -- ARGV[5] max_attempts
+-- A released job keeps a timer RESCUE_MS (1 s) ahead, so it is dispatched again even if the
+-- caller dies right after this call (a reservation replaces that timer with its lease).
 -- Returns: {1, next_attempt} released: dispatch it again with next_attempt
 --          {2, attempts} released, and no attempt is left: finish it with a typed error
 --          {0, state} nothing to do: that attempt is no longer current (a replay or a race)
 --          {-6, ""} no such job; {-1, field} invalid input, nothing written
 --@include common
+
+local RESCUE_MS = 1000
 
 local prefix = KEYS[1]
 local job_id, reason = ARGV[1], ARGV[3]
@@ -24,13 +28,14 @@ if not now or now <= 0 then return {-1, 'now_ms'} end
 if not max_attempts or max_attempts < 1 then return {-1, 'max_attempts'} end
 
 local job_key = prefix .. 'job:' .. job_id
-local job = redis.call('HMGET', job_key, 'state', 'attempt', 'node_id')
+local job = redis.call('HMGET', job_key, 'state', 'attempt', 'node_id', 'node_reg')
 if not job[1] then return {-6, ''} end
 if tonumber(job[2]) ~= attempt or (job[1] ~= 'assigned' and job[1] ~= 'acked') then
   return {0, job[1]}
 end
-release_slot(prefix, job_id, job[3], job[1])
-redis.call('ZREM', prefix .. 'timers', job_id)
+release_slot(prefix, job_id, job[3], job[1], job[4])
+-- a safety timer: if the caller dies before dispatching again, the timers pick it up
+redis.call('ZADD', prefix .. 'timers', now + RESCUE_MS, job_id)
 redis.call('HSET', job_key, 'state', 'queued', 'released_at', now, 'release_reason', reason)
 if attempt >= max_attempts then return {2, attempt} end
 return {1, attempt + 1}

@@ -37,7 +37,10 @@ if not lease or lease <= 0 then return {-1, 'lease_ms'} end
 if not is_lang(src) then return {-1, 'pair_src'} end
 if not is_lang(tgt) or tgt == src then return {-1, 'pair_tgt'} end
 local ok, services = pcall(cjson.decode, ARGV[7])
-if not ok or type(services) ~= 'table' then return {-1, 'services'} end
+if not ok or type(services) ~= 'table' or #services > 16 then return {-1, 'services'} end
+for _, svc in ipairs(services) do
+  if not is_label(svc) then return {-1, 'services'} end
+end
 if policy ~= 'pack' and policy ~= 'spread' then return {-1, 'policy'} end
 if not k or k < 1 or k > 64 then return {-1, 'candidates'} end
 if not wait_until or wait_until < 0 then return {-1, 'wait_until_ms'} end
@@ -66,10 +69,13 @@ if #shards == 0 then
 end
 local preferred = redis.call('HGET', session_key, 'pref_shard')
 if preferred and policy == 'pack' then
-  -- affinity (J3): the session's pool first; soft: the others when it has no free slot
-  local ordered = {preferred}
-  for _, s in ipairs(shards) do if s ~= preferred then ordered[#ordered + 1] = s end end
-  shards = ordered
+  -- affinity (J3): the session's pool first; soft: the others when it has no free slot.
+  -- A preferred shard that no longer covers the pair (it was emptied) is skipped.
+  local ordered, found = {preferred}, false
+  for _, s in ipairs(shards) do
+    if s ~= preferred then ordered[#ordered + 1] = s else found = true end
+  end
+  if found then shards = ordered else preferred = nil end
 end
 
 local job_hash = 0
@@ -88,11 +94,12 @@ for i, shard_id in ipairs(shards) do
     if best_score ~= nil and score > best_score then break end  -- sorted: nothing better here
     local node_key = prefix .. 'node:' .. node_id
     local n = redis.call('HMGET', node_key, 'capacity', 'running', 'reserved', 'connected',
-      'status', 'gateway_id', 'conn_id')
+      'status', 'gateway_id', 'conn_id', 'registered_at')
     local eligible = true
     if not n[1] then
-      -- the node's TTL passed: lazily take it out of the shard (the sweeper does the rest)
-      redis.call('ZREM', pool_key, node_id)
+      -- the node's TTL passed: lazily take it out of the shard with the shard's count (an
+      -- emptied shard leaves the index); the sweeper does the rest
+      leave_shard(prefix, node_id, shard_id)
       exclude('expired'); eligible = false
     elseif n[4] ~= '1' or n[5] ~= 'ready' then
       exclude('not_connected'); eligible = false
@@ -144,7 +151,8 @@ refresh_score(prefix, best_node)
 local tried_list = job[5] or ''
 if tried_list ~= '' then tried_list = tried_list .. ',' end
 redis.call('HSET', job_key, 'state', 'assigned', 'attempt', attempt, 'node_id', best_node,
-  'shard', best_shard, 'assigned_at', now, 'tried', tried_list .. best_node)
+  'node_reg', best[8] or '', 'shard', best_shard, 'assigned_at', now,
+  'tried', tried_list .. best_node)
 redis.call('ZADD', prefix .. 'timers', now + lease, job_id)
 if job[4] and redis.call('EXISTS', session_key) == 1 then
   redis.call('HSETNX', session_key, 'pref_shard', best_shard)

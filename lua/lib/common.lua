@@ -128,12 +128,22 @@ local function refresh_score(prefix, node_id)
   end
 end
 
+-- Does the node's record belong to the registration that granted a job's slot? A node that
+-- left (graceful, or its TTL passed) and registered again starts its counters from zero: the
+-- jobs of its earlier registration hold no slot in them. node_reg is the node's registered_at
+-- when the slot was granted ('' for a job reserved before the field existed).
+local function same_registration(node_key, node_reg)
+  local reg = redis.call('HGET', node_key, 'registered_at')
+  if not reg then return false end
+  return not node_reg or node_reg == '' or reg == node_reg
+end
+
 -- Give back the slot a job holds on its node: reserved (assigned) or running (acked).
-local function release_slot(prefix, job_id, node_id, state)
+local function release_slot(prefix, job_id, node_id, state, node_reg)
   if not node_id or node_id == '' then return end
   local node_key = prefix .. 'node:' .. node_id
   redis.call('SREM', node_key .. ':jobs', job_id)
-  if redis.call('EXISTS', node_key) == 0 then return end
+  if not same_registration(node_key, node_reg) then return end
   local field = (state == 'acked') and 'running' or 'reserved'
   if tonumber(redis.call('HGET', node_key, field) or '0') > 0 then
     redis.call('HINCRBY', node_key, field, -1)
