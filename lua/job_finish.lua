@@ -55,4 +55,5 @@ local session_id = job[4]
 local due = deliver_in_order(prefix, session_id, tonumber(job[5]), ARGV[6], now, gap, session_ttl)
 if due == nil then return {3, ''} end
 local s = redis.call('HMGET', prefix .. 'session:' .. session_id, 'gateway_id', 'conn_id')
-return {1, s[1] or job[6] or '', s[2] or job[7] or '', unpack(due)}
+-- a closed session has no gateway binding: nothing to publish (the gateway holds no one)
+return {1, s[1] or '', s[2] or '', unpack(due)}

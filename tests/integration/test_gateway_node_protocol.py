@@ -101,13 +101,3 @@ async def test_registration_assigns_an_id_and_records_the_gateway(stack, redis):
         await ws.send(register_frame("someone-else"))
         err = await recv_json(ws)
         assert err["code"] == "NODE_ID_CONFLICT"
-
-
-async def test_session_endpoint_answers_with_a_typed_error_until_the_job_path_lands(stack):
-    url = stack.gateway_url().replace("/ws/node", "/ws/session")
-    async with connect(url) as ws:
-        err = await recv_json(ws)
-        assert err["type"] == "error" and err["code"] == "UNSUPPORTED_FEATURE"
-        with pytest.raises(ConnectionClosed) as info:
-            await ws.recv()
-        assert info.value.rcvd.code == 1013

@@ -63,3 +63,9 @@ class ScriptRejected(LinguaError):
 
 class UnsupportedFeature(LinguaError):
     code = ErrorCode.UNSUPPORTED_FEATURE
+
+
+class InvalidSession(LinguaError):
+    """A message for no session, or for a session that is not this connection's."""
+
+    code = ErrorCode.INVALID_SESSION

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +31,20 @@ log = get_logger(__name__)
 
 def now_ms() -> int:
     return int(time.time() * 1000)
+
+
+SHUTDOWN_STEP_S = 3.0
+
+
+async def bounded(aw: Awaitable[Any], what: str, timeout: float = SHUTDOWN_STEP_S) -> None:
+    """Run one shutdown step with a time limit: a wedged close must not hold the process
+    past its grace period (the orchestrator would SIGKILL it and lose the clean exit)."""
+    try:
+        await asyncio.wait_for(aw, timeout)
+    except TimeoutError:
+        log.warning("shutdown.step_timed_out", step=what, timeout_s=timeout)
+    except Exception as exc:
+        log.warning("shutdown.step_failed", step=what, error=repr(exc))
 
 
 def install_uvloop() -> None:
@@ -63,7 +77,7 @@ class Infra:
                 socket_connect_timeout=5,
                 health_check_interval=15,
             )
-            stack.push_async_callback(redis.aclose)
+            stack.push_async_callback(bounded, redis.aclose(), "redis.close")
             keys = Keys(settings.cell)
             lua_dir = find_lua_dir(settings.lua_dir)  # a missing lua/ is not a Redis outage
             try:
@@ -74,7 +88,7 @@ class Infra:
             scripts = await Scripts.load(redis, keys, str(lua_dir))
             topo = Topology(settings.bus_prefix, settings.amqp_delivery_limit)
             amqp = await connect(settings.amqp_url, settings.amqp_connect_timeout_s)
-            stack.push_async_callback(amqp.close)
+            stack.push_async_callback(bounded, amqp.close(), "amqp.close")
             setup = await amqp.channel()
             await declare_topology(setup, topo)
             await setup.close()

@@ -22,7 +22,7 @@ from lingua_dispatcher.timers import expire_gaps, fire_timers, loop
 from lingua_shared.bus import consume
 from lingua_shared.events import DISPATCHER_EVENT, DispatcherEvent, JobRequest, NodeJobEvent
 from lingua_shared.logs import get_logger
-from lingua_shared.runtime import Infra, render_metrics
+from lingua_shared.runtime import Infra, bounded, render_metrics
 from lingua_shared.settings import Settings
 
 log = get_logger(__name__)
@@ -66,8 +66,9 @@ def create_app(settings: Settings) -> FastAPI:
                 yield
             finally:
                 # stop taking deliveries; unacked ones return to the queue for another replica
-                with contextlib.suppress(Exception):
-                    await queue.cancel(infra.consumers.pop("dispatcher_events"))
+                await bounded(
+                    queue.cancel(infra.consumers.pop("dispatcher_events")), "consumer.cancel"
+                )
                 for t in loops:
                     t.cancel()
                 await asyncio.gather(*loops, return_exceptions=True)

@@ -180,8 +180,10 @@ class NodeEvents:
         session = await self.jobs.infra.redis.hmget(
             self.jobs.infra.keys.session(job["session_id"]), "gateway_id", "conn_id"
         )
-        gateway = (session[0] or job["gateway_id"].encode()).decode()
-        conn = (session[1] or b"").decode()
+        if session[0] is None:
+            self.metrics.stale.labels("asr_partial", "session_closed").inc()
+            return
+        gateway, conn = session[0].decode(), (session[1] or b"").decode()
         try:
             await self.jobs.infra.publisher.to_gateway(
                 gateway,

@@ -17,11 +17,17 @@ from websockets.http11 import Request, Response
 from lingua_gateway.coalescer import HeartbeatCoalescer
 from lingua_gateway.metrics import Metrics
 from lingua_gateway.node_endpoint import NodeConnection
+from lingua_gateway.session_endpoint import SessionConnection
 from lingua_shared.bus import consume, declare_queue
 from lingua_shared.errors import DependencyDown
-from lingua_shared.events import GATEWAY_INBOUND, GatewayInbound, NodeRegisterEvent, RegisterReply
+from lingua_shared.events import (
+    GATEWAY_INBOUND,
+    GatewayInbound,
+    NodeRegisterEvent,
+    RegisterReply,
+    ToSession,
+)
 from lingua_shared.logs import get_logger
-from lingua_shared.protocol import ErrorCode, ErrorMessage
 from lingua_shared.runtime import Infra, render_metrics
 from lingua_shared.settings import Settings
 
@@ -36,6 +42,7 @@ class Gateway:
         self.infra = infra
         self.metrics = metrics
         self.nodes: dict[str, NodeConnection] = {}
+        self.sessions: dict[str, SessionConnection] = {}
         self.pending: dict[str, asyncio.Future[RegisterReply]] = {}
         self.coalescer = HeartbeatCoalescer(
             infra.publisher,
@@ -79,6 +86,9 @@ class Gateway:
             if fut is not None and not fut.done():
                 fut.set_result(msg)
             return
+        if isinstance(msg, ToSession):
+            self.deliver_to_session(msg)
+            return
         conn = self.nodes.get(msg.node_id)
         if conn is None or (msg.conn_id and conn.conn_id != msg.conn_id):
             log.info("gateway.to_node_not_held", node_id=msg.node_id, conn_id=msg.conn_id)
@@ -89,6 +99,24 @@ class Gateway:
             await conn.out.flush_and_stop(0.5)
             await conn.ws.close(msg.close_code, msg.close_reason[:120])
 
+    def deliver_to_session(self, msg: ToSession) -> None:
+        """Hand a dispatcher message to the session's connection, if this replica holds it.
+
+        A session that closed (or moved to another replica) no longer matches: the message
+        is dropped and counted; the dispatcher's record of the session says where it went.
+        """
+        session = self.sessions.get(msg.session_id)
+        held = session is not None and (not msg.conn_id or session.conn_id == msg.conn_id)
+        if session is None or not held or not session.deliver(msg):
+            self.metrics.session_dropped.labels("not_held").inc()
+            log.info(
+                "gateway.to_session_not_held",
+                session_id=msg.session_id,
+                conn_id=msg.conn_id,
+                utterance_index=msg.utterance_index,
+                type=msg.payload.get("type"),
+            )
+
     # -- WebSocket and HTTP ----------------------------------------------------------------
     async def handler(self, ws: ServerConnection) -> None:
         path = urlsplit(ws.request.path).path if ws.request else ""
@@ -96,17 +124,8 @@ class Gateway:
         try:
             if path == "/ws/node":
                 await NodeConnection(self, ws).run()
-            else:  # "/ws/session": the client side arrives with the job path
-                self.metrics.errors_sent.labels("session", ErrorCode.UNSUPPORTED_FEATURE).inc()
-                await ws.send(
-                    orjson.dumps(
-                        ErrorMessage(
-                            code=ErrorCode.UNSUPPORTED_FEATURE,
-                            message="client sessions are not served by this version yet",
-                        ).to_wire()
-                    ).decode()
-                )
-                await ws.close(1013, "sessions not available yet")
+            else:  # "/ws/session" (process_request refuses every other path)
+                await SessionConnection(self, ws).run()
         finally:
             self.connections.discard(ws)
 

@@ -45,3 +45,60 @@ class Metrics:
             ["endpoint"],
             registry=r,
         )
+        # -- client sessions and the job path ------------------------------------------------
+        self.sessions = Gauge(
+            "lingua_gateway_sessions", "Client sessions open on this replica", registry=r
+        )
+        self.utterances = Counter(
+            "lingua_gateway_utterances_total",
+            "Utterances published as job requests, by why they ended "
+            "(final, max_duration, max_bytes, buffer_full, whole = an `utterance` message)",
+            ["cut"],
+            registry=r,
+        )
+        self.utterances_empty = Counter(
+            "lingua_gateway_empty_utterances_total",
+            "is_final with no audio buffered: not a job, no index consumed",
+            registry=r,
+        )
+        self.utterance_seconds = Histogram(
+            "lingua_gateway_utterance_audio_seconds",
+            "Audio duration of published utterances (`utterance` messages excluded)",
+            buckets=(0.5, 1, 2, 5, 10, 20, 30, 60),
+            registry=r,
+        )
+        self.session_delivered = Counter(
+            "lingua_gateway_session_messages_delivered_total",
+            "Messages from the dispatcher sent to a client, ordered or not",
+            ["ordered"],
+            registry=r,
+        )
+        self.session_dropped = Counter(
+            "lingua_gateway_session_messages_dropped_total",
+            "Messages for a client not sent: not_held (no such session/connection here), "
+            "duplicate (index already sent), late (index skipped by a reorder release)",
+            ["reason"],
+            registry=r,
+        )
+        self.reorder_releases = Counter(
+            "lingua_gateway_reorder_releases_total",
+            "Times a session's waiting answers were released past a missing index",
+            registry=r,
+        )
+        self.reorder_skipped = Counter(
+            "lingua_gateway_reorder_skipped_indices_total",
+            "Utterance indices skipped by reorder releases (never answered to the client)",
+            registry=r,
+        )
+        self.node_job_events = Counter(
+            "lingua_gateway_node_job_events_total",
+            "Job messages from nodes published to the dispatcher, by type",
+            ["type"],
+            registry=r,
+        )
+        self.session_store_errors = Counter(
+            "lingua_gateway_session_store_errors_total",
+            "Redis failures on the session record, by operation",
+            ["op"],
+            registry=r,
+        )

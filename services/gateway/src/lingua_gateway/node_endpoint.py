@@ -21,14 +21,19 @@ from lingua_shared.errors import (
     InvalidMessage,
     LinguaError,
     NodeIdConflict,
-    UnsupportedFeature,
+    NodeNotRegistered,
 )
-from lingua_shared.events import Beat, NodeDisconnected, NodeRegisterEvent
+from lingua_shared.events import Beat, NodeDisconnected, NodeJobEvent, NodeRegisterEvent
 from lingua_shared.logs import get_logger
 from lingua_shared.protocol import (
     NODE_INBOUND,
     CapabilityError,
     ErrorMessage,
+    JobAck,
+    JobResult,
+    JobStarted,
+    NodeAsrPartial,
+    NodeError,
     NodeHeartbeat,
     NodeRegister,
     NodeRegisterAck,
@@ -55,6 +60,8 @@ NODE_TYPES = frozenset(
     }
 )
 GRACEFUL_CLOSE_CODES = (1000, 1001)
+JobMessage = JobAck | JobStarted | JobResult | NodeAsrPartial | NodeError
+JOB_MESSAGES = (JobAck, JobStarted, JobResult, NodeAsrPartial, NodeError)
 
 
 class NodeConnection:
@@ -114,11 +121,48 @@ class NodeConnection:
                 code=msg.code,
                 error=msg.message[:200],
             )
-        else:
-            kind = getattr(msg, "type", "?")
-            raise UnsupportedFeature(
-                f"{kind} is not handled yet: this scheduler has no job path deployed"
+        elif isinstance(msg, JOB_MESSAGES):
+            await self.on_job_message(msg)
+
+    async def on_job_message(self, msg: JobMessage) -> None:
+        """Forward a job message to the dispatcher, stamped with the connection's node id.
+
+        The dispatcher fences every message by (job, attempt, node); the node id it checks
+        is the one bound to this connection at registration, never the one the message
+        claims. Published inline, so a node's ack always precedes its result on the bus.
+        """
+        if self.node_id is None:
+            raise NodeNotRegistered(
+                f"{msg.type} from an unregistered connection: send node_register first"
             )
+        if msg.node_id is not None and msg.node_id != self.node_id:
+            raise InvalidMessage(
+                f"node_id {msg.node_id[:70]!r} does not match this connection ({self.node_id})",
+                {"type": msg.type},
+            )
+        ev = NodeJobEvent(
+            node_id=self.node_id,
+            conn_id=self.conn_id,
+            gateway_id=self.gw.settings.instance_id,
+            received_at_ms=now_ms(),
+            message=msg.to_wire(),
+        )
+        job_id = getattr(msg, "job_id", None)
+        try:
+            await self.gw.infra.publisher.event("job.node_event", ev)
+        except Exception as exc:
+            # the dispatcher's ack / deadline timers take the job back and redispatch it
+            self.gw.metrics.publish_failures.labels("node_job_event").inc()
+            log.warning(
+                "gateway.node_job_event_lost",
+                node_id=self.node_id,
+                job_id=job_id,
+                type=msg.type,
+                error=repr(exc),
+            )
+            return
+        self.gw.metrics.node_job_events.labels(msg.type).inc()
+        log.debug("gateway.node_job_event", node_id=self.node_id, job_id=job_id, type=msg.type)
 
     def on_heartbeat(self, hb: NodeHeartbeat) -> None:
         if self.node_id is None:

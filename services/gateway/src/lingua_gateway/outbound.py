@@ -22,7 +22,7 @@ class Outbound:
         self, ws: ServerConnection, maxsize: int, send_timeout: float, on_slow: Any = None
     ) -> None:
         self.ws = ws
-        self.queue: asyncio.Queue[str | None] = asyncio.Queue(maxsize)
+        self.queue: asyncio.Queue[str | bytes | None] = asyncio.Queue(maxsize)
         self.send_timeout = send_timeout
         self.on_slow = on_slow
         self.task = asyncio.create_task(self._writer())
@@ -30,8 +30,12 @@ class Outbound:
 
     def send(self, message: dict[str, Any]) -> bool:
         """Queue a message; ``False`` (and the connection is being closed) when full."""
+        return self.send_frame(orjson.dumps(message).decode())
+
+    def send_frame(self, frame: str | bytes) -> bool:
+        """Queue a ready frame (``bytes`` go out as a binary frame, e.g. a pong)."""
         try:
-            self.queue.put_nowait(orjson.dumps(message).decode())
+            self.queue.put_nowait(frame)
             return True
         except asyncio.QueueFull:
             self._slow("outbound queue full")

@@ -15,7 +15,7 @@ from lingua_node_manager.sweeper import reconcile_once, run_every, sweep_once
 from lingua_shared.bus import consume
 from lingua_shared.events import NODE_EVENT
 from lingua_shared.logs import get_logger
-from lingua_shared.runtime import Infra, render_metrics
+from lingua_shared.runtime import Infra, bounded, render_metrics
 from lingua_shared.settings import Settings
 
 log = get_logger(__name__)
@@ -55,8 +55,7 @@ def create_app(settings: Settings) -> FastAPI:
                 yield
             finally:
                 # Stop taking deliveries first; unacked ones go back to the queue.
-                with contextlib.suppress(Exception):
-                    await queue.cancel(infra.consumers.pop("node_events"))
+                await bounded(queue.cancel(infra.consumers.pop("node_events")), "consumer.cancel")
                 for t in loops:
                     t.cancel()
                 await asyncio.gather(*loops, return_exceptions=True)

@@ -1,0 +1,200 @@
+"""A session's utterances: numbering, cutting and publishing ``job.request`` (J1, J2, J9).
+
+The server numbers utterances per session from 0, one per ``is_final`` or per server-side
+cut; an ``utterance`` message may carry its own index (the counter then moves past it). A
+finished utterance becomes one :class:`JobRequest` whose ``request_key`` (the client's
+``request_id``, else ``<session_id>:<index>``) makes a retry or a redelivery create no
+second job. A publish that fails is never silent: the client gets SCHEDULER_DEPENDENCY_DOWN
+naming the utterance index.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import TYPE_CHECKING
+
+from lingua_gateway.session_spec import SAMPLE_RATE, SessionSpec
+from lingua_gateway.utterance import AUDIO_FORMATS, Cut, UtteranceAccumulator
+from lingua_shared.errors import DependencyDown, InvalidMessage, MessageTooLarge, UnsupportedFeature
+from lingua_shared.events import JobRequest
+from lingua_shared.logs import get_logger
+from lingua_shared.protocol.session import Utterance
+from lingua_shared.runtime import now_ms
+
+if TYPE_CHECKING:
+    from lingua_gateway.session_endpoint import SessionConnection
+
+log = get_logger(__name__)
+PIPELINE = {"use_asr": True, "use_nmt": True, "use_tts": True}
+MAX_REQUEST_ID = 200  # request keys are at most 256 characters in Redis (job_create.lua)
+MAX_REMEMBERED_REQUESTS = 10_000  # request ids remembered per connection for retries
+MAX_INDEX = 2**31 - 1
+CUT_WHOLE = "whole"  # an `utterance` message: the client cut it
+
+
+class SessionAudio:
+    def __init__(self, conn: SessionConnection, session_id: str, spec: SessionSpec) -> None:
+        s = conn.gw.settings
+        self.conn = conn
+        self.session_id = session_id
+        self.spec = spec
+        self.next_index = 0
+        self.request_index: dict[str, int] = {}  # request_id -> its utterance index
+        self.acc = UtteranceAccumulator(
+            spec.audio_format,
+            spec.sample_rate,
+            max_ms=s.max_utterance_ms,
+            max_bytes=s.max_utterance_bytes,
+            buffer_bytes=s.session_buffer_bytes,
+        )
+
+    def discard(self) -> int:
+        return self.acc.discard()
+
+    async def on_audio(self, data: bytes, final: bool) -> None:
+        """One chunk (JSON ``audio_chunk`` or a binary frame); ``final`` ends the utterance."""
+        m = self.conn.gw.metrics
+        if data:
+            added = self.acc.add(data)
+            for cut in added.cuts:
+                await self.publish_cut(cut)
+            if added.overflow:
+                limit = self.acc.buffer_bytes
+                dropped = f"; this chunk ({added.dropped_bytes} bytes) was dropped"
+                self.conn.send_error(
+                    MessageTooLarge(
+                        f"more than {limit} bytes of audio buffered on this connection: the "
+                        f"utterance was cut{dropped if added.dropped_bytes else ''}",
+                        {"limit": limit, "next_utterance_index": self.next_index},
+                    )
+                )
+        if final:
+            cut = self.acc.finish()
+            if cut is None:
+                # nothing to translate: no job, no index consumed (lingua's client ends every
+                # utterance with an empty final chunk, sometimes with nothing before it)
+                m.utterances_empty.inc()
+                log.debug("gateway.empty_utterance", session_id=self.session_id)
+                return
+            await self.publish_cut(cut)
+
+    async def publish_cut(self, cut: Cut) -> None:
+        index = self.next_index
+        self.next_index += 1
+        m = self.conn.gw.metrics
+        m.utterances.labels(cut.reason).inc()
+        m.utterance_seconds.observe(cut.duration_ms / 1000)
+        await self.publish(
+            index,
+            base64.b64encode(cut.audio).decode(),
+            cut=cut.reason,
+            nbytes=len(cut.audio),
+        )
+
+    async def on_utterance(self, msg: Utterance) -> None:
+        """A whole utterance at once; its audio (base64) is forwarded as sent."""
+        index = msg.utterance_index
+        if index is not None and not 0 <= index <= MAX_INDEX:
+            raise InvalidMessage(f"utterance_index must be 0..{MAX_INDEX}, got {index}")
+        if msg.request_id is not None and not 0 < len(msg.request_id) <= MAX_REQUEST_ID:
+            raise InvalidMessage(f"request_id must be 1..{MAX_REQUEST_ID} characters")
+        fmt = (msg.audio_format or self.spec.audio_format).lower()
+        if fmt not in AUDIO_FORMATS:
+            raise UnsupportedFeature(
+                f"unsupported audio_format {fmt[:40]!r}", {"supported": list(AUDIO_FORMATS)}
+            )
+        if msg.sample_rate is not None and msg.sample_rate != SAMPLE_RATE:
+            raise UnsupportedFeature(f"sample_rate must be {SAMPLE_RATE}, got {msg.sample_rate}")
+        try:
+            raw = base64.b64decode(msg.audio, validate=True)
+        except ValueError:
+            raise InvalidMessage("audio is not valid base64; the utterance was dropped") from None
+        if not raw:
+            raise InvalidMessage("utterance has no audio", {"utterance_index": index})
+        limit = self.conn.gw.settings.max_utterance_bytes
+        if len(raw) > limit:
+            raise MessageTooLarge(
+                f"utterance of {len(raw)} bytes exceeds {limit} bytes",
+                {"limit": limit, "utterance_index": index},
+            )
+        if index is None and msg.request_id is not None:
+            # a retry of a request already numbered keeps its index: the dispatcher's
+            # idempotency (J2) absorbs the copy and the utterance is answered once
+            index = self.request_index.get(msg.request_id)
+        if index is None:
+            index = self.next_index
+        if msg.request_id is not None and len(self.request_index) < MAX_REMEMBERED_REQUESTS:
+            self.request_index.setdefault(msg.request_id, index)
+        self.next_index = max(self.next_index, index + 1)
+        self.conn.gw.metrics.utterances.labels(CUT_WHOLE).inc()
+        await self.publish(
+            index,
+            msg.audio,
+            cut=CUT_WHOLE,
+            nbytes=len(raw),
+            request_id=msg.request_id,
+            audio_format=fmt,
+        )
+
+    async def publish(
+        self,
+        index: int,
+        audio_b64: str,
+        *,
+        cut: str,
+        nbytes: int,
+        request_id: str | None = None,
+        audio_format: str | None = None,
+    ) -> None:
+        spec, gw = self.spec, self.conn.gw
+        await self.conn.touch()  # the dispatcher routes the answer by this record
+        req = JobRequest(
+            # a client's request id is namespaced by its session: one client's ids can never
+            # suppress another's jobs
+            request_key=(
+                f"{self.session_id}:r:{request_id}" if request_id else f"{self.session_id}:{index}"
+            ),
+            session_id=self.session_id,
+            utterance_index=index,
+            gateway_id=gw.settings.instance_id,
+            conn_id=self.conn.conn_id,
+            mode=spec.mode,
+            src_lang=spec.src_lang,
+            tgt_lang=spec.tgt_lang,
+            lang_a=spec.lang_a,
+            lang_b=spec.lang_b,
+            audio=audio_b64,
+            audio_format=audio_format or spec.audio_format,
+            sample_rate=spec.sample_rate,
+            pipeline=dict(PIPELINE),
+            trace_id=spec.trace_id,
+            received_at_ms=now_ms(),
+        )
+        try:
+            await gw.infra.publisher.event("job.request", req)
+        except Exception as exc:
+            gw.metrics.publish_failures.labels("job_request").inc()
+            log.warning(
+                "gateway.job_request_lost",
+                session_id=self.session_id,
+                trace_id=spec.trace_id,
+                utterance_index=index,
+                error=repr(exc),
+            )
+            self.conn.send_error(
+                DependencyDown(
+                    f"utterance {index} could not be queued for translation (the scheduler's "
+                    "message bus is unavailable); send it again",
+                    {"session_id": self.session_id, "utterance_index": index},
+                )
+            )
+            return
+        log.info(
+            "gateway.utterance_published",
+            session_id=self.session_id,
+            trace_id=spec.trace_id,
+            utterance_index=index,
+            request_key=req.request_key,
+            cut=cut,
+            audio_bytes=nbytes,
+        )

@@ -1,0 +1,288 @@
+"""``/ws/session``: one client connection, one session, from ``session_init`` to close (J1).
+
+The gateway numbers a session's utterances from 0 (lingua's web client never sends an
+index), cuts them (``is_final``, or the duration / size bounds), and publishes one
+``job.request`` per utterance with its audio untouched (J9). Answers come back through
+:meth:`deliver` in utterance order (J6). A recoverable error is a typed ``error`` and the
+connection stays open; only ``session_close``, a slow reader (4008) or a drain (1012) end it.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import TYPE_CHECKING
+
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+from lingua_gateway.decode import decode_frame
+from lingua_gateway.delivery import OrderedSender
+from lingua_gateway.outbound import Outbound
+from lingua_gateway.session_audio import SessionAudio
+from lingua_gateway.session_frames import (
+    check_frame_size,
+    decode_base64,
+    parse_client_frame,
+    pong_for,
+)
+from lingua_gateway.session_spec import SessionSpec, spec_from_init
+from lingua_gateway.session_store import SessionStore
+from lingua_shared.errors import DependencyDown, InvalidMessage, InvalidSession, LinguaError
+from lingua_shared.events import ToSession
+from lingua_shared.logs import get_logger
+from lingua_shared.protocol import ErrorCode, ErrorMessage
+from lingua_shared.protocol.session import (
+    FRAME_AUDIO,
+    FRAME_FINAL,
+    FRAME_PING,
+    FRAME_PONG,
+    SESSION_INBOUND,
+    AudioChunk,
+    ClientHeartbeat,
+    ServerHeartbeat,
+    SessionClose,
+    SessionCloseAck,
+    SessionInit,
+    SessionInitAck,
+    Utterance,
+)
+from lingua_shared.runtime import now_ms
+
+if TYPE_CHECKING:
+    from lingua_gateway.app import Gateway
+
+log = get_logger(__name__)
+ENDPOINT = "session"
+SESSION_TYPES = frozenset(
+    {"session_init", "audio_chunk", "utterance", "client_heartbeat", "session_close", "error"}
+)
+CLOSE_NORMAL = 1000
+
+
+class SessionConnection:
+    def __init__(self, gw: Gateway, ws: ServerConnection) -> None:
+        self.gw = gw
+        self.ws = ws
+        self.conn_id = uuid.uuid4().hex
+        self.session_id: str | None = None
+        self.spec: SessionSpec | None = None
+        self.audio: SessionAudio | None = None
+        self.sender: OrderedSender | None = None
+        self.closing = False
+        self.store = SessionStore(gw.infra.redis, gw.infra.keys, gw.settings.session_ttl_s)
+        self.out = Outbound(
+            ws,
+            gw.settings.ws_outbound_queue,
+            gw.settings.ws_send_timeout_s,
+            on_slow=lambda: gw.metrics.outbound_dropped.labels(ENDPOINT).inc(),
+        )
+
+    def send_error(self, err: LinguaError | ErrorMessage) -> None:
+        msg = err.to_message() if isinstance(err, LinguaError) else err
+        self.gw.metrics.errors_sent.labels(ENDPOINT, msg.code).inc()
+        self.out.send(msg.to_wire())
+
+    async def run(self) -> None:
+        m = self.gw.metrics
+        m.connections.labels(ENDPOINT).inc()
+        try:
+            async for raw in self.ws:
+                try:
+                    await self.on_frame(raw)
+                except LinguaError as err:
+                    if isinstance(err, InvalidMessage):
+                        m.messages_in.labels(ENDPOINT, "invalid").inc()
+                    log.info(
+                        "gateway.session_bad_input",
+                        conn_id=self.conn_id,
+                        session_id=self.session_id,
+                        code=err.code.value,
+                        error=err.message,
+                    )
+                    self.send_error(err)
+                except Exception:
+                    # a bug must not cost the client its session: typed error, stay open
+                    log.exception("gateway.session_internal_error", session_id=self.session_id)
+                    self.send_error(ErrorMessage(code=ErrorCode.INTERNAL_ERROR, message="internal"))
+        except ConnectionClosed:
+            pass
+        finally:
+            m.connections.labels(ENDPOINT).dec()
+            await self.closed()
+
+    # -- frames ---------------------------------------------------------------------------
+    async def on_frame(self, raw: str | bytes) -> None:
+        check_frame_size(raw, self.gw.settings.ws_session_max_frame_bytes)
+        if isinstance(raw, bytes):
+            await self.on_binary(raw)
+            return
+        msg = decode_frame(raw, SESSION_INBOUND, SESSION_TYPES)
+        self.gw.metrics.messages_in.labels(ENDPOINT, msg.type).inc()
+        if isinstance(msg, SessionInit):
+            await self.on_init(msg)
+        elif isinstance(msg, ClientHeartbeat):
+            await self.on_heartbeat(msg)
+        elif isinstance(msg, ErrorMessage):
+            log.info(
+                "gateway.client_reported_error",
+                session_id=self.session_id,
+                code=msg.code[:64],
+                error=msg.message[:200],
+            )
+        elif isinstance(msg, AudioChunk):
+            audio = self.require_session(msg.session_id)
+            data = decode_base64(msg.payload, "payload") if msg.payload else b""
+            await audio.on_audio(data, msg.is_final)
+        elif isinstance(msg, Utterance):
+            await self.require_session(msg.session_id).on_utterance(msg)
+        elif isinstance(msg, SessionClose):
+            self.require_session(msg.session_id)
+            await self.on_close_request(msg)
+
+    async def on_binary(self, data: bytes) -> None:
+        frame = parse_client_frame(data)
+        kind = {FRAME_AUDIO: "bin_audio", FRAME_FINAL: "bin_final", FRAME_PING: "bin_ping"}
+        self.gw.metrics.messages_in.labels(ENDPOINT, kind.get(frame.frame_type, "bin_pong")).inc()
+        if frame.frame_type == FRAME_PONG:
+            return  # we never ping with binary frames; nothing to answer
+        if frame.frame_type == FRAME_PING:
+            if self.session_id is not None:
+                self.require_session(frame.session_id or None)
+            self.out.send_frame(pong_for(frame))
+            return
+        audio = self.require_session(frame.session_id or None)
+        await audio.on_audio(frame.audio, frame.is_final)
+
+    def require_session(self, named: str | None) -> SessionAudio:
+        """The connection's session; a client only ever touches its own (INVALID_SESSION)."""
+        if self.audio is None or self.session_id is None:
+            raise InvalidSession("no session on this connection: send session_init first")
+        if named is not None and named != self.session_id:
+            raise InvalidSession(
+                "this connection holds another session; a client only touches its own",
+                {"session_id": named[:64]},
+            )
+        return self.audio
+
+    # -- messages -------------------------------------------------------------------------
+    async def on_init(self, msg: SessionInit) -> None:
+        if self.session_id is not None:
+            raise InvalidMessage(
+                "this connection already holds a session (one session per connection)",
+                {"session_id": self.session_id},
+            )
+        spec = spec_from_init(msg)
+        s = self.gw.settings
+        session_id = f"s-{uuid.uuid4().hex[:16]}"
+        record = self.record(spec, next_deliver=0)
+        await self.store.create(session_id, record)  # DependencyDown -> typed error
+        self.session_id, self.spec = session_id, spec
+        self.sender = OrderedSender(
+            self.out, s.result_reorder_timeout_s, self.gw.metrics, session_id, spec.trace_id
+        )
+        self.audio = SessionAudio(self, session_id, spec)
+        self.gw.sessions[session_id] = self
+        self.gw.metrics.sessions.inc()
+        log.info(
+            "gateway.session_opened",
+            session_id=session_id,
+            conn_id=self.conn_id,
+            trace_id=spec.trace_id,
+            mode=spec.mode,
+            src_lang=spec.src_lang,
+            tgt_lang=spec.tgt_lang,
+            lang_a=spec.lang_a,
+            lang_b=spec.lang_b,
+            audio_format=spec.audio_format,
+        )
+        self.out.send(
+            SessionInitAck(
+                session_id=session_id,
+                trace_id=spec.trace_id,
+                use_binary_frame=False,
+                negotiated_codec=spec.audio_format,
+                negotiated_audio_format=spec.audio_format,
+                negotiated_sample_rate=spec.sample_rate,
+            ).to_wire()
+        )
+
+    def record(self, spec: SessionSpec, next_deliver: int) -> dict[str, str]:
+        return {
+            "gateway_id": self.gw.settings.instance_id,
+            "conn_id": self.conn_id,
+            **spec.record(),
+            "created_at_ms": str(now_ms()),
+            "next_deliver": str(next_deliver),
+        }
+
+    async def touch(self) -> None:
+        """Refresh the record's TTL (restoring it if gone); a Redis outage is only logged."""
+        if self.session_id is None or self.spec is None or self.sender is None:
+            return
+        try:
+            restored = await self.store.touch(
+                self.session_id, self.record(self.spec, self.sender.buffer.next_index)
+            )
+        except DependencyDown as exc:
+            self.gw.metrics.session_store_errors.labels("touch").inc()
+            log.warning("gateway.session_touch_failed", session_id=self.session_id, error=str(exc))
+            return
+        if restored:
+            self.gw.metrics.session_store_errors.labels("restore").inc()
+            log.warning("gateway.session_record_restored", session_id=self.session_id)
+
+    async def on_heartbeat(self, msg: ClientHeartbeat) -> None:
+        if self.session_id is not None:
+            self.require_session(msg.session_id)
+            await self.touch()
+        self.out.send(
+            ServerHeartbeat(session_id=self.session_id or "", timestamp=now_ms()).to_wire()
+        )
+
+    async def on_close_request(self, msg: SessionClose) -> None:
+        assert self.session_id is not None
+        log.info("gateway.session_close_requested", session_id=self.session_id, reason=msg.reason)
+        self.closing = True
+        self.out.send(SessionCloseAck(session_id=self.session_id, reason=msg.reason).to_wire())
+        await self.out.flush_and_stop(1.0)
+        await self.ws.close(CLOSE_NORMAL, "session closed")
+
+    # -- answers from the dispatcher -----------------------------------------------------
+    def deliver(self, msg: ToSession) -> bool:
+        """Send (in order) what the dispatcher addressed to this session; False if closing."""
+        if self.closing or self.sender is None:
+            return False
+        self.sender.deliver(msg)
+        return True
+
+    # -- end ------------------------------------------------------------------------------
+    async def closed(self) -> None:
+        self.closing = True
+        await self.out.flush_and_stop(0.2)
+        proto = self.ws.protocol
+        rcvd, sent = proto.close_rcvd, proto.close_sent
+        code = rcvd.code if rcvd is not None else (sent.code if sent is not None else 1006)
+        graceful = code in (1000, 1001)
+        self.gw.metrics.closes.labels(ENDPOINT, str(code), str(graceful).lower()).inc()
+        if self.session_id is None:
+            return
+        if self.sender is not None:
+            self.sender.close()
+        discarded = self.audio.discard() if self.audio is not None else 0
+        if self.gw.sessions.get(self.session_id) is self:
+            del self.gw.sessions[self.session_id]
+        self.gw.metrics.sessions.dec()
+        log.info(
+            "gateway.session_closed",
+            session_id=self.session_id,
+            conn_id=self.conn_id,
+            trace_id=self.spec.trace_id if self.spec else None,
+            close_code=code,
+            discarded_bytes=discarded,
+        )
+        try:
+            await self.store.unbind(self.session_id)
+        except DependencyDown as exc:
+            # the TTL ends the record anyway; until then answers reach a gateway that drops them
+            self.gw.metrics.session_store_errors.labels("unbind").inc()
+            log.warning("gateway.session_unbind_failed", session_id=self.session_id, error=str(exc))

@@ -1,0 +1,123 @@
+"""What a ``session_init`` asks for, validated once (MISSION J1, PROTOCOL.md).
+
+A session's mode and languages are fixed for its life: every utterance's job request carries
+them, and selection binds the session to a pool by them (J3). Validation is pure, so each
+rule is unit-tested; a refusal is a typed error and the connection stays open.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+from lingua_gateway.utterance import AUDIO_FORMATS, OPUS
+from lingua_shared.errors import InvalidMessage, UnsupportedFeature
+from lingua_shared.protocol.node import LANG_RE
+from lingua_shared.protocol.session import SessionInit
+
+ONE_WAY = "one_way"
+TWO_WAY = "two_way_auto"
+MODES = (ONE_WAY, TWO_WAY)
+AUTO = "auto"
+SAMPLE_RATE = 16000  # what lingua's client records and every node expects
+MAX_TRACE_ID = 128
+
+
+@dataclass(frozen=True)
+class SessionSpec:
+    mode: str
+    src_lang: str  # "auto" in two-way sessions: the source is detected per utterance
+    tgt_lang: str
+    lang_a: str | None
+    lang_b: str | None
+    audio_format: str
+    sample_rate: int
+    trace_id: str
+
+    def record(self) -> dict[str, str]:
+        """The session's fields in its Redis record (empty string for "none")."""
+        return {
+            "mode": self.mode,
+            "src_lang": self.src_lang,
+            "tgt_lang": self.tgt_lang,
+            "lang_a": self.lang_a or "",
+            "lang_b": self.lang_b or "",
+            "audio_format": self.audio_format,
+            "sample_rate": str(self.sample_rate),
+        }
+
+
+def lang_code(value: str | None, field: str) -> str:
+    """A language code as nodes declare them (``protocol/node.py``): lowercase, ``-``."""
+    if value is None or value == "":
+        raise InvalidMessage(f"session_init needs {field}", {"field": field})
+    code = value.strip().lower().replace("_", "-")
+    if len(code) > 35 or not LANG_RE.fullmatch(code):
+        raise InvalidMessage(
+            f"invalid {field} {value[:40]!r} (expected a code such as 'en', 'zh', 'pt-br')",
+            {"field": field},
+        )
+    return code
+
+
+def spec_from_init(msg: SessionInit) -> SessionSpec:
+    """Validate a ``session_init``; raises :class:`InvalidMessage` / :class:`UnsupportedFeature`."""
+    mode = msg.mode or ONE_WAY
+    if mode not in MODES:
+        raise UnsupportedFeature(
+            f"unknown session mode {mode[:40]!r}", {"field": "mode", "supported": list(MODES)}
+        )
+    audio_format = (msg.audio_format or OPUS).lower()
+    if audio_format not in AUDIO_FORMATS:
+        raise UnsupportedFeature(
+            f"unsupported audio_format {audio_format[:40]!r}",
+            {"field": "audio_format", "supported": list(AUDIO_FORMATS)},
+        )
+    if msg.sample_rate is not None and msg.sample_rate != SAMPLE_RATE:
+        raise UnsupportedFeature(
+            f"sample_rate {msg.sample_rate} is not supported: send {SAMPLE_RATE} Hz mono",
+            {"field": "sample_rate", "supported": [SAMPLE_RATE]},
+        )
+    trace_id = msg.trace_id or str(uuid.uuid4())
+    if len(trace_id) > MAX_TRACE_ID:
+        raise InvalidMessage(f"trace_id longer than {MAX_TRACE_ID} characters")
+    lang_a = lang_b = None
+    if mode == ONE_WAY:
+        if (msg.src_lang or "").strip().lower() == AUTO:
+            raise InvalidMessage(
+                "one_way sessions need a source language: src_lang 'auto' is only for "
+                "two_way_auto (with lang_a and lang_b)",
+                {"field": "src_lang"},
+            )
+        src = lang_code(msg.src_lang, "src_lang")
+        tgt = lang_code(msg.tgt_lang, "tgt_lang")
+        if src == tgt:
+            raise InvalidMessage(f"src_lang and tgt_lang are both {src!r}", {"field": "tgt_lang"})
+    else:
+        lang_a = lang_code(msg.lang_a, "lang_a")
+        lang_b = lang_code(msg.lang_b, "lang_b")
+        if lang_a == lang_b:
+            raise InvalidMessage(f"lang_a and lang_b are both {lang_a!r}", {"field": "lang_b"})
+        if (msg.src_lang or AUTO).strip().lower() != AUTO:
+            raise InvalidMessage(
+                "two_way_auto detects the source language per utterance: src_lang must be "
+                "'auto' (or absent)",
+                {"field": "src_lang"},
+            )
+        src = AUTO
+        # lingua's client sends tgt_lang = lang_b; the node picks the other one per utterance
+        tgt = lang_code(msg.tgt_lang, "tgt_lang") if msg.tgt_lang else lang_b
+        if tgt not in (lang_a, lang_b):
+            raise InvalidMessage(
+                f"tgt_lang {tgt!r} is neither lang_a nor lang_b", {"field": "tgt_lang"}
+            )
+    return SessionSpec(
+        mode=mode,
+        src_lang=src,
+        tgt_lang=tgt,
+        lang_a=lang_a,
+        lang_b=lang_b,
+        audio_format=audio_format,
+        sample_rate=SAMPLE_RATE,
+        trace_id=trace_id,
+    )

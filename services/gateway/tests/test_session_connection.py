@@ -1,0 +1,198 @@
+"""The session endpoint's frame handling, without a network: binary frames round trip through
+the same code the server runs, with a fake socket, bus and session store."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from lingua_gateway.metrics import Metrics
+from lingua_gateway.session_endpoint import SessionConnection
+from lingua_shared.errors import DependencyDown, LinguaError
+from lingua_shared.events import JobRequest, ToSession
+from lingua_shared.keys import Keys
+from lingua_shared.protocol.session import (
+    FRAME_AUDIO,
+    FRAME_FINAL,
+    FRAME_PING,
+    FRAME_PONG,
+    BinaryFrame,
+    build_binary_frame,
+    parse_binary_frame,
+)
+from lingua_shared.settings import Settings
+
+
+class FakeWs:
+    def __init__(self) -> None:
+        self.sent: list[str | bytes] = []
+        self.protocol = SimpleNamespace(close_rcvd=None, close_sent=None)
+
+    async def send(self, data: str | bytes) -> None:
+        self.sent.append(data)
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        self.protocol.close_sent = SimpleNamespace(code=code, reason=reason)
+
+
+class FakePublisher:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, Any]] = []
+        self.fail = False
+
+    async def event(self, routing_key: str, model: Any, **kw: Any) -> None:
+        if self.fail:
+            raise DependencyDown("broker unreachable")
+        self.events.append((routing_key, model))
+
+
+class FakeStore:
+    def __init__(self) -> None:
+        self.records: dict[str, dict[str, str]] = {}
+        self.unbound: list[str] = []
+
+    async def create(self, session_id: str, fields: dict[str, str]) -> None:
+        self.records[session_id] = fields
+
+    async def touch(self, session_id: str, fields: dict[str, str]) -> bool:
+        return False
+
+    async def unbind(self, session_id: str) -> None:
+        self.unbound.append(session_id)
+
+
+@pytest.fixture
+async def conn() -> SessionConnection:
+    settings = Settings(
+        instance_id="gw-t", ws_session_max_frame_bytes=4096, result_reorder_timeout_s=10
+    )
+    gw = SimpleNamespace(
+        settings=settings,
+        metrics=Metrics(),
+        infra=SimpleNamespace(redis=None, keys=Keys("t"), publisher=FakePublisher()),
+        sessions={},
+    )
+    c = SessionConnection(gw, FakeWs())  # type: ignore[arg-type]
+    c.store = FakeStore()  # type: ignore[assignment]
+    return c
+
+
+async def out(c: SessionConnection) -> list[Any]:
+    """What the connection sent so far (JSON decoded; binary frames parsed)."""
+    for _ in range(20):
+        await asyncio.sleep(0)
+    ws: FakeWs = c.ws  # type: ignore[assignment]
+    sent, ws.sent = ws.sent, []
+    return [parse_binary_frame(f) if isinstance(f, bytes) else json.loads(f) for f in sent]
+
+
+async def open_session(c: SessionConnection, **extra: Any) -> str:
+    init = {"type": "session_init", "src_lang": "zh", "tgt_lang": "en", **extra}
+    await c.on_frame(json.dumps(init))
+    (ack,) = await out(c)
+    assert ack["type"] == "session_init_ack"
+    return ack["session_id"]
+
+
+def frame(ftype: int, sid: str, audio: bytes = b"", seq: int = 0, final: bool = False) -> bytes:
+    return build_binary_frame(BinaryFrame(ftype, sid, seq, 1234, final, audio))
+
+
+def requests(c: SessionConnection) -> list[JobRequest]:
+    return [m for k, m in c.gw.infra.publisher.events if k == "job.request"]
+
+
+async def test_binary_audio_and_final_frames_make_utterances_numbered_from_zero(conn):
+    sid = await open_session(conn, audio_format="pcm16")
+    await conn.on_frame(frame(FRAME_AUDIO, sid, b"\x01\x00" * 100, seq=1))
+    await conn.on_frame(frame(FRAME_AUDIO, sid, b"\x02\x00" * 100, seq=2))
+    await conn.on_frame(frame(FRAME_FINAL, sid, seq=3))
+    await conn.on_frame(frame(FRAME_AUDIO, sid, b"\x03\x00" * 50, seq=4, final=True))
+    await conn.on_frame(frame(FRAME_FINAL, sid, seq=5))  # empty: no job, no index
+    reqs = requests(conn)
+    assert [r.utterance_index for r in reqs] == [0, 1]
+    assert base64.b64decode(reqs[0].audio) == b"\x01\x00" * 100 + b"\x02\x00" * 100
+    assert base64.b64decode(reqs[1].audio) == b"\x03\x00" * 50
+    assert reqs[0].request_key == f"{sid}:0" and reqs[0].gateway_id == "gw-t"
+    assert (reqs[0].audio_format, reqs[0].sample_rate) == ("pcm16", 16000)
+    assert reqs[0].pipeline == {"use_asr": True, "use_nmt": True, "use_tts": True}
+    assert await out(conn) == []
+    assert conn.gw.metrics.utterances_empty._value.get() == 1
+
+
+async def test_ping_is_answered_with_a_pong_before_and_after_session_init(conn):
+    await conn.on_frame(frame(FRAME_PING, "", seq=7))
+    (pong,) = await out(conn)
+    assert (pong.frame_type, pong.seq, pong.timestamp) == (FRAME_PONG, 7, 1234)
+    sid = await open_session(conn)
+    await conn.on_frame(frame(FRAME_PING, sid, seq=8))
+    (pong,) = await out(conn)
+    assert (pong.frame_type, pong.session_id, pong.seq) == (FRAME_PONG, sid, 8)
+    assert build_binary_frame(pong) == frame(FRAME_PONG, sid, seq=8)
+
+
+async def test_bad_and_foreign_binary_frames_get_typed_errors(conn):
+    with pytest.raises(LinguaError) as info:
+        await conn.on_frame(frame(FRAME_AUDIO, "s-whatever", b"\x00\x00"))
+    assert info.value.code == "INVALID_SESSION"  # no session yet
+    sid = await open_session(conn)
+    with pytest.raises(LinguaError) as info:
+        await conn.on_frame(b"\x7f" + b"\x00" * 11)
+    assert info.value.code == "INVALID_MESSAGE" and "unknown frame_type 0x7f" in info.value.message
+    with pytest.raises(LinguaError) as info:
+        await conn.on_frame(b"\x01\x05")
+    assert info.value.code == "INVALID_MESSAGE" and "header" in info.value.message
+    with pytest.raises(LinguaError) as info:
+        await conn.on_frame(frame(FRAME_AUDIO, "s-0000000000000000", b"\x00\x00"))
+    assert info.value.code == "INVALID_SESSION"
+    with pytest.raises(LinguaError) as info:
+        await conn.on_frame(frame(FRAME_AUDIO, sid, b"\x00" * 5000))
+    assert info.value.code == "MESSAGE_TOO_LARGE"
+    assert requests(conn) == []
+
+
+async def test_a_failed_publish_is_a_typed_error_naming_the_utterance(conn):
+    sid = await open_session(conn)
+    conn.gw.infra.publisher.fail = True
+    await conn.on_frame(frame(FRAME_AUDIO, sid, b"\x02\x00\xaa\xbb", final=True))
+    (err,) = await out(conn)
+    assert err["type"] == "error" and err["code"] == "SCHEDULER_DEPENDENCY_DOWN"
+    assert err["details"] == {"session_id": sid, "utterance_index": 0}
+    conn.gw.infra.publisher.fail = False
+    await conn.on_frame(frame(FRAME_AUDIO, sid, b"\x02\x00\xaa\xbb", final=True))
+    assert [r.utterance_index for r in requests(conn)] == [1]
+
+
+async def test_ordered_answers_leave_in_index_order_once(conn):
+    sid = await open_session(conn)
+    for i in (2, 0, 0, 1):
+        payload = {"type": "translation_result", "session_id": sid, "utterance_index": i}
+        conn.deliver(ToSession(session_id=sid, utterance_index=i, payload=payload))
+    partial = {"type": "asr_partial", "session_id": sid, "utterance_index": 5, "text": "x"}
+    conn.deliver(ToSession(session_id=sid, utterance_index=5, ordered=False, payload=partial))
+    got = await out(conn)
+    assert [(m["type"], m["utterance_index"]) for m in got] == [
+        ("translation_result", 0),
+        ("translation_result", 1),
+        ("translation_result", 2),
+        ("asr_partial", 5),
+    ]
+    labels = conn.gw.metrics.session_dropped.labels("duplicate")._value.get()
+    assert labels == 1
+
+
+async def test_close_unbinds_the_session_and_forgets_it(conn):
+    sid = await open_session(conn)
+    conn.gw.sessions[sid] = conn
+    await conn.on_frame(json.dumps({"type": "session_close", "session_id": sid}))
+    (ack,) = await out(conn)
+    assert ack == {"type": "session_close_ack", "session_id": sid}
+    assert conn.ws.protocol.close_sent.code == 1000
+    await conn.closed()
+    assert conn.store.unbound == [sid] and sid not in conn.gw.sessions
+    assert not conn.deliver(ToSession(session_id=sid, utterance_index=0, payload={}))

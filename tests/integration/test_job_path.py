@@ -1,0 +1,265 @@
+"""The job path end to end with every service as real processes, two gateway replicas and two
+dispatcher replicas: nodes connect to gw-a, clients to gw-b (MISSION J1-J7)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+from websockets.asyncio.client import ClientConnection, connect
+
+from lingua_node_agent import AgentConfig, JobContext, JobOutcome, NodeAgent, SimulatedHandler
+from lingua_shared.protocol import JobAssign
+from tests.integration.helpers import eventually
+from tests.integration.invariants import settle_idle
+
+pytestmark = pytest.mark.integration
+
+JOB_ENV = {
+    "LINGUA_ACK_TIMEOUT_MS": "1000",
+    "LINGUA_JOB_DEADLINE_MS": "3000",
+    "LINGUA_GAP_TIMEOUT_MS": "4000",
+    "LINGUA_NO_NODE_WAIT_MS": "300",
+    "LINGUA_MAX_ATTEMPTS": "3",
+}
+PCM = b"\x01\x00" * 1600  # 100 ms of PCM16 at 16 kHz
+
+
+@pytest.fixture
+def job_stack(redis, stack_env, tmp_path, request):
+    from tests.integration.conftest import Stack
+
+    s = Stack({**stack_env, **JOB_ENV}, tmp_path)
+    try:
+        started = [
+            s.start("nm-1", "node-manager"),
+            s.start("disp-1", "dispatcher"),
+            s.start("disp-2", "dispatcher"),
+            s.start("gw-a", "gateway"),
+            s.start("gw-b", "gateway"),
+        ]
+        for p in started:
+            p.wait_ready()
+        yield s
+    finally:
+        codes = s.stop_all()
+        if getattr(request.node, "rep_call_failed", False):
+            print(s.logs())
+        bad = {n: c for n, c in codes.items() if c not in (0, None)}
+        assert not bad, f"services did not exit cleanly on SIGTERM: {bad}\n{s.logs()}"
+
+
+def session_url(stack, gw: str = "gw-b") -> str:
+    return stack.gateway_url(gw).replace("/ws/node", "/ws/session")
+
+
+def node(stack, node_id: str, handler=None, **kw) -> NodeAgent:
+    cfg = dict(
+        gateway=stack.gateway_url("gw-a"),
+        node_id=node_id,
+        region="eu",
+        gpu_tier="a100",
+        lang_sets=[["en", "ja", "zh"]],
+        heartbeat_interval_ms=200,
+        backoff_base_s=0.05,
+        backoff_cap_s=0.5,
+        capacity=2,
+    )
+    cfg.update(kw)
+    return NodeAgent(AgentConfig(**cfg), handler or SimulatedHandler(processing_ms=20))
+
+
+@contextlib.asynccontextmanager
+async def running(*agents: NodeAgent) -> AsyncIterator[None]:
+    tasks = [asyncio.create_task(a.run()) for a in agents]
+    try:
+        for a in agents:
+            await asyncio.wait_for(a.registered.wait(), 10)
+        yield
+    finally:
+        for a in agents:
+            a.stop(drain=False)
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def open_session(url: str, src: str = "zh", tgt: str = "en") -> tuple[ClientConnection, str]:
+    ws = await connect(url)
+    await ws.send(
+        json.dumps(
+            {
+                "type": "session_init",
+                "client_version": "it",
+                "platform": "test",
+                "mode": "one_way",
+                "src_lang": src,
+                "tgt_lang": tgt,
+                "audio_format": "pcm16",
+            }
+        )
+    )
+    ack = json.loads(await asyncio.wait_for(ws.recv(), 5))
+    assert ack["type"] == "session_init_ack", ack
+    return ws, ack["session_id"]
+
+
+async def send_utterance(ws: ClientConnection, sid: str, seq: int, audio: bytes = PCM) -> None:
+    await ws.send(
+        json.dumps(
+            {
+                "type": "audio_chunk",
+                "session_id": sid,
+                "seq": seq,
+                "is_final": False,
+                "payload": base64.b64encode(audio).decode(),
+            }
+        )
+    )
+    await ws.send(
+        json.dumps(
+            {
+                "type": "audio_chunk",
+                "session_id": sid,
+                "seq": seq + 1,
+                "is_final": True,
+                "payload": "",
+            }
+        )
+    )
+
+
+async def answers(ws: ClientConnection, count: int, timeout: float = 15) -> list[dict]:
+    """The next ``count`` messages that answer an utterance (result, missing, error)."""
+    out: list[dict] = []
+    deadline = time.monotonic() + timeout
+    while len(out) < count:
+        raw = await asyncio.wait_for(ws.recv(), max(0.1, deadline - time.monotonic()))
+        msg = json.loads(raw)
+        if msg["type"] in ("translation_result", "missing_result", "error"):
+            out.append(msg)
+    return out
+
+
+class SlowFirst:
+    """Earlier utterances take longer, so results finish out of order."""
+
+    async def handle(self, job: JobAssign, ctx: JobContext) -> JobOutcome:
+        await asyncio.sleep(0.05 * (6 - job.utterance_index % 6))
+        return JobOutcome(
+            text_asr=f"asr #{job.utterance_index}",
+            text_translated=f"{job.src_lang}->{job.tgt_lang} #{job.utterance_index}",
+        )
+
+
+async def test_results_reach_the_client_in_order_exactly_once(job_stack, redis):
+    nodes = [node(job_stack, f"node-o{i}", SlowFirst(), capacity=3) for i in range(2)]
+    async with running(*nodes):
+        ws, sid = await open_session(session_url(job_stack))
+        async with ws:
+            for i in range(6):
+                await send_utterance(ws, sid, i * 2)
+            got = await answers(ws, 6)
+            assert [m["type"] for m in got] == ["translation_result"] * 6, got
+            assert [m["utterance_index"] for m in got] == list(range(6))
+            assert [m["text_translated"] for m in got] == [f"zh->en #{i}" for i in range(6)]
+            assert all(m["session_id"] == sid for m in got)
+            assert len({m["job_id"] for m in got}) == 6
+            with pytest.raises(TimeoutError):  # nothing more: exactly once
+                await answers(ws, 1, timeout=0.5)
+        # both nodes worked (least-loaded selection spreads 6 jobs over 2 x 3 slots)
+        assert all(n.jobs.completed > 0 for n in nodes), [n.jobs.completed for n in nodes]
+    await settle_idle(redis, job_stack.keys)
+
+
+async def test_a_retried_utterance_makes_one_job(job_stack, redis):
+    agent = node(job_stack, "node-dup")
+    async with running(agent):
+        ws, sid = await open_session(session_url(job_stack))
+        async with ws:
+            msg = {
+                "type": "utterance",
+                "session_id": sid,
+                "utterance_index": 0,
+                "manual_cut": True,
+                "src_lang": "zh",
+                "tgt_lang": "en",
+                "audio": base64.b64encode(PCM).decode(),
+                "audio_format": "pcm16",
+                "sample_rate": 16000,
+            }
+            for _ in range(3):
+                await ws.send(json.dumps(msg))
+            got = await answers(ws, 1)
+            assert got[0]["type"] == "translation_result" and got[0]["utterance_index"] == 0
+            with pytest.raises(TimeoutError):
+                await answers(ws, 1, timeout=1.0)
+        assert agent.jobs.completed == 1
+        jobs = [
+            k
+            for k in await redis.keys(job_stack.keys.prefix.replace("{", "[{]") + "job:*")
+            if not k.endswith(b":audio")
+        ]
+        assert len(jobs) == 1
+    await settle_idle(redis, job_stack.keys)
+
+
+class Hang:
+    """Takes a job and never answers: the node will be killed with it."""
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+
+    async def handle(self, job: JobAssign, ctx: JobContext) -> JobOutcome:
+        self.started.set()
+        await asyncio.sleep(3600)
+        raise AssertionError("unreachable")
+
+
+async def test_a_node_killed_mid_job_has_its_job_redispatched_and_its_slot_freed(job_stack, redis):
+    keys = job_stack.keys
+    hang = Hang()
+    doomed = node(job_stack, "node-doomed", hang, backoff_base_s=60, backoff_cap_s=60)
+    healthy = node(job_stack, "node-healthy")
+    async with running(doomed):
+        ws, sid = await open_session(session_url(job_stack))
+        async with ws:
+            await send_utterance(ws, sid, 0)
+            await asyncio.wait_for(hang.started.wait(), 5)
+            await eventually(lambda: _running_is(redis, keys, "node-doomed", 1),
+                             what="the job_ack to commit the lease")
+            async with running(healthy):
+                assert doomed._ws is not None
+                doomed._ws.transport.abort()  # dies without a close frame
+                got = await answers(ws, 1, timeout=10)
+                assert got[0]["type"] == "translation_result", got
+                assert got[0]["utterance_index"] == 0
+                assert healthy.jobs.completed == 1
+                reserved, running_ = await redis.hmget(
+                    keys.node("node-doomed"), "reserved", "running"
+                )
+                assert int(reserved or 0) == 0 and int(running_ or 0) == 0
+    await settle_idle(redis, keys)
+
+
+async def test_no_eligible_node_answers_no_available_node_promptly(job_stack, redis):
+    async with running(node(job_stack, "node-enzh")):
+        ws, sid = await open_session(session_url(job_stack), src="fr", tgt="de")
+        async with ws:
+            t0 = time.monotonic()
+            await send_utterance(ws, sid, 0)
+            got = await answers(ws, 1, timeout=5)
+            assert got[0]["type"] == "error" and got[0]["code"] == "NO_AVAILABLE_NODE", got
+            assert "fr->de" in got[0]["message"]
+            assert got[0]["details"]["utterance_index"] == 0
+            assert time.monotonic() - t0 < 2.0
+        unserved = await redis.hgetall(job_stack.keys.unserved)
+        assert unserved == {b"fr:de": b"1"}
+    await settle_idle(redis, job_stack.keys)
+
+
+async def _running_is(redis, keys, node_id: str, n: int) -> bool:
+    return int(await redis.hget(keys.node(node_id), "running") or 0) == n
