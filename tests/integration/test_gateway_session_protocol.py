@@ -260,11 +260,14 @@ async def test_whole_utterances_keep_their_index_and_request_id(stack, bus):
         await send(ws, type="utterance", session_id=sid, audio=audio, request_id="req-abc")
         await send(ws, type="utterance", session_id=sid, utterance_index=5, audio=audio)
         await ws.send(chunk(sid, 0, PCM, final=True))
-        reqs = await tap.requests(3)
+        # a retry of req-abc keeps its index 0 (the dispatcher absorbs the copy)
+        await send(ws, type="utterance", session_id=sid, audio=audio, request_id="req-abc")
+        reqs = await tap.requests(4)
         assert [(r.utterance_index, r.request_key) for r in reqs] == [
-            (0, "req-abc"),
+            (0, f"{sid}:r:req-abc"),  # client ids are namespaced by their session
             (5, f"{sid}:5"),
             (6, f"{sid}:6"),
+            (0, f"{sid}:r:req-abc"),
         ]
         assert reqs[0].audio == audio  # forwarded as sent
         await send(ws, type="utterance", session_id=sid, audio="")
