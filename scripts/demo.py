@@ -1,9 +1,11 @@
-"""``make demo``: the main job, for now the node side of it.
+"""``make demo``: the main job, the whole round trip.
 
 Starts the stack (unless it is already up) and N simulated nodes, waits until every one of
 them (and one real agent) is registered, in its pools and schedulable, prints the nodes and
-pools as Redis holds them, then shows the lifecycle: the agent leaves gracefully and its pool
-entries are gone at once. The stack and the other nodes keep running (stop with ``make down``).
+pools as Redis holds them; then a client streams an audio file (shipped in the repo) as a
+session through the gateway and prints each result as it arrives with its latency; then the
+agent leaves gracefully and its pool entries are gone at once. The stack and the simulated
+nodes keep running (stop with ``make down``).
 """
 
 from __future__ import annotations
@@ -81,6 +83,12 @@ async def demo(count: int) -> int:
         )
         print(render_text(await read_pool_view(redis, keys, now_ms()), nodes))
 
+        print("\nA client streams the demo audio as a session zh -> en through the gateway;")
+        print("each line is one utterance's result as it arrives, with its latency:\n")
+        client_rc = subprocess.call(
+            [sys.executable, "-m", "lingua_client", "stream", "--url",
+             "ws://127.0.0.1:5010/ws/session", "--src", "zh", "--tgt", "en"])
+
         pools_before = {m.decode() for m in await redis.smembers(keys.node_pools(agent_id))}
         print(
             f"\n{agent_id} leaves gracefully (SIGTERM: drain, clean close); "
@@ -98,11 +106,11 @@ async def demo(count: int) -> int:
             f"pool entries left: {len(left)} (agent exit code {agent.returncode})"
         )
         print("\nThe stack keeps running with the simulated nodes heartbeating:")
-        print("  live pools  http://127.0.0.1:5040/api/v1/pools")
+        print("  stats       http://127.0.0.1:5040/api/v1/pools")
         print("  live nodes  http://127.0.0.1:5040/api/v1/nodes")
         print("  watch       .venv/bin/python -m lingua_stats show --watch 2")
         print("  stop        make down")
-        return 0 if gone and not left else 1
+        return 0 if gone and not left and client_rc == 0 else 1
     finally:
         if agent.poll() is None:
             agent.kill()
