@@ -229,8 +229,10 @@ async def test_a_node_killed_mid_job_has_its_job_redispatched_and_its_slot_freed
         async with ws:
             await send_utterance(ws, sid, 0)
             await asyncio.wait_for(hang.started.wait(), 5)
-            await eventually(lambda: _running_is(redis, keys, "node-doomed", 1),
-                             what="the job_ack to commit the lease")
+            await eventually(
+                lambda: _running_is(redis, keys, "node-doomed", 1),
+                what="the job_ack to commit the lease",
+            )
             async with running(healthy):
                 assert doomed._ws is not None
                 doomed._ws.transport.abort()  # dies without a close frame
@@ -263,3 +265,41 @@ async def test_no_eligible_node_answers_no_available_node_promptly(job_stack, re
 
 async def _running_is(redis, keys, node_id: str, n: int) -> bool:
     return int(await redis.hget(keys.node(node_id), "running") or 0) == n
+
+
+class NoModel:
+    """Every job fails with MODEL_NOT_AVAILABLE, as a node whose model is not loaded."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def handle(self, job: JobAssign, ctx: JobContext) -> JobOutcome:
+        self.calls += 1
+        return JobOutcome.failure(
+            "MODEL_NOT_AVAILABLE", "asr model not loaded", {"service_type": "asr"}
+        )
+
+
+async def test_model_not_available_cools_the_node_down_and_the_job_goes_elsewhere(job_stack, redis):
+    keys = job_stack.keys
+    broken = NoModel()
+    async with running(node(job_stack, "node-a-nomodel", broken, capacity=4)):
+        ws, sid = await open_session(session_url(job_stack))
+        async with ws, running(node(job_stack, "node-z-fine")):
+            # the broken node is idle and lexically first: it gets the first job, fails it,
+            # is cooled down, and the job is redispatched to the other node
+            await send_utterance(ws, sid, 0)
+            first = await answers(ws, 1)
+            assert first[0]["type"] == "translation_result", first
+            assert broken.calls == 1
+            until = int(await redis.hget(keys.node("node-a-nomodel"), "unavail:asr") or 0)
+            assert until > time.time() * 1000
+            # during the cool-down selection skips it, though it is the least loaded
+            for i in range(1, 4):
+                await send_utterance(ws, sid, i * 2)
+            rest = await answers(ws, 3)
+            assert [m["type"] for m in rest] == ["translation_result"] * 3
+            assert broken.calls == 1
+            exclusions = await redis.hgetall(keys.exclusions)
+            assert int(exclusions.get(b"service_unavailable", 0)) >= 3
+    await settle_idle(redis, keys)

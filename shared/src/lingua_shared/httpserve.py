@@ -8,10 +8,14 @@ signal 15" even when every delivery was finished; orchestrators and our tests re
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
 import uvicorn
+from prometheus_client import CollectorRegistry
+
+from lingua_shared.runtime import Infra, render_metrics
 
 
 class _Server(uvicorn.Server):
@@ -31,3 +35,29 @@ def serve_app(app: Any, host: str, port: int, graceful_timeout_s: float) -> None
         lifespan="on",
     )
     _Server(config).run()
+
+
+def add_health_routes(
+    app: Any, infra_of: Callable[[], Infra | None], registry: CollectorRegistry
+) -> None:
+    """``/healthz`` (alive), ``/readyz`` (:meth:`Infra.readiness`, 503 before start-up and
+    after shutdown) and ``/metrics`` (Prometheus text) on a FastAPI ``app``: every HTTP
+    service answers them the same way."""
+    from fastapi import Response
+    from fastapi.responses import JSONResponse
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        infra = infra_of()
+        if infra is None:
+            return JSONResponse({"ready": False}, status_code=503)
+        ok, checks = await infra.readiness()
+        return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
+
+    @app.get("/metrics")
+    async def metrics_endpoint() -> Response:
+        return Response(render_metrics(registry), media_type="text/plain; version=0.0.4")

@@ -12,8 +12,7 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from aio_pika.abc import AbstractIncomingMessage
-from fastapi import FastAPI, Response
-from fastapi.responses import JSONResponse
+from fastapi import FastAPI
 
 from lingua_dispatcher.jobs import Jobs
 from lingua_dispatcher.metrics import Metrics
@@ -21,8 +20,9 @@ from lingua_dispatcher.node_events import NodeEvents
 from lingua_dispatcher.timers import expire_gaps, fire_timers, loop
 from lingua_shared.bus import consume
 from lingua_shared.events import DISPATCHER_EVENT, DispatcherEvent, JobRequest, NodeJobEvent
+from lingua_shared.httpserve import add_health_routes
 from lingua_shared.logs import get_logger
-from lingua_shared.runtime import Infra, bounded, render_metrics
+from lingua_shared.runtime import Infra, bounded
 from lingua_shared.settings import Settings
 
 log = get_logger(__name__)
@@ -77,20 +77,6 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="lingua dispatcher", lifespan=lifespan)
 
-    @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get("/readyz")
-    async def readyz() -> JSONResponse:
-        infra = state.get("infra")
-        if infra is None:
-            return JSONResponse({"ready": False}, status_code=503)
-        ok, checks = await infra.readiness()
-        return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
-
-    @app.get("/metrics")
-    async def metrics_endpoint() -> Response:
-        return Response(render_metrics(metrics.registry), media_type="text/plain; version=0.0.4")
+    add_health_routes(app, lambda: state.get("infra"), metrics.registry)
 
     return app

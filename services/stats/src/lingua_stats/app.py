@@ -12,15 +12,16 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
-from fastapi import FastAPI, Response
+from fastapi import FastAPI
 from fastapi.responses import JSONResponse
 from redis.exceptions import RedisError
 
 from lingua_shared.errors import DependencyDown
+from lingua_shared.httpserve import add_health_routes
 from lingua_shared.keys import Keys
 from lingua_shared.logs import get_logger
 from lingua_shared.poolview import NodeView, PoolView, read_nodes, read_pool_view
-from lingua_shared.runtime import Infra, now_ms, render_metrics
+from lingua_shared.runtime import Infra, now_ms
 from lingua_shared.settings import Settings
 from lingua_stats.metrics import Metrics
 
@@ -62,21 +63,7 @@ def create_app(settings: Settings) -> FastAPI:
         metrics.reads.labels(view, "ok").inc()
         return result
 
-    @app.get("/healthz")
-    async def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
-    @app.get("/readyz")
-    async def readyz() -> JSONResponse:
-        infra = state.get("infra")
-        if infra is None:
-            return JSONResponse({"ready": False}, status_code=503)
-        ok, checks = await infra.readiness()
-        return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
-
-    @app.get("/metrics")
-    async def metrics_endpoint() -> Response:
-        return Response(render_metrics(metrics.registry), media_type="text/plain; version=0.0.4")
+    add_health_routes(app, lambda: state.get("infra"), metrics.registry)
 
     @app.get("/api/v1/pools", response_model=PoolView)
     async def pools() -> PoolView | JSONResponse:
