@@ -33,7 +33,7 @@ def documented_layout() -> list[tuple[re.Pattern[str], str]]:
     """``P <pattern>  <type>`` lines of the keys module docstring, as (regex, redis type)."""
     doc = keys_module.__doc__ or ""
     out = []
-    for m in re.finditer(r"^\s+P (\S+)\s+(hash|set|zset|string)\b", doc, re.MULTILINE):
+    for m in re.finditer(r"^\s+P (\S+)\s+(hash|set|zset|string|list)\b", doc, re.MULTILINE):
         # a request key is free text (``<session_id>:<index>`` or a client's request id)
         pattern = re.escape(m.group(1)).replace("<request_key>", ".+")
         pattern = re.sub(r"<[a-z_]+>", "[^:]+", pattern)
@@ -81,13 +81,17 @@ def all_builder_keys(
         k.gaps,
         k.exclusions,
         k.unserved,
+        k.stats_second(1_700_000_000),
+        k.recent_errors,
+        k.sessions_active,
     ]
 
 
 def test_layout_docstring_is_parsed() -> None:
     # node, node pools, nodes x3, pool, poolgroup, index, pair, gateway; then the job path:
-    # session, session results, job, job audio, idem, node jobs, timers, gaps, stats x2
-    assert len(LAYOUT) == 20
+    # session, session results, job, job audio, idem, node jobs, timers, gaps, stats x2;
+    # then display stats: stats second, recent errors, active sessions
+    assert len(LAYOUT) == 23
 
 
 def test_langset_id_is_the_scripts_group_naming() -> None:

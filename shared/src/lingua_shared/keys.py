@@ -30,6 +30,9 @@ Layout (``P`` = ``lingua:v1:{cell}:``)::
     P gaps                            zset  session id -> when its missing result times out
     P stats:exclusions                hash  selection exclusion reason -> count
     P stats:unserved                  hash  "<src>:<tgt>" -> requests no pool covers
+    P stats:sec:<epoch_s>             hash  one second of job counters and latency buckets
+    P stats:recent_errors             list  the latest typed errors sent to clients (JSON)
+    P sessions:active                 zset  session id -> last activity ms (display)
 
 A *pool shard id* is ``<langset>:<region>:<gpu>:<shard>`` where ``langset`` is the sorted
 languages joined by ``_`` (``en_ja_zh``; codes such as ``pt-br`` keep their ``-``).
@@ -122,6 +125,17 @@ class Keys:
     @property
     def unserved(self) -> str:
         return f"{self.prefix}stats:unserved"
+
+    def stats_second(self, epoch_s: int) -> str:
+        return f"{self.prefix}stats:sec:{epoch_s}"
+
+    @property
+    def recent_errors(self) -> str:
+        return f"{self.prefix}stats:recent_errors"
+
+    @property
+    def sessions_active(self) -> str:
+        return f"{self.prefix}sessions:active"
 
     @staticmethod
     def shard_id(langset: str, region: str, gpu_tier: str, shard: int) -> str:

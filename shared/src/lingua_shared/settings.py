@@ -84,6 +84,14 @@ class Settings(BaseSettings):
     job_ttl_s: int = Field(600, description="job records and audio live this long")
     timer_interval_s: float = 0.05
 
+    # stats (display only: nothing here is read by scheduling)
+    stats_interval_s: float = Field(5.0, description="S1: snapshot rebuilt this often")
+    stats_window_s: int = Field(60, description="rates and percentiles cover this recent past")
+    stats_flush_s: float = Field(1.0, description="dispatcher: stats counters flushed this often")
+    catalog_url: str | None = Field(None, description="S2: the model hub's service catalog")
+    catalog_interval_s: float = 30.0
+    catalog_timeout_s: float = 3.0
+
     # bus
     amqp_connect_timeout_s: float = 5.0
     amqp_prefetch: int = 256

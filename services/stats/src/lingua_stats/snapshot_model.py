@@ -1,0 +1,114 @@
+"""The dashboard snapshot (MISSION S1): its shape, shared by the builder, the API and the page.
+
+Built in the background every ``LINGUA_STATS_INTERVAL_S`` from Redis; ``GET /api/v1/stats``
+returns the latest one and never walks the state.
+"""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+
+class LoadSummary(BaseModel):
+    capacity: int = 0
+    running: int = 0
+    reserved: int = 0
+    utilization: float = Field(0.0, description="(running + reserved) / capacity, 0..1")
+
+
+class NodeSummary(BaseModel):
+    registered: int = 0
+    alive: int = Field(0, description="the node key exists (TTL alive)")
+    connected: int = Field(0, description="a gateway holds its WebSocket (display meaning)")
+    schedulable: int = Field(0, description="alive, connected and ready (what selection uses)")
+    by_region: dict[str, int] = Field(default_factory=dict)
+    by_gpu_tier: dict[str, int] = Field(default_factory=dict)
+    load: LoadSummary = Field(default_factory=LoadSummary)
+
+
+class NodeRow(BaseModel):
+    node_id: str
+    region: str
+    gpu_tier: str
+    lang_sets: list[list[str]]
+    connected: bool
+    schedulable: bool
+    capacity: int
+    running: int
+    reserved: int
+    last_heartbeat_age_ms: int | None = None
+
+
+class PoolSummary(BaseModel):
+    """One pool (language set x region x gpu tier), all its shards together."""
+
+    langset: list[str]
+    region: str
+    gpu_tier: str
+    shards: int
+    members: int
+    schedulable: int
+    capacity: int
+    running: int
+    reserved: int
+    load: float = Field(description="(running + reserved) / capacity, 0..1")
+
+
+class LatencySummary(BaseModel):
+    count: int = 0
+    p50_ms: float | None = None
+    p90_ms: float | None = None
+    p99_ms: float | None = None
+
+
+class SeriesPoint(BaseModel):
+    """One second of the recent past (for the jobs and latency chart)."""
+
+    ts: int = Field(description="epoch seconds")
+    jobs: int = 0
+    failed: int = 0
+    dispatch_p99_ms: float | None = None
+    roundtrip_p99_ms: float | None = None
+
+
+class RecentError(BaseModel):
+    ts_ms: int
+    code: str
+    message: str
+    session_id: str | None = None
+    job_id: str | None = None
+
+
+class CatalogView(BaseModel):
+    """The model hub's service catalog as last fetched (MISSION S2)."""
+
+    url: str | None = None
+    ok: bool = False
+    fetched_at_ms: int | None = None
+    last_attempt_ms: int | None = None
+    error: str | None = None
+    services: list[dict[str, object]] = Field(default_factory=list)
+
+
+class Snapshot(BaseModel):
+    generated_at_ms: int
+    build_ms: float
+    window_s: int = Field(60, description="the recent past that rates and percentiles cover")
+    nodes: NodeSummary
+    node_list: list[NodeRow]
+    pools: list[PoolSummary]
+    sessions_active: int
+    language_pairs: dict[str, int] = Field(
+        default_factory=dict, description='"src->tgt" -> jobs in the window'
+    )
+    jobs_per_s: float = 0.0
+    dispatch_latency: LatencySummary = Field(default_factory=LatencySummary)
+    roundtrip_latency: LatencySummary = Field(default_factory=LatencySummary)
+    errors_by_code: dict[str, int] = Field(default_factory=dict)
+    recent_errors: list[RecentError] = Field(default_factory=list)
+    exclusions: dict[str, int] = Field(default_factory=dict, description="reason -> count")
+    unserved: dict[str, int] = Field(
+        default_factory=dict, description='"src:tgt" -> requests no pool covers'
+    )
+    series: list[SeriesPoint] = Field(default_factory=list)
+    catalog: CatalogView = Field(default_factory=CatalogView)
