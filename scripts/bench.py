@@ -106,9 +106,13 @@ def main() -> None:
     )
     args = ap.parse_args()
     figures = asyncio.run(run(args.nodes, args.rounds, args.batch, args.redis_url))
+    import bench_stats  # scripts/ is on sys.path when this file runs as a script
+
+    stats = asyncio.run(bench_stats.run(args.redis_url, args.nodes))
     out = {
         "machine": {"cpus": os.cpu_count()},
         "node_scripts": figures,
+        "stats": stats,
         "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
     path = ROOT / "bench" / "results" / "latest.json"
@@ -121,6 +125,7 @@ def main() -> None:
         f"  heartbeat, pipelined     {figures['heartbeat_pipelined_per_s']:>8} /s   "
         f"x{figures['pipelined_over_single']} the baseline (batches of {figures['batch']})"
     )
+    bench_stats.report(stats)
     print(f"  written to {path.relative_to(ROOT)}")
 
 

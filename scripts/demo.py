@@ -86,8 +86,19 @@ async def demo(count: int) -> int:
         print("\nA client streams the demo audio as a session zh -> en through the gateway;")
         print("each line is one utterance's result as it arrives, with its latency:\n")
         client_rc = subprocess.call(
-            [sys.executable, "-m", "lingua_client", "stream", "--url",
-             "ws://127.0.0.1:5010/ws/session", "--src", "zh", "--tgt", "en"])
+            [
+                sys.executable,
+                "-m",
+                "lingua_client",
+                "stream",
+                "--url",
+                "ws://127.0.0.1:5010/ws/session",
+                "--src",
+                "zh",
+                "--tgt",
+                "en",
+            ]
+        )
 
         pools_before = {m.decode() for m in await redis.smembers(keys.node_pools(agent_id))}
         print(

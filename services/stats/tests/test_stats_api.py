@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import httpx
 
 from lingua_shared.settings import Settings
 from lingua_stats.__main__ import show
 from lingua_stats.app import create_app
+from lingua_stats.snapshot_model import Snapshot
 
 NOW = 1_700_000_000_000
 SERVICES = {"asr": ["en", "ja", "zh"], "semantic": ["en", "ja", "zh"]}
@@ -116,3 +119,47 @@ async def test_show_prints_the_live_table(redis_url, scripts, capsys):
 async def test_show_reports_a_redis_outage(capsys):
     assert await show("redis://127.0.0.1:1/0", "test", None) == 1
     assert "did not answer" in capsys.readouterr().err
+
+
+async def test_stats_snapshot_built_at_start_then_every_interval(
+    redis_url, amqp_url, bus_prefix, scripts
+):
+    await register(scripts, "n1", [["en", "zh"]])
+    settings = make_settings(redis_url, amqp_url, bus_prefix).model_copy(
+        update={"stats_interval_s": 0.2}
+    )
+    app = create_app(settings)
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://stats") as client,
+    ):
+        # cold start: the first snapshot exists as soon as the app is up
+        assert (await client.get("/readyz")).status_code == 200
+        first = await client.get("/api/v1/stats")
+        assert first.status_code == 200
+        assert first.headers["content-type"].startswith("application/json")
+        snap = Snapshot.model_validate(first.json())
+        assert snap.nodes.registered == 1 and [n.node_id for n in snap.node_list] == ["n1"]
+        assert snap.catalog.url is None and len(snap.series) == 60
+
+        # a node registered now is not in the snapshot until the next build
+        await register(scripts, "n2", [["en", "zh"]], region="us")
+        again = Snapshot.model_validate((await client.get("/api/v1/stats")).json())
+        assert again.generated_at_ms == snap.generated_at_ms and again.nodes.registered == 1
+        for _ in range(50):
+            await asyncio.sleep(0.05)
+            later = Snapshot.model_validate((await client.get("/api/v1/stats")).json())
+            if later.nodes.registered == 2:
+                break
+        assert later.nodes.registered == 2 and later.generated_at_ms > snap.generated_at_ms
+        assert later.nodes.by_region == {"eu": 1, "us": 1}
+
+        metrics = (await client.get("/metrics")).text
+        assert 'lingua_stats_snapshot_builds_total{outcome="ok"}' in metrics
+
+
+async def test_stats_is_503_before_any_snapshot(redis_url, amqp_url, bus_prefix):
+    app = create_app(make_settings(redis_url, amqp_url, bus_prefix))
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://s") as c:
+        r = await c.get("/api/v1/stats")
+        assert r.status_code == 503 and r.json()["code"] == "SCHEDULER_DEPENDENCY_DOWN"

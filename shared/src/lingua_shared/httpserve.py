@@ -44,20 +44,31 @@ def add_health_routes(
     after shutdown) and ``/metrics`` (Prometheus text) on a FastAPI ``app``: every HTTP
     service answers them the same way."""
     from fastapi import Response
-    from fastapi.responses import JSONResponse
+    from fastapi.responses import JSONResponse, PlainTextResponse
+
+    # ``response_model=None``: with postponed annotations and these function-local imports,
+    # FastAPI cannot resolve "JSONResponse" / "Response" and would make /openapi.json fail
+    # with a 500 (a ForwardRef in the schema), in every service that uses these routes.
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
+        """Liveness: the process answers; no dependency is checked."""
         return {"status": "ok"}
 
-    @app.get("/readyz")
+    @app.get(
+        "/readyz",
+        response_model=None,
+        responses={503: {"description": "not ready: not started, or a dependency is down"}},
+    )
     async def readyz() -> JSONResponse:
+        """Readiness: Redis, RabbitMQ and every consumer are up (503 while not)."""
         infra = infra_of()
         if infra is None:
             return JSONResponse({"ready": False}, status_code=503)
         ok, checks = await infra.readiness()
         return JSONResponse({"ready": ok, "checks": checks}, status_code=200 if ok else 503)
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_model=None, response_class=PlainTextResponse)
     async def metrics_endpoint() -> Response:
+        """Prometheus metrics, text exposition format."""
         return Response(render_metrics(registry), media_type="text/plain; version=0.0.4")

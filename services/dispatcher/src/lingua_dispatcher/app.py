@@ -38,6 +38,7 @@ def create_app(settings: Settings) -> FastAPI:
         async with Infra.open(settings) as infra:
             state["infra"] = infra
             jobs = Jobs(infra, metrics)
+            await jobs.stats.start()
             node_events = NodeEvents(jobs)
 
             async def handle(ev: DispatcherEvent, message: AbstractIncomingMessage) -> None:
@@ -72,6 +73,7 @@ def create_app(settings: Settings) -> FastAPI:
                 for t in loops:
                     t.cancel()
                 await asyncio.gather(*loops, return_exceptions=True)
+                await bounded(jobs.stats.stop(), "stats.flush")
                 state.pop("infra", None)
                 log.info("dispatcher.stopped", instance_id=settings.instance_id)
 

@@ -12,6 +12,7 @@ import uuid
 from typing import Any
 
 from lingua_dispatcher.metrics import Metrics
+from lingua_dispatcher.stats_recorder import StatsRecorder
 from lingua_shared.bus import Unroutable
 from lingua_shared.errors import DependencyDown
 from lingua_shared.events import JobRequest, ToNode, ToSession
@@ -66,11 +67,17 @@ def needed_services(pipeline: dict[str, Any]) -> list[str]:
 
 
 class Jobs:
-    def __init__(self, infra: Infra, metrics: Metrics) -> None:
+    def __init__(
+        self, infra: Infra, metrics: Metrics, recorder: StatsRecorder | None = None
+    ) -> None:
         self.infra = infra
         self.s = infra.scripts
         self.settings = infra.settings
         self.metrics = metrics
+        # display counters for the stats snapshot; the app starts and stops its flush loop
+        self.stats = recorder or StatsRecorder(
+            infra.redis, infra.keys, infra.settings.stats_flush_s
+        )
 
     async def read_job(self, job_id: str) -> dict[str, str] | None:
         values = await self.infra.redis.hmget(self.infra.keys.job(job_id), JOB_FIELDS)
@@ -221,7 +228,9 @@ class Jobs:
                 attempt = nxt
                 continue
             received = int(job.get("received_at_ms") or now)
-            self.metrics.dispatch_latency.observe(max(0, now_ms() - received) / 1000)
+            dispatch_ms = max(0, now_ms() - received)
+            self.metrics.dispatch_latency.observe(dispatch_ms / 1000)
+            self.stats.dispatched(dispatch_ms)
             log.info(
                 "job.dispatched",
                 job_id=job_id,
@@ -286,6 +295,14 @@ class Jobs:
         payload.update(session_id=job["session_id"], utterance_index=int(job["utterance_index"]))
         self.metrics.errors.labels(code.value).inc()
         self.metrics.jobs.labels("failed").inc()
+        self.stats.failed(
+            code.value,
+            message,
+            src=job.get("src_lang", ""),
+            tgt=job.get("tgt_lang", ""),
+            session_id=job["session_id"],
+            job_id=job_id,
+        )
         log.info(
             "job.failed",
             job_id=job_id,

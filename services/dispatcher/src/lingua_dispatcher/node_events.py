@@ -149,8 +149,10 @@ class NodeEvents:
             return
         self.metrics.jobs.labels("done").inc()
         received = int(job.get("received_at_ms") or 0)
-        if received:
-            self.metrics.roundtrip.observe(max(0, now_ms() - received) / 1000)
+        roundtrip_ms = max(0, now_ms() - received) if received else None
+        if roundtrip_ms is not None:
+            self.metrics.roundtrip.observe(roundtrip_ms / 1000)
+        self.jobs.stats.done(job["src_lang"], job["tgt_lang"], roundtrip_ms)
         log.info(
             "job.done",
             job_id=r.job_id,

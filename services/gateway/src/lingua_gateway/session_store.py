@@ -6,6 +6,10 @@ gateway writes the record at ``session_init``, refreshes its TTL on activity, an
 removes only the binding (``gateway_id``, ``conn_id``): the cursor and the pool affinity
 stay until the TTL, so a job finishing after the close neither resets the order state nor
 gets published to anyone.
+
+Each write also scores the session in ``sessions:active`` (ZADD now_ms; ZREM on close) in
+the same round trip: a display index for the stats snapshot, which counts the members seen
+within the session TTL and trims the older ones. Nothing on the job path reads it.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from redis.exceptions import RedisError
 
 from lingua_shared.errors import DependencyDown
 from lingua_shared.keys import Keys
+from lingua_shared.runtime import now_ms
 
 BINDING_FIELDS = ("gateway_id", "conn_id")
 
@@ -32,6 +37,7 @@ class SessionStore:
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.hset(key, mapping=fields)
                 pipe.pexpire(key, self.ttl_ms)
+                pipe.zadd(self.keys.sessions_active, {session_id: now_ms()})
                 await pipe.execute()
         except (RedisError, OSError) as exc:
             raise DependencyDown(f"session store unavailable: {exc}") from exc
@@ -44,7 +50,11 @@ class SessionStore:
         """
         key = self.keys.session(session_id)
         try:
-            if await self.redis.pexpire(key, self.ttl_ms):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.pexpire(key, self.ttl_ms)
+                pipe.zadd(self.keys.sessions_active, {session_id: now_ms()})
+                refreshed, _ = await pipe.execute()
+            if refreshed:
                 return False
             await self.create(session_id, fields)
             return True
@@ -54,6 +64,9 @@ class SessionStore:
     async def unbind(self, session_id: str) -> None:
         """Remove the binding only (HDEL never recreates an expired record)."""
         try:
-            await self.redis.hdel(self.keys.session(session_id), *BINDING_FIELDS)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.hdel(self.keys.session(session_id), *BINDING_FIELDS)
+                pipe.zrem(self.keys.sessions_active, session_id)
+                await pipe.execute()
         except (RedisError, OSError) as exc:
             raise DependencyDown(f"session store unavailable: {exc}") from exc

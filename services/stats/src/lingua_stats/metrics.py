@@ -22,3 +22,15 @@ class Metrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1),
             registry=r,
         )
+        self.snapshot_builds = Counter(
+            "lingua_stats_snapshot_builds_total",
+            "Background snapshot builds by outcome (an error keeps the last good one)",
+            ["outcome"],
+            registry=r,
+        )
+        self.snapshot_build_seconds = Histogram(
+            "lingua_stats_snapshot_build_seconds",
+            "Time to build one dashboard snapshot from Redis",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1, 2.5, 5),
+            registry=r,
+        )

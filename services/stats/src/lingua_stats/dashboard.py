@@ -1,0 +1,58 @@
+"""The operator dashboard (MISSION S4): one HTML page plus its script and style sheet.
+
+Everything the page needs is packaged in ``static/`` and read once at start-up; nothing is
+fetched from elsewhere (no CDN), and a Content-Security-Policy of ``'self'`` makes the browser
+refuse anything else. The page polls ``/api/v1/stats`` (the background snapshot, S1) and
+``/api/v1/nodes`` (live, so a node going offline shows within one poll) every 2 s, and falls
+back to the live ``/api/v1/pools`` while no snapshot is available.
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+from fastapi import FastAPI, HTTPException
+from fastapi.responses import HTMLResponse, Response
+
+from lingua_shared.settings import Settings
+
+STATIC_DIR = Path(__file__).parent / "static"
+ASSETS = {"app.js": "text/javascript", "style.css": "text/css"}
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+    "img-src 'self' data:; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+)
+HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    "Cache-Control": "no-cache",
+}
+
+
+def add_dashboard_routes(app: FastAPI, settings: Settings) -> None:
+    """``GET /`` (the page) and ``GET /static/{name}`` (its script and style sheet)."""
+    page = (STATIC_DIR / "index.html").read_text(encoding="utf-8")
+    page = page.replace("{{cell}}", html.escape(settings.cell))
+    assets = {name: (STATIC_DIR / name).read_bytes() for name in ASSETS}
+
+    @app.get(
+        "/",
+        response_class=HTMLResponse,
+        include_in_schema=False,
+        summary="Operator dashboard",
+        description="The dashboard page (S4): nodes, pools, sessions, jobs, errors, exclusions.",
+    )
+    async def dashboard() -> HTMLResponse:
+        return HTMLResponse(page, headers=HEADERS)
+
+    @app.get(
+        "/static/{name}",
+        include_in_schema=False,
+        summary="Dashboard asset",
+        description="The dashboard's own script and style sheet (packaged, never a CDN).",
+    )
+    async def static_asset(name: str) -> Response:
+        if name not in assets:
+            raise HTTPException(status_code=404, detail="no such asset")
+        return Response(assets[name], media_type=ASSETS[name], headers=HEADERS)

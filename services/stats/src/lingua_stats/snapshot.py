@@ -1,0 +1,280 @@
+"""Build the dashboard snapshot (MISSION S1) from Redis alone.
+
+:func:`build_snapshot` is the only place that walks the state for the dashboard; it runs in
+the background (:class:`~lingua_stats.snapshot_service.SnapshotService`), never per request
+(P5). Nodes and pools come from the live readers of :mod:`lingua_shared.poolview`, so the
+snapshot and ``/api/v1/pools`` can never disagree on what "schedulable" means; the rest is one
+pipelined round trip: the last ``stats_window_s`` per-second hashes the dispatchers flush
+(``lingua_dispatcher.stats_recorder``), the selection counters, the recent errors and the
+active-session index. :class:`SnapshotService` rebuilds it every ``stats_interval_s`` and
+keeps the latest good one, already serialized, so a request only copies bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import math
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+from redis.asyncio import Redis
+
+from lingua_shared.keys import Keys
+from lingua_shared.logs import get_logger
+from lingua_shared.poolview import NodeView, PoolView, read_nodes, read_pool_view
+from lingua_shared.runtime import now_ms as wall_ms
+from lingua_shared.settings import Settings
+from lingua_stats.metrics import Metrics
+from lingua_stats.snapshot_model import (
+    CatalogView,
+    LatencySummary,
+    LoadSummary,
+    NodeRow,
+    NodeSummary,
+    PoolSummary,
+    RecentError,
+    SeriesPoint,
+    Snapshot,
+)
+
+log = get_logger(__name__)
+
+
+def _s(v: Any) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _counts(raw: Mapping[Any, Any]) -> dict[str, int]:
+    return {_s(k): int(v) for k, v in raw.items()}
+
+
+def _load(capacity: int, running: int, reserved: int) -> float:
+    return round(min(1.0, (running + reserved) / capacity), 4) if capacity > 0 else 0.0
+
+
+def percentile(buckets: Mapping[int, int], q: float) -> float | None:
+    """The upper bound of the bucket that reaches rank ``ceil(q * count)``; None if empty."""
+    total = sum(buckets.values())
+    if total <= 0:
+        return None
+    rank, seen = max(1, math.ceil(q * total)), 0
+    for bound in sorted(buckets):
+        seen += buckets[bound]
+        if seen >= rank:
+            return float(bound)
+    return float(max(buckets))
+
+
+def latency(buckets: Mapping[int, int]) -> LatencySummary:
+    return LatencySummary(
+        count=sum(buckets.values()),
+        p50_ms=percentile(buckets, 0.50),
+        p90_ms=percentile(buckets, 0.90),
+        p99_ms=percentile(buckets, 0.99),
+    )
+
+
+def _buckets(second: Mapping[str, int], prefix: str) -> Counter[int]:
+    out: Counter[int] = Counter()
+    for field, n in second.items():
+        if field.startswith(prefix):
+            try:
+                out[int(field[len(prefix) :])] += n
+            except ValueError:
+                continue
+    return out
+
+
+def summarize_nodes(nodes: Iterable[NodeView], view: PoolView) -> NodeSummary:
+    """Counts from the pool view (one definition of schedulable); breakdowns over the nodes
+    whose key exists (TTL alive): an expired node has no region, tier or load any more."""
+    by_region: Counter[str] = Counter()
+    by_tier: Counter[str] = Counter()
+    cap = run = res = 0
+    for n in nodes:
+        if not n.alive:
+            continue
+        by_region[n.region or "?"] += 1
+        by_tier[n.gpu_tier or "?"] += 1
+        cap, run, res = cap + n.capacity, run + n.running, res + n.reserved
+    c = view.nodes
+    return NodeSummary(
+        registered=c.registered,
+        alive=c.alive,
+        connected=c.connected,
+        schedulable=c.schedulable,
+        by_region=dict(sorted(by_region.items())),
+        by_gpu_tier=dict(sorted(by_tier.items())),
+        load=LoadSummary(capacity=cap, running=run, reserved=res, utilization=_load(cap, run, res)),
+    )
+
+
+def summarize_pools(view: PoolView) -> list[PoolSummary]:
+    out: list[PoolSummary] = []
+    for g in view.groups:
+        members = [m for s in g.shards for m in s.members]
+        cap = sum(s.capacity for s in g.shards)
+        run = sum(s.running for s in g.shards)
+        res = sum(s.reserved for s in g.shards)
+        out.append(
+            PoolSummary(
+                langset=g.langset,
+                region=g.region,
+                gpu_tier=g.gpu_tier,
+                shards=len(g.shards),
+                members=len(members),
+                schedulable=sum(1 for m in members if m.schedulable),
+                capacity=cap,
+                running=run,
+                reserved=res,
+                load=_load(cap, run, res),
+            )
+        )
+    return out
+
+
+def _row(n: NodeView) -> NodeRow:
+    return NodeRow(
+        node_id=n.node_id,
+        region=n.region or "",
+        gpu_tier=n.gpu_tier or "",
+        lang_sets=n.lang_sets,
+        connected=n.connected,
+        schedulable=n.schedulable,
+        capacity=n.capacity,
+        running=n.running,
+        reserved=n.reserved,
+        last_heartbeat_age_ms=n.last_heartbeat_age_ms,
+    )
+
+
+def _recent(raw: Iterable[Any]) -> list[RecentError]:
+    out: list[RecentError] = []
+    for item in raw:
+        try:
+            out.append(RecentError.model_validate(json.loads(item)))
+        except ValueError:
+            continue  # a malformed entry is display data: skip it, keep the rest
+    return out
+
+
+async def build_snapshot(
+    redis: Redis, keys: Keys, settings: Settings, catalog_view: CatalogView, now_ms: int
+) -> Snapshot:
+    """One snapshot of the state at ``now_ms`` (Redis errors propagate to the caller)."""
+    start = time.perf_counter()
+    view = await read_pool_view(redis, keys, now_ms)
+    nodes = await read_nodes(redis, keys, now_ms)
+
+    window = max(1, int(settings.stats_window_s))
+    now_s = now_ms // 1000
+    seconds = list(range(now_s - window + 1, now_s + 1))
+    active_after = now_ms - int(settings.session_ttl_s * 1000)
+    async with redis.pipeline(transaction=False) as pipe:
+        for s in seconds:
+            pipe.hgetall(keys.stats_second(s))
+        pipe.hgetall(keys.exclusions)
+        pipe.hgetall(keys.unserved)
+        pipe.lrange(keys.recent_errors, 0, 49)
+        pipe.zremrangebyscore(keys.sessions_active, "-inf", active_after)
+        pipe.zcount(keys.sessions_active, f"({active_after}", "+inf")
+        replies = await pipe.execute()
+    per_second = [_counts(r) for r in replies[:window]]
+    exclusions, unserved, recent, _, sessions = replies[window:]
+
+    totals: Counter[str] = Counter()
+    series: list[SeriesPoint] = []
+    for s, sec in zip(seconds, per_second, strict=True):
+        totals.update(sec)
+        series.append(
+            SeriesPoint(
+                ts=s,
+                jobs=sec.get("done", 0) + sec.get("failed", 0),
+                failed=sec.get("failed", 0),
+                dispatch_p99_ms=percentile(_buckets(sec, "d:"), 0.99),
+                roundtrip_p99_ms=percentile(_buckets(sec, "r:"), 0.99),
+            )
+        )
+    pairs = {k[5:]: v for k, v in totals.items() if k.startswith("pair:")}
+    errors = {k[4:]: v for k, v in totals.items() if k.startswith("err:")}
+    finished = totals.get("done", 0) + totals.get("failed", 0)
+
+    snapshot = Snapshot(
+        generated_at_ms=now_ms,
+        build_ms=0.0,
+        window_s=window,
+        nodes=summarize_nodes(nodes, view),
+        node_list=[_row(n) for n in nodes],
+        pools=summarize_pools(view),
+        sessions_active=int(sessions),
+        language_pairs=dict(sorted(pairs.items(), key=lambda kv: (-kv[1], kv[0]))),
+        jobs_per_s=round(finished / window, 3),
+        dispatch_latency=latency(_buckets(totals, "d:")),
+        roundtrip_latency=latency(_buckets(totals, "r:")),
+        errors_by_code=dict(sorted(errors.items(), key=lambda kv: (-kv[1], kv[0]))),
+        recent_errors=_recent(recent),
+        exclusions=dict(sorted(_counts(exclusions).items())),
+        unserved=dict(sorted(_counts(unserved).items())),
+        series=series,
+        catalog=catalog_view,
+    )
+    snapshot.build_ms = round((time.perf_counter() - start) * 1000, 2)
+    return snapshot
+
+
+class SnapshotService:
+    """Rebuild the snapshot in the background; a failed build keeps the last good one."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        keys: Keys,
+        settings: Settings,
+        catalog_view: Callable[[], CatalogView],
+        metrics: Metrics,
+    ) -> None:
+        self.redis, self.keys, self.settings = redis, keys, settings
+        self.catalog_view = catalog_view
+        self.metrics = metrics
+        self.latest: Snapshot | None = None
+        self.latest_json: bytes | None = None  # serialized once per build, not per request
+        self._task: asyncio.Task[None] | None = None
+
+    async def build_once(self) -> bool:
+        """Build and publish one snapshot; False (logged, counted) when the build failed."""
+        try:
+            snap = await build_snapshot(
+                self.redis, self.keys, self.settings, self.catalog_view(), wall_ms()
+            )
+            body = snap.model_dump_json().encode()
+        except Exception as exc:  # keep serving the last good snapshot whatever went wrong
+            self.metrics.snapshot_builds.labels("error").inc()
+            log.warning("stats.snapshot_failed", error=repr(exc), have_last=self.latest is not None)
+            return False
+        self.latest, self.latest_json = snap, body
+        self.metrics.snapshot_builds.labels("ok").inc()
+        self.metrics.snapshot_build_seconds.observe(snap.build_ms / 1000)
+        return True
+
+    async def _run(self) -> None:
+        interval = max(0.01, self.settings.stats_interval_s)
+        while True:
+            await asyncio.sleep(interval)
+            await self.build_once()
+
+    async def start(self) -> None:
+        """Build the first snapshot now (cold start: Redis only), then every interval."""
+        await self.build_once()
+        if self._task is None:
+            self._task = asyncio.create_task(self._run(), name="stats-snapshot")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
