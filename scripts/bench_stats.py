@@ -58,9 +58,10 @@ async def register_nodes(s: Scripts, redis: Redis, start: int, count: int, batch
 
 
 async def measure(settings: Settings, redis: Redis, keys: Keys, gets: int) -> dict[str, float]:
+    scripts = await Scripts.load(redis, keys)
     builds = []
     for _ in range(5):
-        snap = await build_snapshot(redis, keys, settings, CatalogView(), now_ms())
+        snap = await build_snapshot(scripts, settings, CatalogView(), now_ms())
         builds.append(snap.build_ms)
     app = create_app(settings)
     lat = []

@@ -114,6 +114,8 @@ SAMPLES: dict[str, Any] = {
     "limit": 99,
     "service": "asr",
     "until_ms": 1_700_000_030_000,
+    "field_names": ["region", "capacity"],
+    "node_ids": ["node-7", "node-8"],
 }
 
 
@@ -238,6 +240,7 @@ PARSERS = {
     "register_node_v2": "parse_register",
     "heartbeat_with_pool_assign": "parse_heartbeat",
     "node_offline": "parse_offline",
+    "nodes_read": "parse_nodes_read",
     **{
         name: f"parse_{name}"
         for name in (
@@ -276,7 +279,7 @@ def test_wrapper_handles_every_documented_code(name: str, offline_scripts: Scrip
                 parse([code, b"node_id"])
             assert exc.value.details == {"field": "node_id"}
             continue
-        if name == "timers_claim":
+        if name in ("timers_claim", "nodes_read"):
             continue  # its only code is -1; a success is a plain list of job ids
         filler: Any = 0 if name == "node_offline" else b""
         reply = [code, b"", b""] if name == "register_node_v2" else [code, filler]

@@ -73,7 +73,7 @@ async def test_every_field_of_the_snapshot(redis, keys, scripts):
     await redis.zadd(keys.sessions_active, {"old": NOW - 601_000})
 
     catalog = CatalogView(url="http://hub", ok=True, services=[{"name": "asr-en"}])
-    snap = await build_snapshot(redis, keys, Settings(cell="test"), catalog, NOW)
+    snap = await build_snapshot(scripts, Settings(cell="test"), catalog, NOW)
 
     assert snap.generated_at_ms == NOW and snap.window_s == 60
     assert 0 < snap.build_ms < 1_000
@@ -86,13 +86,20 @@ async def test_every_field_of_the_snapshot(redis, keys, scripts):
         "reserved": 1,
         "utilization": round(2 / 12, 4),
     }
+    # least healthy first: the dropped node leads the list
     assert [(r.node_id, r.region, r.connected, r.schedulable) for r in snap.node_list] == [
+        ("n3", "us", False, False),
         ("n1", "eu", True, True),
         ("n2", "eu", True, True),
-        ("n3", "us", False, False),
     ]
-    assert snap.node_list[0].lang_sets == [["en", "zh"], ["en", "ja", "zh"]]
-    assert snap.node_list[0].last_heartbeat_age_ms == 0
+    assert snap.node_list[1].lang_sets == [["en", "zh"], ["en", "ja", "zh"]]
+    assert snap.node_list[1].last_heartbeat_age_ms == 0
+    # the list is capped; counts still cover every node
+    capped = await build_snapshot(
+        scripts, Settings(cell="test", stats_node_list_max=1), catalog, NOW
+    )
+    assert [r.node_id for r in capped.node_list] == ["n3"]
+    assert capped.nodes.registered == 3 and capped.nodes.schedulable == 2
 
     pools = [
         (p.langset, p.region, p.gpu_tier, p.shards, p.members, p.schedulable, p.capacity)
@@ -145,20 +152,20 @@ async def test_every_field_of_the_snapshot(redis, keys, scripts):
     assert snap.catalog == catalog
 
 
-async def test_an_empty_cell_builds_an_empty_snapshot(redis, keys):
-    snap = await build_snapshot(redis, keys, Settings(cell="test"), CatalogView(), NOW)
+async def test_an_empty_cell_builds_an_empty_snapshot(redis, keys, scripts):
+    snap = await build_snapshot(scripts, Settings(cell="test"), CatalogView(), NOW)
     assert snap.nodes.registered == 0 and snap.node_list == [] and snap.pools == []
     assert snap.sessions_active == 0 and snap.jobs_per_s == 0.0
     assert snap.dispatch_latency.p99_ms is None and snap.dispatch_latency.count == 0
     assert len(snap.series) == 60 and all(p.jobs == 0 for p in snap.series)
 
 
-async def test_gateway_sessions_index_feeds_sessions_active(redis, keys):
+async def test_gateway_sessions_index_feeds_sessions_active(redis, keys, scripts):
     store = SessionStore(redis, keys, ttl_s=600)
     await store.create("s1", {"gateway_id": "gw", "conn_id": "c1"})
     await store.create("s2", {"gateway_id": "gw", "conn_id": "c2"})
     assert await store.touch("s1", {"gateway_id": "gw", "conn_id": "c1"}) is False
     await store.unbind("s2")
     assert await redis.zrange(keys.sessions_active, 0, -1) == [b"s1"]
-    snap = await build_snapshot(redis, keys, Settings(cell="test"), CatalogView(), now_ms())
+    snap = await build_snapshot(scripts, Settings(cell="test"), CatalogView(), now_ms())
     assert snap.sessions_active == 1

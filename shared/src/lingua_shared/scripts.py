@@ -98,10 +98,33 @@ class OfflineResult:
     pools_removed: int
 
 
-class Scripts(JobScriptsMixin):
+class NodesReadMixin:
+    """``nodes_read``: many node records in one round trip (display reads, never scheduling)."""
+
+    keys: Keys
+
+    def nodes_read_args(
+        self, *, field_names: list[str], node_ids: list[str]
+    ) -> tuple[list[str], list[Any]]:
+        return [self.keys.prefix], [json.dumps(field_names), json.dumps(node_ids)]
+
+    def parse_nodes_read(self, reply: list[Any]) -> list[list[Any]]:
+        if reply and isinstance(reply[0], int):
+            if int(reply[0]) == ScriptCode.INVALID_INPUT:
+                raise ScriptRejected(f"nodes_read: invalid {_s(reply[1])}", {"field": _s(reply[1])})
+        return reply
+
+
+class Scripts(JobScriptsMixin, NodesReadMixin):
     """Typed wrappers; build with :meth:`load` once per process."""
 
-    NAMES = ("register_node_v2", "heartbeat_with_pool_assign", "node_offline", *JOB_SCRIPT_NAMES)
+    NAMES = (
+        "register_node_v2",
+        "heartbeat_with_pool_assign",
+        "node_offline",
+        "nodes_read",
+        *JOB_SCRIPT_NAMES,
+    )
 
     def __init__(self, redis: Redis, keys: Keys, lua_dir: Path) -> None:
         self.redis = redis
@@ -121,6 +144,10 @@ class Scripts(JobScriptsMixin):
 
     def script(self, name: str) -> AsyncScript:
         return self._scripts[name]
+
+    async def nodes_read(self, **kw: Any) -> list[list[Any]]:
+        keys, args = self.nodes_read_args(**kw)
+        return self.parse_nodes_read(await self._scripts["nodes_read"](keys=keys, args=args))
 
     @staticmethod
     def _check_invalid(name: str, reply: list[Any]) -> None:

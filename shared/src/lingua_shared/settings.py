@@ -88,6 +88,9 @@ class Settings(BaseSettings):
     stats_interval_s: float = Field(5.0, description="S1: snapshot rebuilt this often")
     stats_window_s: int = Field(60, description="rates and percentiles cover this recent past")
     stats_flush_s: float = Field(1.0, description="dispatcher: stats counters flushed this often")
+    stats_node_list_max: int = Field(
+        500, description="nodes listed in the snapshot (least healthy first; counts cover all)"
+    )
     catalog_url: str | None = Field(None, description="S2: the model hub's service catalog")
     catalog_interval_s: float = 30.0
     catalog_timeout_s: float = 3.0

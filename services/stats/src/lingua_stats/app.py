@@ -48,7 +48,7 @@ def create_app(settings: Settings) -> FastAPI:
             catalog = CatalogCache(
                 settings.catalog_url, settings.catalog_interval_s, settings.catalog_timeout_s
             )
-            service = SnapshotService(infra.redis, infra.keys, settings, catalog.view, metrics)
+            service = SnapshotService(infra.scripts, settings, catalog.view, metrics)
             await service.start()  # cold start: the first build, before any hub fetch
             await catalog.start()
             snapshots["service"] = service

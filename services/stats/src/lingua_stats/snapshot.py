@@ -21,25 +21,19 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-from redis.asyncio import Redis
-
-from lingua_shared.keys import Keys
 from lingua_shared.logs import get_logger
-from lingua_shared.poolview import NodeView, PoolView, read_nodes, read_pool_view
 from lingua_shared.runtime import now_ms as wall_ms
+from lingua_shared.scripts import Scripts
 from lingua_shared.settings import Settings
 from lingua_stats.metrics import Metrics
 from lingua_stats.snapshot_model import (
     CatalogView,
     LatencySummary,
-    LoadSummary,
-    NodeRow,
-    NodeSummary,
-    PoolSummary,
     RecentError,
     SeriesPoint,
     Snapshot,
 )
+from lingua_stats.snapshot_read import read_node_rows, read_pool_summaries
 
 log = get_logger(__name__)
 
@@ -50,10 +44,6 @@ def _s(v: Any) -> str:
 
 def _counts(raw: Mapping[Any, Any]) -> dict[str, int]:
     return {_s(k): int(v) for k, v in raw.items()}
-
-
-def _load(capacity: int, running: int, reserved: int) -> float:
-    return round(min(1.0, (running + reserved) / capacity), 4) if capacity > 0 else 0.0
 
 
 def percentile(buckets: Mapping[int, int], q: float) -> float | None:
@@ -89,69 +79,6 @@ def _buckets(second: Mapping[str, int], prefix: str) -> Counter[int]:
     return out
 
 
-def summarize_nodes(nodes: Iterable[NodeView], view: PoolView) -> NodeSummary:
-    """Counts from the pool view (one definition of schedulable); breakdowns over the nodes
-    whose key exists (TTL alive): an expired node has no region, tier or load any more."""
-    by_region: Counter[str] = Counter()
-    by_tier: Counter[str] = Counter()
-    cap = run = res = 0
-    for n in nodes:
-        if not n.alive:
-            continue
-        by_region[n.region or "?"] += 1
-        by_tier[n.gpu_tier or "?"] += 1
-        cap, run, res = cap + n.capacity, run + n.running, res + n.reserved
-    c = view.nodes
-    return NodeSummary(
-        registered=c.registered,
-        alive=c.alive,
-        connected=c.connected,
-        schedulable=c.schedulable,
-        by_region=dict(sorted(by_region.items())),
-        by_gpu_tier=dict(sorted(by_tier.items())),
-        load=LoadSummary(capacity=cap, running=run, reserved=res, utilization=_load(cap, run, res)),
-    )
-
-
-def summarize_pools(view: PoolView) -> list[PoolSummary]:
-    out: list[PoolSummary] = []
-    for g in view.groups:
-        members = [m for s in g.shards for m in s.members]
-        cap = sum(s.capacity for s in g.shards)
-        run = sum(s.running for s in g.shards)
-        res = sum(s.reserved for s in g.shards)
-        out.append(
-            PoolSummary(
-                langset=g.langset,
-                region=g.region,
-                gpu_tier=g.gpu_tier,
-                shards=len(g.shards),
-                members=len(members),
-                schedulable=sum(1 for m in members if m.schedulable),
-                capacity=cap,
-                running=run,
-                reserved=res,
-                load=_load(cap, run, res),
-            )
-        )
-    return out
-
-
-def _row(n: NodeView) -> NodeRow:
-    return NodeRow(
-        node_id=n.node_id,
-        region=n.region or "",
-        gpu_tier=n.gpu_tier or "",
-        lang_sets=n.lang_sets,
-        connected=n.connected,
-        schedulable=n.schedulable,
-        capacity=n.capacity,
-        running=n.running,
-        reserved=n.reserved,
-        last_heartbeat_age_ms=n.last_heartbeat_age_ms,
-    )
-
-
 def _recent(raw: Iterable[Any]) -> list[RecentError]:
     out: list[RecentError] = []
     for item in raw:
@@ -163,12 +90,15 @@ def _recent(raw: Iterable[Any]) -> list[RecentError]:
 
 
 async def build_snapshot(
-    redis: Redis, keys: Keys, settings: Settings, catalog_view: CatalogView, now_ms: int
+    scripts: Scripts, settings: Settings, catalog_view: CatalogView, now_ms: int
 ) -> Snapshot:
     """One snapshot of the state at ``now_ms`` (Redis errors propagate to the caller)."""
     start = time.perf_counter()
-    view = await read_pool_view(redis, keys, now_ms)
-    nodes = await read_nodes(redis, keys, now_ms)
+    redis, keys = scripts.redis, scripts.keys
+    rows, node_summary, facts = await read_node_rows(
+        redis, keys, scripts, now_ms, settings.stats_node_list_max
+    )
+    pools = await read_pool_summaries(redis, keys, facts)
 
     window = max(1, int(settings.stats_window_s))
     now_s = now_ms // 1000
@@ -207,9 +137,9 @@ async def build_snapshot(
         generated_at_ms=now_ms,
         build_ms=0.0,
         window_s=window,
-        nodes=summarize_nodes(nodes, view),
-        node_list=[_row(n) for n in nodes],
-        pools=summarize_pools(view),
+        nodes=node_summary,
+        node_list=rows,
+        pools=pools,
         sessions_active=int(sessions),
         language_pairs=dict(sorted(pairs.items(), key=lambda kv: (-kv[1], kv[0]))),
         jobs_per_s=round(finished / window, 3),
@@ -231,13 +161,12 @@ class SnapshotService:
 
     def __init__(
         self,
-        redis: Redis,
-        keys: Keys,
+        scripts: Scripts,
         settings: Settings,
         catalog_view: Callable[[], CatalogView],
         metrics: Metrics,
     ) -> None:
-        self.redis, self.keys, self.settings = redis, keys, settings
+        self.scripts, self.settings = scripts, settings
         self.catalog_view = catalog_view
         self.metrics = metrics
         self.latest: Snapshot | None = None
@@ -247,9 +176,7 @@ class SnapshotService:
     async def build_once(self) -> bool:
         """Build and publish one snapshot; False (logged, counted) when the build failed."""
         try:
-            snap = await build_snapshot(
-                self.redis, self.keys, self.settings, self.catalog_view(), wall_ms()
-            )
+            snap = await build_snapshot(self.scripts, self.settings, self.catalog_view(), wall_ms())
             body = snap.model_dump_json().encode()
         except Exception as exc:  # keep serving the last good snapshot whatever went wrong
             self.metrics.snapshot_builds.labels("error").inc()

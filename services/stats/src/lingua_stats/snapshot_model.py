@@ -95,7 +95,9 @@ class Snapshot(BaseModel):
     build_ms: float
     window_s: int = Field(60, description="the recent past that rates and percentiles cover")
     nodes: NodeSummary
-    node_list: list[NodeRow]
+    node_list: list[NodeRow] = Field(
+        description="at most LINGUA_STATS_NODE_LIST_MAX nodes, least healthy first"
+    )
     pools: list[PoolSummary]
     sessions_active: int
     language_pairs: dict[str, int] = Field(
