@@ -72,7 +72,7 @@ def create_app(settings: Settings) -> FastAPI:
                 )
                 for t in loops:
                     t.cancel()
-                await asyncio.gather(*loops, return_exceptions=True)
+                await bounded(asyncio.gather(*loops, return_exceptions=True), "loops.stop")
                 await bounded(jobs.stats.stop(), "stats.flush")
                 state.pop("infra", None)
                 log.info("dispatcher.stopped", instance_id=settings.instance_id)

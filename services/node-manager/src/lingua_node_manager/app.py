@@ -58,7 +58,7 @@ def create_app(settings: Settings) -> FastAPI:
                 await bounded(queue.cancel(infra.consumers.pop("node_events")), "consumer.cancel")
                 for t in loops:
                     t.cancel()
-                await asyncio.gather(*loops, return_exceptions=True)
+                await bounded(asyncio.gather(*loops, return_exceptions=True), "loops.stop")
                 log.info("node_manager.stopped", instance_id=settings.instance_id)
 
     app = FastAPI(title="lingua node-manager", lifespan=lifespan)
