@@ -48,12 +48,17 @@ if ttl == 0 then ttl = tonumber(h[3]) or 45000 end
 local last = tonumber(h[12]) or 0
 if now < last then now = last end  -- replays and clock skew never move time backwards
 
-redis.call('HSET', node_key, 'last_heartbeat_ts', now, 'connected', '1',
-  'conn_id', conn_id, 'gateway_id', gateway_id, 'ttl_ms', ttl)
-if tonumber(reported[1]) >= 0 then redis.call('HSET', node_key, 'reported_running', reported[1]) end
-if tonumber(reported[2]) >= 0 then redis.call('HSET', node_key, 'cpu_percent', reported[2]) end
-if tonumber(reported[3]) >= 0 then redis.call('HSET', node_key, 'gpu_percent', reported[3]) end
-if tonumber(reported[4]) >= 0 then redis.call('HSET', node_key, 'mem_percent', reported[4]) end
+-- one HSET per beat: this is the hottest write of the system
+local fields = {'last_heartbeat_ts', now, 'connected', '1', 'conn_id', conn_id,
+  'gateway_id', gateway_id, 'ttl_ms', ttl}
+local reported_fields = {'reported_running', 'cpu_percent', 'gpu_percent', 'mem_percent'}
+for i = 1, 4 do
+  if tonumber(reported[i]) >= 0 then
+    fields[#fields + 1] = reported_fields[i]
+    fields[#fields + 1] = reported[i]
+  end
+end
+redis.call('HSET', node_key, unpack(fields))
 redis.call('PEXPIRE', node_key, ttl)
 redis.call('ZADD', expiry_key, now + ttl, node_id)
 redis.call('ZADD', connected_key, now, node_id)

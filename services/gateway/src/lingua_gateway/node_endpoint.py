@@ -11,10 +11,10 @@ import uuid
 from typing import TYPE_CHECKING
 
 from websockets.asyncio.server import ServerConnection
-from websockets.exceptions import ConnectionClosed
 
 from lingua_gateway.decode import decode_frame
 from lingua_gateway.outbound import Outbound
+from lingua_gateway.read_loop import read_frames
 from lingua_shared.errors import (
     DependencyDown,
     InvalidCapabilitySchema,
@@ -84,30 +84,22 @@ class NodeConnection:
         self.out.send(msg.to_wire())
 
     async def run(self) -> None:
-        m = self.gw.metrics
-        m.connections.labels(ENDPOINT).inc()
         try:
-            async for raw in self.ws:
-                try:
-                    msg = decode_frame(raw, NODE_INBOUND, NODE_TYPES)
-                    m.messages_in.labels(ENDPOINT, msg.type).inc()
-                    await self.on_message(msg)
-                except LinguaError as err:
-                    if isinstance(err, InvalidMessage):
-                        m.messages_in.labels(ENDPOINT, "invalid").inc()
-                    log.info(
-                        "gateway.node_bad_input",
-                        conn_id=self.conn_id,
-                        node_id=self.node_id,
-                        code=err.code.value,
-                        error=err.message,
-                    )
-                    self.send_error(err)
-        except ConnectionClosed:
-            pass
+            await read_frames(
+                self.ws,
+                ENDPOINT,
+                self.gw.metrics,
+                self.on_frame,
+                self.send_error,
+                lambda: {"conn_id": self.conn_id, "node_id": self.node_id},
+            )
         finally:
-            m.connections.labels(ENDPOINT).dec()
             await self.closed()
+
+    async def on_frame(self, raw: str | bytes) -> None:
+        msg = decode_frame(raw, NODE_INBOUND, NODE_TYPES)
+        self.gw.metrics.messages_in.labels(ENDPOINT, msg.type).inc()
+        await self.on_message(msg)
 
     async def on_message(self, msg: object) -> None:
         if isinstance(msg, NodeHeartbeat):

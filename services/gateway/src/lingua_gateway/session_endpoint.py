@@ -13,11 +13,11 @@ import uuid
 from typing import TYPE_CHECKING
 
 from websockets.asyncio.server import ServerConnection
-from websockets.exceptions import ConnectionClosed
 
 from lingua_gateway.decode import decode_frame
 from lingua_gateway.delivery import OrderedSender
 from lingua_gateway.outbound import Outbound
+from lingua_gateway.read_loop import read_frames
 from lingua_gateway.session_audio import SessionAudio
 from lingua_gateway.session_frames import (
     check_frame_size,
@@ -30,7 +30,7 @@ from lingua_gateway.session_store import SessionStore
 from lingua_shared.errors import DependencyDown, InvalidMessage, InvalidSession, LinguaError
 from lingua_shared.events import ToSession
 from lingua_shared.logs import get_logger
-from lingua_shared.protocol import ErrorCode, ErrorMessage
+from lingua_shared.protocol import ErrorMessage
 from lingua_shared.protocol.session import (
     FRAME_AUDIO,
     FRAME_FINAL,
@@ -83,31 +83,16 @@ class SessionConnection:
         self.out.send(msg.to_wire())
 
     async def run(self) -> None:
-        m = self.gw.metrics
-        m.connections.labels(ENDPOINT).inc()
         try:
-            async for raw in self.ws:
-                try:
-                    await self.on_frame(raw)
-                except LinguaError as err:
-                    if isinstance(err, InvalidMessage):
-                        m.messages_in.labels(ENDPOINT, "invalid").inc()
-                    log.info(
-                        "gateway.session_bad_input",
-                        conn_id=self.conn_id,
-                        session_id=self.session_id,
-                        code=err.code.value,
-                        error=err.message,
-                    )
-                    self.send_error(err)
-                except Exception:
-                    # a bug must not cost the client its session: typed error, stay open
-                    log.exception("gateway.session_internal_error", session_id=self.session_id)
-                    self.send_error(ErrorMessage(code=ErrorCode.INTERNAL_ERROR, message="internal"))
-        except ConnectionClosed:
-            pass
+            await read_frames(
+                self.ws,
+                ENDPOINT,
+                self.gw.metrics,
+                self.on_frame,
+                self.send_error,
+                lambda: {"conn_id": self.conn_id, "session_id": self.session_id},
+            )
         finally:
-            m.connections.labels(ENDPOINT).dec()
             await self.closed()
 
     # -- frames ---------------------------------------------------------------------------

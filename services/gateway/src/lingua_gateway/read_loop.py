@@ -1,0 +1,56 @@
+"""The one read loop of both WebSocket endpoints: every frame is handled, and every failure
+answered, the same way.
+
+A domain error (bad input) gets its typed ``error`` and the connection stays open; an
+unexpected bug gets ``INTERNAL_ERROR`` and the connection stays open too: one bad frame never
+costs a node or a client its connection.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from websockets.asyncio.server import ServerConnection
+from websockets.exceptions import ConnectionClosed
+
+from lingua_gateway.metrics import Metrics
+from lingua_shared.errors import InvalidMessage, LinguaError
+from lingua_shared.logs import get_logger
+from lingua_shared.protocol import ErrorCode, ErrorMessage
+
+log = get_logger(__name__)
+
+
+async def read_frames(
+    ws: ServerConnection,
+    endpoint: str,
+    metrics: Metrics,
+    handle: Callable[[str | bytes], Awaitable[None]],
+    send_error: Callable[[LinguaError | ErrorMessage], None],
+    context: Callable[[], dict[str, Any]],
+) -> None:
+    """Feed every frame to ``handle`` until the connection closes; ``context`` gives the ids
+    to log with (conn, node or session)."""
+    metrics.connections.labels(endpoint).inc()
+    try:
+        async for raw in ws:
+            try:
+                await handle(raw)
+            except LinguaError as err:
+                if isinstance(err, InvalidMessage):
+                    metrics.messages_in.labels(endpoint, "invalid").inc()
+                log.info(
+                    f"gateway.{endpoint}_bad_input",
+                    code=err.code.value,
+                    error=err.message,
+                    **context(),
+                )
+                send_error(err)
+            except Exception:
+                log.exception(f"gateway.{endpoint}_internal_error", **context())
+                send_error(ErrorMessage(code=ErrorCode.INTERNAL_ERROR, message="internal"))
+    except ConnectionClosed:
+        pass
+    finally:
+        metrics.connections.labels(endpoint).dec()
