@@ -1,0 +1,1 @@
+"""Benchmarks of the Lingua scheduler (``make bench``): figures, never assertions."""
