@@ -116,6 +116,7 @@ SAMPLES: dict[str, Any] = {
     "until_ms": 1_700_000_030_000,
     "field_names": ["region", "capacity"],
     "node_ids": ["node-7", "node-8"],
+    "shard_ids": ["en_zh:eu-west:a100:0"],
 }
 
 
@@ -241,6 +242,8 @@ PARSERS = {
     "heartbeat_with_pool_assign": "parse_heartbeat",
     "node_offline": "parse_offline",
     "nodes_read": "parse_nodes_read",
+    "nodes_summary": "parse_nodes_summary",
+    "pools_summary": "parse_pools_summary",
     **{
         name: f"parse_{name}"
         for name in (
@@ -263,6 +266,8 @@ JOB_REPLIES: dict[str, Any] = {
     "gap_expire": lambda c: (
         [c, b"gw", b"c1", 3, b'{"type": "missing_result"}'] if c == 1 else [c, b""]
     ),
+    "nodes_summary": lambda c: [c, 2, 1, 8, 1, 2, [b"eu", 2], [b"a100", 2], [b"n2"]],
+    "pools_summary": lambda c: [c, [3, 2, 12, 1, 1]],
 }
 
 
@@ -288,6 +293,12 @@ def test_wrapper_handles_every_documented_code(name: str, offline_scripts: Scrip
         if name == "heartbeat_with_pool_assign" and code == 1:
             reply = [1, 1]
         result = parse(reply)
+        if name == "nodes_summary":
+            assert result.by_region == {"eu": 2} and result.unschedulable == ["n2"]
+            continue
+        if name == "pools_summary":
+            assert result[0].members == 3 and result[0].reserved == 1
+            continue
         if name == "register_node_v2":
             assert result.created is (code == 1)
         else:

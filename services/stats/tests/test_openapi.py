@@ -208,3 +208,14 @@ async def test_openapi_documents_every_route_with_a_description(
         if not (operation.get("description") or written_summary):
             undescribed.append(f"{method} {path}")
     assert undescribed == [], "operations without a description or written summary"
+
+
+async def test_data_routes_declare_the_503_they_answer_when_redis_is_down(
+    redis_url: str, amqp_url: str, bus_prefix: str
+) -> None:
+    openapi = full_openapi(make_app(redis_url, amqp_url, bus_prefix))
+    for path in ("/api/v1/pools", "/api/v1/nodes", "/api/v1/stats"):
+        declared = openapi["paths"][path]["get"]["responses"]
+        assert "503" in declared, path
+        schema = declared["503"]["content"]["application/json"]["schema"]
+        assert schema == {"$ref": "#/components/schemas/ErrorMessage"}, path

@@ -98,10 +98,67 @@ class OfflineResult:
     pools_removed: int
 
 
+@dataclass(frozen=True)
+class NodesSummary:
+    """``nodes_summary``: totals over a batch of node records (see the script's header)."""
+
+    alive: int
+    schedulable: int
+    capacity: int
+    running: int
+    reserved: int
+    by_region: dict[str, int]
+    by_gpu_tier: dict[str, int]
+    unschedulable: list[str]
+
+
+@dataclass(frozen=True)
+class ShardSummary:
+    """``pools_summary``: one pool shard's members and load."""
+
+    members: int
+    schedulable: int
+    capacity: int
+    running: int
+    reserved: int
+
+
+def _flat_counts(raw: list[Any]) -> dict[str, int]:
+    return {_s(raw[i]): int(raw[i + 1]) for i in range(0, len(raw) - 1, 2)}
+
+
 class NodesReadMixin:
-    """``nodes_read``: many node records in one round trip (display reads, never scheduling)."""
+    """Display reads of many records per round trip (the stats snapshot), never scheduling:
+    ``nodes_read`` returns fields, ``nodes_summary`` and ``pools_summary`` return totals
+    summed inside Redis."""
 
     keys: Keys
+
+    def nodes_summary_args(self, *, node_ids: list[str]) -> tuple[list[str], list[Any]]:
+        return [self.keys.prefix], [json.dumps(node_ids)]
+
+    def parse_nodes_summary(self, reply: list[Any]) -> NodesSummary:
+        if int(reply[0]) == ScriptCode.INVALID_INPUT:
+            raise ScriptRejected(f"nodes_summary: invalid {_s(reply[1])}", {"field": _s(reply[1])})
+        _, alive, sched, cap, run, res, regions, tiers, unsched = reply
+        return NodesSummary(
+            alive=int(alive),
+            schedulable=int(sched),
+            capacity=int(cap),
+            running=int(run),
+            reserved=int(res),
+            by_region=_flat_counts(regions),
+            by_gpu_tier=_flat_counts(tiers),
+            unschedulable=[_s(n) for n in unsched],
+        )
+
+    def pools_summary_args(self, *, shard_ids: list[str]) -> tuple[list[str], list[Any]]:
+        return [self.keys.prefix], [json.dumps(shard_ids)]
+
+    def parse_pools_summary(self, reply: list[Any]) -> list[ShardSummary]:
+        if int(reply[0]) == ScriptCode.INVALID_INPUT:
+            raise ScriptRejected(f"pools_summary: invalid {_s(reply[1])}", {"field": _s(reply[1])})
+        return [ShardSummary(*(int(v) for v in entry)) for entry in reply[1:]]
 
     def nodes_read_args(
         self, *, field_names: list[str], node_ids: list[str]
@@ -123,6 +180,8 @@ class Scripts(JobScriptsMixin, NodesReadMixin):
         "heartbeat_with_pool_assign",
         "node_offline",
         "nodes_read",
+        "nodes_summary",
+        "pools_summary",
         *JOB_SCRIPT_NAMES,
     )
 
@@ -148,6 +207,14 @@ class Scripts(JobScriptsMixin, NodesReadMixin):
     async def nodes_read(self, **kw: Any) -> list[list[Any]]:
         keys, args = self.nodes_read_args(**kw)
         return self.parse_nodes_read(await self._scripts["nodes_read"](keys=keys, args=args))
+
+    async def nodes_summary(self, **kw: Any) -> NodesSummary:
+        keys, args = self.nodes_summary_args(**kw)
+        return self.parse_nodes_summary(await self._scripts["nodes_summary"](keys=keys, args=args))
+
+    async def pools_summary(self, **kw: Any) -> list[ShardSummary]:
+        keys, args = self.pools_summary_args(**kw)
+        return self.parse_pools_summary(await self._scripts["pools_summary"](keys=keys, args=args))
 
     @staticmethod
     def _check_invalid(name: str, reply: list[Any]) -> None:

@@ -24,6 +24,7 @@ from lingua_shared.httpserve import add_health_routes
 from lingua_shared.keys import Keys
 from lingua_shared.logs import get_logger
 from lingua_shared.poolview import NodeView, PoolView, read_nodes, read_pool_view
+from lingua_shared.protocol import ErrorMessage
 from lingua_shared.runtime import Infra, bounded, now_ms
 from lingua_shared.settings import Settings
 from lingua_stats.catalog import CatalogCache
@@ -94,17 +95,22 @@ def create_app(settings: Settings) -> FastAPI:
 
     add_health_routes(app, ready_infra, metrics.registry)
 
-    @app.get("/api/v1/pools", response_model=PoolView)
+    # every data route answers 503 with a typed error when Redis (or a first snapshot) is missing
+    unavailable: dict[int | str, dict[str, Any]] = {
+        503: {"model": ErrorMessage, "description": "DEPENDENCY_DOWN: Redis or a snapshot missing"}
+    }
+
+    @app.get("/api/v1/pools", response_model=PoolView, responses=unavailable)
     async def pools() -> PoolView | JSONResponse:
         """Pools, their shards and members, read live from Redis (S3; never cached, N8)."""
         return await live("pools", read_pool_view)
 
-    @app.get("/api/v1/nodes", response_model=list[NodeView])
+    @app.get("/api/v1/nodes", response_model=list[NodeView], responses=unavailable)
     async def nodes() -> list[NodeView] | JSONResponse:
         """Every registered node, connected vs schedulable, read live from Redis."""
         return await live("nodes", read_nodes)
 
-    @app.get("/api/v1/stats", response_model=Snapshot)
+    @app.get("/api/v1/stats", response_model=Snapshot, responses=unavailable)
     async def stats() -> Response:
         """The latest snapshot, pre-serialized: the cost does not grow with the node count."""
         service = snapshots.get("service")

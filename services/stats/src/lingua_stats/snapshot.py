@@ -2,9 +2,10 @@
 
 :func:`build_snapshot` is the only place that walks the state for the dashboard; it runs in
 the background (:class:`~lingua_stats.snapshot_service.SnapshotService`), never per request
-(P5). Nodes and pools come from the live readers of :mod:`lingua_shared.poolview`, so the
-snapshot and ``/api/v1/pools`` can never disagree on what "schedulable" means; the rest is one
-pipelined round trip: the last ``stats_window_s`` per-second hashes the dispatchers flush
+(P5). Nodes and pools are totalled inside Redis (:mod:`lingua_stats.snapshot_read`) with the
+live views' definitions (:mod:`lingua_shared.poolview`), so the snapshot and
+``/api/v1/pools`` never disagree on what "schedulable" means; the rest is one pipelined round
+trip: the last ``stats_window_s`` per-second hashes the dispatchers flush
 (``lingua_dispatcher.stats_recorder``), the selection counters, the recent errors and the
 active-session index. :class:`SnapshotService` rebuilds it every ``stats_interval_s`` and
 keeps the latest good one, already serialized, so a request only copies bytes.
@@ -95,10 +96,10 @@ async def build_snapshot(
     """One snapshot of the state at ``now_ms`` (Redis errors propagate to the caller)."""
     start = time.perf_counter()
     redis, keys = scripts.redis, scripts.keys
-    rows, node_summary, facts = await read_node_rows(
+    rows, node_summary = await read_node_rows(
         redis, keys, scripts, now_ms, settings.stats_node_list_max
     )
-    pools = await read_pool_summaries(redis, keys, facts)
+    pools = await read_pool_summaries(redis, keys, scripts)
 
     window = max(1, int(settings.stats_window_s))
     now_s = now_ms // 1000

@@ -1,38 +1,45 @@
 """The snapshot's reads of nodes and pools, made for 10,000 nodes in a few round trips.
 
 The live views (``lingua_shared.poolview``) read everything about a node (record, TTL, pool
-memberships) and build the pool view with its own reads; for a snapshot that is each node
-read three times. Here every node is read once (one HMGET of the fields shown), each shard
-once (its members), and pools are summed from the node data already in hand. Records are
-read by ``nodes_read.lua`` in batches of ``BATCH`` ids: a few dozen commands for 10,000
-nodes instead of 10,000, each keeping Redis busy well under a millisecond. Definitions
-are the live views': *connected* is the display view ``nodes:connected``; *schedulable* is
-"the record exists, ``connected = 1`` and status ``ready``" (what selection trusts).
+memberships); for a snapshot of a large fleet that is far too much to ship and parse every
+few seconds. Here the sums are made inside Redis: ``nodes_summary.lua`` totals a batch of
+``NODE_BATCH`` node records (counts by region and tier, capacity, running, reserved) and
+names the batch's unschedulable nodes; ``pools_summary.lua`` totals ``SHARD_BATCH`` pool
+shards (members, schedulable, load). Each call keeps Redis busy about a millisecond; the
+calls of one build go out pipelined in one round trip. Only the listed rows (at most
+``stats_node_list_max``) are read field by field, with ``nodes_read.lua``.
+
+Definitions are the live views': *connected* is the display view ``nodes:connected``;
+*schedulable* is "the record exists, ``connected = 1`` and status ``ready``" (what selection
+trusts).
 """
 
 from __future__ import annotations
 
 import json
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from collections.abc import Sequence
+from typing import Any
 
 from redis.asyncio import Redis
 
 from lingua_shared.keys import Keys
-from lingua_shared.scripts import Scripts
+from lingua_shared.scripts import NodesSummary, Scripts, ShardSummary
 from lingua_stats.snapshot_model import LoadSummary, NodeRow, NodeSummary, PoolSummary
 
-FIELDS = ("region", "gpu_tier", "capacity", "running", "reserved", "connected", "status")
-ROW_FIELDS = ("lang_sets", "last_heartbeat_ts")  # read only for the nodes that are listed
-BATCH = 500
-
-
-@dataclass(frozen=True)
-class NodeFacts:
-    capacity: int
-    running: int
-    reserved: int
-    schedulable: bool
+ROW_FIELDS = (
+    "region",
+    "gpu_tier",
+    "capacity",
+    "running",
+    "reserved",
+    "connected",
+    "status",
+    "lang_sets",
+    "last_heartbeat_ts",
+)
+NODE_BATCH = 500  # node records per nodes_summary / nodes_read call
+SHARD_BATCH = 4  # pool shards (at most 256 members each) per pools_summary call
 
 
 def _str(v: bytes | None) -> str:
@@ -46,16 +53,7 @@ def _int(v: bytes | None) -> int:
         return 0
 
 
-def _lang_sets(v: bytes | None, cache: dict[bytes, list[list[str]]]) -> list[list[str]]:
-    """Parsed language sets; nodes mostly share a few, so each distinct value parses once."""
-    if v is None:
-        return []
-    if v not in cache:
-        cache[v] = _parse_lang_sets(v)
-    return cache[v]
-
-
-def _parse_lang_sets(v: bytes) -> list[list[str]]:
+def _parse_lang_sets(v: bytes | None) -> list[list[str]]:
     try:
         sets = json.loads(v) if v else []
     except ValueError:
@@ -65,72 +63,93 @@ def _parse_lang_sets(v: bytes) -> list[list[str]]:
     )
 
 
+def _chunks(items: Sequence[str], size: int) -> list[list[str]]:
+    return [list(items[i : i + size]) for i in range(0, len(items), size)]
+
+
+async def _pipelined(scripts: Scripts, name: str, kwargs: list[dict[str, Any]]) -> list[Any]:
+    """Many calls of one read-only script in one round trip (each call its own EVALSHA, so
+    other clients' commands run between them); replies parsed by the script's wrapper."""
+    if not kwargs:
+        return []
+    script = scripts.script(name)
+    build = getattr(scripts, f"{name}_args")
+    parse = getattr(scripts, f"parse_{name}")
+    async with scripts.redis.pipeline(transaction=False) as pipe:
+        for kw in kwargs:
+            keys, args = build(**kw)
+            await script(keys=keys, args=args, client=pipe)
+        replies = await pipe.execute()
+    return [parse(r) for r in replies]
+
+
+def _least_healthy(
+    ids: list[str], unschedulable: set[str], connected: set[str], limit: int
+) -> list[str]:
+    """The ``limit`` ids an operator looks at first: not schedulable, then not connected,
+    each by id (``ids`` is sorted), then healthy nodes by id."""
+    ordered = [n for n in ids if n in unschedulable and n not in connected]
+    ordered += [n for n in ids if n in unschedulable and n in connected]
+    ordered += [n for n in ids if n not in unschedulable and n not in connected]
+    if len(ordered) < limit:
+        ordered += [n for n in ids if n not in unschedulable and n in connected][
+            : limit - len(ordered)
+        ]
+    return ordered[:limit]
+
+
 async def read_node_rows(
     redis: Redis, keys: Keys, scripts: Scripts, now_ms: int, list_max: int = 500
-) -> tuple[list[NodeRow], NodeSummary, dict[str, NodeFacts]]:
+) -> tuple[list[NodeRow], NodeSummary]:
     """Counts and load over every node; rows for at most ``list_max`` of them, the least
-    healthy first (not schedulable, then not connected), then by id: the rows an operator
-    looks for, without shipping every healthy node of a large fleet on each poll (the live
-    ``/api/v1/nodes`` lists them all)."""
+    healthy first: the rows an operator looks for, without shipping every healthy node of a
+    large fleet on each poll (the live ``/api/v1/nodes`` lists them all)."""
     async with redis.pipeline(transaction=False) as pipe:
         pipe.smembers(keys.nodes_all)
         pipe.zrange(keys.nodes_connected, 0, -1)
         all_raw, connected_raw = await pipe.execute()
     connected_view = {m.decode() for m in connected_raw}
     ids = sorted({m.decode() for m in all_raw} | connected_view)
-    pending: list[tuple[bool, bool, str, bytes | None, bytes | None, NodeFacts]] = []
-    facts: dict[str, NodeFacts] = {}
+    batches: list[NodesSummary] = await _pipelined(
+        scripts, "nodes_summary", [{"node_ids": c} for c in _chunks(ids, NODE_BATCH)]
+    )
     by_region: Counter[str] = Counter()
     by_tier: Counter[str] = Counter()
-    cap_sum = run_sum = res_sum = alive = schedulable_n = 0
-    sets_cache: dict[bytes, list[list[str]]] = {}
-    for i in range(0, len(ids), BATCH):
-        chunk = ids[i : i + BATCH]
-        records = await scripts.nodes_read(field_names=list(FIELDS), node_ids=chunk)
-        for node_id, rec in zip(chunk, records, strict=True):
-            region, tier, cap, run, res, conn, status = rec
-            is_alive = cap is not None
-            capacity, running, reserved = _int(cap), _int(run), _int(res)
-            schedulable = is_alive and conn == b"1" and status == b"ready"
-            if is_alive:
-                alive += 1
-                by_region[_str(region) or "?"] += 1
-                by_tier[_str(tier) or "?"] += 1
-                cap_sum, run_sum, res_sum = (
-                    cap_sum + capacity,
-                    run_sum + running,
-                    res_sum + reserved,
-                )
-            schedulable_n += schedulable
-            f = facts[node_id] = NodeFacts(capacity, running, reserved, schedulable)
-            pending.append((schedulable, node_id in connected_view, node_id, region, tier, f))
-    pending.sort(key=lambda p: (p[0], p[1], p[2]))
-    listed = pending[:list_max]
-    extra: list[list[bytes | None]] = []
-    for i in range(0, len(listed), BATCH):
-        extra += await scripts.nodes_read(
-            field_names=list(ROW_FIELDS), node_ids=[p[2] for p in listed[i : i + BATCH]]
+    unschedulable: set[str] = set()
+    for b in batches:
+        by_region.update(b.by_region)
+        by_tier.update(b.by_gpu_tier)
+        unschedulable.update(b.unschedulable)
+    cap_sum = sum(b.capacity for b in batches)
+    run_sum = sum(b.running for b in batches)
+    res_sum = sum(b.reserved for b in batches)
+
+    listed = _least_healthy(ids, unschedulable, connected_view, list_max)
+    records: list[list[bytes | None]] = []
+    for chunk in _chunks(listed, NODE_BATCH):
+        records += await scripts.nodes_read(field_names=list(ROW_FIELDS), node_ids=chunk)
+    rows = []
+    for node_id, rec in zip(listed, records, strict=True):
+        region, tier, cap, run, res, conn, status, lang_sets, last_hb = rec
+        rows.append(
+            NodeRow.model_construct(
+                node_id=node_id,
+                region=_str(region),
+                gpu_tier=_str(tier),
+                lang_sets=_parse_lang_sets(lang_sets),
+                connected=node_id in connected_view,
+                schedulable=cap is not None and conn == b"1" and status == b"ready",
+                capacity=_int(cap),
+                running=_int(run),
+                reserved=_int(res),
+                last_heartbeat_age_ms=max(0, now_ms - _int(last_hb)) if last_hb else None,
+            )
         )
-    rows = [
-        NodeRow.model_construct(
-            node_id=node_id,
-            region=_str(region),
-            gpu_tier=_str(tier),
-            lang_sets=_lang_sets(more[0], sets_cache),
-            connected=connected,
-            schedulable=f.schedulable,
-            capacity=f.capacity,
-            running=f.running,
-            reserved=f.reserved,
-            last_heartbeat_age_ms=max(0, now_ms - _int(more[1])) if more[1] else None,
-        )
-        for (_, connected, node_id, region, tier, f), more in zip(listed, extra, strict=True)
-    ]
     summary = NodeSummary(
         registered=len(all_raw),
-        alive=alive,
+        alive=sum(b.alive for b in batches),
         connected=len(connected_view),
-        schedulable=schedulable_n,
+        schedulable=sum(b.schedulable for b in batches),
         by_region=dict(sorted(by_region.items())),
         by_gpu_tier=dict(sorted(by_tier.items())),
         load=LoadSummary(
@@ -140,36 +159,32 @@ async def read_node_rows(
             utilization=_load(cap_sum, run_sum, res_sum),
         ),
     )
-    return rows, summary, facts
+    return rows, summary
 
 
-async def read_pool_summaries(
-    redis: Redis, keys: Keys, facts: dict[str, NodeFacts]
-) -> list[PoolSummary]:
+async def read_pool_summaries(redis: Redis, keys: Keys, scripts: Scripts) -> list[PoolSummary]:
     shard_ids = sorted(m.decode() for m in await redis.smembers(keys.pools_index))
-    async with redis.pipeline(transaction=False) as pipe:
-        for shard_id in shard_ids:
-            pipe.zrange(keys.pool(shard_id), 0, -1)
-        members = await pipe.execute()
-    groups: dict[tuple[str, str, str], list[list[str]]] = defaultdict(list)
-    for shard_id, raw in zip(shard_ids, members, strict=True):
+    batches: list[list[ShardSummary]] = await _pipelined(
+        scripts, "pools_summary", [{"shard_ids": c} for c in _chunks(shard_ids, SHARD_BATCH)]
+    )
+    shards = [s for batch in batches for s in batch]
+    groups: dict[tuple[str, str, str], list[ShardSummary]] = defaultdict(list)
+    for shard_id, shard in zip(shard_ids, shards, strict=True):
         langset, region, gpu, _ = Keys.parse_shard_id(shard_id)
-        groups[(langset, region, gpu)].append([m.decode() for m in raw])
+        groups[(langset, region, gpu)].append(shard)
     out: list[PoolSummary] = []
-    for (langset, region, gpu), shards in sorted(groups.items()):
-        ids = [n for shard in shards for n in shard]
-        known = [facts[n] for n in ids if n in facts]
-        cap = sum(f.capacity for f in known)
-        run = sum(f.running for f in known)
-        res = sum(f.reserved for f in known)
+    for (langset, region, gpu), group in sorted(groups.items()):
+        cap = sum(s.capacity for s in group)
+        run = sum(s.running for s in group)
+        res = sum(s.reserved for s in group)
         out.append(
             PoolSummary(
                 langset=langset.split("_"),
                 region=region,
                 gpu_tier=gpu,
-                shards=len(shards),
-                members=len(ids),
-                schedulable=sum(1 for f in known if f.schedulable),
+                shards=len(group),
+                members=sum(s.members for s in group),
+                schedulable=sum(s.schedulable for s in group),
                 capacity=cap,
                 running=run,
                 reserved=res,
