@@ -10,7 +10,15 @@ import aio_pika
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
-from lingua_shared.bus import Publisher, Topology, Unroutable, consume, declare_topology
+from lingua_shared.bus import (
+    BusOverloaded,
+    Publisher,
+    Topology,
+    Unroutable,
+    consume,
+    declare_topology,
+)
+from lingua_shared.errors import DependencyDown
 from lingua_shared.events import NODE_EVENT, NodeDisconnected, RegisterReply
 
 
@@ -95,3 +103,32 @@ async def test_adapter_rejects_unknown_event_kinds():
         TypeAdapter(NodeDisconnected).validate_json(disconnected("x").model_dump_json()),
         NodeDisconnected,
     )
+
+
+async def test_a_full_work_queue_refuses_publishes_and_the_publisher_says_so(amqp_url: str):
+    """x-max-length + reject-publish: the broker nacks beyond the bound; with confirms the
+    publisher raises BusOverloaded (a DependencyDown: callers answer a typed error)."""
+    topo = Topology(f"lingua-bus-{uuid.uuid4().hex[:8]}", max_length=3)
+    conn = await aio_pika.connect_robust(amqp_url, timeout=5)
+    try:
+        await declare_topology(await conn.channel(), topo)
+        publisher = await Publisher.open(conn, topo)
+        accepted = refused = 0
+        for i in range(8):
+            try:
+                await publisher.event("job.node_event", disconnected(f"n{i}"))
+                accepted += 1
+            except BusOverloaded as exc:
+                assert isinstance(exc, DependencyDown) and "queue full" in exc.message
+                refused += 1
+        ch = await conn.channel()
+        queued = (await ch.declare_queue(topo.dispatcher_queue, passive=True)).declaration_result
+        assert queued.message_count <= 3 + 1  # the bound (quorum queues may overshoot by one)
+        assert accepted == queued.message_count and refused == 8 - accepted and refused >= 4
+    finally:
+        cleanup = await conn.channel()
+        for spec in topo.shared_queues():
+            await cleanup.queue_delete(spec.name)
+        for ex in topo.exchanges():
+            await cleanup.exchange_delete(ex.name)
+        await conn.close()

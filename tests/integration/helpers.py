@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import urllib.request
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -78,3 +79,14 @@ async def lingua_keys(redis: Redis, keys: Keys) -> list[str]:
         for k in await redis.keys(keys.prefix.replace("{", "[{]") + "*")
         if b":gateway:" not in k
     )
+
+
+def metric(stack: Any, proc: str, name: str, **labels: str) -> float:
+    """A sample of a service's /metrics (0.0 when absent)."""
+    with urllib.request.urlopen(f"{stack.procs[proc].base_url}/metrics", timeout=2) as r:
+        text = r.read().decode()
+    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    for line in text.splitlines():
+        if line.startswith(f"{name}{{{want}}}") or (not labels and line.startswith(name + " ")):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0

@@ -18,7 +18,14 @@ import pytest
 from websockets.asyncio.client import connect
 
 from lingua_node_agent import AgentConfig, NodeAgent
-from tests.integration.helpers import eventually, node_pools, node_state, register_frame, scores
+from tests.integration.helpers import (
+    eventually,
+    metric,
+    node_pools,
+    node_state,
+    register_frame,
+    scores,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -47,16 +54,6 @@ async def running(agent: NodeAgent):
         agent.stop(drain=False)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(task, 5)
-
-
-def metric(stack, proc: str, name: str, **labels: str) -> float:
-    with urllib.request.urlopen(f"{stack.procs[proc].base_url}/metrics", timeout=2) as r:
-        text = r.read().decode()
-    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    for line in text.splitlines():
-        if line.startswith(f"{name}{{{want}}}") or (not labels and line.startswith(name + " ")):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
 
 
 async def test_register_heartbeat_pools_drop_reconnect_and_goodbye(stack, redis):

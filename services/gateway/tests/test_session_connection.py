@@ -77,7 +77,7 @@ async def conn() -> SessionConnection:
         infra=SimpleNamespace(redis=None, keys=Keys("t"), publisher=FakePublisher()),
         sessions={},
     )
-    c = SessionConnection(gw, FakeWs())  # type: ignore[arg-type]
+    c = SessionConnection(gw, FakeWs(), None)  # type: ignore[arg-type]
     c.store = FakeStore()  # type: ignore[assignment]
     return c
 

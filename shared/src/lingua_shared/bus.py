@@ -47,6 +47,10 @@ class Unroutable(LinguaError):
     """A mandatory publish the broker could not route (no queue bound for the key)."""
 
 
+class BusOverloaded(DependencyDown):
+    """The broker nacked a publish: a work queue is at ``x-max-length`` (reject-publish)."""
+
+
 NODE_MANAGER_KEYS = ("node.register", "node.heartbeat.batch", "node.disconnected")
 DISPATCHER_KEYS = ("job.request", "job.node_event", "node.disconnected")
 
@@ -70,6 +74,7 @@ class QueueSpec:
 class Topology:
     prefix: str = "lingua"
     delivery_limit: int = 5
+    max_length: int = 100_000  # work queues: beyond it publishes are refused (nacked)
 
     @property
     def events(self) -> str:
@@ -110,6 +115,11 @@ class Topology:
             "x-queue-type": "quorum",
             "x-delivery-limit": self.delivery_limit,
             "x-dead-letter-exchange": self.dlx,
+            # a bounded backlog: a publish beyond it is nacked, so the publisher (which waits
+            # for confirms) sees the refusal and answers a typed error instead of queueing
+            # without limit
+            "x-max-length": self.max_length,
+            "x-overflow": "reject-publish",
         }
 
     def shared_queues(self) -> list[QueueSpec]:
@@ -154,7 +164,18 @@ async def declare_topology(channel: AbstractChannel, topo: Topology) -> None:
     for ex in topo.exchanges():
         await channel.declare_exchange(ex.name, ex.type, durable=True)
     for spec in topo.shared_queues():
-        await declare_queue(channel, spec)
+        try:
+            await declare_queue(channel, spec)
+        except aio_pika.exceptions.ChannelPreconditionFailed as exc:
+            raise TopologyMismatch(
+                f"queue {spec.name} exists with other arguments than {spec.arguments} (made by "
+                f"an older version?): delete it (rabbitmqctl delete_queue {spec.name}) once it "
+                f"is empty, or use another LINGUA_BUS_PREFIX ({exc})"
+            ) from None
+
+
+class TopologyMismatch(RuntimeError):
+    """A queue already exists with other arguments; RabbitMQ cannot change them in place."""
 
 
 async def connect(url: str, timeout: float) -> AbstractRobustConnection:
@@ -219,6 +240,11 @@ class Publisher:
         except aio_pika.exceptions.PublishError as exc:
             raise Unroutable(
                 f"unroutable: {exchange}/{routing_key}", {"routing_key": routing_key}
+            ) from exc
+        except aio_pika.exceptions.DeliveryError as exc:  # a nack: a full work queue refused it
+            raise BusOverloaded(
+                f"refused by the broker (queue full): {exchange}/{routing_key}",
+                {"routing_key": routing_key},
             ) from exc
         except (TimeoutError, aio_pika.exceptions.AMQPError, ConnectionError) as exc:
             raise DependencyDown(f"publish to {exchange}/{routing_key} failed: {exc!r}") from exc

@@ -32,8 +32,10 @@ class InvalidCapabilitySchema(LinguaError):
 
 
 class MessageTooLarge(LinguaError):
+    """Above an application limit: the error goes out and the connection stays open (a frame
+    above the WebSocket ``max_size`` is closed with 1009 by the library itself)."""
+
     code = ErrorCode.MESSAGE_TOO_LARGE
-    close_code = 1009
 
 
 class NodeNotRegistered(LinguaError):
@@ -51,6 +53,8 @@ class DependencyDown(LinguaError):
 
 
 class Unauthorized(LinguaError):
+    """Missing, bad or foreign credentials: the connection is closed with 1008 (policy)."""
+
     code = ErrorCode.UNAUTHORIZED
     close_code = 1008
 

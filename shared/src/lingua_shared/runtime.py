@@ -61,6 +61,30 @@ def install_uvloop() -> None:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
+async def check_eviction_policy(redis: Redis, settings: Settings) -> None:
+    """Redis is the only truth: it must refuse writes when full rather than evict node records
+    or leases (``maxmemory-policy noeviction``). Refused at start-up in production (unless
+    ``LINGUA_REDIS_ALLOW_EVICTION``), a warning elsewhere; a managed Redis that forbids
+    ``CONFIG`` gets a warning that the policy could not be checked."""
+    try:
+        reply = await redis.config_get("maxmemory-policy")
+    except RedisError as exc:
+        log.warning("redis.eviction_policy_unknown", error=repr(exc))
+        return
+    values = [v.decode() if isinstance(v, bytes) else str(v) for v in reply.values()]
+    policy = values[0] if values else "?"
+    if policy == "noeviction":
+        return
+    message = f"Redis maxmemory-policy is {policy!r}; it must be 'noeviction'"
+    if settings.profile == "production" and not settings.redis_allow_eviction:
+        raise UnsafeRedisConfig(message)
+    log.warning("redis.eviction_policy_unsafe", policy=policy)
+
+
+class UnsafeRedisConfig(RuntimeError):
+    """Redis is configured so that it could silently lose scheduling state."""
+
+
 @dataclass
 class Infra:
     settings: Settings
@@ -90,9 +114,14 @@ class Infra:
                 await redis.ping()
             except (OSError, RedisError) as exc:
                 raise DependencyDown(f"Redis unreachable at {settings.redis_url}: {exc}") from exc
+            await check_eviction_policy(redis, settings)
             # A script that does not compile fails start-up with Redis's own message.
             scripts = await Scripts.load(redis, keys, str(lua_dir))
-            topo = Topology(settings.bus_prefix, settings.amqp_delivery_limit)
+            topo = Topology(
+                settings.bus_prefix,
+                settings.amqp_delivery_limit,
+                settings.amqp_work_queue_max_length,
+            )
             amqp = await connect(settings.amqp_url, settings.amqp_connect_timeout_s)
             stack.push_async_callback(bounded, amqp.close(), "amqp.close")
             setup = await amqp.channel()

@@ -10,7 +10,7 @@ import os
 import socket
 import uuid
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -95,11 +95,62 @@ class Settings(BaseSettings):
     catalog_interval_s: float = 30.0
     catalog_timeout_s: float = 3.0
 
+    # authentication and limits (docs/reliability.md)
+    auth: str = Field(
+        "auto",
+        description="on | off | auto (on except in the development profile); off lets lingua "
+        "nodes and web clients that send no credentials connect: only in a trusted network",
+    )
+    auth_algorithm: str = Field(
+        "HS256", description="the only JWT algorithm accepted (never taken from the token)"
+    )
+    auth_secret: SecretStr | None = Field(None, description="HS* key (at least 32 bytes)")
+    auth_public_key_file: str | None = Field(None, description="RS*/ES*/EdDSA: PEM public key")
+    auth_client_max_ttl_s: int = Field(
+        3_600, description="client tokens living longer than this (exp - iat) are refused"
+    )
+    auth_leeway_s: int = Field(5, description="clock skew allowed on exp / iat")
+    ws_allowed_origins: str = Field(
+        "",
+        description="/ws/session Origin allowlist, comma-separated ('*' = any); empty: any in "
+        "the development profile, none (only clients sending no Origin) otherwise",
+    )
+    ws_max_connections_per_identity: int = Field(
+        8, description="connections one token subject may hold on one gateway replica"
+    )
+    ws_node_bytes_per_s: int = Field(
+        8_000_000, description="per node connection; beyond it reads are throttled"
+    )
+    ws_session_bytes_per_s: int = Field(
+        256_000, description="per client connection (16 kHz PCM16 is 32 kB/s of speech)"
+    )
+    ws_rate_burst_s: float = Field(2.0, description="a connection may burst this many seconds")
+    redis_allow_eviction: bool = Field(
+        False, description="production starts only on a noeviction Redis unless this is set"
+    )
+    amqp_work_queue_max_length: int = Field(
+        100_000, description="work queues refuse publishes beyond this (x-overflow reject-publish)"
+    )
+
     # bus
     amqp_connect_timeout_s: float = 5.0
     amqp_prefetch: int = 256
     amqp_delivery_limit: int = 5
     amqp_confirm_timeout_s: float = 5.0
+
+    @property
+    def auth_enabled(self) -> bool:
+        mode = self.auth.strip().lower()
+        if mode not in ("on", "off", "auto"):
+            raise ValueError(f"LINGUA_AUTH must be on, off or auto, not {self.auth!r}")
+        return mode == "on" or (mode == "auto" and self.profile != "development")
+
+    def allowed_origins(self) -> set[str] | None:
+        """The Origin allowlist; ``None`` means any origin."""
+        raw = {o.strip().rstrip("/") for o in self.ws_allowed_origins.split(",") if o.strip()}
+        if "*" in raw or (not raw and self.profile == "development"):
+            return None
+        return raw
 
     def ttl_ms_for(self, heartbeat_interval_ms: int | None) -> int:
         """Liveness TTL of a node that beats every ``heartbeat_interval_ms`` (N6)."""

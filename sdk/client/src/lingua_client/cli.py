@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -73,6 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     st.add_argument("--partials", action="store_true", help="print asr_partial events too")
     st.add_argument("--trace-id", help="trace id of the session (default: a new UUID)")
+    st.add_argument(
+        "--token",
+        default=os.environ.get("LINGUA_CLIENT_TOKEN"),
+        help="client token when the gateway requires auth (default: $LINGUA_CLIENT_TOKEN)",
+    )
     st.add_argument("--log-level", choices=LEVELS, default="quiet", help="JSON logs on stderr")
     return parser
 
@@ -97,6 +103,8 @@ def plan_from_args(args: argparse.Namespace) -> Plan:
                              "realtime": args.realtime}  # fmt: skip
     if args.trace_id:
         extra["trace_id"] = args.trace_id
+    if args.token:
+        extra["token"] = args.token
     if args.two_way:
         langs = [p.strip() for p in args.two_way.split(",") if p.strip()]
         if len(langs) != 2:

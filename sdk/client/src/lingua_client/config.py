@@ -61,6 +61,8 @@ class SessionConfig:
     max_frame_bytes: int = GATEWAY_MAX_FRAME_BYTES
     client_version: str = field(default_factory=_client_version)
     platform: str = "python"
+    # Client token (JWT) sent as ``Authorization: Bearer`` when the gateway requires auth.
+    token: str | None = field(default=None, repr=False)
 
     @classmethod
     def one_way(cls, src_lang: str, tgt_lang: str, **kw: object) -> SessionConfig:

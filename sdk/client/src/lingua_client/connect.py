@@ -49,6 +49,7 @@ async def open_session(
             compression=None,
             max_size=MAX_MESSAGE_BYTES,
             user_agent_header=f"lingua-client/{cfg.client_version}",
+            additional_headers={"Authorization": f"Bearer {cfg.token}"} if cfg.token else None,
         )
     except InvalidURI as exc:
         raise ConnectError(f"invalid gateway URL: {exc}") from None

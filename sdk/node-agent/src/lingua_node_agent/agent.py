@@ -202,6 +202,7 @@ class NodeAgent(GatewayMessages):
             ping_timeout=cfg.ping_timeout_s,
             close_timeout=cfg.close_timeout_s,
             user_agent_header=self._ua,
+            additional_headers={"Authorization": f"Bearer {cfg.token}"} if cfg.token else None,
         )
         self._ws = ws
         self.connected = True

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -32,7 +33,7 @@ PROG = "lingua-node-agent"
 RUN_FLAGS = (
     "gateway", "node_id", "state_file", "region", "gpu_tier", "lang_sets", "asr_langs",
     "semantic_langs", "tts_langs", "capacity", "heartbeat_interval_ms", "drain_timeout_s",
-    "log_level", "handler",
+    "log_level", "handler", "token",
 )  # fmt: skip
 
 
@@ -44,6 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--config", help="TOML file with the same settings (flags override it)")
     run.add_argument("--gateway", help=f"gateway URL (default {DEFAULT_GATEWAY})")
     run.add_argument("--node-id", help="node id (default: from --state-file, else assigned)")
+    run.add_argument(
+        "--token",
+        default=os.environ.get("LINGUA_NODE_TOKEN"),
+        help="node token when the gateway requires auth (default: $LINGUA_NODE_TOKEN)",
+    )
     run.add_argument("--state-file", help="file that keeps the assigned node id across restarts")
     run.add_argument("--region", help="region label, e.g. eu")
     run.add_argument("--gpu-tier", help="GPU tier label, e.g. a100")

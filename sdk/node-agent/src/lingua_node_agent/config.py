@@ -30,6 +30,9 @@ class AgentConfig:
     """
 
     gateway: str = DEFAULT_GATEWAY
+    # Node token (JWT) sent as ``Authorization: Bearer`` when the gateway requires auth; the
+    # CLI reads it from --token or LINGUA_NODE_TOKEN. Never logged.
+    token: str | None = field(default=None, repr=False)
     node_id: str | None = None
     state_file: Path | None = None
     region: str | None = None

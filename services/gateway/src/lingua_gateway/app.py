@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import weakref
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 from urllib.parse import urlsplit
@@ -14,12 +15,14 @@ from aio_pika.abc import AbstractIncomingMessage
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
+from lingua_gateway.access import POLICY_CLOSE, Access
 from lingua_gateway.coalescer import HeartbeatCoalescer
 from lingua_gateway.metrics import Metrics
 from lingua_gateway.node_endpoint import NodeConnection
 from lingua_gateway.session_endpoint import SessionConnection
+from lingua_shared.auth import Principal
 from lingua_shared.bus import consume, declare_queue
-from lingua_shared.errors import DependencyDown
+from lingua_shared.errors import DependencyDown, Unauthorized
 from lingua_shared.events import (
     GATEWAY_INBOUND,
     GatewayInbound,
@@ -52,6 +55,11 @@ class Gateway:
             metrics,
         )
         self.draining = False
+        self.access = Access(settings)
+        # handshake outcome per connection, set by process_request, taken by handler
+        self.handshakes: weakref.WeakKeyDictionary[
+            ServerConnection, Principal | Unauthorized | None
+        ] = weakref.WeakKeyDictionary()
         self.connections: set[ServerConnection] = set()
         self._background: set[asyncio.Task[None]] = set()
 
@@ -120,20 +128,44 @@ class Gateway:
     # -- WebSocket and HTTP ----------------------------------------------------------------
     async def handler(self, ws: ServerConnection) -> None:
         path = urlsplit(ws.request.path).path if ws.request else ""
+        endpoint = "node" if path == "/ws/node" else "session"
+        auth = self.handshakes.pop(ws, None)
+        if isinstance(auth, Unauthorized):
+            await self.refuse(ws, endpoint, "unauthorized", auth.message)
+            return
+        if auth is not None and not self.access.claim(auth):
+            await self.refuse(
+                ws, endpoint, "identity_limit", "too many connections for this identity"
+            )
+            return
         self.connections.add(ws)
         try:
-            if path == "/ws/node":
-                await NodeConnection(self, ws).run()
+            if endpoint == "node":
+                await NodeConnection(self, ws, auth).run()
             else:  # "/ws/session" (process_request refuses every other path)
-                await SessionConnection(self, ws).run()
+                await SessionConnection(self, ws, auth).run()
         finally:
             self.connections.discard(ws)
+            if auth is not None:
+                self.access.release(auth)
+
+    async def refuse(self, ws: ServerConnection, endpoint: str, reason: str, text: str) -> None:
+        """Close a connection before reading anything from it (1008, with the reason)."""
+        self.metrics.access_refused.labels(endpoint, reason).inc()
+        log.info("gateway.access_refused", endpoint=endpoint, reason=reason, detail=text)
+        await ws.close(POLICY_CLOSE, text[:120])
 
     async def process_request(self, conn: ServerConnection, request: Request) -> Response | None:
         path = urlsplit(request.path).path
         if path in ("/ws/node", "/ws/session"):
             if self.draining:
                 return conn.respond(503, "draining\n")
+            if path == "/ws/session" and not self.access.origin_allowed(request):
+                self.metrics.access_refused.labels("session", "origin").inc()
+                log.info("gateway.origin_refused", origin=request.headers.get("Origin", "")[:200])
+                return conn.respond(403, "origin not allowed\n")
+            kind = "node" if path == "/ws/node" else "client"
+            self.handshakes[conn] = self.access.authenticate(request, kind)
             return None
         if path == "/healthz":
             return conn.respond(200, "ok\n")

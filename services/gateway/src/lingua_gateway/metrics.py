@@ -102,3 +102,16 @@ class Metrics:
             ["op"],
             registry=r,
         )
+        self.access_refused = Counter(
+            "lingua_gateway_access_refused_total",
+            "Connections refused at the handshake, by endpoint and reason "
+            "(origin, unauthorized, identity_limit, identity_mismatch)",
+            ["endpoint", "reason"],
+            registry=r,
+        )
+        self.throttled_seconds = Counter(
+            "lingua_gateway_throttled_seconds_total",
+            "Time reads were paused because a connection exceeded its byte rate",
+            ["endpoint"],
+            registry=r,
+        )

@@ -12,9 +12,11 @@ from typing import TYPE_CHECKING
 
 from websockets.asyncio.server import ServerConnection
 
+from lingua_gateway.access import ByteRate
 from lingua_gateway.decode import decode_frame
 from lingua_gateway.outbound import Outbound
 from lingua_gateway.read_loop import read_frames
+from lingua_shared.auth import Principal
 from lingua_shared.errors import (
     DependencyDown,
     InvalidCapabilitySchema,
@@ -22,6 +24,7 @@ from lingua_shared.errors import (
     LinguaError,
     NodeIdConflict,
     NodeNotRegistered,
+    Unauthorized,
 )
 from lingua_shared.events import Beat, NodeDisconnected, NodeJobEvent, NodeRegisterEvent
 from lingua_shared.logs import get_logger
@@ -65,9 +68,10 @@ JOB_MESSAGES = (JobAck, JobStarted, JobResult, NodeAsrPartial, NodeError)
 
 
 class NodeConnection:
-    def __init__(self, gw: Gateway, ws: ServerConnection) -> None:
+    def __init__(self, gw: Gateway, ws: ServerConnection, principal: Principal | None) -> None:
         self.gw = gw
         self.ws = ws
+        self.principal = principal  # the node token's holder; None when auth is off
         self.conn_id = uuid.uuid4().hex
         self.node_id: str | None = None
         self.out = Outbound(
@@ -92,9 +96,15 @@ class NodeConnection:
                 self.on_frame,
                 self.send_error,
                 lambda: {"conn_id": self.conn_id, "node_id": self.node_id},
+                self.close,
+                ByteRate(self.gw.settings.ws_node_bytes_per_s, self.gw.settings.ws_rate_burst_s),
             )
         finally:
             await self.closed()
+
+    async def close(self, code: int, reason: str) -> None:
+        await self.out.flush_and_stop(0.5)
+        await self.ws.close(code, reason)
 
     async def on_frame(self, raw: str | bytes) -> None:
         msg = decode_frame(raw, NODE_INBOUND, NODE_TYPES)
@@ -190,7 +200,9 @@ class NodeConnection:
             )
         except CapabilityError as exc:
             raise InvalidCapabilitySchema(exc.message, {"missing": exc.missing}) from None
-        node_id = reg.node_id or f"node-{uuid.uuid4().hex[:12]}"
+        default_id = self.principal.subject if self.principal else f"node-{uuid.uuid4().hex[:12]}"
+        node_id = reg.node_id or default_id
+        self.check_identity(node_id)
         if self.node_id is not None and self.node_id != node_id:
             raise NodeIdConflict(f"this connection is already registered as {self.node_id}")
         interval = caps.heartbeat_interval_ms or s.node_default_heartbeat_interval_ms
@@ -225,7 +237,17 @@ class NodeConnection:
             ).to_wire()
         )
 
+    def check_identity(self, node_id: str) -> None:
+        """A node token speaks for one node: any other id closes the connection (1008)."""
+        if self.principal is not None and node_id != self.principal.subject:
+            self.gw.metrics.access_refused.labels(ENDPOINT, "identity_mismatch").inc()
+            raise Unauthorized(
+                f"this connection's token is for node {self.principal.subject!r}, "
+                f"not {node_id[:64]!r}"
+            )
+
     def bind(self, node_id: str) -> None:
+        self.check_identity(node_id)
         self.node_id = node_id
         previous = self.gw.nodes.get(node_id)
         self.gw.nodes[node_id] = self

@@ -1,9 +1,11 @@
 """The one read loop of both WebSocket endpoints: every frame is handled, and every failure
 answered, the same way.
 
-A domain error (bad input) gets its typed ``error`` and the connection stays open; an
-unexpected bug gets ``INTERNAL_ERROR`` and the connection stays open too: one bad frame never
-costs a node or a client its connection.
+A domain error (bad input) gets its typed ``error`` and the connection stays open (unless the
+error carries a close code, like ``Unauthorized``: then the error goes out and the connection
+closes with that code); an unexpected bug gets ``INTERNAL_ERROR`` and the connection stays open
+too: one bad frame never costs a node or a client its connection. Reads are paused whenever
+the connection exceeds its byte rate (:class:`~lingua_gateway.access.ByteRate`).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
+from lingua_gateway.access import ByteRate
 from lingua_gateway.metrics import Metrics
 from lingua_shared.errors import InvalidMessage, LinguaError
 from lingua_shared.logs import get_logger
@@ -29,12 +32,18 @@ async def read_frames(
     handle: Callable[[str | bytes], Awaitable[None]],
     send_error: Callable[[LinguaError | ErrorMessage], None],
     context: Callable[[], dict[str, Any]],
+    close: Callable[[int, str], Awaitable[None]],
+    rate: ByteRate | None = None,
 ) -> None:
     """Feed every frame to ``handle`` until the connection closes; ``context`` gives the ids
-    to log with (conn, node or session)."""
+    to log with (conn, node or session); ``close`` flushes the outbound queue and closes."""
     metrics.connections.labels(endpoint).inc()
     try:
         async for raw in ws:
+            if rate is not None:
+                paused = await rate.take(len(raw))
+                if paused:
+                    metrics.throttled_seconds.labels(endpoint).inc(paused)
             try:
                 await handle(raw)
             except LinguaError as err:
@@ -47,6 +56,9 @@ async def read_frames(
                     **context(),
                 )
                 send_error(err)
+                if err.close_code is not None:
+                    await close(err.close_code, err.message[:120])
+                    return
             except Exception:
                 log.exception(f"gateway.{endpoint}_internal_error", **context())
                 send_error(ErrorMessage(code=ErrorCode.INTERNAL_ERROR, message="internal"))

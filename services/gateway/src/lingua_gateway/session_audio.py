@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from lingua_gateway.session_spec import SAMPLE_RATE, SessionSpec
 from lingua_gateway.utterance import AUDIO_FORMATS, Cut, UtteranceAccumulator
+from lingua_shared.bus import BusOverloaded
 from lingua_shared.errors import DependencyDown, InvalidMessage, MessageTooLarge, UnsupportedFeature
 from lingua_shared.events import JobRequest
 from lingua_shared.logs import get_logger
@@ -181,10 +182,14 @@ class SessionAudio:
                 utterance_index=index,
                 error=repr(exc),
             )
+            why = (
+                "the scheduler is overloaded: its work queue is full"
+                if isinstance(exc, BusOverloaded)
+                else "the scheduler's message bus is unavailable"
+            )
             self.conn.send_error(
                 DependencyDown(
-                    f"utterance {index} could not be queued for translation (the scheduler's "
-                    "message bus is unavailable); send it again",
+                    f"utterance {index} could not be queued for translation ({why}); send it again",
                     {"session_id": self.session_id, "utterance_index": index},
                 )
             )

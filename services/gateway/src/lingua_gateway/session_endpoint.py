@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 from websockets.asyncio.server import ServerConnection
 
+from lingua_gateway.access import ByteRate
 from lingua_gateway.decode import decode_frame
 from lingua_gateway.delivery import OrderedSender
 from lingua_gateway.outbound import Outbound
@@ -27,6 +28,7 @@ from lingua_gateway.session_frames import (
 )
 from lingua_gateway.session_spec import SessionSpec, spec_from_init
 from lingua_gateway.session_store import SessionStore
+from lingua_shared.auth import Principal
 from lingua_shared.errors import DependencyDown, InvalidMessage, InvalidSession, LinguaError
 from lingua_shared.events import ToSession
 from lingua_shared.logs import get_logger
@@ -60,9 +62,10 @@ CLOSE_NORMAL = 1000
 
 
 class SessionConnection:
-    def __init__(self, gw: Gateway, ws: ServerConnection) -> None:
+    def __init__(self, gw: Gateway, ws: ServerConnection, principal: Principal | None) -> None:
         self.gw = gw
         self.ws = ws
+        self.principal = principal  # the client token's holder; None when auth is off
         self.conn_id = uuid.uuid4().hex
         self.session_id: str | None = None
         self.spec: SessionSpec | None = None
@@ -91,9 +94,15 @@ class SessionConnection:
                 self.on_frame,
                 self.send_error,
                 lambda: {"conn_id": self.conn_id, "session_id": self.session_id},
+                self.close,
+                ByteRate(self.gw.settings.ws_session_bytes_per_s, self.gw.settings.ws_rate_burst_s),
             )
         finally:
             await self.closed()
+
+    async def close(self, code: int, reason: str) -> None:
+        await self.out.flush_and_stop(0.5)
+        await self.ws.close(code, reason)
 
     # -- frames ---------------------------------------------------------------------------
     async def on_frame(self, raw: str | bytes) -> None:
@@ -198,6 +207,8 @@ class SessionConnection:
             **spec.record(),
             "created_at_ms": str(now_ms()),
             "next_deliver": str(next_deliver),
+            # who opened it (audit); the session itself is bound to this connection
+            "client": self.principal.subject if self.principal else "",
         }
 
     async def touch(self) -> None:
