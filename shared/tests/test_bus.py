@@ -30,12 +30,16 @@ async def bus(amqp_url: str):
     await declare_topology(ch, topo)
     publisher = await Publisher.open(conn, topo)
     yield topo, conn, publisher
+    await delete_topology(conn, topo)
+    await conn.close()
+
+
+async def delete_topology(conn, topo: Topology) -> None:
     cleanup = await conn.channel()
     for spec in topo.shared_queues():
         await cleanup.queue_delete(spec.name)
     for ex in topo.exchanges():
         await cleanup.exchange_delete(ex.name)
-    await conn.close()
 
 
 def disconnected(node_id: str) -> NodeDisconnected:
@@ -126,9 +130,5 @@ async def test_a_full_work_queue_refuses_publishes_and_the_publisher_says_so(amq
         assert queued.message_count <= 3 + 1  # the bound (quorum queues may overshoot by one)
         assert accepted == queued.message_count and refused == 8 - accepted and refused >= 4
     finally:
-        cleanup = await conn.channel()
-        for spec in topo.shared_queues():
-            await cleanup.queue_delete(spec.name)
-        for ex in topo.exchanges():
-            await cleanup.exchange_delete(ex.name)
+        await delete_topology(conn, topo)
         await conn.close()
