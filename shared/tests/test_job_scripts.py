@@ -1007,3 +1007,78 @@ def test_slot_accounting_holds_for_any_event_sequence(redis_url: str) -> None:
             suppress_health_check=[HealthCheck.too_slow],
         ),
     )
+
+
+# --- utterances that never became jobs -------------------------------------------------------
+def fail_kw(index: int, now_ms: int = NOW, session_id: str = "s1") -> dict[str, Any]:
+    return {
+        "session_id": session_id,
+        "utterance_index": index,
+        "now_ms": now_ms,
+        "payload": {"type": "error", "code": "SCHEDULER_DEPENDENCY_DOWN", "message": f"u{index}"},
+        "gap_ms": GAP,
+        "session_ttl_ms": SESSION_TTL,
+    }
+
+
+async def test_an_unqueued_utterance_takes_its_place_in_the_order(
+    redis: Redis, keys: Keys, scripts: Scripts
+):
+    """0 is a job, 1 could not be queued, 2 is a job: the client gets 0, 1, 2 in order, once
+    each, and no hole is left for the gap timeout."""
+    await join(scripts, "n1")
+    await open_session(redis, keys)
+    await dispatch(scripts, "j0", index=0)
+    await dispatch(scripts, "j2", index=2)
+    assert indexes(await scripts.job_finish(**finish_kw("j2", "n1"))) == []
+    d = await scripts.utterance_fail(**fail_kw(1))
+    assert (d.code, d.gateway_id, d.conn_id, d.items) == (1, "gw-s", "cs-s1", [])  # 0 missing
+    d = await scripts.job_finish(**finish_kw("j0", "n1"))
+    assert [(i, p["type"]) for i, p in d.items] == [
+        (0, "translation_result"),
+        (1, "error"),
+        (2, "translation_result"),
+    ]
+    assert not await redis.exists(keys.gaps)
+    # answered: a second failure of 1, or one of 0, writes nothing
+    before = await snapshot(redis)
+    assert await raw(scripts, "utterance_fail", fail_kw(1)) == [0, ""]
+    assert await raw(scripts, "utterance_fail", fail_kw(0)) == [0, ""]
+    assert await snapshot(redis) == before
+
+
+async def test_an_unqueued_utterance_never_overwrites_a_waiting_answer(
+    redis: Redis, keys: Keys, scripts: Scripts
+):
+    await join(scripts, "n1")
+    await open_session(redis, keys)
+    await dispatch(scripts, "j1", index=1)
+    assert indexes(await scripts.job_finish(**finish_kw("j1", "n1"))) == []  # waits for 0
+    before = await snapshot(redis)
+    assert await raw(scripts, "utterance_fail", fail_kw(1)) == [0, ""]  # 1 has its answer
+    assert await snapshot(redis) == before
+    d = await scripts.utterance_fail(**fail_kw(0))
+    assert [(i, p["type"]) for i, p in d.items] == [(0, "error"), (1, "translation_result")]
+
+
+async def test_an_unqueued_utterance_of_an_unknown_session_writes_nothing(
+    redis: Redis, keys: Keys, scripts: Scripts
+):
+    assert await raw(scripts, "utterance_fail", fail_kw(0, session_id="gone")) == [-6, ""]
+    assert await redis.keys(MINE) == []
+    await open_session(redis, keys)
+    before = await snapshot(redis)
+    for field, bad in (
+        ("utterance_index", -1),
+        ("now_ms", 0),
+        ("gap_ms", 0),
+        ("session_ttl_ms", 0),
+        ("session_id", ""),
+    ):
+        reply = await raw(scripts, "utterance_fail", {**fail_kw(0), field: bad})
+        assert reply == [-1, field]
+    kw = fail_kw(0)
+    keys_, args = scripts.utterance_fail_args(**kw)
+    args[3] = "not json"
+    assert await scripts.script("utterance_fail")(keys=keys_, args=args) == [-1, b"payload"]
+    assert await snapshot(redis) == before

@@ -117,6 +117,7 @@ SAMPLES: dict[str, Any] = {
     "field_names": ["region", "capacity"],
     "node_ids": ["node-7", "node-8"],
     "shard_ids": ["en_zh:eu-west:a100:0"],
+    "utterance_index": 4,
 }
 
 
@@ -255,6 +256,7 @@ PARSERS = {
             "gap_expire",
             "timers_claim",
             "service_cooldown",
+            "utterance_fail",
         )
     },
 }
@@ -266,6 +268,7 @@ JOB_REPLIES: dict[str, Any] = {
     "gap_expire": lambda c: (
         [c, b"gw", b"c1", 3, b'{"type": "missing_result"}'] if c == 1 else [c, b""]
     ),
+    "utterance_fail": lambda c: [c, b"gw", b"c1", 3, b'{"type": "error"}'] if c == 1 else [c, b""],
     "nodes_summary": lambda c: [c, 2, 1, 8, 1, 2, [b"eu", 2], [b"a100", 2], [b"n2"]],
     "pools_summary": lambda c: [c, [3, 2, 12, 1, 1]],
 }
@@ -303,5 +306,5 @@ def test_wrapper_handles_every_documented_code(name: str, offline_scripts: Scrip
             assert result.created is (code == 1)
         else:
             assert result.code == code
-        if name in ("job_finish", "gap_expire") and code == 1:
+        if name in ("job_finish", "gap_expire", "utterance_fail") and code == 1:
             assert result.items and result.gateway_id == "gw"

@@ -15,7 +15,8 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from lingua_node_agent import AgentConfig, JobContext, JobOutcome, NodeAgent, SimulatedHandler
 from lingua_shared.protocol import JobAssign
-from tests.integration.helpers import eventually
+from lingua_shared.testing import delete_bus
+from tests.integration.helpers import eventually, metric
 from tests.integration.invariants import settle_idle
 
 pytestmark = pytest.mark.integration
@@ -303,3 +304,63 @@ async def test_model_not_available_cools_the_node_down_and_the_job_goes_elsewher
             exclusions = await redis.hgetall(keys.exclusions)
             assert int(exclusions.get(b"service_unavailable", 0)) >= 3
     await settle_idle(redis, keys)
+
+
+async def test_an_utterance_refused_by_a_full_queue_is_answered_once_in_its_place(
+    redis, stack_env, tmp_path, request
+):
+    """Work queues are bounded (reject-publish). With no dispatcher running, utterances 0 and 1
+    fill a 2-message queue and 2 is refused: its typed error is kept in the session's order,
+    so once a dispatcher and a node come, the client gets 0, 1 (results), 2 (the error), 3
+    (a result) — once each, in order, without waiting for a gap timeout. (A quorum queue may
+    take a message or two over its bound, so the refused index is found, not assumed.)"""
+    from tests.integration.conftest import Stack, unique
+
+    env = {
+        **stack_env,
+        **JOB_ENV,
+        "LINGUA_BUS_PREFIX": unique("lingua-test-full"),  # queues declared with the bound
+        "LINGUA_AMQP_WORK_QUEUE_MAX_LENGTH": "2",
+        "LINGUA_GAP_TIMEOUT_MS": "60000",  # a gap would be noticed, not papered over
+    }
+    s = Stack(env, tmp_path)
+    try:
+        for p in (s.start("nm-1", "node-manager"), s.start("gw-b", "gateway")):
+            p.wait_ready()
+        ws, sid = await open_session(session_url(s))
+        refused = None  # the first index the full queue refuses (quorum queues may take one over)
+        for i in range(6):
+            await send_utterance(ws, sid, seq=2 * i)
+            with contextlib.suppress(AssertionError):
+                await eventually(lambda: _refused(s), timeout=1.5, what="a refusal")
+                refused = i
+                break
+        assert refused is not None and refused >= 2, refused
+        # started while the client is connected: wait off the event loop, which must keep
+        # answering the gateway's pings; the node first, so the queued jobs find it
+        await asyncio.to_thread(s.start("gw-a", "gateway").wait_ready)
+        async with running(node(s, "node-full")):
+            await asyncio.to_thread(s.start("disp-1", "dispatcher").wait_ready)
+            got = await answers(ws, refused + 1)
+            await send_utterance(ws, sid, seq=100)
+            got += await answers(ws, 1)
+        kinds = [(m["type"], m.get("utterance_index")) for m in got]
+        assert kinds == [
+            *(("translation_result", i) for i in range(refused)),
+            ("error", None),
+            ("translation_result", refused + 1),
+        ]
+        err = got[refused]
+        assert err["details"]["utterance_index"] == refused
+        assert err["code"] == "SCHEDULER_DEPENDENCY_DOWN" and "overloaded" in err["message"]
+        await ws.close()
+    finally:
+        codes = s.stop_all()
+        if getattr(request.node, "rep_call_failed", False):
+            print(s.logs())
+        await delete_bus(env["LINGUA_AMQP_URL"], env["LINGUA_BUS_PREFIX"])
+    assert all(c in (0, None) for c in codes.values()), codes
+
+
+async def _refused(stack) -> bool:
+    return metric(stack, "gw-b", "lingua_gateway_publish_failures_total", kind="job_request") >= 1

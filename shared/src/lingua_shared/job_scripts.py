@@ -27,6 +27,7 @@ JOB_SCRIPT_NAMES = (
     "gap_expire",
     "timers_claim",
     "service_cooldown",
+    "utterance_fail",
 )
 
 
@@ -244,3 +245,31 @@ class JobScriptsMixin:
 
     def parse_service_cooldown(self, reply: list[Any]) -> CodeResult:
         return CodeResult(_check("service_cooldown", reply), _s(reply[1]))
+
+    # -- utterance_fail ---------------------------------------------------------------------
+    def utterance_fail_args(
+        self,
+        *,
+        session_id: str,
+        utterance_index: int,
+        now_ms: int,
+        payload: dict[str, Any],
+        gap_ms: int,
+        session_ttl_ms: int,
+    ) -> tuple[list[str], list[Any]]:
+        return [self.keys.prefix], [
+            session_id,
+            utterance_index,
+            now_ms,
+            json.dumps(payload),
+            gap_ms,
+            session_ttl_ms,
+        ]
+
+    async def utterance_fail(self, **kw: Any) -> Delivery:
+        return self.parse_utterance_fail(
+            await self._run("utterance_fail", *self.utterance_fail_args(**kw))
+        )
+
+    def parse_utterance_fail(self, reply: list[Any]) -> Delivery:
+        return _deliveries(_check("utterance_fail", reply), reply)

@@ -124,10 +124,11 @@ def bus_prefix(amqp_url: str) -> Iterator[str]:
     """A bus prefix unique to this test run; its queues and exchanges are deleted after."""
     prefix = f"lingua-test-{uuid.uuid4().hex[:8]}"
     yield prefix
-    asyncio.run(_delete_bus(amqp_url, prefix))
+    asyncio.run(delete_bus(amqp_url, prefix))
 
 
-async def _delete_bus(amqp_url: str, prefix: str) -> None:
+async def delete_bus(amqp_url: str, prefix: str) -> None:
+    """Delete the shared queues and exchanges of bus ``prefix`` (best effort)."""
     import aio_pika
 
     from lingua_shared.bus import Topology

@@ -17,7 +17,7 @@ from lingua_gateway.session_spec import SAMPLE_RATE, SessionSpec
 from lingua_gateway.utterance import AUDIO_FORMATS, Cut, UtteranceAccumulator
 from lingua_shared.bus import BusOverloaded
 from lingua_shared.errors import DependencyDown, InvalidMessage, MessageTooLarge, UnsupportedFeature
-from lingua_shared.events import JobRequest
+from lingua_shared.events import JobRequest, ToSession
 from lingua_shared.logs import get_logger
 from lingua_shared.protocol.session import Utterance
 from lingua_shared.runtime import now_ms
@@ -187,11 +187,12 @@ class SessionAudio:
                 if isinstance(exc, BusOverloaded)
                 else "the scheduler's message bus is unavailable"
             )
-            self.conn.send_error(
+            await self.answer_unqueued(
+                index,
                 DependencyDown(
                     f"utterance {index} could not be queued for translation ({why}); send it again",
                     {"session_id": self.session_id, "utterance_index": index},
-                )
+                ),
             )
             return
         log.info(
@@ -203,3 +204,39 @@ class SessionAudio:
             cut=cut,
             audio_bytes=nbytes,
         )
+
+    async def answer_unqueued(self, index: int, error: DependencyDown) -> None:
+        """An utterance that never became a job is answered by ``error`` in its place in the
+        session's order (``utterance_fail.lua``), so results after it are not held until the
+        gap timeout and the index is answered once. If Redis cannot take it either, the error
+        goes straight to the client (out of order, but never silence)."""
+        gw, payload = self.conn.gw, error.to_message().to_wire()
+        try:
+            delivery = await gw.infra.scripts.utterance_fail(
+                session_id=self.session_id,
+                utterance_index=index,
+                now_ms=now_ms(),
+                payload=payload,
+                gap_ms=gw.settings.gap_timeout_ms,
+                session_ttl_ms=int(gw.settings.session_ttl_s * 1000),
+            )
+        except Exception as exc:
+            log.warning(
+                "gateway.unqueued_answer_direct", session_id=self.session_id, error=repr(exc)
+            )
+            self.conn.send_error(error)
+            return
+        if delivery.code == -6:  # the session record is gone: nothing to keep in order
+            self.conn.send_error(error)
+            return
+        gw.metrics.errors_sent.labels("session", payload["code"]).inc()
+        for i, item in delivery.items:
+            self.conn.deliver(
+                ToSession(
+                    session_id=self.session_id,
+                    conn_id=self.conn.conn_id,
+                    utterance_index=i,
+                    ordered=True,
+                    payload=item,
+                )
+            )
