@@ -345,3 +345,14 @@ def settings_default(env_name: str) -> object:
     prefix = str(Settings.model_config.get("env_prefix", ""))
     field_name = env_name.removeprefix(prefix).lower()
     return Settings.model_fields[field_name].default
+
+
+def node_agent_config(argv: list[str]) -> object:
+    """What the node agent's own CLI makes of ``argv`` (argparse exits on unknown flags;
+    the configs raise ConfigError on bad values), so manifests cannot drift from the CLI."""
+    from lingua_node_agent.cli import agent_config_from_args, build_parser, sim_config_from_args
+
+    args = build_parser().parse_args(argv)
+    if args.command == "simulate":
+        return sim_config_from_args(args)
+    return agent_config_from_args(args)
