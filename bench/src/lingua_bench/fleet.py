@@ -61,6 +61,7 @@ class BenchNode:
     """One node: its socket, its register frame, its heartbeat counter."""
 
     __slots__ = (
+        "acked",
         "hb_head",
         "hb_tail",
         "index",
@@ -81,6 +82,7 @@ class BenchNode:
         self.hb_tail = static_tail
         self.ws: ClientConnection | None = None
         self.registered: asyncio.Future[None] | None = None
+        self.acked = False  # a node_register_ack came: the node beats from now on
         self.seq = 0
         self.reregisters = 0
         # wall-clock ms at which each recent beat was sent: seq -> ms (sampled nodes only)
@@ -182,6 +184,7 @@ class Fleet:
                     if self.answer:
                         await self._answer(node, ws, msg)
                 elif kind == "node_register_ack":
+                    node.acked = True
                     if node.registered is not None and not node.registered.done():
                         node.registered.set_result(None)
                 elif kind == "node_control":
@@ -235,7 +238,10 @@ class Fleet:
 
     async def beat_forever(self) -> None:
         """Every node beats once per interval, phases spread evenly over the interval, from
-        one task. How far the loop ever fell behind is kept in ``max_backlog_ms``."""
+        one task. How far the loop ever fell behind is kept in ``max_backlog_ms``.
+
+        Start it before :meth:`connect_all`: like a real agent, a node must beat from its
+        ack on, or the first nodes of a long registration would outlive their TTL unbeaten."""
         nodes = self.nodes
         n = len(nodes)
         interval = self.spec.heartbeat_ms / 1000
@@ -252,8 +258,8 @@ class Fleet:
                 node = nodes[done % n]
                 done += 1
                 ws = node.ws
-                if ws is None:
-                    continue
+                if ws is None or not node.acked:
+                    continue  # not acked yet: a node beats only once registered
                 wall_ms = time.time_ns() / 1e6
                 frame = node.heartbeat_frame(int(wall_ms))
                 try:

@@ -152,12 +152,12 @@ class LoadGen:
     async def run(self) -> dict[str, Any]:
         cfg = self.cfg
         bar = self._bar(cfg.nodes, "registering nodes")
-        reg_s = await self.fleet.connect_all(bar.update if bar else None)
-        if bar:
-            bar.close()
         beats = asyncio.create_task(self.fleet.beat_forever())
         audio = b"\x01\x00" * (16 * cfg.audio_ms)  # PCM16 at 16 kHz
         try:
+            reg_s = await self.fleet.connect_all(bar.update if bar else None)
+            if bar:
+                bar.close()
             for _ in range(cfg.sessions):
                 s = BenchSession(self.session_url, cfg.src, cfg.tgt, audio, self.on_result)
                 await s.open()
