@@ -76,7 +76,7 @@ def test_targets_compare_within_the_run_and_say_what_is_missing() -> None:
         "heartbeats": {"nodes": 10000, "false_expiries": 0, "apply_lag_p99_ms": 200},
     }
     t = compute(doc)
-    assert t["dispatch_low_load_p50_vs_floor"] | {} == {
+    assert t["dispatch_low_load_p50_vs_floor"] == {
         "value": 2.5,
         "limit": 2.0,
         "rule": t["dispatch_low_load_p50_vs_floor"]["rule"],
