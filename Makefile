@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PY := .venv/bin/python
 NODES ?= 12
 
-.PHONY: install services up down status demo test test-unit test-integration bench lint
+.PHONY: install services up down status demo test test-unit test-integration bench bench-quick bench-scripts lint
 
 install:            ## uv + the workspace in .venv
 	@bash scripts/bootstrap.sh
@@ -32,7 +32,13 @@ test-unit: install services
 test-integration: install services
 	@$(PY) -m pytest -m integration
 
-bench: install services ## benchmarks (figures, not assertions)
+bench: install services ## every benchmark scenario (<= 15 min): bench/results/latest.json + plots
+	@$(PY) -m lingua_bench
+
+bench-quick: install services ## the same scenarios for a few seconds each (smoke run)
+	@$(PY) -m lingua_bench --quick
+
+bench-scripts: install services ## node-script and stats-snapshot figures: bench/results/scripts.json
 	@$(PY) scripts/bench.py
 
 lint: install

@@ -3,8 +3,8 @@ baseline measured in the same invocation (this machine is shared and noisy).
 
 Now: the node lifecycle scripts on the real Redis — register, then heartbeats applied one
 call per round trip (baseline) vs pipelined in batches the way node-manager applies a
-coalesced gateway batch. The full benchmark suite (dispatch, floor, peer) comes with the job
-path. Results: ``bench/results/latest.json``.
+coalesced gateway batch. The full suite is ``python -m lingua_bench`` (``make bench``), which
+writes ``bench/results/latest.json``; these figures go to ``bench/results/scripts.json``.
 """
 
 from __future__ import annotations
@@ -115,7 +115,7 @@ def main() -> None:
         "stats": stats,
         "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    path = ROOT / "bench" / "results" / "latest.json"
+    path = ROOT / "bench" / "results" / "scripts.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=2) + "\n")
     print(f"node lifecycle scripts, {figures['nodes']} nodes (Redis {args.redis_url}):")

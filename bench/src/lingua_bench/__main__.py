@@ -1,11 +1,333 @@
-"""``python -m lingua_bench``: placeholder until the benchmark runner lands."""
+"""``python -m lingua_bench`` (``make bench``): every scenario in one invocation, bounded.
 
+Writes ``<out-dir>/latest.json`` with the figures of the benchmark issue (floor, dispatch,
+roundtrip, peer_celery, heartbeats, select, stats), a ``targets`` section, and the plots.
+Figures, never assertions: a missed target is reported, the exit code stays 0; a scenario
+that crashed is reported under ``meta.errors`` and the exit code is 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
 import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from lingua_bench import scenarios
+from lingua_bench.guard import NotLoopback, require_loopback
+from lingua_bench.plots import plot_cdfs, plot_timeline
+from lingua_bench.scenarios import FULL, QUICK, ModuleMissing, Sizes
+from lingua_bench.targets import compute
+
+SCENARIOS = ("floor", "dispatch", "peer_celery", "heartbeats", "select", "stats")
+ALIASES = {"roundtrip": "dispatch"}  # roundtrip.* is measured in the dispatch scenario
+BUDGET_S = 15 * 60
 
 
-def main() -> int:
-    print("lingua_bench: not implemented yet", file=sys.stderr)
-    return 2
+def _pct(summary: dict[str, Any] | None) -> dict[str, float | None]:
+    summary = summary or {}
+    return {"p50_ms": summary.get("p50_ms"), "p99_ms": summary.get("p99_ms")}
+
+
+class Runner:
+    def __init__(self, args: argparse.Namespace, sizes: Sizes) -> None:
+        self.args = args
+        self.sizes = sizes
+        self.out_dir: Path = args.out_dir
+        self.work = self.out_dir / "work"
+        self.start = time.monotonic()
+        self.deadline = self.start + args.budget_s
+        self.doc: dict[str, Any] = {
+            "floor": {"low_load": {"p50_ms": None, "p99_ms": None}, "max_sustained_per_s": None},
+            "dispatch": {
+                "low_load": {"p50_ms": None, "p99_ms": None},
+                "at_200_per_s": {"p50_ms": None, "p99_ms": None},
+                "max_sustained_per_s": None,
+            },
+            "roundtrip": {"low_load": {"p50_ms": None, "p99_ms": None}},
+            "peer_celery": {"decision": {"p50_ms": None, "p99_ms": None}, "pool": None},
+            "heartbeats": {
+                "nodes": None,
+                "apply_lag_p99_ms": None,
+                "false_expiries": None,
+                "cpu_s": None,
+            },
+            "select": {
+                "pool_10": {"p99_us": None},
+                "pool_1000": {"p99_us": None},
+                "pool_10000": {"p99_us": None},
+            },
+            "stats": {"snapshot_build_ms_10000_nodes": None, "get_p99_ms": None},
+        }
+        self.details: dict[str, Any] = {}
+        self.errors: dict[str, str] = {}
+        self.missing: dict[str, str] = {}
+        self.timings: dict[str, float] = {}
+
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def run(self, chosen: list[str]) -> dict[str, Any]:
+        self.work.mkdir(parents=True, exist_ok=True)
+        for name in chosen:
+            if self.left() < 10:
+                self.errors[name] = "skipped: the time budget is spent"
+                continue
+            print(f"\n=== {name} ({self.left():.0f} s left in the budget)", file=sys.stderr)
+            t = time.monotonic()
+            try:
+                getattr(self, f"do_{name}")()
+            except ModuleMissing as exc:
+                self.missing[name] = str(exc)
+                print(f"bench: {name}: {exc}", file=sys.stderr)
+            except Exception as exc:
+                self.errors[name] = f"{type(exc).__name__}: {exc}"
+                traceback.print_exc()
+            self.timings[name] = round(time.monotonic() - t, 1)
+        return self.finish(chosen)
+
+    # -- scenarios ----------------------------------------------------------------------
+    def do_floor(self) -> None:
+        r = scenarios.module_scenario(
+            "floor",
+            duration_s=self.sizes.floor_s,
+            redis_url=self.args.redis_url,
+            amqp_url=self.args.amqp_url,
+        )
+        self.doc["floor"] = {
+            "low_load": _pct(r["low_load"]),
+            "max_sustained_per_s": r["max_sustained_per_s"],
+        }
+
+    def do_dispatch(self) -> None:
+        r = scenarios.dispatch(
+            self.sizes,
+            self.args.redis_url,
+            self.args.amqp_url,
+            self.work,
+            not self.args.no_progress,
+            max(60.0, self.left()),
+        )
+        ph = r["phases"]
+        low, at200 = ph["low_load"], ph["at_200_per_s"]
+        self.doc["dispatch"] = {
+            "low_load": _pct(low["dispatch"]["summary"]),
+            "at_200_per_s": _pct(at200["dispatch"]["summary"]),
+            "max_sustained_per_s": r["max_sustained_per_s"].get("step"),
+        }
+        self.doc["roundtrip"] = {"low_load": _pct(low["roundtrip"]["summary"])}
+        self.details["dispatch"] = {
+            "registered_nodes": r["registration"]["nodes"],
+            "registration": r["registration"],
+            "config": r["config"],
+            "phases": {
+                name: {
+                    **{k: v for k, v in p.items() if k not in ("dispatch", "roundtrip")},
+                    "dispatch": p["dispatch"]["summary"],
+                    "roundtrip": p["roundtrip"]["summary"],
+                }
+                for name, p in ph.items()
+            },
+            "steps": r["steps"],
+            "hops": r["hops"],
+        }
+        self.cdfs = {
+            "dispatch, one in flight": low["dispatch"]["cdf"],
+            "roundtrip, one in flight": low["roundtrip"]["cdf"],
+            "dispatch at 200/s": at200["dispatch"]["cdf"],
+        }
+        self.dispatch_phases = ph
+
+    def do_peer_celery(self) -> None:
+        r = scenarios.module_scenario(
+            "peer_celery",
+            redis_url=self.args.redis_url,
+            amqp_url=self.args.amqp_url,
+            n=self.sizes.peer_n,
+        )
+        self.doc["peer_celery"] = {"decision": _pct(r["decision"]), "pool": r["pool"]}
+
+    def do_heartbeats(self) -> None:
+        r = scenarios.heartbeats(
+            self.sizes,
+            self.args.redis_url,
+            self.args.amqp_url,
+            self.work,
+            not self.args.no_progress,
+            self.deadline,
+        )
+        tried = [a for a in r["attempts"] if "held" in a]
+        best = r["best"]
+        shown = best or (max(tried, key=lambda a: a["nodes"]) if tried else None)
+        if shown is not None:
+            self.doc["heartbeats"] = {
+                "nodes": best["nodes"] if best else 0,
+                "apply_lag_p99_ms": shown.get("apply_lag_p99_ms"),
+                "false_expiries": shown.get("false_expiries"),
+                "cpu_s": shown.get("cpu_s"),
+            }
+        self.details["heartbeats"] = {
+            "interval_ms": 1000,
+            "seconds": self.sizes.hb_seconds,
+            "attempts": [{k: v for k, v in a.items() if k != "apply_lag"} for a in r["attempts"]],
+        }
+        self.hb_attempts = [a for a in r["attempts"] if "apply_lag" in a]
+
+    def do_select(self) -> None:
+        r = scenarios.module_scenario("select_bench", redis_url=self.args.redis_url)
+        self.doc["select"] = {k: {"p99_us": r[k]["p99_us"]} for k in self.doc["select"]}
+
+    def do_stats(self) -> None:
+        r = scenarios.module_scenario("stats_bench", redis_url=self.args.redis_url)
+        self.doc["stats"] = {
+            "snapshot_build_ms_10000_nodes": r["snapshot_build_ms_10000_nodes"],
+            "get_p99_ms": r["get_p99_ms"],
+        }
+
+    # -- output -------------------------------------------------------------------------
+    def finish(self, chosen: list[str]) -> dict[str, Any]:
+        doc = dict(self.doc)
+        doc["targets"] = compute(self.doc)
+        doc["meta"] = {
+            "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "command": " ".join(["python -m lingua_bench", *sys.argv[1:]]),
+            "quick": self.args.quick,
+            "scenarios": chosen,
+            "seconds": round(time.monotonic() - self.start, 1),
+            "scenario_seconds": self.timings,
+            "machine": machine(),
+            "missing_modules": self.missing,
+            "errors": self.errors,
+        }
+        doc["details"] = self.details
+        doc["meta"]["plots"] = [str(p.name) for p in self.plots()]
+        return doc
+
+    def plots(self) -> list[Path]:
+        made: list[Path | None] = []
+        cdfs = dict(getattr(self, "cdfs", {}))
+        for a in getattr(self, "hb_attempts", []):
+            cdfs[f"heartbeat apply lag, {a['nodes']} nodes at 1 Hz"] = a["apply_lag"]["cdf"]
+        made.append(plot_cdfs(cdfs, self.out_dir / "latency_cdf.png", "latency CDF per scenario"))
+        if getattr(self, "dispatch_phases", None):
+            made.append(
+                plot_timeline(
+                    self.dispatch_phases,
+                    self.out_dir / "timeline_dispatch.png",
+                    "dispatch: jobs per second and p99 per second (closed, 200/s, rate steps)",
+                )
+            )
+        if getattr(self, "hb_attempts", None):
+            phases = {
+                f"{a['nodes']} nodes": {"seconds": a["seconds"], "lag": a["apply_lag"]}
+                for a in self.hb_attempts
+            }
+            made.append(
+                plot_timeline(
+                    phases,
+                    self.out_dir / "timeline_heartbeats.png",
+                    "heartbeats at 1 Hz: sampled beats applied per second and apply-lag p99",
+                    metric="lag",
+                )
+            )
+        return [p for p in made if p is not None]
+
+
+def machine() -> dict[str, Any]:
+    mem_gb = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_gb = round(int(line.split()[1]) / 2**20, 1)
+    except OSError:
+        pass
+    model = None
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpus": os.cpu_count(),
+        "cpu_model": model,
+        "memory_gb": mem_gb,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "load_avg_at_end": list(os.getloadavg()),
+    }
+
+
+def report(doc: dict[str, Any]) -> str:
+    lines = ["", "figures (ms unless named):"]
+    sections = ("floor", "dispatch", "roundtrip", "peer_celery", "heartbeats", "select", "stats")
+    for section in sections:
+        lines.append(f"  {section}: {json.dumps(doc[section])}")
+    lines.append("targets:")
+    for t in doc["targets"].values():
+        mark = {True: "met", False: "MISSED", None: "n/a"}[t["met"]]
+        lines.append(f"  [{mark:>6}] {t['rule']}: value {t['value']}, limit {t['limit']}")
+    if doc["meta"]["missing_modules"]:
+        lines.append(f"missing modules: {', '.join(doc['meta']['missing_modules'])}")
+    if doc["meta"]["errors"]:
+        lines.append(f"errors: {doc['meta']['errors']}")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m lingua_bench", description=__doc__)
+    ap.add_argument("--quick", action="store_true", help="seconds per scenario, small counts")
+    ap.add_argument(
+        "--only",
+        action="append",
+        default=[],
+        help=f"run only this scenario (repeatable): {', '.join(SCENARIOS)} (roundtrip = dispatch)",
+    )
+    ap.add_argument("--out-dir", type=Path, default=Path("bench/results"))
+    ap.add_argument(
+        "--redis-url",
+        default=os.environ.get("LINGUA_BENCH_REDIS_URL", "redis://127.0.0.1:6379/11"),
+    )
+    ap.add_argument(
+        "--amqp-url",
+        default=os.environ.get("LINGUA_BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/"),
+    )
+    ap.add_argument("--budget-s", type=float, default=BUDGET_S, help="wall-clock bound")
+    ap.add_argument("--no-progress", action="store_true")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        require_loopback(args.redis_url)
+        require_loopback(args.amqp_url)
+    except NotLoopback as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 2
+    chosen: list[str] = []
+    for item in args.only:
+        for name in item.split(","):
+            name = ALIASES.get(name.strip(), name.strip())
+            if name not in SCENARIOS:
+                print(f"bench: unknown scenario {name!r}; one of {SCENARIOS}", file=sys.stderr)
+                return 2
+            if name not in chosen:
+                chosen.append(name)
+    chosen = [s for s in SCENARIOS if s in chosen] if chosen else list(SCENARIOS)
+    runner = Runner(args, QUICK if args.quick else FULL)
+    doc = runner.run(chosen)
+    path = args.out_dir / "latest.json"
+    path.write_text(json.dumps(doc, indent=2) + "\n")
+    print(report(doc))
+    print(f"\nwritten: {path} and {', '.join(doc['meta']['plots']) or 'no plots'}")
+    return 1 if doc["meta"]["errors"] else 0
 
 
 if __name__ == "__main__":

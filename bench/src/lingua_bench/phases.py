@@ -1,0 +1,122 @@
+"""What a load-generator run does, phase by phase, and the figures each phase keeps.
+
+Phase specs on the command line (``--phase``):
+
+- ``NAME=closed:SECONDS`` — one utterance in flight: send, wait for its result, send the next;
+- ``NAME=open:RATE:SECONDS`` — open loop: utterances at ``RATE``/s whatever the answers;
+- ``NAME=step:START:FACTOR:MAX:SECONDS`` — open-loop steps from ``START``/s, times ``FACTOR``
+  each step up to ``MAX``/s, until a step's dispatch p99 exceeds the limit or it loses work;
+  then one step between the last good and the first bad rate;
+- ``NAME=heartbeats:SECONDS`` — nodes only: apply lag and expiries while they beat.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from lingua_bench.hist import Latency
+
+KINDS = ("closed", "open", "step", "heartbeats")
+
+
+class PhaseSpecError(ValueError):
+    """A ``--phase`` argument that does not parse."""
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str
+    kind: str
+    seconds: float
+    rate: float = 0.0
+    start_rate: float = 0.0
+    factor: float = 0.0
+    max_rate: float = 0.0
+
+
+def parse_phase(text: str) -> Phase:
+    name, sep, body = text.partition("=")
+    if not sep or not name or not body:
+        raise PhaseSpecError(f"phase {text!r}: expected NAME=KIND:ARGS")
+    kind, *args = body.split(":")
+    want = {"closed": 1, "open": 2, "step": 4, "heartbeats": 1}
+    if kind not in want:
+        raise PhaseSpecError(f"phase {text!r}: kind must be one of {', '.join(KINDS)}")
+    if len(args) != want[kind]:
+        raise PhaseSpecError(f"phase {text!r}: {kind} takes {want[kind]} argument(s)")
+    try:
+        nums = [float(a) for a in args]
+    except ValueError:
+        raise PhaseSpecError(f"phase {text!r}: arguments must be numbers") from None
+    if any(n <= 0 for n in nums):
+        raise PhaseSpecError(f"phase {text!r}: arguments must be > 0")
+    if kind == "open":
+        return Phase(name, kind, nums[1], rate=nums[0])
+    if kind == "step":
+        start, factor, top, secs = nums
+        if factor <= 1 or top < start:
+            raise PhaseSpecError(f"phase {text!r}: FACTOR must be > 1 and MAX >= START")
+        return Phase(name, kind, secs, start_rate=start, factor=factor, max_rate=top)
+    return Phase(name, kind, nums[0])
+
+
+@dataclass
+class PhaseStats:
+    """Figures of one phase (or one step of a step phase)."""
+
+    name: str
+    kind: str
+    t0_ns: int
+    offered_rate: float = 0.0
+    sent: int = 0
+    assigned: int = 0
+    redispatched: int = 0
+    completed: int = 0
+    unanswered: int = 0
+    errors: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    cpu_s: dict[str, float] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+    dispatch: Latency = field(init=False)
+    roundtrip: Latency = field(init=False)
+    send_lag: Latency = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.dispatch = Latency(f"{self.name}.dispatch", self.t0_ns)
+        self.roundtrip = Latency(f"{self.name}.roundtrip", self.t0_ns)
+        self.send_lag = Latency(f"{self.name}.send_lag", self.t0_ns)
+
+    def error(self, code: str) -> None:
+        self.errors[code] = self.errors.get(code, 0) + 1
+
+    def held(self, p99_limit_ms: float) -> bool:
+        """A rate holds when its dispatch p99 is within the limit and nothing was lost."""
+        p99 = self.dispatch.percentile_ms(99)
+        return (
+            p99 is not None
+            and p99 <= p99_limit_ms
+            and self.sent > 0
+            and self.completed >= 0.99 * self.sent
+            and not self.errors
+        )
+
+    def export(self) -> dict[str, Any]:
+        achieved = round(self.completed / self.seconds, 1) if self.seconds else None
+        return {
+            "kind": self.kind,
+            "offered_rate_per_s": self.offered_rate or None,
+            "achieved_rate_per_s": achieved if self.kind != "heartbeats" else None,
+            "seconds": round(self.seconds, 2),
+            "sent": self.sent,
+            "assigned": self.assigned,
+            "redispatched": self.redispatched,
+            "completed": self.completed,
+            "unanswered": self.unanswered,
+            "errors": self.errors,
+            "cpu_s": self.cpu_s,
+            "dispatch": self.dispatch.export(),
+            "roundtrip": self.roundtrip.export(),
+            "send_lag": self.send_lag.summary(),
+            **self.extra,
+        }

@@ -1,0 +1,105 @@
+"""The targets of the benchmark issue, computed from one run's figures.
+
+Every target compares figures of the same invocation (the machine is shared and noisy:
+ratios within one run mean more than absolute figures across runs). A target whose inputs
+are missing (a scenario skipped or not in the checkout) has ``met: null`` and says why.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def _get(doc: dict[str, Any], path: str) -> float | None:
+    cur: Any = doc
+    for part in path.split("."):
+        if not isinstance(cur, dict) or part not in cur:
+            return None
+        cur = cur[part]
+    return float(cur) if isinstance(cur, int | float) and not isinstance(cur, bool) else None
+
+
+def _target(
+    value: float | None, limit: float | None, op: str, what: str, missing: list[str]
+) -> dict[str, Any]:
+    out: dict[str, Any] = {"value": value, "limit": limit, "rule": what}
+    if value is None or limit is None:
+        out["met"] = None
+        out["missing"] = missing
+        return out
+    out["limit"] = round(limit, 3)
+    out["met"] = {
+        "<=": value <= limit,
+        "<": value < limit,
+        ">=": value >= limit,
+        "==": value == limit,
+    }[op]
+    return out
+
+
+def compute(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    g = lambda p: _get(doc, p)  # noqa: E731
+    miss = lambda *paths: [p for p in paths if g(p) is None]  # noqa: E731
+
+    floor_p50 = g("floor.low_load.p50_ms")
+    floor_max = g("floor.max_sustained_per_s")
+    peer_p50 = g("peer_celery.decision.p50_ms")
+    sel10 = g("select.pool_10.p99_us")
+    return {
+        "dispatch_low_load_p50_vs_floor": _target(
+            g("dispatch.low_load.p50_ms"),
+            2 * floor_p50 if floor_p50 is not None else None,
+            "<=",
+            "dispatch.low_load.p50_ms <= 2 x floor.low_load.p50_ms",
+            miss("dispatch.low_load.p50_ms", "floor.low_load.p50_ms"),
+        ),
+        "dispatch_at_200_per_s_p99": _target(
+            g("dispatch.at_200_per_s.p99_ms"),
+            10.0,
+            "<=",
+            "dispatch.at_200_per_s.p99_ms <= 10",
+            miss("dispatch.at_200_per_s.p99_ms"),
+        ),
+        "dispatch_max_sustained_vs_floor": _target(
+            g("dispatch.max_sustained_per_s"),
+            0.6 * floor_max if floor_max is not None else None,
+            ">=",
+            "dispatch.max_sustained_per_s >= 0.6 x floor.max_sustained_per_s",
+            miss("dispatch.max_sustained_per_s", "floor.max_sustained_per_s"),
+        ),
+        "dispatch_low_load_p50_below_peer": _target(
+            g("dispatch.low_load.p50_ms"),
+            peer_p50,
+            "<",
+            "dispatch.low_load.p50_ms < peer_celery.decision.p50_ms",
+            miss("dispatch.low_load.p50_ms", "peer_celery.decision.p50_ms"),
+        ),
+        "heartbeats_nodes": _target(
+            g("heartbeats.nodes"),
+            10_000.0,
+            ">=",
+            "heartbeats.nodes >= 10,000 at 1 Hz for 60 s",
+            miss("heartbeats.nodes"),
+        ),
+        "heartbeats_false_expiries": _target(
+            g("heartbeats.false_expiries"),
+            0.0,
+            "==",
+            "heartbeats.false_expiries == 0",
+            miss("heartbeats.false_expiries"),
+        ),
+        "heartbeats_apply_lag_p99": _target(
+            g("heartbeats.apply_lag_p99_ms"),
+            1000.0,
+            "<=",
+            "heartbeats.apply_lag_p99_ms <= 1000",
+            miss("heartbeats.apply_lag_p99_ms"),
+        ),
+        "select_pool_10000_vs_10": _target(
+            g("select.pool_10000.p99_us"),
+            1.5 * sel10 if sel10 is not None else None,
+            "<=",
+            "select.pool_10000.p99_us <= 1.5 x select.pool_10.p99_us",
+            miss("select.pool_10000.p99_us", "select.pool_10.p99_us"),
+        ),
+    }

@@ -1,0 +1,85 @@
+"""The bench runs end to end for a few seconds and writes valid JSON with every field the
+benchmark issue names. Figures are never asserted (the machine is shared and noisy): only
+that each scenario produced a number of the right kind."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def run_bench(tmp_path: Path, redis_url: str, amqp_url: str, *only: str) -> dict:
+    env = {**os.environ, "LINGUA_BENCH_REDIS_URL": redis_url, "LINGUA_BENCH_AMQP_URL": amqp_url}
+    args = [f"--only={o}" for o in only]
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "lingua_bench",
+            "--quick",
+            "--no-progress",
+            "--out-dir",
+            str(tmp_path),
+            "--budget-s",
+            "100",
+            *args,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads((tmp_path / "latest.json").read_text())
+
+
+def is_positive(v: object) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and v > 0
+
+
+@pytest.mark.timeout(120)
+def test_quick_dispatch_and_heartbeats_write_every_field(
+    tmp_path: Path, redis_url: str, amqp_url: str
+) -> None:
+    doc = run_bench(tmp_path, redis_url, amqp_url, "dispatch", "heartbeats")
+
+    assert set(doc) >= {
+        "floor",
+        "dispatch",
+        "roundtrip",
+        "peer_celery",
+        "heartbeats",
+        "select",
+        "stats",
+        "targets",
+        "meta",
+    }
+    for name in ("low_load", "at_200_per_s"):
+        d = doc["dispatch"][name]
+        assert is_positive(d["p50_ms"]) and is_positive(d["p99_ms"]), d
+        assert d["p50_ms"] <= d["p99_ms"]
+    assert isinstance(doc["dispatch"]["max_sustained_per_s"], int | float)
+    rt = doc["roundtrip"]["low_load"]
+    # a round trip contains the dispatch leg: its median cannot be the shorter one
+    assert rt["p50_ms"] >= doc["dispatch"]["low_load"]["p50_ms"]
+
+    hb = doc["heartbeats"]
+    assert hb["nodes"] >= 0 and isinstance(hb["false_expiries"], int)
+    assert is_positive(hb["apply_lag_p99_ms"])
+    assert {"gateway", "node-manager", "loadgen"} <= set(hb["cpu_s"])
+
+    t = doc["targets"]["dispatch_at_200_per_s_p99"]
+    assert t["limit"] == 10.0 and t["met"] == (t["value"] <= 10.0)
+    # scenarios not run leave their fields present and null, and their targets unknown
+    assert doc["stats"]["get_p99_ms"] is None
+    assert doc["targets"]["select_pool_10000_vs_10"]["met"] is None
+    assert doc["meta"]["errors"] == {}
+    for png in doc["meta"]["plots"]:
+        assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

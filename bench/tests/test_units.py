@@ -1,0 +1,108 @@
+"""Pure parts of the bench: phase specs, the loopback guard, targets, histograms."""
+
+from __future__ import annotations
+
+import pytest
+
+from lingua_bench.fleet import cpu_to_seq, seq_to_cpu
+from lingua_bench.guard import NotLoopback, require_loopback
+from lingua_bench.hist import Latency
+from lingua_bench.loadgen import hop_breakdown
+from lingua_bench.phases import PhaseSpecError, parse_phase
+from lingua_bench.targets import compute
+
+
+def test_phase_specs_parse() -> None:
+    assert parse_phase("low=closed:5").kind == "closed"
+    p = parse_phase("r=open:200:10")
+    assert (p.rate, p.seconds) == (200, 10)
+    s = parse_phase("s=step:100:1.5:1000:4")
+    assert (s.start_rate, s.factor, s.max_rate, s.seconds) == (100, 1.5, 1000, 4)
+
+
+@pytest.mark.parametrize(
+    "bad", ["closed:5", "x=warp:1", "x=open:200", "x=open:a:1", "x=step:100:1:50:1", "x=closed:0"]
+)
+def test_bad_phase_specs_are_typed_errors(bad: str) -> None:
+    with pytest.raises(PhaseSpecError):
+        parse_phase(bad)
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "ws://127.0.0.1:5010",
+        "redis://localhost:6379/1",
+        "amqp://g:g@127.0.0.5:5672/",
+        "ws://[::1]:80",
+    ],
+)
+def test_loopback_accepted(url: str) -> None:
+    assert require_loopback(url) == url
+
+
+@pytest.mark.parametrize("url", ["ws://10.0.0.1:5010", "ws://example.com/", "ws:///x", "nope"])
+def test_non_loopback_refused(url: str) -> None:
+    with pytest.raises(NotLoopback):
+        require_loopback(url)
+
+
+def test_heartbeat_sequence_round_trips_through_cpu_percent() -> None:
+    for seq in (1, 9, 10, 999, 1000, 1234):
+        cpu = seq_to_cpu(seq)
+        assert 0 <= cpu < 100
+        assert cpu_to_seq(float(str(cpu))) == seq % 1000
+
+
+def test_latency_percentiles_and_timeline() -> None:
+    lat = Latency("x", 0)
+    for i in range(1, 101):
+        lat.record_ns(i * 1_000_000, at_ns=(i % 3) * 1_000_000_000)
+    s = lat.summary()
+    assert s["count"] == 100
+    assert 49.5 <= s["p50_ms"] <= 50.5 and 98.5 <= s["p99_ms"] <= 99.5
+    assert [p["t_s"] for p in lat.timeline()] == [0.0, 1.0, 2.0]
+    assert lat.cdf()[-1][1] == 1.0
+
+
+def test_targets_compare_within_the_run_and_say_what_is_missing() -> None:
+    doc = {
+        "floor": {"low_load": {"p50_ms": 1.0}, "max_sustained_per_s": 1000},
+        "dispatch": {
+            "low_load": {"p50_ms": 2.5},
+            "at_200_per_s": {"p99_ms": 9.0},
+            "max_sustained_per_s": 600,
+        },
+        "heartbeats": {"nodes": 10000, "false_expiries": 0, "apply_lag_p99_ms": 200},
+    }
+    t = compute(doc)
+    assert t["dispatch_low_load_p50_vs_floor"] == {
+        "value": 2.5,
+        "limit": 2.0,
+        "rule": t["dispatch_low_load_p50_vs_floor"]["rule"],
+        "met": False,
+    }
+    assert t["dispatch_at_200_per_s_p99"]["met"] is True
+    assert t["dispatch_max_sustained_vs_floor"]["met"] is True
+    assert t["heartbeats_false_expiries"]["met"] is True
+    peer = t["dispatch_low_load_p50_below_peer"]
+    assert peer["met"] is None and peer["missing"] == ["peer_celery.decision.p50_ms"]
+
+
+def test_hop_breakdown_means_per_leg() -> None:
+    hop = {
+        "client_send": 0.0,
+        "received_at_ms": 1.0,
+        "created_at": 2.0,
+        "assigned_at": 2.5,
+        "node_recv": 4.0,
+        "acked_at": 4.5,
+        "finished_at": 5.0,
+        "client_recv": 7.0,
+    }
+    out = hop_breakdown([hop, {**hop, "client_recv": 9.0}, {"client_send": 1.0}])
+    assert out["jobs"] == 2
+    legs = out["legs_ms"]
+    assert legs["client -> gateway (ws, parse)"]["mean"] == 1.0
+    assert legs["finished -> client (broker, gateway, ws)"]["mean"] == 3.0
+    assert out["roundtrip_mean_ms"] == 8.0
