@@ -16,7 +16,7 @@ from typing import Any
 
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from prometheus_client import CollectorRegistry, generate_latest
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
 
 from lingua_shared.bus import Publisher, Topology, connect, declare_topology
@@ -101,12 +101,19 @@ class Infra:
     @contextlib.asynccontextmanager
     async def open(cls, settings: Settings) -> AsyncIterator[Infra]:
         async with contextlib.AsyncExitStack() as stack:
-            redis = Redis.from_url(
+            # A blocking pool: when every connection is busy (a backlog of deliveries), a
+            # command waits for one instead of failing at once with MaxConnectionsError, which
+            # would requeue the delivery and turn a burst into seconds-long stalls.
+            pool = BlockingConnectionPool.from_url(
                 settings.redis_url,
+                max_connections=settings.redis_max_connections,
+                timeout=settings.redis_pool_timeout_s,
                 socket_timeout=5,
                 socket_connect_timeout=5,
                 health_check_interval=15,
             )
+            redis = Redis(connection_pool=pool)
+            stack.push_async_callback(bounded, pool.aclose(), "redis.pool_close")
             stack.push_async_callback(bounded, redis.aclose(), "redis.close")
             keys = Keys(settings.cell)
             lua_dir = find_lua_dir(settings.lua_dir)  # a missing lua/ is not a Redis outage

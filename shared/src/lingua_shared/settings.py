@@ -125,6 +125,12 @@ class Settings(BaseSettings):
         256_000, description="per client connection (16 kHz PCM16 is 32 kB/s of speech)"
     )
     ws_rate_burst_s: float = Field(2.0, description="a connection may burst this many seconds")
+    redis_max_connections: int = Field(
+        64, description="connections per process; beyond it commands wait for a free one"
+    )
+    redis_pool_timeout_s: float = Field(
+        5.0, description="how long a command waits for a free connection before failing"
+    )
     redis_allow_eviction: bool = Field(
         False, description="production starts only on a noeviction Redis unless this is set"
     )
