@@ -8,6 +8,7 @@ database or broker, because the servers are shared with other runs and the test 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -17,13 +18,14 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterable, Sequence
-from typing import IO, Any
+from collections.abc import Coroutine, Iterable, Sequence
+from typing import IO, Any, TypeVar
 
 from hdrh.histogram import HdrHistogram
 from redis.asyncio import Redis
 
 from lingua_shared.keys import Keys
+from lingua_shared.runtime import install_uvloop
 from lingua_shared.scripts import Scripts
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -33,6 +35,20 @@ DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 PAIR = ("zh", "en")
 NODE_SERVICES = {"asr": ["en", "zh"], "semantic": ["en", "zh"]}
 NODE_TTL_MS = 600_000
+
+
+T = TypeVar("T")
+
+
+def run_async(coro: Coroutine[Any, Any, T]) -> T:
+    """``asyncio.run`` on uvloop, as the services run, leaving the caller's loop policy as it
+    was (a runner or a test session goes on with its own)."""
+    policy = asyncio.get_event_loop_policy()
+    install_uvloop()
+    try:
+        return asyncio.run(coro)
+    finally:
+        asyncio.set_event_loop_policy(policy)
 
 
 class BenchError(RuntimeError):
@@ -207,10 +223,10 @@ class Child:
             raise BenchError(f"{self.name} exited with {self.proc.wait()} before it was ready")
         return line.strip()
 
-    def stop(self, grace_s: float = 10.0) -> int | None:
+    def stop(self, grace_s: float = 10.0, sig: int = signal.SIGTERM) -> int | None:
         if self.proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(self.proc.pid, signal.SIGTERM)
+                os.kill(self.proc.pid, sig)
             try:
                 self.proc.wait(grace_s)
             except subprocess.TimeoutExpired:

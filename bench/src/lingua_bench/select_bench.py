@@ -14,7 +14,6 @@ roughly what the script itself costs inside Redis.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import time
 from typing import Any
 
@@ -29,10 +28,10 @@ from lingua_bench._base_common import (
     emit,
     log,
     register_pool,
+    run_async,
     unique_prefix,
 )
 from lingua_shared.keys import Keys
-from lingua_shared.runtime import install_uvloop
 from lingua_shared.scripts import Scripts
 
 POOL_SIZES = (10, 1_000, 10_000)
@@ -161,8 +160,7 @@ def run(
     sizes: tuple[int, ...] = POOL_SIZES,
 ) -> dict[str, Any]:
     """``{"pool_10": {"p50_us", "p99_us", ...}, "pool_1000": ..., "pool_10000": ...}``."""
-    install_uvloop()
-    return asyncio.run(arun(redis_url, samples, sizes))
+    return run_async(arun(redis_url, samples, sizes))
 
 
 def main() -> None:

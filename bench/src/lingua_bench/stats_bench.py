@@ -4,13 +4,13 @@ Registers nodes (register + heartbeat scripts, pipelined) in a cell of its own, 
 :func:`build_snapshot` (median and max of 5) and ``GET /api/v1/stats`` through
 ``httpx.ASGITransport`` (p99 of ``gets`` requests) at 10 and at ``nodes`` nodes. The GET
 figure should not grow with the node count: the request only copies pre-serialized bytes.
-Deletes its cell afterwards (never the whole database: the server is shared).
+Deletes its cell afterwards (never the whole database: the server is shared), and the bus
+topology the stats app declares at start-up under the run's prefix.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import statistics
 import time
 from typing import Any
@@ -19,16 +19,20 @@ import httpx
 from redis.asyncio import Redis
 
 from lingua_bench._base_common import (
+    DEFAULT_AMQP_URL,
     DEFAULT_REDIS_URL,
     BenchError,
     Latency,
+    delete_bus,
     delete_cell,
     emit,
     log,
+    run_async,
     unique_prefix,
 )
+from lingua_shared.bus import Topology
 from lingua_shared.keys import Keys
-from lingua_shared.runtime import install_uvloop, now_ms
+from lingua_shared.runtime import now_ms
 from lingua_shared.scripts import Scripts
 from lingua_shared.settings import Settings
 from lingua_stats.app import create_app
@@ -99,14 +103,22 @@ async def measure(settings: Settings, redis: Redis, keys: Keys, gets: int) -> di
 
 
 async def arun(
-    redis_url: str = DEFAULT_REDIS_URL, nodes: int = 10_000, gets: int = 2_000
+    redis_url: str = DEFAULT_REDIS_URL,
+    nodes: int = 10_000,
+    gets: int = 2_000,
+    amqp_url: str = DEFAULT_AMQP_URL,
 ) -> dict[str, Any]:
     if nodes <= SMALL or gets < 1:
         raise ValueError(f"need nodes > {SMALL} and gets >= 1 (got {nodes}, {gets})")
     cell = unique_prefix("stats")
     # a long interval: no background rebuild competes with the measured requests
     settings = Settings(
-        redis_url=redis_url, cell=cell, bus_prefix=cell, stats_interval_s=3600, log_level="WARNING"
+        redis_url=redis_url,
+        amqp_url=amqp_url,
+        cell=cell,
+        bus_prefix=cell,
+        stats_interval_s=3600,
+        log_level="WARNING",
     )
     redis = Redis.from_url(redis_url, socket_timeout=30, socket_connect_timeout=5)
     keys = Keys(cell)
@@ -121,6 +133,12 @@ async def arun(
     finally:
         await delete_cell(redis, cell)
         await redis.aclose()
+        topo = Topology(cell)
+        await delete_bus(
+            amqp_url,
+            [e.name for e in topo.exchanges()],
+            [topo.dead, topo.node_manager_queue, topo.dispatcher_queue],
+        )
     return {
         "snapshot_build_ms_10000_nodes": large["build_ms_median"],
         "get_p99_ms": max(small["get_p99_ms"], large["get_p99_ms"]),
@@ -132,11 +150,15 @@ async def arun(
     }
 
 
-def run(redis_url: str = DEFAULT_REDIS_URL, nodes: int = 10_000, gets: int = 2_000) -> dict:
+def run(
+    redis_url: str = DEFAULT_REDIS_URL,
+    nodes: int = 10_000,
+    gets: int = 2_000,
+    amqp_url: str = DEFAULT_AMQP_URL,
+) -> dict[str, Any]:
     """``{"snapshot_build_ms_10000_nodes": float, "get_p99_ms": float, ...}`` (build time is
     for ``nodes`` nodes; the key keeps its name so a report reads the same at any size)."""
-    install_uvloop()
-    return asyncio.run(arun(redis_url, nodes, gets))
+    return run_async(arun(redis_url, nodes, gets, amqp_url))
 
 
 def report(f: dict[str, Any]) -> None:
@@ -158,8 +180,9 @@ def main() -> None:
     ap.add_argument("--redis-url", default=DEFAULT_REDIS_URL)
     ap.add_argument("--nodes", type=int, default=10_000)
     ap.add_argument("--gets", type=int, default=2_000)
+    ap.add_argument("--amqp-url", default=DEFAULT_AMQP_URL)
     args = ap.parse_args()
-    emit(run(args.redis_url, args.nodes, args.gets))
+    emit(run(args.redis_url, args.nodes, args.gets, args.amqp_url))
 
 
 if __name__ == "__main__":
