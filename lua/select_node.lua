@@ -129,6 +129,10 @@ for i, shard_id in ipairs(shards) do
     end
   end
   if best_node and i == 1 and shard_id == preferred and policy == 'pack' then break end
+  -- pack keeps the first of equally loaded nodes, so once it holds an idle one (score 0, the
+  -- lowest there is) the shards left could only tie: reading them would cost a round of
+  -- calls per shard (40 shards at 10,000 nodes of a pair) and change nothing
+  if best_score ~= nil and best_score <= 0 and policy == 'pack' then break end
 end
 
 for reason, count in pairs(excluded) do

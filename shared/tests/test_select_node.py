@@ -425,6 +425,38 @@ async def test_pack_keeps_a_session_on_its_shard_and_spills_when_full(
     assert (await select(scripts, "j4")).node_id == "b1"
 
 
+async def test_pack_stops_at_an_idle_node_and_reads_no_further_shard(
+    redis: Redis, keys: Keys, scripts: Scripts
+):
+    """Nothing beats an idle node (score 0), so pack reads no other shard once it has one:
+    its cost stays that of one shard however many shards cover the pair."""
+    regions = ("eu", "us", "ap", "sa")
+    for region in regions:
+        # in every shard a cooling node sorts before an idle one: each shard read counts one
+        # service_unavailable exclusion
+        await join(scripts, f"a-cool-{region}", capacity=4, region=region)
+        await join(scripts, f"b-idle-{region}", capacity=4, region=region)
+        await scripts.service_cooldown(
+            node_id=f"a-cool-{region}", service="asr", until_ms=NOW + 60_000
+        )
+    assert await redis.scard(keys.pair("zh", "en")) == len(regions)
+    await new_job(scripts, "j0", "s-none")  # no session record: no preferred shard
+    r = await select(scripts, "j0")
+    assert r.code == 1
+    assert r.node_id == f"b-idle-{r.shard_id.split(':')[1]}"
+    assert await counts(redis, keys.exclusions) == {"service_unavailable": 1}
+
+    # a loaded best is no reason to stop: every other shard is read for a lower score
+    await release(scripts, "j0", 1)
+    for region in regions:
+        await set_load(redis, keys, scripts, f"b-idle-{region}", running=2)  # 0.5
+    await set_load(redis, keys, scripts, "b-idle-sa", running=1)  # 0.25: the least loaded
+    await redis.delete(keys.exclusions)
+    await new_job(scripts, "j1", "s-none", index=1)
+    assert (await select(scripts, "j1")).node_id == "b-idle-sa"
+    assert await counts(redis, keys.exclusions) == {"service_unavailable": len(regions)}
+
+
 async def test_spread_ignores_affinity_and_balances_equal_nodes(
     redis: Redis, keys: Keys, scripts: Scripts
 ):

@@ -1,0 +1,177 @@
+"""The Celery side of :mod:`lingua_bench.peer_celery`: the app, its one task, and the client
+process that calls it.
+
+Configured from the environment (``BENCHBASE_CELERY_*``) because the worker is started by
+``celery -A lingua_bench._base_celery_app worker``, which imports this module. The app is
+what a Python team would write: RabbitMQ as broker, the Redis result backend, defaults
+otherwise, minus the chatter a benchmark does not need (no events, no remote control, no
+gossip) so that nothing but the task crosses the broker.
+
+The task body runs our real ``select_node.lua`` (loaded by lingua_shared's loader, arguments
+built by its wrappers) and then releases the slot with ``job_release``: one scheduling
+decision that leaves the pool as it found it. Celery workers are synchronous, so the task
+uses redis-py's synchronous client with the same scripts.
+
+``python -m lingua_bench._base_celery_app client --n N`` is the client process: it creates
+the jobs (untimed), warms up, then times ``apply_async().get()`` one at a time and prints
+``{"p50_ms", "p99_ms", ...}`` as JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import redis
+from celery import Celery
+
+from lingua_shared.job_scripts import JobScriptsMixin
+from lingua_shared.keys import Keys
+from lingua_shared.scripts import find_lua_dir, load_source
+
+ENV = "BENCHBASE_CELERY_"
+PAIR = ("zh", "en")
+
+
+def env(name: str, default: str = "") -> str:
+    return os.environ.get(ENV + name, default)
+
+
+QUEUE = env("QUEUE", "benchbase-celery")
+CELL = env("CELL", "benchbase-celery")
+
+app = Celery(
+    "lingua_bench_peer",
+    broker=env("BROKER", "amqp://guest:guest@127.0.0.1:5672//"),
+    backend=env("BACKEND", "redis://127.0.0.1:6379/0"),
+)
+app.conf.update(
+    task_default_queue=QUEUE,
+    task_default_exchange=QUEUE,
+    task_default_routing_key=QUEUE,
+    task_serializer="json",
+    result_serializer="json",
+    accept_content=["json"],
+    result_expires=300,
+    # every key the backend writes carries the run's prefix, so cleanup is exact
+    result_backend_transport_options={"global_keyprefix": f"{QUEUE}:"},
+    worker_prefetch_multiplier=1,
+    worker_send_task_events=False,
+    worker_enable_remote_control=False,
+    worker_hijack_root_logger=False,
+    broker_connection_retry_on_startup=True,
+)
+
+
+class _Args(JobScriptsMixin):
+    """lingua_shared's argument builders and reply parsers, without an async client."""
+
+    def __init__(self, keys: Keys) -> None:
+        self.keys = keys
+
+
+class _Scripts:
+    """The two scripts on a synchronous client; one per process (prefork children too)."""
+
+    def __init__(self) -> None:
+        lua_dir = find_lua_dir(env("LUA_DIR") or None)
+        self.redis = redis.Redis.from_url(env("REDIS", "redis://127.0.0.1:6379/0"))
+        self.select = self.redis.register_script(load_source(lua_dir, "select_node"))
+        self.release = self.redis.register_script(load_source(lua_dir, "job_release"))
+        self.args = _Args(Keys(CELL))
+
+
+_scripts: _Scripts | None = None
+
+
+def scripts() -> _Scripts:
+    global _scripts
+    if _scripts is None:  # lazily: a prefork child must not share its parent's socket
+        _scripts = _Scripts()
+    return _scripts
+
+
+def select_kw(job_id: str, now: int) -> dict[str, Any]:
+    return {
+        "job_id": job_id,
+        "attempt": 1,
+        "now_ms": now,
+        "lease_ms": 3_000,
+        "pair_src": PAIR[0],
+        "pair_tgt": PAIR[1],
+        "services": ["asr", "semantic"],
+        "policy": "pack",
+        "candidates": 8,
+        "wait_until_ms": 0,
+        "retry_ms": 100,
+    }
+
+
+@app.task(name="lingua_bench.decide")
+def decide(job_id: str) -> dict[str, Any]:
+    """Select a node for the job (reserving its slot), then release the slot again."""
+    s = scripts()
+    now = int(time.time() * 1000)
+    k, a = s.args.select_node_args(**select_kw(job_id, now))
+    sel = s.args.parse_select_node(s.select(keys=k, args=a))
+    if sel.code == 1:
+        k, a = s.args.job_release_args(
+            job_id=job_id, attempt=1, reason="bench", now_ms=now, max_attempts=9
+        )
+        s.args.parse_job_release(s.release(keys=k, args=a))
+    return {"code": sel.code, "node_id": sel.node_id}
+
+
+def create_jobs(ids: list[str]) -> None:
+    s = scripts()
+    lua_dir = find_lua_dir(env("LUA_DIR") or None)
+    create = s.redis.register_script(load_source(lua_dir, "job_create"))
+    now = int(time.time() * 1000)
+    pipe = s.redis.pipeline(transaction=False)
+    for i, job_id in enumerate(ids):
+        k, a = s.args.job_create_args(
+            request_key=f"bench:{job_id}",
+            job_id=job_id,
+            now_ms=now,
+            ttl_ms=600_000,
+            fields={"session_id": f"cs-{job_id}", "utterance_index": i},
+            audio="",
+        )
+        create(keys=k, args=a, client=pipe)
+    pipe.execute()
+
+
+def client(n: int, warmup: int, tag: str) -> dict[str, Any]:
+    from lingua_bench._base_common import Latency
+
+    ids = [f"{tag}-{i}" for i in range(n + warmup)]
+    create_jobs(ids)
+    lat = Latency()
+    for i, job_id in enumerate(ids):
+        t = time.perf_counter_ns()
+        out = decide.apply_async((job_id,)).get(timeout=30)
+        elapsed = time.perf_counter_ns() - t
+        if out["code"] != 1:
+            raise RuntimeError(f"select_node found no node for {job_id}: {out}")
+        if i >= warmup:
+            lat.record_ns(elapsed)
+    return {"p50_ms": lat.ms(50), "p99_ms": lat.ms(99), "max_ms": lat.ms(100), "n": lat.count}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("role", choices=("client",))
+    ap.add_argument("--n", type=int, required=True)
+    ap.add_argument("--warmup", type=int, default=100)
+    ap.add_argument("--tag", required=True)
+    args = ap.parse_args()
+    print(json.dumps(client(args.n, args.warmup, args.tag)), flush=True)
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()
