@@ -259,6 +259,16 @@ def valid_registers(draw: st.DrawFn, node_id: str) -> dict[str, Any]:
         msg["max_concurrent_jobs"] = draw(st.integers(1, 8))
     if draw(st.booleans()):
         msg["region"] = draw(st.sampled_from(["eu", "us"]))
+    if draw(st.booleans()):  # an undeclared field the gateway reads when present
+        msg["trace_id"] = draw(small_text)
+    return msg
+
+
+@st.composite
+def registers_with_bad_extras(draw: st.DrawFn, node_id: str) -> dict[str, Any]:
+    """A valid registration but for an undeclared field the gateway reads (``trace_id``)."""
+    msg = draw(valid_registers(node_id))
+    msg["trace_id"] = draw(wrong_values.filter(lambda v: v is not None) | huge_values)
     return msg
 
 
@@ -273,6 +283,18 @@ def valid_heartbeats(node_id: str) -> SearchStrategy[dict[str, Any]]:
     return st.builds(
         lambda ru: {"type": "node_heartbeat", "node_id": node_id, "timestamp": 1, **ru},
         st.fixed_dictionaries({}, optional={"resource_usage": usage}),
+    )
+
+
+def hostile_heartbeats(node_id: str) -> SearchStrategy[dict[str, Any]]:
+    """Well-typed heartbeats of the node whose load figures are absurd (huge, negative)."""
+    absurd = st.sampled_from([-1, -(10**30), 10**30, 2**63, 1.7e308, -1.7e308, 5e-324, 101.5])
+    usage = st.fixed_dictionaries(
+        {},
+        optional={k: absurd for k in ("cpu_percent", "gpu_percent", "mem_percent", "running_jobs")},
+    )
+    return st.builds(
+        lambda ru: {"type": "node_heartbeat", "node_id": node_id, "resource_usage": ru}, usage
     )
 
 
