@@ -341,8 +341,8 @@ def utterances(session_id: str | None) -> SearchStrategy[dict[str, Any]]:
             **({"request_id": rid} if rid else {}),
         },
         audio_bytes(),
-        st.none() | st.integers(-2, 2**32),
-        st.none() | st.text(min_size=0, max_size=260),
+        st.none() | st.integers(0, 50) | st.integers(-2, 2**32),
+        st.none() | st.text(min_size=1, max_size=40) | st.text(min_size=0, max_size=260),
     )
 
 

@@ -34,19 +34,36 @@ NODE_IDS = [f"fz-node-{i}" for i in range(4)]
 SCHEDULER_SENDS = frozenset({"node_control"})  # a reregister request may come at any time
 
 
-def node_frames(node_id: str) -> st.SearchStrategy[Frame]:
-    return st.one_of(
-        hs.text_frames(hs.NODE_MODELS, hs.NODE_TYPES).map(Frame),
-        hs.valid_registers(node_id).map(hs.dumps).map(Frame),
-        hs.registers_with_bad_extras(node_id).map(hs.dumps).map(Frame),
-        hs.valid_heartbeats(node_id).map(hs.dumps).map(Frame),
-        hs.hostile_heartbeats(node_id).map(hs.dumps).map(Frame),
-        st.binary(max_size=64).map(lambda b: Frame(b, "binary")),
-        hs.oversize_frames(HARD_FRAME_LIMIT // 2, HARD_FRAME_LIMIT).map(
-            lambda o: Frame(o.frame(), "binary" if o.binary else "text")
-        ),
-        st.sampled_from([b"\xff\xfe", b'{"type": "\xc3\x28"}']).map(lambda b: Frame(b, "raw_text")),
+def job_messages(node_id: str) -> st.SearchStrategy[dict[str, Any]]:
+    """Well-typed job messages claiming this node, no node, or another one."""
+    models = [m for m in hs.NODE_MODELS if hs.type_tag(m) in JOB_TYPES]
+    claim = st.sampled_from([node_id, None, "fz-other-node"])
+    return st.builds(
+        lambda msg, who: {**msg, "node_id": who},
+        hs.typed_messages(models),
+        claim,
     )
+
+
+def node_frames(node_id: str) -> st.SearchStrategy[Frame]:
+    # one kind of input picked evenly (st.one_of favours its first branches)
+    return st.sampled_from(
+        [
+            hs.text_frames(hs.NODE_MODELS, hs.NODE_TYPES).map(Frame),
+            hs.valid_registers(node_id).map(hs.dumps).map(Frame),
+            hs.registers_with_bad_extras(node_id).map(hs.dumps).map(Frame),
+            job_messages(node_id).map(hs.dumps).map(Frame),
+            hs.valid_heartbeats(node_id).map(hs.dumps).map(Frame),
+            hs.hostile_heartbeats(node_id).map(hs.dumps).map(Frame),
+            st.binary(max_size=64).map(lambda b: Frame(b, "binary")),
+            hs.oversize_frames(HARD_FRAME_LIMIT // 2, HARD_FRAME_LIMIT).map(
+                lambda o: Frame(o.frame(), "binary" if o.binary else "text")
+            ),
+            st.sampled_from([b"\xff\xfe", b'{"type": "\xc3\x28"}']).map(
+                lambda b: Frame(b, "raw_text")
+            ),
+        ]
+    ).flatmap(lambda kind: kind)
 
 
 def expected_silence(frame: Frame, bound: str | None) -> bool:
