@@ -66,8 +66,12 @@ redis.call('HSET', node_key,
   'ttl_ms', ttl,
   'last_heartbeat_ts', now)
 if not existed then
-  -- slot accounting starts at zero; a re-registration keeps it (leases still count)
-  redis.call('HSET', node_key, 'registered_at', now, 'running', 0, 'reserved', 0, 'pool_sig', '')
+  -- slot accounting starts at zero; a re-registration keeps it (leases still count).
+  -- reg_id names this registration for the jobs' fencing (node_reg): the time alone is not
+  -- enough, since a node can leave and register again within one millisecond (or on another
+  -- node-manager replica whose clock reads the same); the connection makes it unique.
+  redis.call('HSET', node_key, 'registered_at', now, 'reg_id', now .. '/' .. conn_id,
+    'running', 0, 'reserved', 0, 'pool_sig', '')
 end
 redis.call('PEXPIRE', node_key, ttl)
 redis.call('SADD', all_key, node_id)

@@ -94,7 +94,7 @@ for i, shard_id in ipairs(shards) do
     if best_score ~= nil and score > best_score then break end  -- sorted: nothing better here
     local node_key = prefix .. 'node:' .. node_id
     local n = redis.call('HMGET', node_key, 'capacity', 'running', 'reserved', 'connected',
-      'status', 'gateway_id', 'conn_id', 'registered_at')
+      'status', 'gateway_id', 'conn_id', 'reg_id', 'registered_at')
     local eligible = true
     if not n[1] then
       -- the node's TTL passed: lazily take it out of the shard with the shard's count (an
@@ -155,7 +155,7 @@ refresh_score(prefix, best_node)
 local tried_list = job[5] or ''
 if tried_list ~= '' then tried_list = tried_list .. ',' end
 redis.call('HSET', job_key, 'state', 'assigned', 'attempt', attempt, 'node_id', best_node,
-  'node_reg', best[8] or '', 'shard', best_shard, 'assigned_at', now,
+  'node_reg', registration_of(best[8], best[9]), 'shard', best_shard, 'assigned_at', now,
   'tried', tried_list .. best_node)
 redis.call('ZADD', prefix .. 'timers', now + lease, job_id)
 if job[4] and redis.call('EXISTS', session_key) == 1 then

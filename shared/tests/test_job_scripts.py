@@ -498,6 +498,43 @@ async def test_a_restarted_node_keeps_its_new_slots_when_old_jobs_end(
     assert await slots(redis, keys, "n1") == (0, 0)
 
 
+async def test_a_node_registered_again_in_the_same_millisecond_owes_nothing_to_old_jobs(
+    redis: Redis, keys: Keys, scripts: Scripts
+):
+    """Found by the scheduling model (test_scheduling_model.py): a goodbye and a new
+    registration in one millisecond gave both registrations the same registered_at, so the
+    old job's ack moved a slot into the new registration's running count, and its end took
+    a slot from a new job's reservation (reserved + running no longer matched the leases)."""
+    await join(scripts, "n1", capacity=1)
+    await open_session(redis, keys)
+    await dispatch(scripts, "old0", index=0)
+    await scripts.node_offline(node_id="n1", mode="graceful", now_ms=NOW)
+    await join(scripts, "n1", capacity=1, conn_id="c-n1-b")  # the same instant, NOW
+    assert (await scripts.job_ack(**ack_kw("old0", "n1", now_ms=NOW))).code == 1
+    assert await slots(redis, keys, "n1") == (0, 0)  # the old lease commits nothing here
+    await dispatch(scripts, "new1", index=1)
+    assert await slots(redis, keys, "n1") == (0, 1)
+    assert (await scripts.job_finish(**finish_kw("old0", "n1", now_ms=NOW))).code == 1
+    assert await slots(redis, keys, "n1") == (0, 1)  # new1 keeps its reservation
+    assert await redis.zscore(keys.pool("en_zh:eu:a100:0"), "n1") == 1.0
+
+
+async def test_jobs_of_a_record_written_before_reg_id_still_free_their_slots(
+    redis: Redis, keys: Keys, scripts: Scripts
+):
+    """A record registered by an older script has registered_at but no reg_id; a job placed
+    on it records registered_at and, when it ends, gives its slot back to that record."""
+    await join(scripts, "n1", capacity=2)
+    await redis.hdel(keys.node("n1"), "reg_id")
+    await open_session(redis, keys)
+    await dispatch(scripts, "j1")
+    assert await redis.hget(keys.job("j1"), "node_reg") == str(NOW).encode()
+    assert (await scripts.job_ack(**ack_kw("j1", "n1"))).code == 1
+    assert await slots(redis, keys, "n1") == (1, 0)
+    assert (await scripts.job_finish(**finish_kw("j1", "n1"))).code == 1
+    assert await slots(redis, keys, "n1") == (0, 0)
+
+
 # --- gaps ------------------------------------------------------------------------------------
 async def test_gap_expire_answers_an_overdue_hole_and_a_late_result_is_refused(
     redis: Redis, keys: Keys, scripts: Scripts

@@ -92,6 +92,7 @@ async def test_create_writes_record_ttl_and_indexes(redis: Redis, keys: Keys, sc
         "ttl_ms": str(TTL),
         "last_heartbeat_ts": str(NOW),
         "registered_at": str(NOW),
+        "reg_id": f"{NOW}/c1",
         "running": "0",
         "reserved": "0",
         "pool_sig": "",
@@ -173,8 +174,10 @@ async def test_reregistration_keeps_slot_accounting_and_pools(
         "registered_at",
         "pool_sig",
         "last_heartbeat_ts",
+        "reg_id",
     )
     assert got[:4] == [b"2", b"1", b"8", str(NOW).encode()]
+    assert got[6] == f"{NOW}/c1".encode()  # the same registration: the leases still count
     assert got[4] == b'[["en","zh"]]|eu|a100'  # the pool signature survives
     assert got[5] == str(NOW + 10).encode()
     # no pool work on re-registration
@@ -193,6 +196,21 @@ async def test_registration_after_expiry_starts_accounting_afresh(
         b"0",
         b"0",
         str(NOW + 99).encode(),
+    ]
+
+
+async def test_a_registration_in_the_same_millisecond_is_still_a_new_registration(
+    redis: Redis, keys: Keys, scripts: Scripts
+):
+    """Found by the scheduling model: a node that leaves and registers again within one
+    millisecond got the same registered_at, so its old jobs' slots were taken from the new
+    registration's counters. reg_id tells the two apart."""
+    await scripts.register_node_v2(**reg(conn_id="c1"))
+    await redis.delete(keys.node("n1"))  # a goodbye (or its TTL) at the same instant
+    await scripts.register_node_v2(**reg(conn_id="c2"))
+    assert await redis.hmget(keys.node("n1"), "registered_at", "reg_id") == [
+        str(NOW).encode(),
+        f"{NOW}/c2".encode(),
     ]
 
 

@@ -63,8 +63,23 @@ NODE_TYPES = frozenset(
     }
 )
 GRACEFUL_CLOSE_CODES = (1000, 1001)
+MAX_TRACE_ID = 128
 JobMessage = JobAck | JobStarted | JobResult | NodeAsrPartial | NodeError
 JOB_MESSAGES = (JobAck, JobStarted, JobResult, NodeAsrPartial, NodeError)
+
+
+def register_trace_id(reg: NodeRegister) -> str | None:
+    """The ``trace_id`` a registration may carry (an undeclared field, so any JSON value):
+    a string of at most ``MAX_TRACE_ID`` characters, else INVALID_MESSAGE. Unchecked, a
+    number or a list here failed building the bus event: INTERNAL_ERROR instead of a typed
+    refusal (found by the hostile-input suite)."""
+    trace_id = getattr(reg, "trace_id", None)
+    if trace_id is None or (isinstance(trace_id, str) and len(trace_id) <= MAX_TRACE_ID):
+        return trace_id
+    raise InvalidMessage(
+        f"trace_id must be a string of at most {MAX_TRACE_ID} characters",
+        {"type": "node_register", "field": "trace_id"},
+    )
 
 
 class NodeConnection:
@@ -200,6 +215,7 @@ class NodeConnection:
             )
         except CapabilityError as exc:
             raise InvalidCapabilitySchema(exc.message, {"missing": exc.missing}) from None
+        trace_id = register_trace_id(reg)
         default_id = self.principal.subject if self.principal else f"node-{uuid.uuid4().hex[:12]}"
         node_id = reg.node_id or default_id
         self.check_identity(node_id)
@@ -219,7 +235,7 @@ class NodeConnection:
             capacity=caps.capacity,
             services=caps.services,
             meta={k: v for k, v in (("version", reg.version), ("platform", reg.platform)) if v},
-            trace_id=getattr(reg, "trace_id", None),
+            trace_id=trace_id,
         )
         reply = await self.gw.register_rpc(event, f"{self.conn_id}:{self._rpc_seq}")
         if not reply.ok:

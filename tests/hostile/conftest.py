@@ -1,0 +1,64 @@
+"""Fixtures of the hostile-input suite: the integration stack (real processes, real Redis and
+RabbitMQ) with limits low enough that fuzzed frames cross them.
+
+``stack_env`` and the report hook come from ``tests/integration/conftest.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import (  # noqa: F401  (fixtures and hook re-exported)
+    Stack,
+    pytest_runtest_makereport,
+    stack_env,
+)
+
+SESSION_FRAME_LIMIT = 16_384  # over it: MESSAGE_TOO_LARGE, the connection stays open
+HARD_FRAME_LIMIT = 65_536  # over it: close 1009 (websockets' max_size)
+HOSTILE_ENV = {
+    "LINGUA_WS_SESSION_MAX_FRAME_BYTES": str(SESSION_FRAME_LIMIT),
+    "LINGUA_WS_MAX_FRAME_BYTES": str(HARD_FRAME_LIMIT),
+    "LINGUA_NO_NODE_WAIT_MS": "200",
+}
+
+
+def _start(
+    env: dict[str, str],
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+    services: list[tuple[str, str]],
+) -> Iterator[Stack]:
+    s = Stack({**env, **HOSTILE_ENV}, tmp_path)
+    try:
+        started = [s.start(name, service) for name, service in services]
+        for p in started:
+            p.wait_ready()
+        yield s
+    finally:
+        codes = s.stop_all()
+        if getattr(request.node, "rep_call_failed", False):
+            print(s.logs())
+        bad = {n: c for n, c in codes.items() if c not in (0, None)}
+        assert not bad, f"services did not exit cleanly on SIGTERM: {bad}\n{s.logs()}"
+
+
+@pytest.fixture
+def node_stack(redis, stack_env, tmp_path, request) -> Iterator[Stack]:  # noqa: F811
+    """node-manager + gateway: registrations are real RPCs, heartbeats reach Redis."""
+    yield from _start(stack_env, tmp_path, request, [("nm-1", "node-manager"), ("gw-a", "gateway")])
+
+
+@pytest.fixture
+def session_stack(redis, stack_env, tmp_path, request) -> Iterator[Stack]:  # noqa: F811
+    """node-manager + dispatcher + gateway: every utterance gets its answer (no node runs,
+    so the answer is NO_AVAILABLE_NODE, typed, at once)."""
+    yield from _start(
+        stack_env,
+        tmp_path,
+        request,
+        [("nm-1", "node-manager"), ("disp-1", "dispatcher"), ("gw-a", "gateway")],
+    )
