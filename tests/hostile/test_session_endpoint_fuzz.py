@@ -219,6 +219,7 @@ async def one_connection(gw: Any, data: st.DataObject, seen: Counter[str]) -> No
             out = await exchange(ws, frame, frozenset())
             sid = judge(frame, out, sid)
             assert sid is not None, out
+            tally(seen, out)  # the valid path counts too: the generated mix may lack an init
         for _ in range(data.draw(st.integers(1, 6), label="frames")):
             frame = data.draw(session_frames(sid), label="frame")
             out = await exchange(ws, frame, frozenset())
