@@ -47,6 +47,11 @@ class Settings(BaseSettings):
     sweep_interval_s: float = 1.0
     reconcile_interval_s: float = Field(30.0, description="N7: display view vs Redis")
     gateway_liveness_ttl_ms: int = 10_000
+    reregister_interval_ms: int = Field(
+        5_000,
+        description="node-manager asks one connection to re-register at most once this often",
+        gt=0,
+    )
 
     # gateway
     ws_max_frame_bytes: int = 1_048_576
