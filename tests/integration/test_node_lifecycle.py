@@ -206,6 +206,42 @@ async def test_redis_flush_makes_nodes_reregister(stack, redis):
             }
 
 
+async def test_a_node_beating_unregistered_is_asked_to_reregister_once_per_window(stack, redis):
+    """Every beat of a node Redis does not know comes back "not registered"; node-manager asks
+    the connection to re-register once per LINGUA_REREGISTER_INTERVAL_MS (5 s), not once per
+    beat, so a mass expiry never becomes a registration storm."""
+    window_s = 5.0
+    controls: list[dict] = []
+    async with connect(stack.gateway_url()) as ws:
+
+        async def read() -> None:
+            async for raw in ws:
+                msg = json.loads(raw)
+                if msg.get("type") == "node_control":
+                    controls.append(msg)
+
+        reader = asyncio.create_task(read())
+        beat = json.dumps({"type": "node_heartbeat", "node_id": "node-unknown"})
+        started = asyncio.get_running_loop().time()
+
+        async def beat_until_suppressed() -> bool:
+            await ws.send(beat)  # one beat per 150 ms: several coalescing windows of 50 ms
+            return metric(stack, "nm-1", "lingua_reregister_suppressed_total") >= 3
+
+        await eventually(beat_until_suppressed, interval=0.15, what="repeated beats suppressed")
+        await eventually(lambda: _value(len(controls)), what="the one reregister request")
+        elapsed = asyncio.get_running_loop().time() - started
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
+    assert all(c["command"] == "reregister" for c in controls), controls
+    assert 1 <= len(controls) <= 1 + int(elapsed / window_s), (len(controls), elapsed)
+    assert metric(stack, "nm-1", "lingua_reregister_requests_total") == len(controls)
+
+
+async def _value(v):
+    return v
+
+
 async def test_every_service_reports_health_readiness_and_metrics(stack):
     for name, p in stack.procs.items():
         for path in ("/healthz", "/readyz", "/metrics"):

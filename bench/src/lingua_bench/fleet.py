@@ -48,6 +48,9 @@ class FleetSpec:
     capacity: int = 4
     id_prefix: str = "bn"
     connect_concurrency: int = 200
+    # new connections per second (None: as fast as ``connect_concurrency`` allows). A real
+    # fleet connects over time; 10,000 nodes all at once measures a thundering herd instead
+    register_per_s: float | None = None
     lang_sets: list[list[str]] = field(default_factory=lambda: [["en", "zh"], ["en", "ja", "zh"]])
     regions: list[str] = field(default_factory=lambda: ["eu", "us"])
     gpu_tiers: list[str] = field(default_factory=lambda: ["a100", "t4"])
@@ -134,14 +137,17 @@ class Fleet:
 
     # -- connection ---------------------------------------------------------------------
     async def connect_all(self, progress: Callable[[int], None] | None = None) -> float:
-        """Connect and register every node (bounded concurrency); returns the seconds taken.
-        Raises ``RuntimeError`` naming how many failed, since a partial fleet would measure
-        something else than what was asked."""
+        """Connect and register every node (bounded concurrency, paced at ``register_per_s``
+        when set); returns the seconds taken. Raises ``RuntimeError`` naming how many failed,
+        since a partial fleet would measure something else than what was asked."""
         sem = asyncio.Semaphore(self.spec.connect_concurrency)
         failed: list[str] = []
         t0 = time.monotonic()
+        rate = self.spec.register_per_s
 
         async def one(node: BenchNode) -> None:
+            if rate:
+                await asyncio.sleep(max(0.0, t0 + node.index / rate - time.monotonic()))
             async with sem:
                 try:
                     await self._connect(node)

@@ -61,6 +61,7 @@ class LoadConfig:
     watch: dict[str, list[int]] = field(default_factory=dict)
     progress: bool = True
     id_prefix: str = "bn"
+    register_per_s: float | None = None
 
     def check(self) -> None:
         require_loopback(self.gateway)
@@ -68,6 +69,8 @@ class LoadConfig:
             require_loopback(self.redis_url)
         if self.nodes < 1 or self.sessions < 0:
             raise ValueError("nodes must be >= 1 and sessions >= 0")
+        if self.register_per_s is not None and self.register_per_s <= 0:
+            raise ValueError("register_per_s must be > 0")
         needs_sessions = any(p.kind != "heartbeats" for p in self.phases)
         if needs_sessions and self.sessions < 1:
             raise ValueError("job phases need at least one session")
@@ -108,6 +111,7 @@ class LoadGen:
                 heartbeat_ms=cfg.heartbeat_ms,
                 capacity=cfg.capacity,
                 id_prefix=cfg.id_prefix,
+                register_per_s=cfg.register_per_s,
             ),
             self.on_assign,
         )
@@ -455,6 +459,11 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--p99-limit-ms", type=float, default=50.0, help="step phases: limit")
     ap.add_argument("--watch", action="append", default=[], help="NAME=PID: CPU per phase")
     ap.add_argument("--id-prefix", default="bn", help="node ids are PREFIX-00000...")
+    ap.add_argument(
+        "--register-per-s",
+        type=float,
+        help="pace new node connections (default: as fast as the gateway answers)",
+    )
     ap.add_argument("--out", type=Path, help="JSON report (default: stdout)")
     ap.add_argument("--plots", type=Path, help="directory for PNG plots")
     ap.add_argument("--no-progress", action="store_true")
@@ -479,6 +488,7 @@ def main(argv: list[str] | None = None) -> int:
             watch=parse_watch(args.watch),
             progress=not args.no_progress,
             id_prefix=args.id_prefix,
+            register_per_s=args.register_per_s,
         )
         gen = LoadGen(cfg)
     except (ValueError, argparse.ArgumentTypeError) as exc:

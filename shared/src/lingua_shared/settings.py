@@ -47,16 +47,36 @@ class Settings(BaseSettings):
     sweep_interval_s: float = 1.0
     reconcile_interval_s: float = Field(30.0, description="N7: display view vs Redis")
     gateway_liveness_ttl_ms: int = 10_000
+    reregister_interval_ms: int = Field(
+        5_000,
+        description="node-manager asks one connection to re-register at most once this often",
+        gt=0,
+    )
 
     # gateway
     ws_max_frame_bytes: int = 1_048_576
     ws_ping_interval_s: float = 5.0
     ws_ping_timeout_s: float = 5.0
+    ws_node_ping_interval_s: float = Field(
+        20.0,
+        description="keepalive pings on /ws/node: nodes prove liveness by heartbeats (their TTL "
+        "ends a silent node's schedulability); pings only find half-open sockets",
+        gt=0,
+    )
     ws_send_timeout_s: float = 5.0
     ws_outbound_queue: int = 256
     heartbeat_batch_ms: int = Field(100, description="coalescing window for node heartbeats")
     heartbeat_batch_max: int = 2_000
     register_timeout_s: float = 5.0
+    gateway_gc_freeze_interval_s: float = Field(
+        1.0,
+        description="gc.freeze() this often, so automatic collections skip long-lived "
+        "connections (0 = the interpreter's defaults)",
+        ge=0,
+    )
+    gateway_gc_full_interval_s: float = Field(
+        600.0, description="one full collection (frozen objects included) this often", gt=0
+    )
     drain_timeout_s: float = 10.0
 
     # sessions (gateway, client side)

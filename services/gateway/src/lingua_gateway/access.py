@@ -16,7 +16,6 @@ its reads: TCP pushes the flood back to the sender and nothing accepted is dropp
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections import Counter
 from urllib.parse import parse_qs, urlsplit
@@ -84,9 +83,3 @@ class ByteRate:
         self.last = now
         self.tokens -= nbytes
         return 0.0 if self.tokens >= 0 else -self.tokens / self.rate
-
-    async def take(self, nbytes: int) -> float:
-        delay = self.delay_for(nbytes)
-        if delay > 0:
-            await asyncio.sleep(delay)
-        return delay

@@ -17,11 +17,12 @@ from websockets.http11 import Request, Response
 
 from lingua_gateway.access import POLICY_CLOSE, Access
 from lingua_gateway.coalescer import HeartbeatCoalescer
+from lingua_gateway.gcpolicy import GcPolicy
 from lingua_gateway.metrics import Metrics
 from lingua_gateway.node_endpoint import NodeConnection
 from lingua_gateway.session_endpoint import SessionConnection
 from lingua_shared.auth import Principal
-from lingua_shared.bus import consume, declare_queue
+from lingua_shared.bus import Publisher, consume, declare_queue
 from lingua_shared.errors import DependencyDown, Unauthorized
 from lingua_shared.events import (
     GATEWAY_INBOUND,
@@ -48,7 +49,7 @@ class Gateway:
         self.sessions: dict[str, SessionConnection] = {}
         self.pending: dict[str, asyncio.Future[RegisterReply]] = {}
         self.coalescer = HeartbeatCoalescer(
-            infra.publisher,
+            infra.publisher,  # replaced by a channel of its own in running_gateway
             settings.instance_id,
             settings.heartbeat_batch_ms,
             settings.heartbeat_batch_max,
@@ -226,7 +227,19 @@ async def running_gateway(settings: Settings) -> AsyncIterator[tuple[Gateway, Se
         infra.consumers["deliver"] = await consume(
             queue, GATEWAY_INBOUND, gw.on_delivery, name="deliver"
         )
+        # Heartbeat batches get a channel of their own: publishes on one channel take turns
+        # (aiormq holds its lock until each frame is written), so behind a burst of
+        # registration RPCs a batch waited seconds, past a 1 Hz node's 3 s TTL.
+        gw.coalescer.publisher = await Publisher.open(
+            infra.amqp, infra.topo, settings.amqp_confirm_timeout_s
+        )
         gw.coalescer.start()
+        gc_policy = GcPolicy(
+            settings.gateway_gc_freeze_interval_s,
+            settings.gateway_gc_full_interval_s,
+            metrics.gc_pause,
+        )
+        gc_policy.start()
         liveness = asyncio.create_task(gw.liveness_loop())
         server = await serve(
             gw.handler,
@@ -250,6 +263,7 @@ async def running_gateway(settings: Settings) -> AsyncIterator[tuple[Gateway, Se
             liveness.cancel()
             with contextlib.suppress(BaseException):
                 await liveness
+            await gc_policy.stop()
             with contextlib.suppress(Exception):
                 await infra.redis.delete(infra.keys.gateway(settings.instance_id))
             log.info("gateway.stopped", instance_id=settings.instance_id)

@@ -102,7 +102,26 @@ class NodeConnection:
         self.gw.metrics.errors_sent.labels(ENDPOINT, msg.code).inc()
         self.out.send(msg.to_wire())
 
+    def use_node_keepalive(self) -> None:
+        """Ping this socket every ``ws_node_ping_interval_s`` instead of the server's interval.
+
+        A node proves it is alive with heartbeats: the TTL of its record (three intervals) ends
+        its schedulability whether or not the socket is noticed dead. Pings are then only for
+        half-open sockets (peer gone without a FIN): with 20 s + the ping timeout such a socket
+        is closed (a *drop*) within ~25 s instead of ~10 s, long after its TTL took it out of
+        scheduling. At 10,000 nodes the server's 5 s was 2,000 ping/pong exchanges a second.
+        """
+        interval = self.gw.settings.ws_node_ping_interval_s
+        ws = self.ws
+        if ws.ping_interval is None or ws.ping_interval == interval:
+            return  # keepalive disabled for the server, or already this interval
+        if ws.keepalive_task is not None:
+            ws.keepalive_task.cancel()
+        ws.ping_interval = interval
+        ws.start_keepalive()
+
     async def run(self) -> None:
+        self.use_node_keepalive()
         try:
             await read_frames(
                 self.ws,
@@ -123,7 +142,7 @@ class NodeConnection:
 
     async def on_frame(self, raw: str | bytes) -> None:
         msg = decode_frame(raw, NODE_INBOUND, NODE_TYPES)
-        self.gw.metrics.messages_in.labels(ENDPOINT, msg.type).inc()
+        self.gw.metrics.message_in(ENDPOINT, msg.type).inc()
         await self.on_message(msg)
 
     async def on_message(self, msg: object) -> None:

@@ -10,6 +10,7 @@ the connection exceeds its byte rate (:class:`~lingua_gateway.access.ByteRate`).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -41,14 +42,16 @@ async def read_frames(
     try:
         async for raw in ws:
             if rate is not None:
-                paused = await rate.take(len(raw))
-                if paused:
+                # the bucket is checked inline: a coroutine per frame only when it must pause
+                paused = rate.delay_for(len(raw))
+                if paused > 0:
+                    await asyncio.sleep(paused)
                     metrics.throttled_seconds.labels(endpoint).inc(paused)
             try:
                 await handle(raw)
             except LinguaError as err:
                 if isinstance(err, InvalidMessage):
-                    metrics.messages_in.labels(endpoint, "invalid").inc()
+                    metrics.message_in(endpoint, "invalid").inc()
                 log.info(
                     f"gateway.{endpoint}_bad_input",
                     code=err.code.value,

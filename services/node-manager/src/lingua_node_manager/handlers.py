@@ -5,6 +5,7 @@ from __future__ import annotations
 from aio_pika.abc import AbstractIncomingMessage
 
 from lingua_node_manager.metrics import Metrics
+from lingua_node_manager.reregister import ReregisterGate
 from lingua_shared.bus import Unroutable
 from lingua_shared.errors import DependencyDown, ScriptRejected
 from lingua_shared.events import (
@@ -28,6 +29,7 @@ class NodeEventHandler:
     def __init__(self, infra: Infra, metrics: Metrics) -> None:
         self.infra = infra
         self.metrics = metrics
+        self.reregister_gate = ReregisterGate(infra.settings.reregister_interval_ms / 1000)
 
     async def __call__(self, event: NodeEvent, message: AbstractIncomingMessage) -> None:
         if isinstance(event, HeartbeatBatch):
@@ -78,6 +80,7 @@ class NodeEventHandler:
                 ),
             )
             return
+        self.reregister_gate.forget(ev.node_id, ev.conn_id)
         log.info(
             "node.registered",
             node_id=ev.node_id,
@@ -181,6 +184,11 @@ class NodeEventHandler:
                 self.metrics.heartbeats.labels("invalid").inc()
                 log.error("node.heartbeat_invalid", node_id=beat.node_id, field=str(reply[1]))
         for node_id, conn_id in reregister:
+            if not self.reregister_gate.should_ask(node_id, conn_id):
+                # asked within the window; its registration is on the way (or the next
+                # beat after the window asks again)
+                self.metrics.reregister_suppressed.inc()
+                continue
             log.info("node.reregister_requested", node_id=node_id, conn_id=conn_id)
             self.metrics.reregister.inc()
             await self._send(

@@ -40,3 +40,8 @@ class Metrics:
         self.reregister = Counter(
             "lingua_reregister_requests_total", "node_control reregister sent", registry=r
         )
+        self.reregister_suppressed = Counter(
+            "lingua_reregister_suppressed_total",
+            "reregister not sent: the same connection was asked within the window",
+            registry=r,
+        )
