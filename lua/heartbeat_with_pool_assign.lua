@@ -14,6 +14,8 @@
 -- ARGV[8] gpu_percent
 -- ARGV[9] mem_percent
 -- ARGV[10] max_shard_size    maximum members of one pool shard
+-- ARGV[11] status            '' keeps the stored status; 'ready' or 'draining' (a draining
+--                            node finishes its jobs but is offered no new ones)
 -- Returns: {1, changed} alive; changed = 1 when pool membership changed
 --          {-1, field} invalid input, nothing written (field names the bad argument)
 --          {-2, ""} node not registered (no live key): the node must re-register
@@ -37,6 +39,10 @@ for i = 1, 4 do
   if is_num(reported[i]) == nil then return {-1, reported_names[i]} end
 end
 if not max_shard or max_shard < 1 then return {-1, 'max_shard_size'} end
+local status_arg = ARGV[11]
+if status_arg ~= '' and status_arg ~= 'ready' and status_arg ~= 'draining' then
+  return {-1, 'status'}
+end
 
 local h = redis.call('HMGET', node_key, 'conn_id', 'connected', 'ttl_ms', 'lang_sets', 'region',
   'gpu_tier', 'pool_sig', 'running', 'reserved', 'capacity', 'status', 'last_heartbeat_ts')
@@ -58,12 +64,18 @@ for i = 1, 4 do
     fields[#fields + 1] = reported[i]
   end
 end
+local status = h[11]
+if status_arg ~= '' then
+  status = status_arg
+  fields[#fields + 1] = 'status'
+  fields[#fields + 1] = status
+end
 redis.call('HSET', node_key, unpack(fields))
 redis.call('PEXPIRE', node_key, ttl)
 redis.call('ZADD', expiry_key, now + ttl, node_id)
 redis.call('ZADD', connected_key, now, node_id)
 
-local score = load_score(h[8], h[9], h[10], '1', h[11])
+local score = load_score(h[8], h[9], h[10], '1', status)
 local region, gpu = h[5], h[6]
 local sig = h[4] .. '|' .. region .. '|' .. gpu
 local changed = 0

@@ -203,6 +203,22 @@ async def test_load_score(redis: Redis, keys: Keys, scripts: Scripts):
     assert await redis.zscore(pool, "n1") == 1000.75  # not ready: out of selection's range
 
 
+async def test_a_draining_beat_takes_the_node_out_of_selection_and_ready_brings_it_back(
+    redis: Redis, keys: Keys, scripts: Scripts
+):
+    await join(scripts, "n1")
+    pool = keys.pool("en_zh:eu:a100:0")
+    await redis.hset(keys.node("n1"), mapping={"running": 1})
+    await scripts.heartbeat_with_pool_assign(**hb(now_ms=NOW + 2_000, status="draining"))
+    assert await redis.hget(keys.node("n1"), "status") == b"draining"
+    assert await redis.zscore(pool, "n1") == 1000.25  # its pools kept, its score out of range
+    await scripts.heartbeat_with_pool_assign(**hb(now_ms=NOW + 3_000))  # no status: kept
+    assert await redis.zscore(pool, "n1") == 1000.25
+    await scripts.heartbeat_with_pool_assign(**hb(now_ms=NOW + 4_000, status="ready"))
+    assert await redis.hget(keys.node("n1"), "status") == b"ready"
+    assert await redis.zscore(pool, "n1") == 0.25
+
+
 async def test_superset_matching_pair_index(redis: Redis, keys: Keys, scripts: Scripts):
     await join(scripts, "n1", lang_sets=[["zh", "en"], ["ja", "zh", "en"]])
     small, big = "en_zh:eu:a100:0", "en_ja_zh:eu:a100:0"
@@ -388,6 +404,8 @@ INVALID: list[tuple[str, Any, str]] = [
     ("max_shard_size", -2, "max_shard_size"),
     ("max_shard_size", 1.5, "max_shard_size"),
     ("max_shard_size", "big", "max_shard_size"),
+    ("status", "offline", "status"),
+    ("status", "READY", "status"),
 ]
 
 

@@ -88,6 +88,7 @@ SAMPLES: dict[str, Any] = {
     "gpu_percent": 22.5,
     "mem_percent": 33.5,
     "max_shard_size": 17,
+    "status": "draining",
     "mode": "dropped",
     # job path
     "request_key": "s-1:4",

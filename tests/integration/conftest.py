@@ -26,12 +26,14 @@ class Stack:
     keys: Keys = field(default_factory=lambda: Keys(CELL))
     procs: dict[str, ServiceProcess] = field(default_factory=dict)
 
-    def start(self, name: str, service: str, **env: str) -> ServiceProcess:
+    def start(self, name: str, service: str, port: int | None = None, **env: str) -> ServiceProcess:
+        """Start ``service`` as process ``name``; ``port`` chosen in advance (a replica whose
+        URL clients must know before it exists) or a free one."""
         module, _ = SERVICES[service]
         p = ServiceProcess(
             name,
             module,
-            free_port(),
+            port or free_port(),
             {**self.env, **env, "LINGUA_INSTANCE_ID": name},
             self.log_dir / f"{name}.log",
         )

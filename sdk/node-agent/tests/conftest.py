@@ -108,12 +108,24 @@ class FakeGateway:
         await self.conns[conn].send(msg if isinstance(msg, str | bytes) else json.dumps(msg))
 
 
-@pytest.fixture
-async def gateway() -> AsyncIterator[FakeGateway]:
+async def _serve_fake() -> AsyncIterator[FakeGateway]:
     gw = FakeGateway()
     async with serve(gw.handler, "127.0.0.1", 0, compression=None) as server:
         port = next(iter(server.sockets)).getsockname()[1]
         gw.url = f"ws://127.0.0.1:{port}/ws/node"
+        yield gw
+
+
+@pytest.fixture
+async def gateway() -> AsyncIterator[FakeGateway]:
+    async for gw in _serve_fake():
+        yield gw
+
+
+@pytest.fixture
+async def gateway_b() -> AsyncIterator[FakeGateway]:
+    """A second replica, for agents given a list of gateway URLs."""
+    async for gw in _serve_fake():
         yield gw
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from lingua_shared.protocol import JobResult
 
 
@@ -167,3 +169,41 @@ async def test_second_stop_without_drain_cuts_the_drain_short(gateway, start_age
     assert await gateway.closed(0, limit_s=2) == 1000
     async with asyncio.timeout(2):
         await run.task
+
+
+async def test_a_1012_moves_the_agent_to_the_next_gateway_with_its_running_job(
+    gateway, gateway_b, start_agent, gated
+):
+    """Two replicas: the first restarts (1012) mid-job; the agent registers on the second
+    under the same id and the job's result, finished while no socket was up, goes there."""
+    handler = gated()
+    run = start_agent(handler, node_id="node-m", gateway=f"{gateway.url},{gateway_b.url}")
+    async with asyncio.timeout(3):
+        await run.agent.registered.wait()
+    await gateway.send(job("j1"))
+    await gateway.nth("job_ack")
+    await gateway.conns[0].close(1012, "gateway restarting")
+    await gateway.closed(0)
+    handler.gate.set()  # the job ends while the agent is between connections
+    again = await gateway_b.nth("node_register")
+    assert again.msg["node_id"] == "node-m"
+    result = JobResult.model_validate((await gateway_b.nth("job_result")).msg)
+    assert (result.job_id, result.success) == ("j1", True)
+    assert run.agent.close_codes[0] == 1012
+    assert run.agent.gateway_url == gateway_b.url
+    assert run.agent.jobs.unsent == 0
+    assert not gateway.of_type("job_result")
+    assert len(gateway.conns) == 1  # it did not come back to the restarting replica
+
+
+def test_gateway_lists_parse_and_bad_urls_are_refused():
+    from lingua_node_agent.config import config_from_mapping
+    from lingua_node_agent.errors import ConfigError
+
+    cfg = config_from_mapping({"gateway": "ws://a:1/ws/node, ws://b:2/ws/node"})
+    assert cfg.gateway_urls() == ["ws://a:1/ws/node", "ws://b:2/ws/node"]
+    cfg = config_from_mapping({"gateway": ["ws://a:1/ws/node", "wss://b/ws/node"]})  # TOML list
+    assert cfg.gateway_urls() == ["ws://a:1/ws/node", "wss://b/ws/node"]
+    for bad in ("ws://a/ws/node,http://b/", " , ", [], [1]):
+        with pytest.raises(ConfigError):
+            config_from_mapping({"gateway": bad})

@@ -260,6 +260,36 @@ class Publisher:
 Handler = Callable[[T, AbstractIncomingMessage], Awaitable[None]]
 
 
+class InFlight:
+    """How many deliveries are being handled right now, so a stopping service can cancel its
+    consumers and then let these finish (and be acked after their work) before it closes
+    the channel. Each delivery runs in its own task, so without this the close would cancel
+    them half-way: nothing would be lost (unacked deliveries return to the queue) but the
+    work would be thrown away and done again by another replica."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def __enter__(self) -> None:
+        self.count += 1
+        self._idle.clear()
+
+    def __exit__(self, *exc: object) -> None:
+        self.count -= 1
+        if self.count == 0:
+            self._idle.set()
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """``False`` when deliveries are still being handled after ``timeout`` seconds."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+
 async def consume(
     queue: AbstractQueue,
     adapter: TypeAdapter[T],
@@ -267,11 +297,13 @@ async def consume(
     *,
     name: str,
     on_outcome: Callable[[str], None] | None = None,
+    inflight: InFlight | None = None,
 ) -> str:
     """Attach ``handler`` to ``queue`` with explicit ack/nack/reject; returns the consumer tag.
 
     invalid body -> reject without requeue (dead-lettered); handler exception -> nack with
     requeue (the queue's delivery limit dead-letters a poison message); success -> ack.
+    ``inflight`` counts the deliveries being handled (see :class:`InFlight`).
     """
 
     def outcome(o: str) -> None:
@@ -279,6 +311,13 @@ async def consume(
             on_outcome(o)
 
     async def on_message(message: AbstractIncomingMessage) -> None:
+        if inflight is None:
+            await handle_one(message)
+            return
+        with inflight:
+            await handle_one(message)
+
+    async def handle_one(message: AbstractIncomingMessage) -> None:
         try:
             msg = adapter.validate_json(message.body)
         except ValidationError as exc:

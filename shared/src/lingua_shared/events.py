@@ -42,6 +42,8 @@ class Beat(BusModel):
     cpu_percent: float | None = None
     gpu_percent: float | None = None
     mem_percent: float | None = None
+    # "draining" (the node takes no new jobs) or "ready"; None keeps the stored status
+    status: str | None = None
 
 
 class HeartbeatBatch(BusModel):

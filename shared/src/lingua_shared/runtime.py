@@ -14,12 +14,12 @@ from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
-from aio_pika.abc import AbstractChannel, AbstractRobustConnection
+from aio_pika.abc import AbstractChannel, AbstractQueue, AbstractRobustConnection
 from prometheus_client import CollectorRegistry, generate_latest
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.exceptions import RedisError
 
-from lingua_shared.bus import Publisher, Topology, connect, declare_topology
+from lingua_shared.bus import InFlight, Publisher, Topology, connect, declare_topology
 from lingua_shared.errors import DependencyDown
 from lingua_shared.keys import Keys
 from lingua_shared.logs import get_logger
@@ -51,6 +51,20 @@ async def bounded(aw: Awaitable[Any], what: str, timeout: float = SHUTDOWN_STEP_
         return
     if not task.cancelled() and task.exception() is not None:
         log.warning("shutdown.step_failed", step=what, error=repr(task.exception()))
+
+
+async def pause(stop: asyncio.Event, seconds: float) -> None:
+    """Sleep ``seconds``, or less when ``stop`` is set: a background loop's wait."""
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), seconds)
+
+
+async def stop_loops(stop: asyncio.Event, tasks: list[asyncio.Task[Any]], timeout: float) -> None:
+    """Let background loops end their current round (a sweep, a batch of timers) rather
+    than cancel them half-way; those still running after ``timeout`` are cancelled."""
+    stop.set()
+    if tasks:
+        await bounded(asyncio.gather(*tasks, return_exceptions=True), "loops.stop", timeout)
 
 
 def install_uvloop() -> None:
@@ -96,6 +110,7 @@ class Infra:
     publisher: Publisher
     consumers: dict[str, str] = field(default_factory=dict)  # name -> consumer tag
     consume_channels: list[AbstractChannel] = field(default_factory=list)
+    inflight: InFlight = field(default_factory=InFlight)  # deliveries being handled
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -143,6 +158,20 @@ class Infra:
         await channel.set_qos(prefetch_count=prefetch or self.settings.amqp_prefetch)
         self.consume_channels.append(channel)
         return channel
+
+    async def stop_consuming(self, queue: AbstractQueue, name: str, timeout: float) -> None:
+        """The first step of a drain: take no more deliveries, then let those being handled
+        finish and be acked (at most ``timeout`` s). Deliveries the broker sent but no
+        handler took, and any still unfinished when the channel closes, stay unacked and go
+        back to the queue for another replica: none is lost."""
+        tag = self.consumers.pop(name, None)
+        if tag:
+            await bounded(queue.cancel(tag), f"{name}.cancel")
+        busy = self.inflight.count
+        if not await self.inflight.wait_idle(timeout):
+            log.warning("shutdown.deliveries_unfinished", consumer=name, left=self.inflight.count)
+        else:
+            log.info("shutdown.deliveries_finished", consumer=name, finished=busy)
 
     async def readiness(self) -> tuple[bool, dict[str, Any]]:
         checks: dict[str, Any] = {}

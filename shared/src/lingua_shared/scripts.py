@@ -277,6 +277,7 @@ class Scripts(JobScriptsMixin, NodesReadMixin):
         gpu_percent: float | None = None,
         mem_percent: float | None = None,
         max_shard_size: int = 256,
+        status: str | None = None,
     ) -> tuple[list[str], list[Any]]:
         k = self.keys
         keys = [
@@ -301,6 +302,7 @@ class Scripts(JobScriptsMixin, NodesReadMixin):
             num(gpu_percent),
             num(mem_percent),
             max_shard_size,
+            status or "",
         ]
         return keys, args
 

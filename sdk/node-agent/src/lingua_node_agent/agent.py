@@ -45,8 +45,9 @@ class NodeAgent(GatewayMessages):
     Observable state for callers and tests: ``node_id``, ``registered`` (an Event set while
     registered on the current connection), ``connected``, ``status``, ``draining`` and the
     counters ``connections``, ``reconnects``, ``registrations``, ``heartbeats_sent``,
-    ``last_close_code``; ``jobs`` is the :class:`JobRunner` with its job counters and
-    ``heartbeats`` the :class:`HeartbeatPacer`.
+    ``last_close_code``, ``close_codes`` (every close code seen, in order), ``gateway_url``;
+    ``jobs`` is the :class:`JobRunner` with its job counters and ``heartbeats`` the
+    :class:`HeartbeatPacer`.
     Pass a shared ``ticker`` to run many agents on one heartbeat timer (the simulator does).
     """
 
@@ -62,10 +63,15 @@ class NodeAgent(GatewayMessages):
         jitter_heartbeats: bool = False,
         logger: logging.Logger | None = None,
     ) -> None:
-        try:
-            parse_uri(config.gateway)
-        except InvalidURI as exc:
-            raise ConfigError(f"invalid gateway URL: {exc}") from None
+        self._urls = config.gateway_urls()
+        if not self._urls:
+            raise ConfigError("no gateway URL given")
+        for url in self._urls:
+            try:
+                parse_uri(url)
+            except InvalidURI as exc:
+                raise ConfigError(f"invalid gateway URL: {exc}") from None
+        self._url_index = 0
         self.config = config
         self._store = NodeIdStore(config.state_file) if config.state_file else None
         self._saved_id = self._store.load() if self._store else None
@@ -99,6 +105,7 @@ class NodeAgent(GatewayMessages):
         self.status = "idle"
         self.connections = self.reconnects = self.registrations = 0
         self.last_close_code: int | None = None
+        self.close_codes: list[int | None] = []
         self.heartbeat_interval_s = config.heartbeat_interval_ms / 1000.0
 
         self._ws: ClientConnection | None = None
@@ -128,6 +135,8 @@ class NodeAgent(GatewayMessages):
                     self.log.exception("unexpected error in the connection; reconnecting")
                 if self._stop_requested:
                     break
+                # next replica in the list: a draining gateway (1012) refuses us anyway
+                self._url_index = (self._url_index + 1) % len(self._urls)
                 delay = self._next_delay()
                 self.reconnects += 1
                 self.status = "backoff"
@@ -181,6 +190,11 @@ class NodeAgent(GatewayMessages):
         await self.jobs.abort("node is shutting down")
         await ws.close(1000, "node stopping")
 
+    @property
+    def gateway_url(self) -> str:
+        """The gateway URL of the current (or next) connection."""
+        return self._urls[self._url_index]
+
     def _next_delay(self) -> float:
         if self.last_close_code == CLOSE_REPLACED:
             # Another process holds our node id; coming back fast would only evict it (and
@@ -194,7 +208,7 @@ class NodeAgent(GatewayMessages):
         cfg = self.config
         self.status = "connecting"
         ws = await connect(
-            cfg.gateway,
+            self.gateway_url,
             compression=None,
             max_size=MAX_FRAME_BYTES,
             open_timeout=cfg.open_timeout_s,
@@ -218,6 +232,7 @@ class NodeAgent(GatewayMessages):
             self._disconnected(ws)
             await ws.close(1000 if self._stop_requested else CLOSE_RETRY, "node agent closing")
             self.last_close_code = ws.close_code
+            self.close_codes.append(ws.close_code)
             self.log.log(
                 logging.ERROR if ws.close_code == CLOSE_REPLACED else logging.INFO,
                 "connection closed",

@@ -43,7 +43,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run one node agent")
     run.add_argument("--config", help="TOML file with the same settings (flags override it)")
-    run.add_argument("--gateway", help=f"gateway URL (default {DEFAULT_GATEWAY})")
+    run.add_argument(
+        "--gateway",
+        help=f"gateway URL, or several comma-separated, tried in turn (default {DEFAULT_GATEWAY})",
+    )
     run.add_argument("--node-id", help="node id (default: from --state-file, else assigned)")
     run.add_argument(
         "--token",

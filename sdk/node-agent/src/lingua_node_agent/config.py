@@ -27,6 +27,9 @@ class AgentConfig:
 
     ``asr_langs`` / ``semantic_langs`` default to the union of ``lang_sets`` (or to
     ``en, zh`` when no set is given either), so ``AgentConfig()`` is a valid node.
+    ``gateway`` is one URL or several separated by commas (gateway replicas): the agent
+    connects to the first and moves to the next one each time a connection ends or fails,
+    so a draining replica's 1012 sends it to another.
     """
 
     gateway: str = DEFAULT_GATEWAY
@@ -59,6 +62,10 @@ class AgentConfig:
     version: str | None = None
     platform: str | None = None
 
+    def gateway_urls(self) -> list[str]:
+        """The gateway URLs in the order they are tried."""
+        return parse_gateways(self.gateway)
+
     def effective_asr_langs(self) -> list[str]:
         return list(self.asr_langs) if self.asr_langs else self._default_langs()
 
@@ -74,6 +81,20 @@ class AgentConfig:
 def parse_langs(text: str) -> list[str]:
     """``"en, zh,ja"`` -> ``["en", "zh", "ja"]`` (order kept, blanks dropped)."""
     return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def parse_gateways(text: str) -> list[str]:
+    """``"ws://a/ws/node, ws://b/ws/node"`` -> both URLs (order kept, blanks dropped)."""
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def _as_gateway(value: Any) -> str:
+    """A TOML ``gateway`` may be one URL string or a list of them."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and value and all(isinstance(x, str) for x in value):
+        return ",".join(value)
+    raise ConfigError("gateway must be a ws:// URL, a comma-separated list or a list of URLs")
 
 
 def parse_lang_sets(text: str) -> list[list[str]]:
@@ -103,6 +124,7 @@ def _as_lang_sets(value: Any) -> list[list[str]]:
 
 _FIELDS = {f.name: f for f in dataclasses.fields(AgentConfig)}
 _CONVERTERS: dict[str, Any] = {
+    "gateway": _as_gateway,
     "lang_sets": _as_lang_sets,
     "asr_langs": lambda v: _as_langs("asr_langs", v),
     "semantic_langs": lambda v: _as_langs("semantic_langs", v),
@@ -152,8 +174,12 @@ def config_from_mapping(values: dict[str, Any], base: AgentConfig | None = None)
 
 def check_ranges(cfg: AgentConfig) -> None:
     """Local sanity checks that ``derive_capabilities`` does not cover."""
-    if not cfg.gateway.startswith(("ws://", "wss://")):
-        raise ConfigError(f"gateway must be a ws:// or wss:// URL, got {cfg.gateway!r}")
+    urls = cfg.gateway_urls()
+    if not urls:
+        raise ConfigError("gateway must name at least one ws:// or wss:// URL")
+    for url in urls:
+        if not url.startswith(("ws://", "wss://")):
+            raise ConfigError(f"gateway must be a ws:// or wss:// URL, got {url!r}")
     if cfg.drain_timeout_s < 0:
         raise ConfigError("drain_timeout_s must be >= 0")
     if cfg.backoff_base_s <= 0 or cfg.backoff_cap_s < cfg.backoff_base_s:

@@ -4,7 +4,9 @@ The scheduler may redispatch a job (MISSION J5) and the network may replay a fra
 node must never run the same attempt twice nor two jobs for one utterance at once: like the
 original lingua agent it answers those with a failed ``job_result`` (``INVALID_MESSAGE``). It
 also enforces ``max_concurrent_jobs`` and refuses new work while draining. The runner outlives
-any single connection: a job started before a reconnect still reports on the new one.
+any single connection: a job started before a reconnect still reports on the new one, and a
+result finished while no connection was up (a gateway replica restarting) is kept and sent
+once the node is registered again, instead of being lost with the old socket.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from lingua_shared.protocol import ErrorCode, JobAck, JobAssign, JobResult, Wire
 Send = Callable[[WireModel], Awaitable[bool]]
 
 CANCELLED_BY_GATEWAY = "cancelled by job_cancel"
+MAX_UNSENT = 1024  # results kept for the next connection; beyond that the oldest are dropped
 
 
 @dataclass(eq=False)
@@ -58,6 +61,7 @@ class JobRunner:
         self._recent_limit = recent_limit
         self._idle = asyncio.Event()
         self._idle.set()
+        self._unsent: list[JobResult] = []
 
     @property
     def running_jobs(self) -> int:
@@ -136,9 +140,37 @@ class JobRunner:
                 self.completed += 1
             else:
                 self.failed += 1
-            await self._send(self._result(job, run.node_id, outcome, elapsed_ms))
+            await self._report(self._result(job, run.node_id, outcome, elapsed_ms))
         finally:
             self._release(run)
+
+    async def _report(self, result: JobResult) -> None:
+        """Send a result, or keep it for the next connection when there is none."""
+        if await self._send(result):
+            return
+        self._unsent.append(result)
+        if len(self._unsent) > MAX_UNSENT:
+            lost = self._unsent.pop(0)
+            self._log.error("unsent result dropped", extra={"job_id": lost.job_id})
+        self._log.info("result kept for the next connection", extra={"job_id": result.job_id})
+
+    @property
+    def unsent(self) -> int:
+        """Results waiting for a connection."""
+        return len(self._unsent)
+
+    async def flush_unsent(self) -> int:
+        """Send the results kept while disconnected (called once registered again)."""
+        pending, self._unsent = self._unsent, []
+        sent = 0
+        for i, result in enumerate(pending):
+            if not await self._send(result):
+                self._unsent = pending[i:] + self._unsent
+                break
+            sent += 1
+        if sent:
+            self._log.info("kept results sent", extra={"results": sent})
+        return sent
 
     def _release(self, run: _Running) -> None:
         job = run.job

@@ -113,6 +113,7 @@ class GatewayMessages:
             extra={"ack_status": ack.status, "heartbeat_interval_s": self.heartbeat_interval_s},
         )
         await self.heartbeats.start(ack.node_id, self.heartbeat_interval_s)
+        await self.jobs.flush_unsent()  # results finished while we had no connection
 
     async def _on_error(self, ws: ClientConnection, err: ErrorMessage) -> None:
         extra = {"code": err.code, "error": err.message}

@@ -22,7 +22,7 @@ from lingua_shared.bus import consume
 from lingua_shared.events import DISPATCHER_EVENT, DispatcherEvent, JobRequest, NodeJobEvent
 from lingua_shared.httpserve import add_health_routes
 from lingua_shared.logs import get_logger
-from lingua_shared.runtime import Infra, bounded
+from lingua_shared.runtime import Infra, bounded, stop_loops
 from lingua_shared.settings import Settings
 
 log = get_logger(__name__)
@@ -52,11 +52,14 @@ def create_app(settings: Settings) -> FastAPI:
             channel = await infra.consume_channel()
             queue = await channel.get_queue(infra.topo.dispatcher_queue, ensure=False)
             infra.consumers["dispatcher_events"] = await consume(
-                queue, DISPATCHER_EVENT, handle, name="dispatcher_events"
+                queue, DISPATCHER_EVENT, handle, name="dispatcher_events", inflight=infra.inflight
             )
+            stop = asyncio.Event()
             loops = [
-                asyncio.create_task(loop(settings.timer_interval_s, "timers", fire_timers, jobs)),
-                asyncio.create_task(loop(0.2, "gaps", expire_gaps, jobs)),
+                asyncio.create_task(
+                    loop(settings.timer_interval_s, "timers", fire_timers, jobs, stop)
+                ),
+                asyncio.create_task(loop(0.2, "gaps", expire_gaps, jobs, stop)),
             ]
             log.info(
                 "dispatcher.started",
@@ -66,13 +69,12 @@ def create_app(settings: Settings) -> FastAPI:
             try:
                 yield
             finally:
-                # stop taking deliveries; unacked ones return to the queue for another replica
-                await bounded(
-                    queue.cancel(infra.consumers.pop("dispatcher_events")), "consumer.cancel"
-                )
-                for t in loops:
-                    t.cancel()
-                await bounded(asyncio.gather(*loops, return_exceptions=True), "loops.stop")
+                # Drain: take no more deliveries and finish (then ack) those in hand; what is
+                # not finished in time stays unacked and returns to the queue. The timer and
+                # gap loops end their current round: a claimed timer handled half-way would
+                # wait out its claim before another replica fired it.
+                await infra.stop_consuming(queue, "dispatcher_events", settings.drain_timeout_s)
+                await stop_loops(stop, loops, settings.drain_timeout_s)
                 await bounded(jobs.stats.stop(), "stats.flush")
                 state.pop("infra", None)
                 log.info("dispatcher.stopped", instance_id=settings.instance_id)

@@ -32,6 +32,11 @@ class Metrics:
         self.redispatch = Counter(
             "lingua_job_redispatch_total", "Attempts taken back, by reason", ["reason"], registry=r
         )
+        self.redispatch_skipped = Counter(
+            "lingua_job_redispatch_skipped_total",
+            "Node disconnections whose jobs were kept: a draining gateway's 1012",
+            registry=r,
+        )
         self.no_node = Counter(
             "lingua_no_available_node_total",
             "Selections that found no node",

@@ -19,6 +19,7 @@ from lingua_shared.protocol.session import ClientAsrPartial, TranslationResult
 from lingua_shared.runtime import now_ms
 
 log = get_logger(__name__)
+GATEWAY_RESTART_CLOSE = 1012  # a draining gateway's "reconnect elsewhere"
 # a node refusing or unable to run a job: give it to another node instead of failing it
 RETRY_ELSEWHERE = {
     ErrorCode.MODEL_NOT_AVAILABLE.value,
@@ -214,7 +215,18 @@ class NodeEvents:
             self.metrics.cooldowns.inc()
 
     async def on_node_lost(self, ev: NodeDisconnected) -> None:
-        """A node's connection ended: take its jobs back and dispatch them elsewhere (J5)."""
+        """A node's connection ended: take its jobs back and dispatch them elsewhere (J5).
+
+        Not when a draining gateway closed it (1012): the node is alive and reconnecting to
+        another replica, its running jobs go on and report on the new connection (results
+        are fenced by job, attempt and node, not by connection). Taking them back would
+        throw that work away, and a job with no other eligible node would fail. The job's
+        own ack and deadline timers still end it if the node never comes back.
+        """
+        if ev.close_code == GATEWAY_RESTART_CLOSE:
+            self.metrics.redispatch_skipped.inc()
+            log.info("node.gateway_restart_jobs_kept", node_id=ev.node_id, conn_id=ev.conn_id)
+            return
         r, k = self.jobs.infra.redis, self.jobs.infra.keys
         current = await r.hget(k.node(ev.node_id), "conn_id")
         if current is not None and current.decode() != ev.conn_id:

@@ -11,7 +11,7 @@ import asyncio
 
 from lingua_dispatcher.jobs import Jobs
 from lingua_shared.logs import get_logger
-from lingua_shared.runtime import now_ms
+from lingua_shared.runtime import now_ms, pause
 
 log = get_logger(__name__)
 CLAIM_MS = 5_000
@@ -59,8 +59,10 @@ async def expire_gaps(jobs: Jobs) -> int:
     return len(sessions)
 
 
-async def loop(interval_s: float, name: str, fn, jobs: Jobs) -> None:  # type: ignore[no-untyped-def]
-    while True:
+async def loop(interval_s: float, name: str, fn, jobs: Jobs, stop: asyncio.Event) -> None:  # type: ignore[no-untyped-def]
+    """Run ``fn`` back to back while it finds work, else every ``interval_s``, until ``stop``
+    (checked between rounds, so a round is never cut half-way by a shutdown)."""
+    while not stop.is_set():
         try:
             busy = await fn(jobs)
         except asyncio.CancelledError:
@@ -69,4 +71,4 @@ async def loop(interval_s: float, name: str, fn, jobs: Jobs) -> None:  # type: i
             log.warning("dispatcher.loop_failed", loop=name, error=repr(exc))
             busy = 0
         if not busy:
-            await asyncio.sleep(interval_s)
+            await pause(stop, interval_s)

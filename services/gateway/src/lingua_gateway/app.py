@@ -61,7 +61,7 @@ class Gateway:
         self.handshakes: weakref.WeakKeyDictionary[
             ServerConnection, Principal | Unauthorized | None
         ] = weakref.WeakKeyDictionary()
-        self.connections: set[ServerConnection] = set()
+        self.connections: dict[ServerConnection, NodeConnection | SessionConnection] = {}
         self._background: set[asyncio.Task[None]] = set()
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -129,24 +129,30 @@ class Gateway:
     # -- WebSocket and HTTP ----------------------------------------------------------------
     async def handler(self, ws: ServerConnection) -> None:
         path = urlsplit(ws.request.path).path if ws.request else ""
-        endpoint = "node" if path == "/ws/node" else "session"
+        is_node = path == "/ws/node"
+        endpoint_name = "node" if is_node else "session"
         auth = self.handshakes.pop(ws, None)
         if isinstance(auth, Unauthorized):
-            await self.refuse(ws, endpoint, "unauthorized", auth.message)
+            await self.refuse(ws, endpoint_name, "unauthorized", auth.message)
             return
         if auth is not None and not self.access.claim(auth):
             await self.refuse(
-                ws, endpoint, "identity_limit", "too many connections for this identity"
+                ws, endpoint_name, "identity_limit", "too many connections for this identity"
             )
             return
-        self.connections.add(ws)
+        # "/ws/node" or "/ws/session": process_request refuses every other path
+        endpoint: NodeConnection | SessionConnection = (
+            NodeConnection(self, ws, auth) if is_node else SessionConnection(self, ws, auth)
+        )
+        self.connections[ws] = endpoint
         try:
-            if endpoint == "node":
-                await NodeConnection(self, ws, auth).run()
-            else:  # "/ws/session" (process_request refuses every other path)
-                await SessionConnection(self, ws, auth).run()
+            if self.draining:
+                # accepted just before the drain began: send it elsewhere at once
+                await ws.close(RESTART_CLOSE_CODE, "gateway restarting; reconnect")
+                return
+            await endpoint.run()
         finally:
-            self.connections.discard(ws)
+            self.connections.pop(ws, None)
             if auth is not None:
                 self.access.release(auth)
 
@@ -195,26 +201,45 @@ class Gateway:
             await asyncio.sleep(ttl / 3000)
 
     async def drain(self, server: Server) -> None:
-        """Stop accepting, tell every peer to reconnect elsewhere (1012), publish what remains."""
+        """Stop accepting, send every peer elsewhere (1012) once what it is owed is out.
+
+        Nodes are closed at once: they reconnect to another replica, their pools are kept
+        (a 1012 is a drop, not a goodbye) and their running jobs report on the new
+        connection. A session cannot move (its audio and order state live here), so it
+        takes no new utterance from now on and is closed once every utterance it had
+        published is answered, or at ``drain_timeout_s``; its client opens a new session
+        elsewhere and sends again what got no answer. Deliveries keep being consumed until
+        the last session is closed.
+        """
         self.draining = True
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.drain_timeout_s
+        sessions = [e for e in self.connections.values() if isinstance(e, SessionConnection)]
         log.info(
             "gateway.draining",
             instance_id=self.settings.instance_id,
             connections=len(self.connections),
+            sessions=len(sessions),
         )
         server.close(close_connections=False)
         await asyncio.gather(
             *(
-                ws.close(RESTART_CLOSE_CODE, "gateway restarting; reconnect")
-                for ws in list(self.connections)
+                e.ws.close(RESTART_CLOSE_CODE, "gateway restarting; reconnect")
+                for e in list(self.connections.values())
+                if isinstance(e, NodeConnection)
             ),
+            *(s.drain(deadline, RESTART_CLOSE_CODE) for s in sessions),
             return_exceptions=True,
         )
-        deadline = asyncio.get_running_loop().time() + self.settings.drain_timeout_s
-        while self.connections and asyncio.get_running_loop().time() < deadline:
+        while self.connections and loop.time() < deadline + 1.0:
             await asyncio.sleep(0.05)
         await self.coalescer.stop()
         await server.wait_closed()
+        log.info(
+            "gateway.drained",
+            instance_id=self.settings.instance_id,
+            left_open=len(self.connections),
+        )
 
 
 @contextlib.asynccontextmanager

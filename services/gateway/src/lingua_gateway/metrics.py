@@ -59,6 +59,11 @@ class Metrics:
             ["cut"],
             registry=r,
         )
+        self.audio_refused_draining = Counter(
+            "lingua_gateway_audio_refused_draining_total",
+            "Audio frames and utterances not taken because this replica is draining",
+            registry=r,
+        )
         self.utterances_empty = Counter(
             "lingua_gateway_empty_utterances_total",
             "is_final with no audio buffered: not a job, no index consumed",

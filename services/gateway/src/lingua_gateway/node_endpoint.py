@@ -64,6 +64,8 @@ NODE_TYPES = frozenset(
 )
 GRACEFUL_CLOSE_CODES = (1000, 1001)
 MAX_TRACE_ID = 128
+# a heartbeat's optional status: "draining" keeps the node's pools but offers it no new jobs
+BEAT_STATUSES = frozenset({"ready", "draining"})
 JobMessage = JobAck | JobStarted | JobResult | NodeAsrPartial | NodeError
 JOB_MESSAGES = (JobAck, JobStarted, JobResult, NodeAsrPartial, NodeError)
 
@@ -201,6 +203,10 @@ class NodeConnection:
         log.debug("gateway.node_job_event", node_id=self.node_id, job_id=job_id, type=msg.type)
 
     def on_heartbeat(self, hb: NodeHeartbeat) -> None:
+        if hb.status is not None and hb.status not in BEAT_STATUSES:
+            raise InvalidMessage(
+                f"status must be one of {sorted(BEAT_STATUSES)}, got {hb.status[:40]!r}"
+            )
         if self.node_id is None:
             # A node reconnecting within its TTL may resume with a heartbeat (N6); bind it.
             if not NODE_ID_RE.fullmatch(hb.node_id):
@@ -220,6 +226,7 @@ class NodeConnection:
                 cpu_percent=ru.cpu_percent if ru else None,
                 gpu_percent=ru.gpu_percent if ru else None,
                 mem_percent=ru.mem_percent if ru else None,
+                status=hb.status,
             )
         )
 

@@ -49,12 +49,22 @@ class SessionAudio:
             buffer_bytes=s.session_buffer_bytes,
         )
 
+    def refused_while_draining(self) -> bool:
+        """A draining gateway takes no new utterance: audio from now on is dropped, and the
+        1012 that ends the session tells the client to send it again elsewhere."""
+        if not self.conn.draining:
+            return False
+        self.conn.gw.metrics.audio_refused_draining.inc()
+        return True
+
     def discard(self) -> int:
         return self.acc.discard()
 
     async def on_audio(self, data: bytes, final: bool) -> None:
         """One chunk (JSON ``audio_chunk`` or a binary frame); ``final`` ends the utterance."""
         m = self.conn.gw.metrics
+        if self.refused_while_draining():
+            return
         if data:
             added = self.acc.add(data)
             for cut in added.cuts:
@@ -94,6 +104,8 @@ class SessionAudio:
 
     async def on_utterance(self, msg: Utterance) -> None:
         """A whole utterance at once; its audio (base64) is forwarded as sent."""
+        if self.refused_while_draining():
+            return
         index = msg.utterance_index
         if index is not None and not 0 <= index <= MAX_INDEX:
             raise InvalidMessage(f"utterance_index must be 0..{MAX_INDEX}, got {index}")

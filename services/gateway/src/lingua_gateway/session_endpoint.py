@@ -9,6 +9,7 @@ connection stays open; only ``session_close``, a slow reader (4008) or a drain (
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from typing import TYPE_CHECKING
 
@@ -72,6 +73,7 @@ class SessionConnection:
         self.audio: SessionAudio | None = None
         self.sender: OrderedSender | None = None
         self.closing = False
+        self.draining = False  # the gateway is stopping: no new utterance is taken
         self.store = SessionStore(gw.infra.redis, gw.infra.keys, gw.settings.session_ttl_s)
         self.out = Outbound(
             ws,
@@ -250,6 +252,35 @@ class SessionConnection:
             return False
         self.sender.deliver(msg)
         return True
+
+    # -- drain ----------------------------------------------------------------------------
+    def owed(self) -> int:
+        """Utterances published but not yet answered to the client."""
+        if self.audio is None or self.sender is None:
+            return 0
+        return max(0, self.audio.next_index - self.sender.buffer.next_index)
+
+    async def drain(self, deadline: float, close_code: int) -> None:
+        """Take no new utterance, wait (until ``deadline``, loop time) for the answers to
+        those already published, then close with ``close_code``. An utterance whose end
+        arrives from now on gets no index and no answer: the close tells the client that
+        what is unanswered was not taken and must be sent again to another replica."""
+        self.draining = True
+        loop = asyncio.get_running_loop()
+        while not self.closing and self.owed() and loop.time() < deadline:
+            await asyncio.sleep(0.02)
+        if self.closing:
+            return
+        owed = self.owed()
+        (log.warning if owed else log.info)(
+            "gateway.session_drained",
+            session_id=self.session_id,
+            conn_id=self.conn_id,
+            unanswered=owed,
+        )
+        self.closing = True
+        await self.out.flush_and_stop(1.0)
+        await self.ws.close(close_code, "gateway restarting; reconnect")
 
     # -- end ------------------------------------------------------------------------------
     async def closed(self) -> None:

@@ -15,7 +15,7 @@ from lingua_shared.bus import consume
 from lingua_shared.events import NODE_EVENT
 from lingua_shared.httpserve import add_health_routes
 from lingua_shared.logs import get_logger
-from lingua_shared.runtime import Infra, bounded
+from lingua_shared.runtime import Infra, stop_loops
 from lingua_shared.settings import Settings
 
 log = get_logger(__name__)
@@ -39,14 +39,21 @@ def create_app(settings: Settings) -> FastAPI:
                 handler,
                 name="node_events",
                 on_outcome=lambda o: metrics.events.labels("bus", o).inc() if o != "ok" else None,
+                inflight=infra.inflight,
             )
+            stop = asyncio.Event()
             loops = [
                 asyncio.create_task(
-                    run_every(settings.sweep_interval_s, "sweep", sweep_once, infra, metrics)
+                    run_every(settings.sweep_interval_s, "sweep", stop, sweep_once, infra, metrics)
                 ),
                 asyncio.create_task(
                     run_every(
-                        settings.reconcile_interval_s, "reconcile", reconcile_once, infra, metrics
+                        settings.reconcile_interval_s,
+                        "reconcile",
+                        stop,
+                        reconcile_once,
+                        infra,
+                        metrics,
                     )
                 ),
             ]
@@ -54,11 +61,11 @@ def create_app(settings: Settings) -> FastAPI:
             try:
                 yield
             finally:
-                # Stop taking deliveries first; unacked ones go back to the queue.
-                await bounded(queue.cancel(infra.consumers.pop("node_events")), "consumer.cancel")
-                for t in loops:
-                    t.cancel()
-                await bounded(asyncio.gather(*loops, return_exceptions=True), "loops.stop")
+                # Drain: take no more deliveries, finish (then ack) the registrations and
+                # heartbeat batches in hand; what is not finished in time stays unacked and
+                # returns to the queue. Sweeps and reconciliations end their current round.
+                await infra.stop_consuming(queue, "node_events", settings.drain_timeout_s)
+                await stop_loops(stop, loops, settings.drain_timeout_s)
                 log.info("node_manager.stopped", instance_id=settings.instance_id)
 
     app = FastAPI(title="lingua node-manager", lifespan=lifespan)

@@ -157,6 +157,7 @@ class NodeEventHandler:
                     gpu_percent=b.gpu_percent,
                     mem_percent=b.mem_percent,
                     max_shard_size=shard_size,
+                    status=b.status,
                 )
                 await script(keys=keys, args=args, client=pipe)
             replies = await pipe.execute(raise_on_error=False)

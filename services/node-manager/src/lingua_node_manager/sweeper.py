@@ -11,7 +11,7 @@ import asyncio
 
 from lingua_node_manager.metrics import Metrics
 from lingua_shared.logs import get_logger
-from lingua_shared.runtime import Infra, now_ms
+from lingua_shared.runtime import Infra, now_ms, pause
 
 log = get_logger(__name__)
 SWEEP_BATCH = 500
@@ -98,12 +98,13 @@ async def reconcile_once(infra: Infra, metrics: Metrics) -> dict[str, int]:
     return fixes
 
 
-async def run_every(interval_s: float, name: str, fn, *args) -> None:  # type: ignore[no-untyped-def]
-    while True:
+async def run_every(interval_s: float, name: str, stop: asyncio.Event, fn, *args) -> None:  # type: ignore[no-untyped-def]
+    """Run ``fn(*args)`` every ``interval_s`` until ``stop`` (checked between rounds)."""
+    while not stop.is_set():
         try:
             await fn(*args)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             log.warning("node_manager.loop_failed", loop=name, error=repr(exc))
-        await asyncio.sleep(interval_s)
+        await pause(stop, interval_s)
