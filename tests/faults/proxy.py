@@ -163,9 +163,7 @@ class _Link:
             return False
         c.replies += 1
         drop = (
-            c.replies % mode.every == 0
-            if mode.every
-            else self.proxy.rng.random() < mode.fraction
+            c.replies % mode.every == 0 if mode.every else self.proxy.rng.random() < mode.fraction
         )
         if drop:
             c.dropped += 1
@@ -200,6 +198,7 @@ class FaultProxy:
         self._call(self._close())
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
+        self._loop.close()
 
     def set(self, name: str, **kw: object) -> None:
         commands = frozenset(str(c).upper() for c in kw.pop("commands", ()) or ())  # type: ignore[attr-defined]
