@@ -14,7 +14,8 @@ Topology (names prefixed by ``Settings.bus_prefix``, default ``lingua``)::
 Publishing uses publisher confirms and ``mandatory``: an unroutable message (for example to a
 gateway replica that is gone) raises :class:`Unroutable` instead of vanishing.
 Consuming goes through :func:`consume`: undecodable -> dead-lettered at once; a handler
-exception -> requeued, and the queue's delivery limit dead-letters a poison message.
+exception -> requeued, and the queue's delivery limit dead-letters a poison message; a
+dependency outage (Redis down) is retried in place and does not count against that limit.
 """
 
 from __future__ import annotations
@@ -35,12 +36,27 @@ from aio_pika.abc import (
     ExchangeType,
 )
 from pydantic import BaseModel, TypeAdapter, ValidationError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from lingua_shared.errors import DependencyDown, LinguaError
 from lingua_shared.logs import get_logger
 
 log = get_logger(__name__)
 T = TypeVar("T")
+
+# A handler failing with one of these failed because a dependency is away, not because the
+# message is bad: requeueing at once would spend the delivery limit within milliseconds and
+# dead-letter good messages (a job result during a 2 s Redis outage, fault suite S6).
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    DependencyDown,
+    RedisConnectionError,
+    RedisTimeoutError,
+    ConnectionError,
+    TimeoutError,
+)
+TRANSIENT_RETRY_S = 30.0  # retried in place this long, then requeued (one delivery spent)
+TRANSIENT_BACKOFF_S = (0.05, 1.0)  # first and longest pause between two tries
 
 
 class Unroutable(LinguaError):
@@ -241,11 +257,15 @@ async def consume(
     *,
     name: str,
     on_outcome: Callable[[str], None] | None = None,
+    transient_retry_s: float = TRANSIENT_RETRY_S,
 ) -> str:
     """Attach ``handler`` to ``queue`` with explicit ack/nack/reject; returns the consumer tag.
 
     invalid body -> reject without requeue (dead-lettered); handler exception -> nack with
-    requeue (the queue's delivery limit dead-letters a poison message); success -> ack.
+    requeue (the queue's delivery limit dead-letters a poison message); a transient error
+    (:data:`TRANSIENT_ERRORS`) -> the handler is tried again with backoff for up to
+    ``transient_retry_s`` before the nack; success -> ack. Handlers are idempotent (they
+    already are under redelivery), so running one again is safe.
     """
 
     def outcome(o: str) -> None:
@@ -265,21 +285,41 @@ async def consume(
             await message.reject(requeue=False)
             outcome("invalid")
             return
-        try:
-            await handler(msg, message)
-        except asyncio.CancelledError:
-            await message.nack(requeue=True)
-            raise
-        except Exception as exc:
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + transient_retry_s
+        pause, longest = TRANSIENT_BACKOFF_S
+        tries = 0
+        while True:
+            tries += 1
+            try:
+                await handler(msg, message)
+                break
+            except asyncio.CancelledError:
+                await message.nack(requeue=True)
+                raise
+            except TRANSIENT_ERRORS as exc:
+                if loop.time() + pause > give_up:
+                    exc_to_requeue: Exception = exc
+                else:
+                    if tries == 1:
+                        log.warning("bus.dependency_down_retrying", consumer=name, error=repr(exc))
+                    await asyncio.sleep(pause)
+                    pause = min(pause * 2, longest)
+                    continue
+            except Exception as exc:
+                exc_to_requeue = exc
             log.warning(
                 "bus.handler_failed",
                 consumer=name,
-                error=repr(exc),
+                error=repr(exc_to_requeue),
                 redelivered=message.redelivered,
+                tries=tries,
             )
             await message.nack(requeue=True)
             outcome("requeued")
             return
+        if tries > 1:
+            log.info("bus.dependency_back", consumer=name, tries=tries)
         await message.ack()
         outcome("ok")
 
