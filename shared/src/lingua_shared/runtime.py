@@ -93,7 +93,9 @@ class Infra:
             # A script that does not compile fails start-up with Redis's own message.
             scripts = await Scripts.load(redis, keys, str(lua_dir))
             topo = Topology(settings.bus_prefix, settings.amqp_delivery_limit)
-            amqp = await connect(settings.amqp_url, settings.amqp_connect_timeout_s)
+            amqp = await connect(
+                settings.amqp_url, settings.amqp_connect_timeout_s, settings.amqp_heartbeat_s
+            )
             stack.push_async_callback(bounded, amqp.close(), "amqp.close")
             setup = await amqp.channel()
             await declare_topology(setup, topo)
