@@ -80,9 +80,11 @@ async def test_j4_a_retried_request_makes_one_job(fstack, fredis):
         print(f"J4 jobs={len(jobs)} reservations={reservations} results={len(results)}")
         assert len(jobs) == 1 and reservations == 1 and len(results) == 1, s.answers
         assert len(s.answers) == 1 and s.duplicates() == 0
-        assert metric(fstack, "disp-1", "lingua_job_duplicates_total") + metric(
-            fstack, "disp-2", "lingua_job_duplicates_total"
-        ) == 2
+        assert (
+            metric(fstack, "disp-1", "lingua_job_duplicates_total")
+            + metric(fstack, "disp-2", "lingua_job_duplicates_total")
+            == 2
+        )
         await s.close()
     await settle_idle(fredis, fstack.keys)
 
@@ -122,9 +124,7 @@ async def test_j1_a_killed_node_has_its_jobs_redispatched_and_slots_freed(fstack
         # TTL 1 s + heartbeat 0.2 s is the bound; the disconnect usually frees them at once
         assert freed_s <= 1.2 + 1.0, freed_s  # + one sweep and a noisy machine's slack
         assert sorted(s.indexes()) == list(range(k)) and s.duplicates() == 0
-        assert all(
-            a["type"] == "translation_result" or a.get("code") for a in s.answers
-        ), s.answers
+        assert all(a["type"] == "translation_result" or a.get("code") for a in s.answers), s.answers
         await s.close()
     await settle_idle(fredis, keys)
 
