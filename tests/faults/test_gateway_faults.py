@@ -70,6 +70,7 @@ async def test_w1_oversize_frames_are_cheap_to_refuse(fstack, fredis):
     )
     assert codes.count(1009) == len(codes), set(codes)
     assert growth_mib < sent_mib / 4, "the gateway kept what it refused"
+    await settle_idle(fredis, fstack.keys)
 
 
 SLOW, NORMAL, WAVE = 20, 200, 25

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import signal
 
 import pytest
 from redis.asyncio import Redis
@@ -46,6 +45,7 @@ async def test_s1_capacity_is_never_exceeded_by_32_concurrent_dispatchers(fredis
     assert res.selects == 10_000 and res.reserved > 0 and res.samples > 0
     assert res.violations == 0
     assert end == {"reserved": 0, "running": 0, "leases": 0}
+    await settle_idle(fredis, KEYS)
 
 
 async def test_s2_replayed_scripts_do_not_double_apply(fredis, live_redis, proxy_factory):
@@ -78,6 +78,7 @@ async def test_s2_replayed_scripts_do_not_double_apply(fredis, live_redis, proxy
     assert res.violations == 0
     assert end == {"reserved": 0, "running": 0, "leases": 0}
     assert jobs == res.selects and duplicated == 0
+    await settle_idle(fredis, KEYS)
 
 
 async def test_s3_scripts_survive_script_flush_and_a_redis_restart(fredis, live_redis):
@@ -122,6 +123,8 @@ async def test_s3_scripts_survive_script_flush_and_a_redis_restart(fredis, live_
     assert sum(res.errors.values()) > 0, "Redis restarted after the load: the recipe proved nothing"
     assert noscript == 0
     assert res.violations == 0
+    await fredis.connection_pool.disconnect()  # its connections predate the restart
+    await settle_idle(fredis, KEYS)
 
 
 async def test_s3_services_survive_script_flush_and_a_redis_restart(fstack, fredis, live_redis):
@@ -217,6 +220,3 @@ async def _dead_letters(stack) -> int:  # type: ignore[no-untyped-def]
         return int(q.declaration_result.message_count or 0)
     finally:
         await conn.close()
-
-
-_ = signal

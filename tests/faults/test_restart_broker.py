@@ -76,6 +76,7 @@ async def test_r1_confirmed_events_survive_a_broker_crash(aged, fredis, live_rab
     )
     assert len(confirmed) == n and lost == 0
     assert jobs == n and duplicated == 0
+    await settle_idle(fredis, fstack.keys)
 
 
 async def consumer_counts(stack) -> dict[str, int]:  # type: ignore[no-untyped-def]
