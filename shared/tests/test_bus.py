@@ -132,3 +132,55 @@ async def test_a_full_work_queue_refuses_publishes_and_the_publisher_says_so(amq
     finally:
         await delete_topology(conn, topo)
         await conn.close()
+
+
+async def test_a_dependency_outage_is_retried_in_place_not_dead_lettered(bus):
+    """Redis away for a moment: the handler is tried again with backoff; the delivery limit
+    (2 here) is not spent and the message is handled once it comes back (fault suite S6)."""
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    topo, conn, publisher = bus
+    ch = await conn.channel()
+    queue = await ch.get_queue(topo.node_manager_queue, ensure=False)
+    tries: list[bool] = []
+    handled = asyncio.Event()
+
+    async def handler(ev, message) -> None:
+        tries.append(message.redelivered)
+        if len(tries) <= 5:  # more failures than the delivery limit allows
+            raise RedisConnectionError("Connection refused")
+        handled.set()
+
+    outcomes: list[str] = []
+    tag = await consume(queue, NODE_EVENT, handler, name="t", on_outcome=outcomes.append)
+    await publisher.event("node.disconnected", disconnected("during-outage"))
+    await asyncio.wait_for(handled.wait(), 10)
+    await queue.cancel(tag)
+    assert len(tries) == 6 and not any(tries), tries  # one delivery, tried six times
+    assert outcomes == ["ok"]
+    assert await dead_letters(conn, topo, 1, timeout=0.3) == []
+
+
+async def test_a_dependency_outage_longer_than_the_retry_window_requeues(bus):
+    topo, conn, publisher = bus
+    ch = await conn.channel()
+    queue = await ch.get_queue(topo.node_manager_queue, ensure=False)
+    tries: list[bool] = []
+
+    async def handler(ev, message) -> None:
+        tries.append(message.redelivered)
+        if not message.redelivered:
+            raise TimeoutError("redis did not answer")
+
+    outcomes: list[str] = []
+    tag = await consume(
+        queue, NODE_EVENT, handler, name="t", on_outcome=outcomes.append, transient_retry_s=0.2
+    )
+    await publisher.event("node.disconnected", disconnected("long-outage"))
+    for _ in range(100):
+        if "ok" in outcomes:
+            break
+        await asyncio.sleep(0.05)
+    await queue.cancel(tag)
+    assert outcomes == ["requeued", "ok"], outcomes
+    assert tries[-1] is True and tries.count(False) >= 2

@@ -14,7 +14,8 @@ Topology (names prefixed by ``Settings.bus_prefix``, default ``lingua``)::
 Publishing uses publisher confirms and ``mandatory``: an unroutable message (for example to a
 gateway replica that is gone) raises :class:`Unroutable` instead of vanishing.
 Consuming goes through :func:`consume`: undecodable -> dead-lettered at once; a handler
-exception -> requeued, and the queue's delivery limit dead-letters a poison message.
+exception -> requeued, and the queue's delivery limit dead-letters a poison message; a
+dependency outage (Redis down) is retried in place and does not count against that limit.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
+from urllib.parse import parse_qs, urlsplit, urlunsplit
 
 import aio_pika
 import orjson
@@ -35,12 +37,27 @@ from aio_pika.abc import (
     ExchangeType,
 )
 from pydantic import BaseModel, TypeAdapter, ValidationError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from lingua_shared.errors import DependencyDown, LinguaError
 from lingua_shared.logs import get_logger
 
 log = get_logger(__name__)
 T = TypeVar("T")
+
+# A handler failing with one of these failed because a dependency is away, not because the
+# message is bad: requeueing at once would spend the delivery limit within milliseconds and
+# dead-letter good messages (a job result during a 2 s Redis outage, fault suite S6).
+TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
+    DependencyDown,
+    RedisConnectionError,
+    RedisTimeoutError,
+    ConnectionError,
+    TimeoutError,
+)
+TRANSIENT_RETRY_S = 30.0  # retried in place this long, then requeued (one delivery spent)
+TRANSIENT_BACKOFF_S = (0.05, 1.0)  # first and longest pause between two tries
 
 
 class Unroutable(LinguaError):
@@ -137,6 +154,9 @@ class Topology:
             ),
         ]
 
+    def shared_queue_spec(self, name: str) -> QueueSpec:
+        return next(spec for spec in self.shared_queues() if spec.name == name)
+
     def gateway_queue_spec(self, instance_id: str) -> QueueSpec:
         return QueueSpec(
             self.gateway_queue(instance_id),
@@ -147,6 +167,10 @@ class Topology:
 
 
 async def declare_queue(channel: AbstractChannel, spec: QueueSpec) -> AbstractQueue:
+    """Declare (idempotent) and bind. Consumers must get their queue this way, never with
+    ``get_queue(ensure=False)``: a robust channel restores only the queues it declared, and
+    with them their consumers; a consumer on an undeclared queue is silently gone after a
+    reconnect (fault suite R5: 0 consumers after a broker restart, /readyz still green)."""
     queue = await channel.declare_queue(
         spec.name,
         durable=spec.quorum,
@@ -178,10 +202,24 @@ class TopologyMismatch(RuntimeError):
     """A queue already exists with other arguments; RabbitMQ cannot change them in place."""
 
 
-async def connect(url: str, timeout: float) -> AbstractRobustConnection:
-    """``connect_robust`` with a timeout, so a half-open link is detected and recovered."""
+def with_heartbeat(url: str, heartbeat_s: int) -> str:
+    """``url`` with an AMQP heartbeat, unless it names one itself.
+
+    The broker proposes 60 s and aiormq gives up after (heartbeat + 1) x 3 s of silence, so by
+    default a half-open link (a peer gone without a FIN) is noticed after ~3 minutes, and
+    until then nothing is consumed. 5 s bounds that at 18 s (fault suite R5)."""
+    parts = urlsplit(url)
+    if heartbeat_s <= 0 or "heartbeat" in parse_qs(parts.query):
+        return url
+    query = f"{parts.query}&heartbeat={heartbeat_s}" if parts.query else f"heartbeat={heartbeat_s}"
+    return urlunsplit(parts._replace(query=query))
+
+
+async def connect(url: str, timeout: float, heartbeat_s: int = 0) -> AbstractRobustConnection:
+    """``connect_robust`` with a timeout and a heartbeat, so a half-open link is detected and
+    recovered."""
     try:
-        return await aio_pika.connect_robust(url, timeout=timeout)
+        return await aio_pika.connect_robust(with_heartbeat(url, heartbeat_s), timeout=timeout)
     except (TimeoutError, OSError, aio_pika.exceptions.AMQPError) as exc:
         raise DependencyDown(f"RabbitMQ unreachable at startup: {exc!r}") from exc
 
@@ -246,7 +284,14 @@ class Publisher:
                 f"refused by the broker (queue full): {exchange}/{routing_key}",
                 {"routing_key": routing_key},
             ) from exc
-        except (TimeoutError, aio_pika.exceptions.AMQPError, ConnectionError) as exc:
+        except (
+            TimeoutError,
+            aio_pika.exceptions.AMQPError,
+            # a channel closed by a broker crash, until the robust connection restores it: a
+            # RuntimeError, not an AMQPError (the fault suite's R1 saw it escape)
+            aio_pika.exceptions.ChannelInvalidStateError,
+            ConnectionError,
+        ) as exc:
             raise DependencyDown(f"publish to {exchange}/{routing_key} failed: {exc!r}") from exc
 
     async def event(self, routing_key: str, model: BaseModel, **kw: Any) -> None:
@@ -298,12 +343,16 @@ async def consume(
     name: str,
     on_outcome: Callable[[str], None] | None = None,
     inflight: InFlight | None = None,
+    transient_retry_s: float = TRANSIENT_RETRY_S,
 ) -> str:
     """Attach ``handler`` to ``queue`` with explicit ack/nack/reject; returns the consumer tag.
 
     invalid body -> reject without requeue (dead-lettered); handler exception -> nack with
-    requeue (the queue's delivery limit dead-letters a poison message); success -> ack.
-    ``inflight`` counts the deliveries being handled (see :class:`InFlight`).
+    requeue (the queue's delivery limit dead-letters a poison message); a transient error
+    (:data:`TRANSIENT_ERRORS`) -> the handler is tried again with backoff for up to
+    ``transient_retry_s`` before the nack; success -> ack. Handlers are idempotent (they
+    already are under redelivery), so running one again is safe. ``inflight`` counts the
+    deliveries being handled (see :class:`InFlight`).
     """
 
     def outcome(o: str) -> None:
@@ -330,21 +379,41 @@ async def consume(
             await message.reject(requeue=False)
             outcome("invalid")
             return
-        try:
-            await handler(msg, message)
-        except asyncio.CancelledError:
-            await message.nack(requeue=True)
-            raise
-        except Exception as exc:
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + transient_retry_s
+        pause, longest = TRANSIENT_BACKOFF_S
+        tries = 0
+        while True:
+            tries += 1
+            try:
+                await handler(msg, message)
+                break
+            except asyncio.CancelledError:
+                await message.nack(requeue=True)
+                raise
+            except TRANSIENT_ERRORS as exc:
+                if loop.time() + pause > give_up:
+                    exc_to_requeue: Exception = exc
+                else:
+                    if tries == 1:
+                        log.warning("bus.dependency_down_retrying", consumer=name, error=repr(exc))
+                    await asyncio.sleep(pause)
+                    pause = min(pause * 2, longest)
+                    continue
+            except Exception as exc:
+                exc_to_requeue = exc
             log.warning(
                 "bus.handler_failed",
                 consumer=name,
-                error=repr(exc),
+                error=repr(exc_to_requeue),
                 redelivered=message.redelivered,
+                tries=tries,
             )
             await message.nack(requeue=True)
             outcome("requeued")
             return
+        if tries > 1:
+            log.info("bus.dependency_back", consumer=name, tries=tries)
         await message.ack()
         outcome("ok")
 

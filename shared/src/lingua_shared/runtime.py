@@ -144,7 +144,9 @@ class Infra:
                 settings.amqp_delivery_limit,
                 settings.amqp_work_queue_max_length,
             )
-            amqp = await connect(settings.amqp_url, settings.amqp_connect_timeout_s)
+            amqp = await connect(
+                settings.amqp_url, settings.amqp_connect_timeout_s, settings.amqp_heartbeat_s
+            )
             stack.push_async_callback(bounded, amqp.close(), "amqp.close")
             setup = await amqp.channel()
             await declare_topology(setup, topo)

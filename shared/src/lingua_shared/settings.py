@@ -160,6 +160,9 @@ class Settings(BaseSettings):
 
     # bus
     amqp_connect_timeout_s: float = 5.0
+    amqp_heartbeat_s: int = Field(
+        5, description="AMQP heartbeat: a half-open link is given up after (this + 1) x 3 s"
+    )
     amqp_prefetch: int = 256
     amqp_delivery_limit: int = 5
     amqp_confirm_timeout_s: float = 5.0

@@ -18,7 +18,7 @@ from lingua_dispatcher.jobs import Jobs
 from lingua_dispatcher.metrics import Metrics
 from lingua_dispatcher.node_events import NodeEvents
 from lingua_dispatcher.timers import expire_gaps, fire_timers, loop
-from lingua_shared.bus import consume
+from lingua_shared.bus import consume, declare_queue
 from lingua_shared.events import DISPATCHER_EVENT, DispatcherEvent, JobRequest, NodeJobEvent
 from lingua_shared.httpserve import add_health_routes
 from lingua_shared.logs import get_logger
@@ -50,7 +50,9 @@ def create_app(settings: Settings) -> FastAPI:
                     await node_events.on_node_lost(ev)
 
             channel = await infra.consume_channel()
-            queue = await channel.get_queue(infra.topo.dispatcher_queue, ensure=False)
+            queue = await declare_queue(
+                channel, infra.topo.shared_queue_spec(infra.topo.dispatcher_queue)
+            )
             infra.consumers["dispatcher_events"] = await consume(
                 queue, DISPATCHER_EVENT, handle, name="dispatcher_events", inflight=infra.inflight
             )

@@ -11,7 +11,7 @@ from fastapi import FastAPI
 from lingua_node_manager.handlers import NodeEventHandler
 from lingua_node_manager.metrics import Metrics
 from lingua_node_manager.sweeper import reconcile_once, run_every, sweep_once
-from lingua_shared.bus import consume
+from lingua_shared.bus import consume, declare_queue
 from lingua_shared.events import NODE_EVENT
 from lingua_shared.httpserve import add_health_routes
 from lingua_shared.logs import get_logger
@@ -32,7 +32,9 @@ def create_app(settings: Settings) -> FastAPI:
             state["infra"] = infra
             handler = NodeEventHandler(infra, metrics)
             channel = await infra.consume_channel()
-            queue = await channel.get_queue(infra.topo.node_manager_queue, ensure=False)
+            queue = await declare_queue(
+                channel, infra.topo.shared_queue_spec(infra.topo.node_manager_queue)
+            )
             infra.consumers["node_events"] = await consume(
                 queue,
                 NODE_EVENT,
