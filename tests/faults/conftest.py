@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 
 from tests.faults.proxy import FaultProxy
 from tests.faults.servers import OwnRabbit, OwnRedis
-from tests.integration.conftest import Stack
+from tests.integration.conftest import Stack, started_stack
 
 FAULT_ENV = {
     "LINGUA_CELL": "it",
@@ -152,16 +152,8 @@ def fstack(
 ) -> Iterator[Stack]:
     """An empty stack on our own servers; the test starts what it needs with ``start``.
     Processes a recipe killed are not asked to exit cleanly; the others are."""
-    s = Stack(fault_env, tmp_path)
-    try:
+    with started_stack(fault_env, tmp_path, request, killed_ok=True) as s:
         yield s
-    finally:
-        killed = {n for n, p in s.procs.items() if p.proc is not None and p.proc.poll() is not None}
-        codes = s.stop_all()
-        if getattr(request.node, "rep_call_failed", False):
-            print(s.logs())
-        bad = {n: c for n, c in codes.items() if n not in killed and c not in (0, None)}
-        assert not bad, f"services did not exit cleanly on SIGTERM: {bad}\n{s.logs()}"
 
 
 def start_all(stack: Stack, *specs: tuple[str, str], **env: str) -> None:

@@ -15,6 +15,7 @@ from tests.integration.conftest import (  # noqa: F401  (fixtures and hook re-ex
     Stack,
     pytest_runtest_makereport,
     stack_env,
+    started_stack,
 )
 
 SESSION_FRAME_LIMIT = 16_384  # over it: MESSAGE_TOO_LARGE, the connection stays open
@@ -32,18 +33,8 @@ def _start(
     request: pytest.FixtureRequest,
     services: list[tuple[str, str]],
 ) -> Iterator[Stack]:
-    s = Stack({**env, **HOSTILE_ENV}, tmp_path)
-    try:
-        started = [s.start(name, service) for name, service in services]
-        for p in started:
-            p.wait_ready()
+    with started_stack({**env, **HOSTILE_ENV}, tmp_path, request, services) as s:
         yield s
-    finally:
-        codes = s.stop_all()
-        if getattr(request.node, "rep_call_failed", False):
-            print(s.logs())
-        bad = {n: c for n, c in codes.items() if c not in (0, None)}
-        assert not bad, f"services did not exit cleanly on SIGTERM: {bad}\n{s.logs()}"
 
 
 @pytest.fixture

@@ -6,8 +6,9 @@ whole node lifecycle runs in seconds; the code paths are the production ones.
 
 from __future__ import annotations
 
+import contextlib
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -75,24 +76,44 @@ def stack_env(redis_url: str, amqp_url: str, bus_prefix: str) -> dict[str, str]:
     }
 
 
+@contextlib.contextmanager
+def started_stack(
+    env: dict[str, str],
+    log_dir: Path,
+    request: pytest.FixtureRequest,
+    services: Sequence[tuple[str, str]] = (),
+    killed_ok: bool = False,
+) -> Iterator[Stack]:
+    """A stack with ``services`` ((name, service) pairs) started and ready; at the end every
+    process is SIGTERMed and must exit 0 (``killed_ok``: a process the test already killed
+    is not asked to), and the logs are printed when the test failed."""
+    s = Stack(env, log_dir)
+    try:
+        procs = [s.start(name, service) for name, service in services]
+        for p in procs:
+            p.wait_ready()
+        yield s
+    finally:
+        gone = {
+            n
+            for n, p in s.procs.items()
+            if killed_ok and p.proc is not None and p.proc.poll() is not None
+        }
+        codes = s.stop_all()
+        if getattr(request.node, "rep_call_failed", False):
+            print(s.logs())
+        bad = {n: c for n, c in codes.items() if n not in gone and c not in (0, None)}
+        assert not bad, f"services did not exit cleanly on SIGTERM: {bad}\n{s.logs()}"
+
+
 @pytest.fixture
 def stack(
     redis, stack_env: dict[str, str], tmp_path: Path, request: pytest.FixtureRequest
 ) -> Iterator[Stack]:
     """node-manager + one gateway (``gw-a``), ready. ``redis`` (flushed) comes first."""
-    s = Stack(stack_env, tmp_path)
-    try:
-        nm = s.start("nm-1", "node-manager")
-        gw = s.start("gw-a", "gateway")
-        nm.wait_ready()
-        gw.wait_ready()
+    services = [("nm-1", "node-manager"), ("gw-a", "gateway")]
+    with started_stack(stack_env, tmp_path, request, services) as s:
         yield s
-    finally:
-        codes = s.stop_all()
-        if request.node.rep_call_failed if hasattr(request.node, "rep_call_failed") else False:
-            print(s.logs())
-        bad = {n: c for n, c in codes.items() if c not in (0, None)}
-        assert not bad, f"services did not exit cleanly on SIGTERM: {bad}\n{s.logs()}"
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import urllib.request
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from redis.asyncio import Redis
@@ -90,3 +91,17 @@ def metric(stack: Any, proc: str, name: str, **labels: str) -> float:
         if line.startswith(f"{name}{{{want}}}") or (not labels and line.startswith(name + " ")):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
+
+
+@contextlib.asynccontextmanager
+async def running(*agents: Any, register_timeout: float = 15.0) -> AsyncIterator[None]:
+    """Node agents (``lingua_node_agent.NodeAgent``) running, each registered, then stopped."""
+    tasks = [asyncio.create_task(a.run()) for a in agents]
+    try:
+        for a in agents:
+            await asyncio.wait_for(a.registered.wait(), register_timeout)
+        yield
+    finally:
+        for a in agents:
+            a.stop(drain=False)
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -14,7 +14,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,8 +25,8 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus
 from lingua_node_agent import AgentConfig, JobContext, JobOutcome, NodeAgent, SimulatedHandler
 from lingua_shared.devstack import ServiceProcess, free_port
 from lingua_shared.protocol import JobAssign
-from tests.integration.conftest import Stack
-from tests.integration.helpers import eventually, node_pools, node_state
+from tests.integration.conftest import Stack, started_stack
+from tests.integration.helpers import eventually, node_pools, node_state, running
 from tests.integration.invariants import settle_idle
 from tests.integration.test_job_path import JOB_ENV, answers, open_session, send_utterance
 
@@ -41,15 +41,8 @@ ANSWER_TYPES = ("translation_result", "missing_result", "error")
 def stack(redis, stack_env, tmp_path, request) -> Iterator[Stack]:
     """An empty stack: each test starts the replicas it needs (and SIGTERMs some itself);
     whatever is left is stopped at the end and must exit 0 too."""
-    s = Stack({**stack_env, **DRAIN_ENV}, tmp_path)
-    try:
+    with started_stack({**stack_env, **DRAIN_ENV}, tmp_path, request) as s:
         yield s
-    finally:
-        codes = s.stop_all()
-        if getattr(request.node, "rep_call_failed", False):
-            print(s.logs())
-        bad = {n: c for n, c in codes.items() if c not in (0, None)}
-        assert not bad, f"services did not exit cleanly on SIGTERM: {bad}\n{s.logs()}"
 
 
 def start_ready(stack: Stack, *specs: tuple[str, str] | tuple[str, str, int]) -> None:
@@ -83,19 +76,6 @@ def agent(urls: list[str], node_id: str, handler=None, **kw) -> NodeAgent:
     )
     cfg.update(kw)
     return NodeAgent(AgentConfig(**cfg), handler or SimulatedHandler(processing_ms=50))
-
-
-@contextlib.asynccontextmanager
-async def running(*agents: NodeAgent) -> AsyncIterator[None]:
-    tasks = [asyncio.create_task(a.run()) for a in agents]
-    try:
-        for a in agents:
-            await asyncio.wait_for(a.registered.wait(), 15)
-        yield
-    finally:
-        for a in agents:
-            a.stop(drain=False)
-        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class Gated:

@@ -8,7 +8,6 @@ import base64
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
 
 import pytest
 from websockets.asyncio.client import ClientConnection, connect
@@ -16,7 +15,8 @@ from websockets.asyncio.client import ClientConnection, connect
 from lingua_node_agent import AgentConfig, JobContext, JobOutcome, NodeAgent, SimulatedHandler
 from lingua_shared.protocol import JobAssign
 from lingua_shared.testing import delete_bus
-from tests.integration.helpers import eventually, metric
+from tests.integration.conftest import started_stack, unique
+from tests.integration.helpers import eventually, metric, running
 from tests.integration.invariants import settle_idle
 
 pytestmark = pytest.mark.integration
@@ -33,26 +33,15 @@ PCM = b"\x01\x00" * 1600  # 100 ms of PCM16 at 16 kHz
 
 @pytest.fixture
 def job_stack(redis, stack_env, tmp_path, request):
-    from tests.integration.conftest import Stack
-
-    s = Stack({**stack_env, **JOB_ENV}, tmp_path)
-    try:
-        started = [
-            s.start("nm-1", "node-manager"),
-            s.start("disp-1", "dispatcher"),
-            s.start("disp-2", "dispatcher"),
-            s.start("gw-a", "gateway"),
-            s.start("gw-b", "gateway"),
-        ]
-        for p in started:
-            p.wait_ready()
+    services = [
+        ("nm-1", "node-manager"),
+        ("disp-1", "dispatcher"),
+        ("disp-2", "dispatcher"),
+        ("gw-a", "gateway"),
+        ("gw-b", "gateway"),
+    ]
+    with started_stack({**stack_env, **JOB_ENV}, tmp_path, request, services) as s:
         yield s
-    finally:
-        codes = s.stop_all()
-        if getattr(request.node, "rep_call_failed", False):
-            print(s.logs())
-        bad = {n: c for n, c in codes.items() if c not in (0, None)}
-        assert not bad, f"services did not exit cleanly on SIGTERM: {bad}\n{s.logs()}"
 
 
 def session_url(stack, gw: str = "gw-b") -> str:
@@ -73,19 +62,6 @@ def node(stack, node_id: str, handler=None, **kw) -> NodeAgent:
     )
     cfg.update(kw)
     return NodeAgent(AgentConfig(**cfg), handler or SimulatedHandler(processing_ms=20))
-
-
-@contextlib.asynccontextmanager
-async def running(*agents: NodeAgent) -> AsyncIterator[None]:
-    tasks = [asyncio.create_task(a.run()) for a in agents]
-    try:
-        for a in agents:
-            await asyncio.wait_for(a.registered.wait(), 10)
-        yield
-    finally:
-        for a in agents:
-            a.stop(drain=False)
-        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def open_session(url: str, src: str = "zh", tgt: str = "en") -> tuple[ClientConnection, str]:
@@ -314,8 +290,6 @@ async def test_an_utterance_refused_by_a_full_queue_is_answered_once_in_its_plac
     so once a dispatcher and a node come, the client gets 0, 1 (results), 2 (the error), 3
     (a result) — once each, in order, without waiting for a gap timeout. (A quorum queue may
     take a message or two over its bound, so the refused index is found, not assumed.)"""
-    from tests.integration.conftest import Stack, unique
-
     env = {
         **stack_env,
         **JOB_ENV,
@@ -323,43 +297,39 @@ async def test_an_utterance_refused_by_a_full_queue_is_answered_once_in_its_plac
         "LINGUA_AMQP_WORK_QUEUE_MAX_LENGTH": "2",
         "LINGUA_GAP_TIMEOUT_MS": "60000",  # a gap would be noticed, not papered over
     }
-    s = Stack(env, tmp_path)
+    services = [("nm-1", "node-manager"), ("gw-b", "gateway")]
     try:
-        for p in (s.start("nm-1", "node-manager"), s.start("gw-b", "gateway")):
-            p.wait_ready()
-        ws, sid = await open_session(session_url(s))
-        refused = None  # the first index the full queue refuses (quorum queues may take one over)
-        for i in range(6):
-            await send_utterance(ws, sid, seq=2 * i)
-            with contextlib.suppress(AssertionError):
-                await eventually(lambda: _refused(s), timeout=1.5, what="a refusal")
-                refused = i
-                break
-        assert refused is not None and refused >= 2, refused
-        # started while the client is connected: wait off the event loop, which must keep
-        # answering the gateway's pings; the node first, so the queued jobs find it
-        await asyncio.to_thread(s.start("gw-a", "gateway").wait_ready)
-        async with running(node(s, "node-full")):
-            await asyncio.to_thread(s.start("disp-1", "dispatcher").wait_ready)
-            got = await answers(ws, refused + 1)
-            await send_utterance(ws, sid, seq=100)
-            got += await answers(ws, 1)
-        kinds = [(m["type"], m.get("utterance_index")) for m in got]
-        assert kinds == [
-            *(("translation_result", i) for i in range(refused)),
-            ("error", None),
-            ("translation_result", refused + 1),
-        ]
-        err = got[refused]
-        assert err["details"]["utterance_index"] == refused
-        assert err["code"] == "SCHEDULER_DEPENDENCY_DOWN" and "overloaded" in err["message"]
-        await ws.close()
+        with started_stack(env, tmp_path, request, services) as s:
+            ws, sid = await open_session(session_url(s))
+            # the first index the full queue refuses (a quorum queue may take one over)
+            refused = None
+            for i in range(6):
+                await send_utterance(ws, sid, seq=2 * i)
+                with contextlib.suppress(AssertionError):
+                    await eventually(lambda: _refused(s), timeout=1.5, what="a refusal")
+                    refused = i
+                    break
+            assert refused is not None and refused >= 2, refused
+            # started while the client is connected: wait off the event loop, which must keep
+            # answering the gateway's pings; the node first, so the queued jobs find it
+            await asyncio.to_thread(s.start("gw-a", "gateway").wait_ready)
+            async with running(node(s, "node-full")):
+                await asyncio.to_thread(s.start("disp-1", "dispatcher").wait_ready)
+                got = await answers(ws, refused + 1)
+                await send_utterance(ws, sid, seq=100)
+                got += await answers(ws, 1)
+            kinds = [(m["type"], m.get("utterance_index")) for m in got]
+            assert kinds == [
+                *(("translation_result", i) for i in range(refused)),
+                ("error", None),
+                ("translation_result", refused + 1),
+            ]
+            err = got[refused]
+            assert err["details"]["utterance_index"] == refused
+            assert err["code"] == "SCHEDULER_DEPENDENCY_DOWN" and "overloaded" in err["message"]
+            await ws.close()
     finally:
-        codes = s.stop_all()
-        if getattr(request.node, "rep_call_failed", False):
-            print(s.logs())
         await delete_bus(env["LINGUA_AMQP_URL"], env["LINGUA_BUS_PREFIX"])
-    assert all(c in (0, None) for c in codes.values()), codes
 
 
 async def _refused(stack) -> bool:
