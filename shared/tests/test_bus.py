@@ -17,6 +17,7 @@ from lingua_shared.bus import (
     Unroutable,
     consume,
     declare_topology,
+    delete_topology,
 )
 from lingua_shared.errors import DependencyDown
 from lingua_shared.events import NODE_EVENT, NodeDisconnected, RegisterReply
@@ -32,14 +33,6 @@ async def bus(amqp_url: str):
     yield topo, conn, publisher
     await delete_topology(conn, topo)
     await conn.close()
-
-
-async def delete_topology(conn, topo: Topology) -> None:
-    cleanup = await conn.channel()
-    for spec in topo.shared_queues():
-        await cleanup.queue_delete(spec.name)
-    for ex in topo.exchanges():
-        await cleanup.exchange_delete(ex.name)
 
 
 def disconnected(node_id: str) -> NodeDisconnected:

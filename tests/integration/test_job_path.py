@@ -13,8 +13,8 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 
 from lingua_node_agent import AgentConfig, JobContext, JobOutcome, NodeAgent, SimulatedHandler
+from lingua_shared.bus import delete_bus
 from lingua_shared.protocol import JobAssign
-from lingua_shared.testing import delete_bus
 from tests.integration.conftest import started_stack, unique
 from tests.integration.helpers import eventually, metric, running
 from tests.integration.invariants import settle_idle

@@ -16,6 +16,7 @@ from pathlib import Path
 from redis.asyncio import Redis
 
 from lingua_bench.procstat import find_pids
+from lingua_shared.bus import delete_bus
 from lingua_shared.devstack import SERVICES, ServiceProcess, free_port
 from lingua_shared.keys import Keys
 
@@ -107,29 +108,3 @@ async def _cleanup(redis_url: str, amqp_url: str, cell: str, prefix: str) -> Non
     finally:
         await r.aclose()
     await delete_bus(amqp_url, prefix)
-
-
-async def delete_bus(amqp_url: str, prefix: str) -> None:
-    """Delete the queues and exchanges of ``prefix`` (each on its own channel: a failed
-    delete closes its channel)."""
-    import aio_pika
-
-    from lingua_shared.bus import Topology
-
-    topo = Topology(prefix)
-    conn = await aio_pika.connect(amqp_url, timeout=5)
-    try:
-        for name in [q.name for q in topo.shared_queues()]:
-            ch = await conn.channel()
-            try:
-                await ch.queue_delete(name)
-            except Exception:
-                pass
-        for ex in topo.exchanges():
-            ch = await conn.channel()
-            try:
-                await ch.exchange_delete(ex.name)
-            except Exception:
-                pass
-    finally:
-        await conn.close()

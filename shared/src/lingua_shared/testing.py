@@ -20,6 +20,7 @@ from urllib.parse import urlparse
 import pytest
 from redis.asyncio import Redis
 
+from lingua_shared.bus import delete_bus
 from lingua_shared.keys import Keys
 from lingua_shared.scripts import Scripts
 
@@ -125,28 +126,3 @@ def bus_prefix(amqp_url: str) -> Iterator[str]:
     prefix = f"lingua-test-{uuid.uuid4().hex[:8]}"
     yield prefix
     asyncio.run(delete_bus(amqp_url, prefix))
-
-
-async def delete_bus(amqp_url: str, prefix: str) -> None:
-    """Delete the shared queues and exchanges of bus ``prefix`` (best effort)."""
-    import aio_pika
-
-    from lingua_shared.bus import Topology
-
-    topo = Topology(prefix)
-    conn = await aio_pika.connect(amqp_url, timeout=5)
-    try:
-        for spec in topo.shared_queues():
-            ch = await conn.channel()
-            try:
-                await ch.queue_delete(spec.name)
-            except Exception:
-                pass
-        for ex in topo.exchanges():
-            ch = await conn.channel()
-            try:
-                await ch.exchange_delete(ex.name)
-            except Exception:
-                pass
-    finally:
-        await conn.close()

@@ -15,13 +15,12 @@ from websockets.asyncio.server import ServerConnection
 from lingua_gateway.access import ByteRate
 from lingua_gateway.decode import decode_frame
 from lingua_gateway.outbound import Outbound
-from lingua_gateway.read_loop import read_frames
+from lingua_gateway.read_loop import EndpointConnection, read_frames
 from lingua_shared.auth import Principal
 from lingua_shared.errors import (
     DependencyDown,
     InvalidCapabilitySchema,
     InvalidMessage,
-    LinguaError,
     NodeIdConflict,
     NodeNotRegistered,
     Unauthorized,
@@ -84,7 +83,9 @@ def register_trace_id(reg: NodeRegister) -> str | None:
     )
 
 
-class NodeConnection:
+class NodeConnection(EndpointConnection):
+    ENDPOINT = ENDPOINT
+
     def __init__(self, gw: Gateway, ws: ServerConnection, principal: Principal | None) -> None:
         self.gw = gw
         self.ws = ws
@@ -98,11 +99,6 @@ class NodeConnection:
             on_slow=lambda: gw.metrics.outbound_dropped.labels(ENDPOINT).inc(),
         )
         self._rpc_seq = 0
-
-    def send_error(self, err: LinguaError | ErrorMessage) -> None:
-        msg = err.to_message() if isinstance(err, LinguaError) else err
-        self.gw.metrics.errors_sent.labels(ENDPOINT, msg.code).inc()
-        self.out.send(msg.to_wire())
 
     def use_node_keepalive(self) -> None:
         """Ping this socket every ``ws_node_ping_interval_s`` instead of the server's interval.
@@ -137,10 +133,6 @@ class NodeConnection:
             )
         finally:
             await self.closed()
-
-    async def close(self, code: int, reason: str) -> None:
-        await self.out.flush_and_stop(0.5)
-        await self.ws.close(code, reason)
 
     async def on_frame(self, raw: str | bytes) -> None:
         msg = decode_frame(raw, NODE_INBOUND, NODE_TYPES)

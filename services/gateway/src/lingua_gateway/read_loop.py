@@ -12,18 +12,41 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from lingua_gateway.access import ByteRate
 from lingua_gateway.metrics import Metrics
+from lingua_gateway.outbound import Outbound
 from lingua_shared.errors import InvalidMessage, LinguaError
 from lingua_shared.logs import get_logger
 from lingua_shared.protocol import ErrorCode, ErrorMessage
 
+if TYPE_CHECKING:
+    from lingua_gateway.app import Gateway
+
 log = get_logger(__name__)
+
+
+class EndpointConnection:
+    """What a node and a session connection share: typed errors go out through the bounded
+    outbound queue (counted per endpoint), and a close lets that queue flush first."""
+
+    ENDPOINT: ClassVar[str]
+    gw: Gateway
+    ws: ServerConnection
+    out: Outbound
+
+    def send_error(self, err: LinguaError | ErrorMessage) -> None:
+        msg = err.to_message() if isinstance(err, LinguaError) else err
+        self.gw.metrics.errors_sent.labels(self.ENDPOINT, msg.code).inc()
+        self.out.send(msg.to_wire())
+
+    async def close(self, code: int, reason: str) -> None:
+        await self.out.flush_and_stop(0.5)
+        await self.ws.close(code, reason)
 
 
 async def read_frames(

@@ -19,7 +19,7 @@ from lingua_gateway.access import ByteRate
 from lingua_gateway.decode import decode_frame
 from lingua_gateway.delivery import OrderedSender
 from lingua_gateway.outbound import Outbound
-from lingua_gateway.read_loop import read_frames
+from lingua_gateway.read_loop import EndpointConnection, read_frames
 from lingua_gateway.session_audio import SessionAudio
 from lingua_gateway.session_frames import (
     check_frame_size,
@@ -30,7 +30,7 @@ from lingua_gateway.session_frames import (
 from lingua_gateway.session_spec import SessionSpec, spec_from_init
 from lingua_gateway.session_store import SessionStore
 from lingua_shared.auth import Principal
-from lingua_shared.errors import DependencyDown, InvalidMessage, InvalidSession, LinguaError
+from lingua_shared.errors import DependencyDown, InvalidMessage, InvalidSession
 from lingua_shared.events import ToSession
 from lingua_shared.logs import get_logger
 from lingua_shared.protocol import ErrorMessage
@@ -62,7 +62,9 @@ SESSION_TYPES = frozenset(
 CLOSE_NORMAL = 1000
 
 
-class SessionConnection:
+class SessionConnection(EndpointConnection):
+    ENDPOINT = ENDPOINT
+
     def __init__(self, gw: Gateway, ws: ServerConnection, principal: Principal | None) -> None:
         self.gw = gw
         self.ws = ws
@@ -82,11 +84,6 @@ class SessionConnection:
             on_slow=lambda: gw.metrics.outbound_dropped.labels(ENDPOINT).inc(),
         )
 
-    def send_error(self, err: LinguaError | ErrorMessage) -> None:
-        msg = err.to_message() if isinstance(err, LinguaError) else err
-        self.gw.metrics.errors_sent.labels(ENDPOINT, msg.code).inc()
-        self.out.send(msg.to_wire())
-
     async def run(self) -> None:
         try:
             await read_frames(
@@ -101,10 +98,6 @@ class SessionConnection:
             )
         finally:
             await self.closed()
-
-    async def close(self, code: int, reason: str) -> None:
-        await self.out.flush_and_stop(0.5)
-        await self.ws.close(code, reason)
 
     # -- frames ---------------------------------------------------------------------------
     async def on_frame(self, raw: str | bytes) -> None:
