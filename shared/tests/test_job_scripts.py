@@ -28,6 +28,7 @@ from lingua_shared.errors import ScriptRejected
 from lingua_shared.job_scripts import Delivery
 from lingua_shared.keys import Keys
 from lingua_shared.scripts import Scripts, find_lua_dir
+from lingua_shared.testing import key_snapshot, node_registration
 
 NOW = 1_700_000_000_000
 TTL = 600_000
@@ -40,20 +41,9 @@ MINE = Keys("test").prefix + "*"  # the fixtures' cell; other suites may share t
 
 # --- set-up helpers --------------------------------------------------------------------------
 def reg(node_id: str, **over: Any) -> dict[str, Any]:
-    kw: dict[str, Any] = {
-        "node_id": node_id,
-        "now_ms": NOW,
-        "ttl_ms": TTL,
-        "region": "eu",
-        "gpu_tier": "a100",
-        "lang_sets": [["en", "zh"]],
-        "capacity": 4,
-        "services": {"asr": ["en", "zh"], "semantic": ["en", "zh"]},
-        "gateway_id": f"gw-{node_id}",
-        "conn_id": f"c-{node_id}",
-    }
-    kw.update(over)
-    return kw
+    return node_registration(
+        node_id, **{"now_ms": NOW, "ttl_ms": TTL, "gateway_id": f"gw-{node_id}", **over}
+    )
 
 
 async def join(scripts: Scripts, node_id: str, now_ms: int = NOW, **over: Any) -> None:
@@ -155,10 +145,7 @@ def release_kw(job_id: str, attempt: int = 1, **over: Any) -> dict[str, Any]:
 
 # --- reading helpers -------------------------------------------------------------------------
 async def snapshot(redis: Redis) -> dict[bytes, tuple[bytes, int]]:
-    """Every key's serialized value and absolute expiry: equal snapshots = nothing written."""
-    return {
-        k: (await redis.dump(k), await redis.pexpiretime(k)) for k in sorted(await redis.keys(MINE))
-    }
+    return await key_snapshot(redis)
 
 
 def decode(reply: list[Any]) -> list[Any]:

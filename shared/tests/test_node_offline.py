@@ -10,6 +10,7 @@ from redis.asyncio import Redis
 from lingua_shared.errors import ScriptRejected
 from lingua_shared.keys import Keys
 from lingua_shared.scripts import Scripts
+from lingua_shared.testing import key_snapshot, node_beat, node_registration
 
 NOW = 1_700_000_000_000
 TTL = 30_000
@@ -18,38 +19,15 @@ SMALL, BIG = "en_zh:eu:a100:0", "en_ja_zh:eu:a100:0"
 
 
 def reg(node_id: str = "n1", **over: Any) -> dict[str, Any]:
-    kw: dict[str, Any] = {
-        "node_id": node_id,
-        "now_ms": NOW,
-        "ttl_ms": TTL,
-        "region": "eu",
-        "gpu_tier": "a100",
-        "lang_sets": [["en", "zh"]],
-        "capacity": 4,
-        "services": {"asr": ["en", "zh"], "semantic": ["en", "zh"]},
-        "gateway_id": "gw1",
-        "conn_id": f"c-{node_id}",
-    }
-    kw.update(over)
-    return kw
+    return node_registration(node_id, **{"now_ms": NOW, "ttl_ms": TTL, **over})
 
 
 def hb(node_id: str = "n1", **over: Any) -> dict[str, Any]:
-    kw: dict[str, Any] = {
-        "node_id": node_id,
-        "conn_id": f"c-{node_id}",
-        "gateway_id": "gw1",
-        "now_ms": NOW,
-    }
-    kw.update(over)
-    return kw
+    return node_beat(node_id, **{"now_ms": NOW, **over})
 
 
 async def snapshot(redis: Redis) -> dict[bytes, tuple[bytes, int]]:
-    """Every key's serialized value and absolute expiry: equal snapshots = nothing written."""
-    return {
-        k: (await redis.dump(k), await redis.pexpiretime(k)) for k in sorted(await redis.keys(MINE))
-    }
+    return await key_snapshot(redis)
 
 
 def decode(reply: list[Any]) -> list[Any]:

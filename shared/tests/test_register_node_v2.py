@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -21,6 +22,7 @@ from lingua_shared.protocol.node import (
     derive_capabilities,
 )
 from lingua_shared.scripts import Scripts, find_lua_dir
+from lingua_shared.testing import key_snapshot, node_beat, node_registration
 
 NOW = 1_700_000_000_000
 TTL = 30_000
@@ -28,35 +30,18 @@ MINE = Keys("test").prefix + "*"  # the fixtures' cell; other suites may share t
 
 
 def reg(**over: Any) -> dict[str, Any]:
-    kw: dict[str, Any] = {
-        "node_id": "n1",
-        "now_ms": NOW,
-        "ttl_ms": TTL,
-        "region": "eu",
-        "gpu_tier": "a100",
-        "lang_sets": [["zh", "en"]],
-        "capacity": 4,
-        "services": {"asr": ["en", "zh"], "semantic": ["en", "zh"]},
-        "gateway_id": "gw1",
-        "conn_id": "c1",
-        "meta": {"version": "1.0"},
-    }
-    kw.update(over)
-    return kw
+    base = {"now_ms": NOW, "ttl_ms": TTL, "conn_id": "c1", "lang_sets": [["zh", "en"]]}
+    return node_registration(
+        str(over.pop("node_id", "n1")), **{**base, "meta": {"version": "1.0"}, **over}
+    )
 
 
 def hb(**over: Any) -> dict[str, Any]:
-    kw: dict[str, Any] = {"node_id": "n1", "conn_id": "c1", "gateway_id": "gw1", "now_ms": NOW}
-    kw.update(over)
-    return kw
+    return node_beat(str(over.pop("node_id", "n1")), **{"now_ms": NOW, "conn_id": "c1", **over})
 
 
 async def snapshot(redis: Redis) -> dict[bytes, tuple[bytes, int]]:
-    """Every key's serialized value and absolute expiry: equal snapshots = nothing written."""
-    out = {}
-    for key in sorted(await redis.keys(MINE)):
-        out[key] = (await redis.dump(key), await redis.pexpiretime(key))
-    return out
+    return await key_snapshot(redis)
 
 
 async def dumps(redis: Redis) -> dict[bytes, bytes]:
@@ -215,7 +200,13 @@ async def test_a_registration_in_the_same_millisecond_is_still_a_new_registratio
 
 
 # (argument, value passed to the builder or a raw ARGV string, field named in the reply)
-ARG_INDEX = {name: i for i, name in enumerate(reg())}
+# ARGV position of each builder argument (the builder takes them in ARGV order)
+ARG_INDEX = {
+    name: i
+    for i, name in enumerate(
+        p for p in inspect.signature(Scripts.register_node_v2_args).parameters if p != "self"
+    )
+}
 RAW = object()  # marks a value that replaces the raw ARGV string instead of the builder input
 INVALID: list[tuple[str, Any, str]] = [
     ("node_id", "", "node_id"),

@@ -18,6 +18,7 @@ from lingua_shared.errors import ScriptRejected
 from lingua_shared.job_scripts import Selection
 from lingua_shared.keys import Keys
 from lingua_shared.scripts import Scripts
+from lingua_shared.testing import key_snapshot, node_registration
 
 NOW = 1_700_000_000_000
 TTL = 600_000
@@ -28,20 +29,10 @@ ZH_EN = "en_zh:eu:a100:0"
 
 # --- set-up helpers --------------------------------------------------------------------------
 def reg(node_id: str, **over: Any) -> dict[str, Any]:
-    kw: dict[str, Any] = {
-        "node_id": node_id,
-        "now_ms": NOW,
-        "ttl_ms": TTL,
-        "region": "eu",
-        "gpu_tier": "a100",
-        "lang_sets": [["en", "zh"]],
-        "capacity": 2,
-        "services": {"asr": ["en", "zh"], "semantic": ["en", "zh"]},
-        "gateway_id": f"gw-{node_id}",
-        "conn_id": f"c-{node_id}",
-    }
-    kw.update(over)
-    return kw
+    return node_registration(
+        node_id,
+        **{"now_ms": NOW, "ttl_ms": TTL, "gateway_id": f"gw-{node_id}", "capacity": 2, **over},
+    )
 
 
 async def join(scripts: Scripts, node_id: str, max_shard_size: int = 256, **over: Any) -> None:
@@ -116,10 +107,7 @@ async def release(scripts: Scripts, job_id: str, attempt: int) -> None:
 
 # --- reading helpers -------------------------------------------------------------------------
 async def snapshot(redis: Redis) -> dict[bytes, tuple[bytes, int]]:
-    """Every key's serialized value and absolute expiry: equal snapshots = nothing written."""
-    return {
-        k: (await redis.dump(k), await redis.pexpiretime(k)) for k in sorted(await redis.keys(MINE))
-    }
+    return await key_snapshot(redis)
 
 
 def decode(reply: list[Any]) -> list[Any]:

@@ -15,6 +15,7 @@ import os
 import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 from urllib.parse import urlparse
 
 import pytest
@@ -126,3 +127,41 @@ def bus_prefix(amqp_url: str) -> Iterator[str]:
     prefix = f"lingua-test-{uuid.uuid4().hex[:8]}"
     yield prefix
     asyncio.run(delete_bus(amqp_url, prefix))
+
+
+# -- script arguments and state snapshots shared by the Lua tests ----------------------------
+TEST_KEYS_PATTERN = Keys("test").prefix + "*"  # the fixtures' cell; other suites share the DB
+
+
+def node_registration(node_id: str, **over: Any) -> dict[str, Any]:
+    """Arguments of ``register_node_v2`` for an en-zh node in eu/a100; ``over`` gives
+    ``now_ms`` and ``ttl_ms`` and replaces any other."""
+    kw: dict[str, Any] = {
+        "node_id": node_id,
+        "region": "eu",
+        "gpu_tier": "a100",
+        "lang_sets": [["en", "zh"]],
+        "capacity": 4,
+        "services": {"asr": ["en", "zh"], "semantic": ["en", "zh"]},
+        "gateway_id": "gw1",
+        "conn_id": f"c-{node_id}",
+    }
+    kw.update(over)
+    return kw
+
+
+def node_beat(node_id: str, **over: Any) -> dict[str, Any]:
+    """Arguments of ``heartbeat_with_pool_assign`` from the connection ``node_registration``
+    names; ``over`` gives ``now_ms`` and replaces any other."""
+    kw: dict[str, Any] = {"node_id": node_id, "conn_id": f"c-{node_id}", "gateway_id": "gw1"}
+    kw.update(over)
+    return kw
+
+
+async def key_snapshot(redis: Redis) -> dict[bytes, tuple[bytes, int]]:
+    """Every key of the test cell, serialized, with its absolute expiry: equal snapshots mean
+    nothing was written."""
+    return {
+        k: (await redis.dump(k), await redis.pexpiretime(k))
+        for k in sorted(await redis.keys(TEST_KEYS_PATTERN))
+    }
