@@ -83,8 +83,13 @@ class JobScriptsMixin:
     def script(self, name: str) -> AsyncScript:  # provided by Scripts
         raise NotImplementedError
 
+    pipeline: Any = None  # a TickPipeline (see scripts.py) when the client is asynchronous
+
     async def _run(self, name: str, keys: list[str], args: list[Any]) -> list[Any]:
-        return await self.script(name)(keys=keys, args=args)  # type: ignore[no-any-return]
+        script = self.script(name)
+        if self.pipeline is not None:
+            return await self.pipeline.call(script, keys, args)  # type: ignore[no-any-return]
+        return await script(keys=keys, args=args)  # type: ignore[no-any-return]
 
     # -- job_create -------------------------------------------------------------------------
     def job_create_args(

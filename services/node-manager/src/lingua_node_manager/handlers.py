@@ -19,7 +19,7 @@ from lingua_shared.events import (
 from lingua_shared.logs import get_logger
 from lingua_shared.protocol import NodeControl
 from lingua_shared.runtime import Infra, now_ms
-from lingua_shared.scripts import ScriptCode
+from lingua_shared.scripts import ScriptCode, rerun_noscript
 
 log = get_logger(__name__)
 REPLACED_CLOSE_CODE = 4001
@@ -145,6 +145,7 @@ class NodeEventHandler:
         script = s.script("heartbeat_with_pool_assign")
         now = now_ms()
         shard_size = self.infra.settings.pool_shard_size
+        calls = []
         async with self.infra.redis.pipeline(transaction=False) as pipe:
             for b in batch.beats:
                 keys, args = s.heartbeat_args(
@@ -159,8 +160,10 @@ class NodeEventHandler:
                     max_shard_size=shard_size,
                     status=b.status,
                 )
+                calls.append((script, keys, args))
                 await script(keys=keys, args=args, client=pipe)
             replies = await pipe.execute(raise_on_error=False)
+        await rerun_noscript(replies, calls)
         self.metrics.batch_size.observe(len(batch.beats))
         reregister: list[tuple[str, str]] = []
         for beat, reply in zip(batch.beats, replies, strict=True):
