@@ -13,9 +13,18 @@ Topology (names prefixed by ``Settings.bus_prefix``, default ``lingua``)::
 
 Publishing uses publisher confirms and ``mandatory``: an unroutable message (for example to a
 gateway replica that is gone) raises :class:`Unroutable` instead of vanishing.
+The job path's publishes are *coalesced* (:meth:`Publisher.publish_batched`): the messages for
+one exchange and routing key published in the same event-loop tick leave as one AMQP message
+(type ``lingua.batch``, a JSON array of the messages), each caller still awaiting the broker's
+confirm of its own message. One message in a tick leaves as itself, so an idle system sends
+exactly what it did unbatched; under load the per-message costs (frames, confirms, acks, the
+broker's queue work) are paid once per batch.
 Consuming goes through :func:`consume`: undecodable -> dead-lettered at once; a handler
 exception -> requeued, and the queue's delivery limit dead-letters a poison message; a
 dependency outage (Redis down) is retried in place and does not count against that limit.
+A batch is handled item by item with the same rules: an invalid item is dead-lettered alone, a
+failed item is published back to its queue alone (where the delivery limit counts its tries),
+then the batch is acked; nothing in it is lost with a bad neighbour.
 """
 
 from __future__ import annotations
@@ -58,6 +67,11 @@ TRANSIENT_ERRORS: tuple[type[BaseException], ...] = (
 )
 TRANSIENT_RETRY_S = 30.0  # retried in place this long, then requeued (one delivery spent)
 TRANSIENT_BACKOFF_S = (0.05, 1.0)  # first and longest pause between two tries
+
+
+BATCH_TYPE = "lingua.batch"  # AMQP ``type`` of a coalesced message: a JSON array of messages
+BATCH_MAX_ITEMS = 64
+BATCH_MAX_BYTES = 1 << 20  # an utterance's audio rides in job.request: bound the batch by size
 
 
 class Unroutable(LinguaError):
@@ -251,22 +265,58 @@ def encode(model: BaseModel) -> bytes:
     return orjson.dumps(model.model_dump(mode="json", exclude_none=True))
 
 
+class _Batch:
+    """Messages for one exchange and routing key, waiting for the end of the loop tick."""
+
+    __slots__ = ("bodies", "done", "kinds", "persistent", "sealed", "size")
+
+    def __init__(self, done: asyncio.Future[None]) -> None:
+        self.bodies: list[bytes] = []
+        self.kinds: list[str | None] = []
+        self.size = 0
+        self.persistent = False
+        self.done = done
+        self.sealed = False
+        # every awaiter may have been cancelled: never leave an exception unretrieved
+        done.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+
 class Publisher:
     """Confirmed, mandatory publishes on one channel."""
 
-    def __init__(self, channel: AbstractChannel, topo: Topology, confirm_timeout: float) -> None:
+    def __init__(
+        self,
+        channel: AbstractChannel,
+        topo: Topology,
+        confirm_timeout: float,
+        batch_max_items: int = BATCH_MAX_ITEMS,
+        batch_max_bytes: int = BATCH_MAX_BYTES,
+    ) -> None:
         self.channel = channel
         self.topo = topo
         self.timeout = confirm_timeout
+        self.batch_max_items = max(1, batch_max_items)
+        self.batch_max_bytes = batch_max_bytes
         self._exchanges: dict[str, AbstractExchange] = {}
+        self._open: dict[tuple[str, str], _Batch] = {}
+        self._sending: set[asyncio.Task[None]] = set()
+        # what coalescing achieved: AMQP messages sent by publish_batched, and the messages in
+        # them (services export the ratio as a metric)
+        self.batches_sent = 0
+        self.batched_messages = 0
 
     @classmethod
     async def open(
-        cls, conn: AbstractRobustConnection, topo: Topology, confirm_timeout: float = 5.0
+        cls,
+        conn: AbstractRobustConnection,
+        topo: Topology,
+        confirm_timeout: float = 5.0,
+        batch_max_items: int = BATCH_MAX_ITEMS,
+        batch_max_bytes: int = BATCH_MAX_BYTES,
     ) -> Publisher:
         channel = await conn.channel(publisher_confirms=True, on_return_raises=True)
-        self = cls(channel, topo, confirm_timeout)
-        for name in (topo.events, topo.deliver):
+        self = cls(channel, topo, confirm_timeout, batch_max_items, batch_max_bytes)
+        for name in (topo.events, topo.deliver, topo.dlx):
             self._exchanges[name] = await channel.get_exchange(name, ensure=False)
         return self
 
@@ -281,8 +331,32 @@ class Publisher:
         persistent: bool = True,
         expiration_s: float | None = None,
     ) -> None:
-        message = aio_pika.Message(
+        await self._send_body(
+            exchange,
+            routing_key,
             encode(model),
+            persistent=persistent,
+            kind=getattr(model, "kind", None),
+            reply_to=reply_to,
+            correlation_id=correlation_id,
+            expiration_s=expiration_s,
+        )
+
+    async def _send_body(
+        self,
+        exchange: str,
+        routing_key: str,
+        body: bytes,
+        *,
+        persistent: bool,
+        kind: str | None,
+        reply_to: str | None = None,
+        correlation_id: str | None = None,
+        expiration_s: float | None = None,
+        headers: dict[str, Any] | None = None,
+    ) -> None:
+        message = aio_pika.Message(
+            body,
             content_type="application/json",
             delivery_mode=(
                 aio_pika.DeliveryMode.PERSISTENT
@@ -292,10 +366,12 @@ class Publisher:
             reply_to=reply_to,
             correlation_id=correlation_id,
             expiration=expiration_s,
-            type=getattr(model, "kind", None),
+            type=kind,
+            headers=headers,
         )
+        target = self._exchanges[exchange] if exchange else self.channel.default_exchange
         try:
-            await self._exchanges[exchange].publish(
+            await target.publish(
                 message, routing_key=routing_key, mandatory=True, timeout=self.timeout
             )
         except aio_pika.exceptions.PublishError as exc:
@@ -317,12 +393,99 @@ class Publisher:
         ) as exc:
             raise DependencyDown(f"publish to {exchange}/{routing_key} failed: {exc!r}") from exc
 
-    async def event(self, routing_key: str, model: BaseModel, **kw: Any) -> None:
-        await self.publish(self.topo.events, routing_key, model, **kw)
+    async def publish_batched(
+        self, exchange: str, routing_key: str, model: BaseModel, *, persistent: bool = True
+    ) -> None:
+        """Publish ``model`` coalesced with the other messages for ``exchange``/``routing_key``
+        of this loop tick; returns once the broker confirmed the message that carried it and
+        raises what :meth:`publish` would (for every message of that batch alike)."""
+        body = encode(model)
+        key = (exchange, routing_key)
+        batch = self._open.get(key)
+        if batch is not None and batch.size + len(body) > self.batch_max_bytes:
+            self._seal(key, batch)
+            batch = None
+        if batch is None:
+            loop = asyncio.get_running_loop()
+            batch = _Batch(loop.create_future())
+            self._open[key] = batch
+            # after the callbacks already due in this tick: the ones that publish too
+            loop.call_soon(self._seal, key, batch)
+        batch.bodies.append(body)
+        batch.kinds.append(getattr(model, "kind", None))
+        batch.size += len(body) + 1
+        batch.persistent = batch.persistent or persistent
+        if len(batch.bodies) >= self.batch_max_items or batch.size >= self.batch_max_bytes:
+            self._seal(key, batch)
+        await asyncio.shield(batch.done)
 
-    async def to_gateway(self, gateway_id: str, model: BaseModel, **kw: Any) -> None:
+    def _seal(self, key: tuple[str, str], batch: _Batch) -> None:
+        if batch.sealed:
+            return
+        batch.sealed = True
+        if self._open.get(key) is batch:
+            del self._open[key]
+        task = asyncio.get_running_loop().create_task(self._send_batch(key, batch))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)
+
+    async def _send_batch(self, key: tuple[str, str], batch: _Batch) -> None:
+        exchange, routing_key = key
+        n = len(batch.bodies)
+        try:
+            if n == 1:
+                await self._send_body(
+                    exchange,
+                    routing_key,
+                    batch.bodies[0],
+                    persistent=batch.persistent,
+                    kind=batch.kinds[0],
+                )
+            else:
+                await self._send_body(
+                    exchange,
+                    routing_key,
+                    b"[" + b",".join(batch.bodies) + b"]",
+                    persistent=batch.persistent,
+                    kind=BATCH_TYPE,
+                    headers={"x-lingua-items": n},
+                )
+        except Exception as exc:
+            if not batch.done.done():
+                batch.done.set_exception(exc)
+        else:
+            if not batch.done.done():
+                batch.done.set_result(None)
+        self.batches_sent += 1
+        self.batched_messages += n
+
+    async def resend(self, queue: str, body: bytes, kind: str | None = None) -> None:
+        """Publish one message of a batch on its own back to ``queue`` (default exchange)."""
+        await self._send_body("", queue, body, persistent=True, kind=kind)
+
+    async def dead_letter(self, body: bytes, reason: str) -> None:
+        """Publish one message of a batch straight to the dead-letter exchange."""
+        await self._send_body(
+            self.topo.dlx, "", body, persistent=True, kind=None, headers={"x-lingua-dead": reason}
+        )
+
+    async def event(
+        self, routing_key: str, model: BaseModel, *, batch: bool = False, **kw: Any
+    ) -> None:
+        """Publish to the events exchange; ``batch=True`` coalesces (:meth:`publish_batched`)."""
+        if batch:
+            await self.publish_batched(self.topo.events, routing_key, model, **kw)
+        else:
+            await self.publish(self.topo.events, routing_key, model, **kw)
+
+    async def to_gateway(
+        self, gateway_id: str, model: BaseModel, *, batch: bool = False, **kw: Any
+    ) -> None:
         """Deliver to one gateway replica; :class:`Unroutable` when that replica is gone."""
-        await self.publish(self.topo.deliver, gateway_id, model, persistent=False, **kw)
+        if batch:
+            await self.publish_batched(self.topo.deliver, gateway_id, model, persistent=False)
+        else:
+            await self.publish(self.topo.deliver, gateway_id, model, persistent=False, **kw)
 
 
 Handler = Callable[[T, AbstractIncomingMessage], Awaitable[None]]
@@ -367,6 +530,7 @@ async def consume(
     on_outcome: Callable[[str], None] | None = None,
     inflight: InFlight | None = None,
     transient_retry_s: float = TRANSIENT_RETRY_S,
+    publisher: Publisher | None = None,
 ) -> str:
     """Attach ``handler`` to ``queue`` with explicit ack/nack/reject; returns the consumer tag.
 
@@ -376,6 +540,11 @@ async def consume(
     ``transient_retry_s`` before the nack; success -> ack. Handlers are idempotent (they
     already are under redelivery), so running one again is safe. ``inflight`` counts the
     deliveries being handled (see :class:`InFlight`).
+
+    A batch (``type`` :data:`BATCH_TYPE`) runs its messages concurrently, each by those rules;
+    with a ``publisher``, an invalid one is dead-lettered alone and a failed one published
+    back to ``queue`` alone before the batch is acked. Without one, any failure requeues the
+    whole batch (its good messages run again: handlers are idempotent).
     """
 
     def outcome(o: str) -> None:
@@ -383,25 +552,24 @@ async def consume(
             on_outcome(o)
 
     async def on_message(message: AbstractIncomingMessage) -> None:
+        handle = handle_batch if message.type == BATCH_TYPE else handle_one
         if inflight is None:
-            await handle_one(message)
+            await handle(message)
             return
         with inflight:
-            await handle_one(message)
+            await handle(message)
 
-    async def handle_one(message: AbstractIncomingMessage) -> None:
-        try:
-            msg = adapter.validate_json(message.body)
-        except ValidationError as exc:
-            log.error(
-                "bus.invalid_message",
-                consumer=name,
-                errors=exc.error_count(),
-                first_error=str(exc.errors()[0]["msg"]) if exc.errors() else "",
-            )
-            await message.reject(requeue=False)
-            outcome("invalid")
-            return
+    def invalid(exc: ValidationError) -> None:
+        log.error(
+            "bus.invalid_message",
+            consumer=name,
+            errors=exc.error_count(),
+            first_error=str(exc.errors()[0]["msg"]) if exc.errors() else "",
+        )
+        outcome("invalid")
+
+    async def run(msg: T, message: AbstractIncomingMessage) -> Exception | None:
+        """Run the handler, retrying transient errors in place; the error to requeue for."""
         loop = asyncio.get_running_loop()
         give_up = loop.time() + transient_retry_s
         pause, longest = TRANSIENT_BACKOFF_S
@@ -411,12 +579,9 @@ async def consume(
             try:
                 await handler(msg, message)
                 break
-            except asyncio.CancelledError:
-                await message.nack(requeue=True)
-                raise
             except TRANSIENT_ERRORS as exc:
                 if loop.time() + pause > give_up:
-                    exc_to_requeue: Exception = exc
+                    failed: Exception = exc
                 else:
                     if tries == 1:
                         log.warning("bus.dependency_down_retrying", consumer=name, error=repr(exc))
@@ -424,20 +589,85 @@ async def consume(
                     pause = min(pause * 2, longest)
                     continue
             except Exception as exc:
-                exc_to_requeue = exc
+                failed = exc
             log.warning(
                 "bus.handler_failed",
                 consumer=name,
-                error=repr(exc_to_requeue),
+                error=repr(failed),
                 redelivered=message.redelivered,
                 tries=tries,
             )
-            await message.nack(requeue=True)
             outcome("requeued")
-            return
+            return failed
         if tries > 1:
             log.info("bus.dependency_back", consumer=name, tries=tries)
-        await message.ack()
         outcome("ok")
+        return None
+
+    async def handle_one(message: AbstractIncomingMessage) -> None:
+        try:
+            msg = adapter.validate_json(message.body)
+        except ValidationError as exc:
+            invalid(exc)
+            await message.reject(requeue=False)
+            return
+        try:
+            failed = await run(msg, message)
+        except asyncio.CancelledError:
+            await message.nack(requeue=True)
+            raise
+        if failed is not None:
+            await message.nack(requeue=True)
+        else:
+            await message.ack()
+
+    async def handle_item(raw: Any, message: AbstractIncomingMessage) -> tuple[str, Any]:
+        try:
+            msg = adapter.validate_python(raw)
+        except ValidationError as exc:
+            invalid(exc)
+            return "invalid", raw
+        failed = await run(msg, message)
+        return ("failed", raw) if failed is not None else ("ok", None)
+
+    async def handle_batch(message: AbstractIncomingMessage) -> None:
+        try:
+            items = orjson.loads(message.body)
+        except orjson.JSONDecodeError:
+            items = None
+        if not isinstance(items, list):
+            log.error("bus.invalid_batch", consumer=name, size=len(message.body))
+            outcome("invalid")
+            await message.reject(requeue=False)
+            return
+        try:
+            results = await asyncio.gather(*(handle_item(raw, message) for raw in items))
+        except asyncio.CancelledError:
+            await message.nack(requeue=True)
+            raise
+        left = [(what, raw) for what, raw in results if what != "ok"]
+        if not left:
+            await message.ack()
+            return
+        if publisher is None:
+            await message.nack(requeue=True)
+            return
+        try:
+            for what, raw in left:
+                body = orjson.dumps(raw)
+                if what == "invalid":
+                    await publisher.dead_letter(body, "invalid")
+                else:
+                    kind = raw.get("kind") if isinstance(raw, dict) else None
+                    await publisher.resend(
+                        queue.name, body, kind if isinstance(kind, str) else None
+                    )
+        except (TimeoutError, LinguaError) as exc:
+            # the broker would not take them: the whole batch comes back instead
+            log.warning("bus.batch_resend_failed", consumer=name, error=repr(exc))
+            await message.nack(requeue=True)
+            return
+        log.info("bus.batch_items_resent", consumer=name, items=len(left), of=len(items))
+        await message.ack()
 
     return await queue.consume(on_message)

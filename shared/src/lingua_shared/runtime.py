@@ -151,7 +151,13 @@ class Infra:
             setup = await amqp.channel()
             await declare_topology(setup, topo)
             await setup.close()
-            publisher = await Publisher.open(amqp, topo, settings.amqp_confirm_timeout_s)
+            publisher = await Publisher.open(
+                amqp,
+                topo,
+                settings.amqp_confirm_timeout_s,
+                settings.amqp_batch_max_items,
+                settings.amqp_batch_max_bytes,
+            )
             infra = cls(settings, redis, scripts, keys, topo, amqp, publisher)
             yield infra
 

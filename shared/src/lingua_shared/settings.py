@@ -166,6 +166,15 @@ class Settings(BaseSettings):
     amqp_prefetch: int = 256
     amqp_delivery_limit: int = 5
     amqp_confirm_timeout_s: float = 5.0
+    amqp_batch_max_items: int = Field(
+        64,
+        ge=1,
+        description="job-path messages published in one loop tick leave as one AMQP message of "
+        "at most this many (1 turns coalescing off)",
+    )
+    amqp_batch_max_bytes: int = Field(
+        1 << 20, ge=1024, description="and at most this many bytes (one message may exceed it)"
+    )
 
     @property
     def auth_enabled(self) -> bool:

@@ -54,7 +54,12 @@ def create_app(settings: Settings) -> FastAPI:
                 channel, infra.topo.shared_queue_spec(infra.topo.dispatcher_queue)
             )
             infra.consumers["dispatcher_events"] = await consume(
-                queue, DISPATCHER_EVENT, handle, name="dispatcher_events", inflight=infra.inflight
+                queue,
+                DISPATCHER_EVENT,
+                handle,
+                name="dispatcher_events",
+                inflight=infra.inflight,
+                publisher=infra.publisher,
             )
             stop = asyncio.Event()
             loops = [

@@ -7,6 +7,7 @@ replica can pick up any job at any step; this class holds no job state of its ow
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from typing import Any
@@ -16,7 +17,7 @@ from lingua_dispatcher.stats_recorder import StatsRecorder
 from lingua_shared.bus import Unroutable
 from lingua_shared.errors import DependencyDown
 from lingua_shared.events import JobRequest, ToNode, ToSession
-from lingua_shared.job_scripts import Delivery
+from lingua_shared.job_scripts import Delivery, Selection
 from lingua_shared.logs import get_logger
 from lingua_shared.protocol import ErrorCode, ErrorMessage, JobAssign, Pipeline
 from lingua_shared.runtime import Infra, now_ms
@@ -107,13 +108,19 @@ class Jobs:
             "conn_id": req.conn_id,
             "received_at_ms": str(req.received_at_ms),
         }
-        created = await self.s.job_create(
-            request_key=req.request_key,
-            job_id=job_id,
-            now_ms=now_ms(),
-            ttl_ms=self.settings.job_ttl_s * 1000,
-            fields=fields,
-            audio=req.audio,
+        # job_create and the first selection leave in one round trip (the scripts run in this
+        # order): select_node on a job that was not created (a duplicate request) is a no-op
+        # that answers "no such job", so nothing is reserved for it
+        created, first = await asyncio.gather(
+            self.s.job_create(
+                request_key=req.request_key,
+                job_id=job_id,
+                now_ms=now_ms(),
+                ttl_ms=self.settings.job_ttl_s * 1000,
+                fields=fields,
+                audio=req.audio,
+            ),
+            self.select(job_id, 1, fields),
         )
         if created.code == 2:
             self.metrics.duplicates.inc()
@@ -137,9 +144,25 @@ class Jobs:
             utterance_index=req.utterance_index,
             trace_id=req.trace_id,
         )
-        await self.dispatch(job_id, 1, audio=req.audio, job=fields)
+        await self.dispatch(job_id, 1, audio=req.audio, job=fields, first=first)
 
     # -- select + send ----------------------------------------------------------------------
+    async def select(self, job_id: str, attempt: int, job: dict[str, Any]) -> Selection:
+        now = now_ms()
+        return await self.s.select_node(
+            job_id=job_id,
+            attempt=attempt,
+            now_ms=now,
+            lease_ms=self.settings.ack_timeout_ms,
+            pair_src=job["pair_src"],
+            pair_tgt=job["pair_tgt"],
+            services=needed_services(pipeline_of(job)),
+            policy=self.settings.select_policy,
+            candidates=CANDIDATES_PER_SHARD,
+            wait_until_ms=int(job.get("wait_until") or 0) or now + self.settings.no_node_wait_ms,
+            retry_ms=RETRY_WAIT_MS,
+        )
+
     async def dispatch(
         self,
         job_id: str,
@@ -147,32 +170,18 @@ class Jobs:
         *,
         audio: str | None = None,
         job: dict[str, Any] | None = None,
+        first: Selection | None = None,
     ) -> None:
         """Reserve a node for ``attempt`` and send it the job; on failure take it back and try
-        the next attempt, at most ``max_attempts`` in all, then a typed error."""
+        the next attempt, at most ``max_attempts`` in all, then a typed error. ``first`` is a
+        selection for ``attempt`` already made."""
         job = job or await self.read_job(job_id)
         if job is None:
             return
-        st = self.settings
+        pipeline = pipeline_of(job)
         while True:
+            sel, first = first or await self.select(job_id, attempt, job), None
             now = now_ms()
-            wait_until = int(job.get("wait_until") or 0) or now + st.no_node_wait_ms
-            pipeline = (
-                job["pipeline"] if isinstance(job["pipeline"], dict) else _json(job["pipeline"])
-            )
-            sel = await self.s.select_node(
-                job_id=job_id,
-                attempt=attempt,
-                now_ms=now,
-                lease_ms=st.ack_timeout_ms,
-                pair_src=job["pair_src"],
-                pair_tgt=job["pair_tgt"],
-                services=needed_services(pipeline),
-                policy=st.select_policy,
-                candidates=CANDIDATES_PER_SHARD,
-                wait_until_ms=wait_until,
-                retry_ms=RETRY_WAIT_MS,
-            )
             if sel.code == -4:
                 if sel.waiting:
                     log.info("job.waiting_for_slot", job_id=job_id, attempt=attempt)
@@ -212,6 +221,7 @@ class Jobs:
                 await self.infra.publisher.to_gateway(
                     sel.gateway_id,
                     ToNode(node_id=sel.node_id, conn_id=sel.conn_id, payload=assign.to_wire()),
+                    batch=True,
                 )
             except (Unroutable, DependencyDown) as exc:
                 log.warning(
@@ -324,11 +334,13 @@ class Jobs:
         await self.deliver(job["session_id"], delivery)
 
     async def deliver(self, session_id: str, delivery: Delivery) -> None:
+        """Send the results ``job_finish`` released, in order; they go out together (one
+        coalesced message to the session's gateway), so a failure drops them together."""
         if delivery.code != 1 or not delivery.items or not delivery.gateway_id:
             return
-        for index, payload in delivery.items:
-            try:
-                await self.infra.publisher.to_gateway(
+        sent = await asyncio.gather(
+            *(
+                self.infra.publisher.to_gateway(
                     delivery.gateway_id,
                     ToSession(
                         session_id=session_id,
@@ -337,17 +349,30 @@ class Jobs:
                         ordered=True,
                         payload=payload,
                     ),
+                    batch=True,
                 )
-            except (Unroutable, DependencyDown) as exc:
+                for index, payload in delivery.items
+            ),
+            return_exceptions=True,
+        )
+        for (index, _), outcome in zip(delivery.items, sent, strict=True):
+            if isinstance(outcome, (Unroutable, DependencyDown)):
                 self.metrics.delivery_dropped.inc()
                 log.warning(
                     "job.delivery_dropped",
                     session_id=session_id,
                     utterance_index=index,
                     gateway_id=delivery.gateway_id,
-                    error=repr(exc),
+                    error=repr(outcome),
                 )
-                return
+            elif isinstance(outcome, BaseException):
+                raise outcome
+
+
+def pipeline_of(job: dict[str, Any]) -> dict[str, Any]:
+    """A job's pipeline: the dict of a request, or the JSON of a job record."""
+    raw = job["pipeline"]
+    return raw if isinstance(raw, dict) else _json(raw)
 
 
 def _json(raw: str) -> dict[str, Any]:

@@ -197,6 +197,7 @@ class NodeEvents:
                     utterance_index=int(job["utterance_index"]),
                     payload=msg.to_wire(),
                 ),
+                batch=True,
             )
         except Exception:
             self.metrics.delivery_dropped.inc()

@@ -250,7 +250,7 @@ async def running_gateway(settings: Settings) -> AsyncIterator[tuple[Gateway, Se
         channel = await infra.consume_channel()
         queue = await declare_queue(channel, infra.topo.gateway_queue_spec(settings.instance_id))
         infra.consumers["deliver"] = await consume(
-            queue, GATEWAY_INBOUND, gw.on_delivery, name="deliver"
+            queue, GATEWAY_INBOUND, gw.on_delivery, name="deliver", publisher=infra.publisher
         )
         # Heartbeat batches get a channel of their own: publishes on one channel take turns
         # (aiormq holds its lock until each frame is written), so behind a burst of

@@ -179,7 +179,7 @@ class NodeConnection(EndpointConnection):
         )
         job_id = getattr(msg, "job_id", None)
         try:
-            await self.gw.infra.publisher.event("job.node_event", ev)
+            await self.gw.infra.publisher.event("job.node_event", ev, batch=True)
         except Exception as exc:
             # the dispatcher's ack / deadline timers take the job back and redispatch it
             self.gw.metrics.publish_failures.labels("node_job_event").inc()

@@ -184,7 +184,7 @@ class SessionAudio:
             received_at_ms=now_ms(),
         )
         try:
-            await gw.infra.publisher.event("job.request", req)
+            await gw.infra.publisher.event("job.request", req, batch=True)
         except Exception as exc:
             gw.metrics.publish_failures.labels("job_request").inc()
             log.warning(
