@@ -286,6 +286,7 @@ async def test_ping_heartbeat_and_close(stack, redis, bus):
             99,
         )
         await redis.pexpire(stack.keys.session(sid), 5_000)
+        await asyncio.sleep(1.1)  # activity refreshes at most once per second (touch interval)
         await send(ws, type="client_heartbeat", session_id=sid, timestamp=123)
         hb = await recv(ws)
         assert hb["type"] == "server_heartbeat" and hb["session_id"] == sid

@@ -81,6 +81,12 @@ class Settings(BaseSettings):
 
     # sessions (gateway, client side)
     session_ttl_s: float = Field(600.0, description="session record TTL, refreshed on activity")
+    session_touch_interval_s: float = Field(
+        1.0,
+        ge=0,
+        description="activity refreshes a session record's TTL at most this often (0: on every "
+        "utterance and heartbeat)",
+    )
     max_utterance_ms: int = Field(20_000, description="the gateway cuts an utterance this long")
     max_utterance_bytes: int = Field(2_000_000, description="and one this large")
     session_buffer_bytes: int = Field(4_000_000, description="audio buffered per connection")

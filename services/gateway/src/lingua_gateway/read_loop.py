@@ -49,6 +49,9 @@ class EndpointConnection:
         await self.ws.close(code, reason)
 
 
+FAIR_SHARE_FRAMES = 16  # a connection yields the loop after this many frames in a row
+
+
 async def read_frames(
     ws: ServerConnection,
     endpoint: str,
@@ -62,8 +65,16 @@ async def read_frames(
     """Feed every frame to ``handle`` until the connection closes; ``context`` gives the ids
     to log with (conn, node or session); ``close`` flushes the outbound queue and closes."""
     metrics.connections.labels(endpoint).inc()
+    frames = 0
     try:
         async for raw in ws:
+            frames += 1
+            if frames % FAIR_SHARE_FRAMES == 0:
+                # frames already buffered are read without suspending, and a handler may not
+                # suspend either (a throttled session touch, a heartbeat): without this, one
+                # client flooding frames would keep the loop from every other connection,
+                # and their keepalive pongs would go unanswered (fault suite W4)
+                await asyncio.sleep(0)
             if rate is not None:
                 # the bucket is checked inline: a coroutine per frame only when it must pause
                 paused = rate.delay_for(len(raw))

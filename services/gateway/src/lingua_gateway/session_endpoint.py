@@ -74,6 +74,7 @@ class SessionConnection(EndpointConnection):
         self.spec: SessionSpec | None = None
         self.audio: SessionAudio | None = None
         self.sender: OrderedSender | None = None
+        self.touched_at = -1e9  # loop time of the last TTL refresh of the session record
         self.closing = False
         self.draining = False  # the gateway is stopping: no new utterance is taken
         self.store = SessionStore(gw.infra.redis, gw.infra.keys, gw.settings.session_ttl_s)
@@ -165,6 +166,7 @@ class SessionConnection(EndpointConnection):
         session_id = f"s-{uuid.uuid4().hex[:16]}"
         record = self.record(spec, next_deliver=0)
         await self.store.create(session_id, record)  # DependencyDown -> typed error
+        self.touched_at = asyncio.get_running_loop().time()
         self.session_id, self.spec = session_id, spec
         self.sender = OrderedSender(
             self.out, s.result_reorder_timeout_s, self.gw.metrics, session_id, spec.trace_id
@@ -207,9 +209,16 @@ class SessionConnection(EndpointConnection):
         }
 
     async def touch(self) -> None:
-        """Refresh the record's TTL (restoring it if gone); a Redis outage is only logged."""
+        """Refresh the record's TTL (restoring it if gone); a Redis outage is only logged.
+
+        At most once per ``session_touch_interval_s`` (1 s against a 600 s TTL): a round trip
+        to Redis ahead of every utterance would sit on the dispatch path for nothing."""
         if self.session_id is None or self.spec is None or self.sender is None:
             return
+        now = asyncio.get_running_loop().time()
+        if now - self.touched_at < self.gw.settings.session_touch_interval_s:
+            return
+        self.touched_at = now
         try:
             restored = await self.store.touch(
                 self.session_id, self.record(self.spec, self.sender.buffer.next_index)
