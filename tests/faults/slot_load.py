@@ -62,11 +62,13 @@ async def run_load(
     seed: int = 1,
     hold: int = 8,
     retry_errors: tuple[type[BaseException], ...] = (),
+    res: LoadResult | None = None,
 ) -> LoadResult:
     """Run ``selects`` select_node calls over ``n_tasks`` tasks, each holding up to ``hold``
     reservations (32 x 8 > 50 x 4: the slots run out and selection must refuse); errors in
-    ``retry_errors`` reach us (counted by name) and the step is retried."""
-    res = LoadResult()
+    ``retry_errors`` reach us (counted by name) and the step is retried. Pass ``res`` to watch
+    the figures while the load runs."""
+    res = res if res is not None else LoadResult()
     left = [selects]
     stop = asyncio.Event()
     t0 = time.monotonic()
