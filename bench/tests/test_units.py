@@ -2,14 +2,43 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from lingua_bench.fleet import cpu_to_seq, seq_to_cpu
 from lingua_bench.guard import NotLoopback, require_loopback
 from lingua_bench.hist import Latency
 from lingua_bench.loadgen import hop_breakdown
-from lingua_bench.phases import PhaseSpecError, parse_phase
+from lingua_bench.phases import PhaseSpecError, parse_phase, search_max_rate
 from lingua_bench.targets import compute
+
+
+def _search(capacity: float, spec: str = "s=step:100:1.3:3000:6") -> tuple[float, list[float]]:
+    """The rate search against a system that holds every rate up to ``capacity``."""
+
+    async def measure(rate: float) -> bool:
+        return rate <= capacity
+
+    best, tried = asyncio.run(search_max_rate(measure, parse_phase(spec)))
+    return best, [rate for rate, _ in tried]
+
+
+def test_rate_search_goes_up_then_splits_the_last_gap() -> None:
+    best, tried = _search(300)
+    assert tried == [100, 130, 169, 220, 286, 372, 329]
+    assert best == 286  # 329 failed: the halfway step does not hold either
+
+
+def test_rate_search_goes_down_when_the_start_fails() -> None:
+    best, tried = _search(40)
+    assert tried == [100, 77, 59, 45, 35, 40]
+    assert best == 40
+    assert _search(1) == (0.0, [100, 77, 59, 45, 35, 27, 21, 16, 12, 9, 7, 5])
+
+
+def test_rate_search_stops_at_the_maximum() -> None:
+    assert _search(10_000, "s=step:100:2:400:1") == (400, [100, 200, 400])
 
 
 def test_phase_specs_parse() -> None:

@@ -33,7 +33,7 @@ from tqdm import tqdm
 from lingua_bench.applylag import ApplyLagSampler
 from lingua_bench.fleet import BenchNode, Fleet, FleetSpec
 from lingua_bench.guard import require_loopback
-from lingua_bench.phases import Phase, PhaseStats, parse_phase
+from lingua_bench.phases import Phase, PhaseStats, parse_phase, search_max_rate
 from lingua_bench.procstat import CpuMeter
 from lingua_bench.sessions import BenchSession
 from lingua_shared.keys import Keys
@@ -283,31 +283,17 @@ class LoadGen:
 
     async def _step(self, phase: Phase) -> None:
         limit = self.cfg.p99_limit_ms
-        rate = phase.start_rate
-        good: float | None = None
-        bad: float | None = None
         tried: list[dict[str, Any]] = []
-        while rate <= phase.max_rate:
+
+        async def measure(rate: float) -> bool:
             st = await self._measured(
                 f"{phase.name}@{rate:g}", "open", rate, phase.seconds, self._open
             )
             ok = st.held(limit)
             tried.append({"rate": rate, "held": ok, "p99_ms": st.dispatch.percentile_ms(99)})
-            if not ok:
-                bad = rate
-                break
-            good = rate
-            rate = round(rate * phase.factor)
-        if good is not None and bad is not None and bad / good > 1.1:
-            mid = round((good + bad) / 2)
-            st = await self._measured(
-                f"{phase.name}@{mid:g}", "open", mid, phase.seconds, self._open
-            )
-            ok = st.held(limit)
-            tried.append({"rate": mid, "held": ok, "p99_ms": st.dispatch.percentile_ms(99)})
-            if ok:
-                good = mid
-        self.max_sustained[phase.name] = good or 0.0
+            return ok
+
+        self.max_sustained[phase.name], _ = await search_max_rate(measure, phase)
         self.step_log[phase.name] = tried
 
     async def _heartbeats(self, st: PhaseStats, seconds: float) -> None:

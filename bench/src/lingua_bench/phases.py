@@ -6,12 +6,15 @@ Phase specs on the command line (``--phase``):
 - ``NAME=open:RATE:SECONDS`` — open loop: utterances at ``RATE``/s whatever the answers;
 - ``NAME=step:START:FACTOR:MAX:SECONDS`` — open-loop steps from ``START``/s, times ``FACTOR``
   each step up to ``MAX``/s, until a step's dispatch p99 exceeds the limit or it loses work;
-  then one step between the last good and the first bad rate;
+  then one step between the last good and the first bad rate. When ``START`` itself does
+  not hold (a slow or busy machine), the steps go *down* by ``FACTOR`` (to 5/s at the
+  least) until one holds, so the figure is a rate rather than 0;
 - ``NAME=heartbeats:SECONDS`` — nodes only: apply lag and expiries while they beat.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -120,3 +123,44 @@ class PhaseStats:
             "send_lag": self.send_lag.summary(),
             **self.extra,
         }
+
+
+MIN_STEP_RATE = 5.0  # the lowest rate a step phase tries going down
+
+
+async def search_max_rate(
+    measure: Callable[[float], Awaitable[bool]], phase: Phase
+) -> tuple[float, list[tuple[float, bool]]]:
+    """The highest rate of ``phase`` that ``measure`` says holds (0 if none), and what was
+    tried in order: up by ``factor`` from ``start_rate`` to the first failure (or down by it,
+    to :data:`MIN_STEP_RATE`, when the start already fails), then one rate halfway between
+    the last good and the first bad when they are more than 10 % apart."""
+    good: float | None = None
+    bad: float | None = None
+    tried: list[tuple[float, bool]] = []
+
+    async def run(rate: float) -> bool:
+        ok = await measure(rate)
+        tried.append((rate, ok))
+        return ok
+
+    rate = phase.start_rate
+    while rate <= phase.max_rate:
+        if not await run(rate):
+            bad = rate
+            break
+        good = rate
+        rate = round(rate * phase.factor)
+    if good is None:
+        rate = phase.start_rate
+        while good is None and rate / phase.factor >= MIN_STEP_RATE:
+            rate = round(rate / phase.factor)
+            if await run(rate):
+                good = rate
+            else:
+                bad = rate
+    if good is not None and bad is not None and bad / good > 1.1:
+        mid = round((good + bad) / 2)
+        if await run(mid):
+            good = mid
+    return good or 0.0, tried
