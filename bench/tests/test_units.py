@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -14,10 +15,17 @@ from lingua_bench.phases import PhaseSpecError, parse_phase, search_max_rate
 from lingua_bench.targets import compute
 
 
-def _search(capacity: float, spec: str = "s=step:100:1.3:3000:6") -> tuple[float, list[float]]:
-    """The rate search against a system that holds every rate up to ``capacity``."""
+def _search(
+    capacity: float, spec: str = "s=step:100:1.3:3000:6", stalls: frozenset[float] = frozenset()
+) -> tuple[float, list[float]]:
+    """The rate search against a system that holds every rate up to ``capacity``, except
+    that the first try of each rate in ``stalls`` is spoilt by a stall."""
+    stalled: set[float] = set()
 
     async def measure(rate: float) -> bool:
+        if rate in stalls and rate not in stalled:
+            stalled.add(rate)
+            return False
         return rate <= capacity
 
     best, tried = asyncio.run(search_max_rate(measure, parse_phase(spec)))
@@ -26,19 +34,50 @@ def _search(capacity: float, spec: str = "s=step:100:1.3:3000:6") -> tuple[float
 
 def test_rate_search_goes_up_then_splits_the_last_gap() -> None:
     best, tried = _search(300)
-    assert tried == [100, 130, 169, 220, 286, 372, 329]
+    # every failing rate is tried twice before it counts as failed
+    assert tried == [100, 130, 169, 220, 286, 372, 372, 329, 329]
     assert best == 286  # 329 failed: the halfway step does not hold either
 
 
 def test_rate_search_goes_down_when_the_start_fails() -> None:
     best, tried = _search(40)
-    assert tried == [100, 77, 59, 45, 35, 40]
+    assert tried == [100, 100, 77, 77, 59, 59, 45, 45, 35, 40]
     assert best == 40
-    assert _search(1) == (0.0, [100, 77, 59, 45, 35, 27, 21, 16, 12, 9, 7, 5])
+    assert _search(1) == (
+        0.0,
+        [r for r in (100, 77, 59, 45, 35, 27, 21, 16, 12, 9, 7, 5) for _ in "12"],
+    )
+
+
+def test_one_stall_does_not_lower_the_figure() -> None:
+    """A rate the system carries, spoilt once by a stall, still counts: the floor's first
+    step once failed that way and put its maximum at 75/s instead of ~750/s."""
+    best, tried = _search(300, stalls=frozenset({100.0, 220.0}))
+    assert best == 286
+    assert tried[:6] == [100, 100, 130, 169, 220, 220]
 
 
 def test_rate_search_stops_at_the_maximum() -> None:
     assert _search(10_000, "s=step:100:2:400:1") == (400, [100, 200, 400])
+
+
+def test_rate_search_starts_no_step_past_its_deadline() -> None:
+    async def measure(rate: float) -> bool:
+        return True
+
+    phase = parse_phase("s=step:100:2:1000000:5")
+    best, tried = asyncio.run(search_max_rate(measure, phase, deadline=time.monotonic() + 2))
+    assert (best, tried) == (0.0, [])
+    calls: list[float] = []
+
+    async def slow(rate: float) -> bool:
+        calls.append(rate)
+        await asyncio.sleep(0.05)
+        return True
+
+    quick = parse_phase("s=step:100:2:1000000:0.04")
+    best, tried = asyncio.run(search_max_rate(slow, quick, deadline=time.monotonic() + 0.2))
+    assert 1 <= len(calls) <= 4 and best == calls[-1]
 
 
 def test_phase_specs_parse() -> None:

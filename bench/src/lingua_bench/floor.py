@@ -8,8 +8,9 @@ The two processes are :mod:`lingua_bench._base_floor_procs`; this module is the 
 
 ``low_load``: one message in flight, p50/p99 of client send -> client receive.
 ``max_sustained_per_s``: the highest open-loop rate (100, 200, 400, ... then two halvings
-of the gap between the last rate that held and the first that failed) at which every
-message came back and p99 <= 50 ms. Latency is taken from each message's *scheduled* send
+of the gap between the last rate that held and the first that failed; a failing rate is
+tried once more, as in the dispatch scenario) at which every message came back and
+p99 <= 50 ms. Latency is taken from each message's *scheduled* send
 time, so a client falling behind counts against the rate instead of hiding it.
 The whole run takes about ``duration_s`` plus start-up.
 """
@@ -42,10 +43,12 @@ from lingua_bench._base_common import (
     run_async,
     unique_prefix,
 )
+from lingua_bench.phases import Phase, search_max_rate
 from lingua_shared.bus import Topology
 
 P99_LIMIT_MS = 50.0
 FIRST_RATE = 100
+MAX_RATE = 100_000
 REFINEMENTS = 2
 DRAIN_S = 1.0  # after a step, how long its last messages may take to come back
 PROCS = "lingua_bench._base_floor_procs"
@@ -150,12 +153,12 @@ def holds(step: Step) -> bool:
 async def find_max_rate(
     client: Client, budget_s: float, step_s: float
 ) -> tuple[float, list[dict[str, Any]]]:
-    deadline = time.perf_counter() + budget_s
+    """The same search as the dispatch scenario's (:func:`search_max_rate`), doubling."""
     steps: list[dict[str, Any]] = []
-    best, failed = 0.0, None
-    rate = float(FIRST_RATE)
 
-    def record(step: Step, ok: bool) -> None:
+    async def measure(rate: float) -> bool:
+        step = await open_loop(client, rate, step_s)
+        ok = holds(step)
         steps.append(
             {
                 "rate_per_s": round(step.rate, 1),
@@ -167,29 +170,11 @@ async def find_max_rate(
             }
         )
         log("floor step", **steps[-1])
+        return ok
 
-    # doubling until a step fails or the time is up
-    while time.perf_counter() + step_s <= deadline:
-        step = await open_loop(client, rate, step_s)
-        ok = holds(step)
-        record(step, ok)
-        if not ok:
-            failed = rate
-            break
-        best = rate
-        rate *= 2
-    # then narrow the gap between the last rate that held and the first that failed
-    for _ in range(REFINEMENTS):
-        if failed is None or time.perf_counter() + step_s > deadline:
-            break
-        rate = (best + failed) / 2 if best else failed / 2
-        step = await open_loop(client, rate, step_s)
-        ok = holds(step)
-        record(step, ok)
-        if ok:
-            best = rate
-        else:
-            failed = rate
+    phase = Phase("floor", "step", step_s, start_rate=FIRST_RATE, factor=2, max_rate=MAX_RATE)
+    deadline = time.monotonic() + budget_s
+    best, _ = await search_max_rate(measure, phase, splits=REFINEMENTS, deadline=deadline)
     return best, steps
 
 
@@ -221,7 +206,7 @@ async def arun(
         log("floor started", prefix=prefix, port=port, connections=connections)
 
         low_s = max(0.5, duration_s * 0.25)
-        step_s = max(0.5, min(3.0, (duration_s - low_s) / 8))
+        step_s = max(0.5, min(3.0, (duration_s - low_s) / 12))  # room for retries and splits
         low = await low_load(client, low_s)
         log("floor low load", samples=low.received, p50_ms=low.lat.ms(50), p99_ms=low.lat.ms(99))
         best, steps = await find_max_rate(client, duration_s - low_s, step_s)

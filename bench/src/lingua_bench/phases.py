@@ -8,12 +8,15 @@ Phase specs on the command line (``--phase``):
   each step up to ``MAX``/s, until a step's dispatch p99 exceeds the limit or it loses work;
   then one step between the last good and the first bad rate. When ``START`` itself does
   not hold (a slow or busy machine), the steps go *down* by ``FACTOR`` (to 5/s at the
-  least) until one holds, so the figure is a rate rather than 0;
+  least) until one holds, so the figure is a rate rather than 0. A failing rate is tried
+  once more before it counts as failed (:func:`search_max_rate`);
 - ``NAME=heartbeats:SECONDS`` — nodes only: apply lag and expiries while they beat.
 """
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -129,24 +132,49 @@ MIN_STEP_RATE = 5.0  # the lowest rate a step phase tries going down
 
 
 async def search_max_rate(
-    measure: Callable[[float], Awaitable[bool]], phase: Phase
+    measure: Callable[[float], Awaitable[bool]],
+    phase: Phase,
+    *,
+    retries: int = 1,
+    splits: int = 1,
+    deadline: float = math.inf,
 ) -> tuple[float, list[tuple[float, bool]]]:
-    """The highest rate of ``phase`` that ``measure`` says holds (0 if none), and what was
-    tried in order: up by ``factor`` from ``start_rate`` to the first failure (or down by it,
-    to :data:`MIN_STEP_RATE`, when the start already fails), then one rate halfway between
-    the last good and the first bad when they are more than 10 % apart."""
+    """The highest rate of ``phase`` that ``measure`` says holds (0 if none), and every step
+    measured, in order.
+
+    Up by ``factor`` from ``start_rate`` to the first failure (or down by it, to
+    :data:`MIN_STEP_RATE`, when the start already fails), then ``splits`` halvings of the gap
+    between the last good and the first bad rate while they are more than 10 % apart.
+    A rate that fails is measured again, up to ``retries`` more times, and fails only if
+    every try fails: on a shared machine one stall (another process, a GC pause) can spoil
+    a step of a rate the system carries, and a capacity figure should not hang on it. No
+    step starts when it could not end (``phase.seconds``) before ``deadline``
+    (``time.monotonic()``); the search then answers with what it has.
+    """
     good: float | None = None
     bad: float | None = None
     tried: list[tuple[float, bool]] = []
 
-    async def run(rate: float) -> bool:
-        ok = await measure(rate)
-        tried.append((rate, ok))
-        return ok
+    def time_for_a_step() -> bool:
+        return time.monotonic() + phase.seconds <= deadline
+
+    async def holds(rate: float) -> bool | None:
+        """True or False, or None when the time ran out before a verdict."""
+        for _ in range(1 + retries):
+            if not time_for_a_step():
+                return None
+            ok = await measure(rate)
+            tried.append((rate, ok))
+            if ok:
+                return True
+        return False
 
     rate = phase.start_rate
     while rate <= phase.max_rate:
-        if not await run(rate):
+        ok = await holds(rate)
+        if ok is None:
+            return good or 0.0, tried
+        if not ok:
             bad = rate
             break
         good = rate
@@ -155,12 +183,22 @@ async def search_max_rate(
         rate = phase.start_rate
         while good is None and rate / phase.factor >= MIN_STEP_RATE:
             rate = round(rate / phase.factor)
-            if await run(rate):
+            ok = await holds(rate)
+            if ok is None:
+                return 0.0, tried
+            if ok:
                 good = rate
             else:
                 bad = rate
-    if good is not None and bad is not None and bad / good > 1.1:
+    for _ in range(splits):
+        if good is None or bad is None or bad / good <= 1.1:
+            break
         mid = round((good + bad) / 2)
-        if await run(mid):
+        ok = await holds(mid)
+        if ok is None:
+            break
+        if ok:
             good = mid
+        else:
+            bad = mid
     return good or 0.0, tried

@@ -48,7 +48,7 @@ class Sizes:
 
 
 FULL = Sizes(
-    floor_s=20.0,
+    floor_s=30.0,
     dispatch_nodes=10_000,
     sessions=50,
     low_load_s=20.0,
