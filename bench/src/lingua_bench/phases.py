@@ -155,50 +155,44 @@ async def search_max_rate(
     bad: float | None = None
     tried: list[tuple[float, bool]] = []
 
-    def time_for_a_step() -> bool:
-        return time.monotonic() + phase.seconds <= deadline
-
-    async def holds(rate: float) -> bool | None:
-        """True or False, or None when the time ran out before a verdict."""
+    async def holds(rate: float) -> bool:
         for _ in range(1 + retries):
-            if not time_for_a_step():
-                return None
+            if time.monotonic() + phase.seconds > deadline:
+                raise _OutOfTime
             ok = await measure(rate)
             tried.append((rate, ok))
             if ok:
                 return True
         return False
 
-    rate = phase.start_rate
-    while rate <= phase.max_rate:
-        ok = await holds(rate)
-        if ok is None:
-            return good or 0.0, tried
-        if not ok:
-            bad = rate
-            break
-        good = rate
-        rate = round(rate * phase.factor)
-    if good is None:
+    try:
         rate = phase.start_rate
-        while good is None and rate / phase.factor >= MIN_STEP_RATE:
-            rate = round(rate / phase.factor)
-            ok = await holds(rate)
-            if ok is None:
-                return 0.0, tried
-            if ok:
-                good = rate
-            else:
+        while rate <= phase.max_rate:
+            if not await holds(rate):
                 bad = rate
-    for _ in range(splits):
-        if good is None or bad is None or bad / good <= 1.1:
-            break
-        mid = round((good + bad) / 2)
-        ok = await holds(mid)
-        if ok is None:
-            break
-        if ok:
-            good = mid
-        else:
-            bad = mid
+                break
+            good = rate
+            rate = round(rate * phase.factor)
+        if good is None:
+            rate = phase.start_rate
+            while good is None and rate / phase.factor >= MIN_STEP_RATE:
+                rate = round(rate / phase.factor)
+                if await holds(rate):
+                    good = rate
+                else:
+                    bad = rate
+        for _ in range(splits):
+            if good is None or bad is None or bad / good <= 1.1:
+                break
+            mid = round((good + bad) / 2)
+            if await holds(mid):
+                good = mid
+            else:
+                bad = mid
+    except _OutOfTime:
+        pass
     return good or 0.0, tried
+
+
+class _OutOfTime(Exception):
+    """The search's deadline came before its next step could end."""
