@@ -211,6 +211,9 @@ class Gateway:
         elsewhere and sends again what got no answer. Deliveries keep being consumed until
         the last session is closed.
         """
+        # Stop listening before anything else: with SO_REUSEPORT a replacement process on the
+        # same port then takes every new connection, instead of this one answering 503.
+        server.server.close()
         self.draining = True
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.settings.drain_timeout_s
@@ -276,6 +279,9 @@ async def running_gateway(settings: Settings) -> AsyncIterator[tuple[Gateway, Se
             ping_interval=settings.ws_ping_interval_s,
             ping_timeout=settings.ws_ping_timeout_s,
             close_timeout=2,
+            # a restart starts the new process on the same port before the old one stops
+            # listening, so connections are never refused in between (docs/operations.md)
+            reuse_port=True,
         )
         log.info(
             "gateway.started", instance_id=settings.instance_id, port=settings.port or DEFAULT_PORT

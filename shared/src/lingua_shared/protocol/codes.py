@@ -23,11 +23,17 @@ class ErrorCode(StrEnum):
     NODE_ID_CONFLICT = "NODE_ID_CONFLICT"
     INVALID_CAPABILITY_SCHEMA = "INVALID_CAPABILITY_SCHEMA"
     SCHEDULER_DEPENDENCY_DOWN = "SCHEDULER_DEPENDENCY_DOWN"
+    # what lingua's node agent answers in a failed job_result: any processing failure, and
+    # its refusal of a repeated job ("DUPLICATE_JOB_ID: ..." / "DUPLICATE_UTTERANCE_INDEX: ..."
+    # at the start of the message)
+    PROCESSING_ERROR = "PROCESSING_ERROR"
     # ours
     UNAUTHORIZED = "UNAUTHORIZED"
     RATE_LIMITED = "RATE_LIMITED"
     MESSAGE_TOO_LARGE = "MESSAGE_TOO_LARGE"
     NODE_NOT_REGISTERED = "NODE_NOT_REGISTERED"
+    DUPLICATE_JOB_ID = "DUPLICATE_JOB_ID"
+    DUPLICATE_UTTERANCE_INDEX = "DUPLICATE_UTTERANCE_INDEX"
 
 
 class NodeStatus(StrEnum):

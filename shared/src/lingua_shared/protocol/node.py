@@ -78,6 +78,11 @@ class NodeRegister(WireModel):
     lang_sets: list[list[str]] | None = None
     max_concurrent_jobs: int | None = None
     heartbeat_interval_ms: int | None = None
+    # ours, optional: the node sends job_ack for every job it takes (lingua's agent never
+    # does: its jobs count as accepted when they are assigned)
+    acks_jobs: bool | None = None
+    # ours, optional: the tenant whose jobs a node with accept_public_jobs false takes
+    tenant_id: str | None = None
 
 
 class NodeRegisterAck(WireModel):
@@ -124,11 +129,18 @@ class JobAssign(WireModel):
     mode: str | None = None
     lang_a: str | None = None
     lang_b: str | None = None
+    # what the session asked for, forwarded as lingua's scheduler does
+    auto_langs: list[str] | None = None
+    dialect: str | None = None
+    features: dict[str, Any] | None = None
+    enable_streaming_asr: bool | None = None
+    partial_update_interval_ms: int | None = None
 
 
 class JobCancel(WireModel):
     type: Literal["job_cancel"] = "job_cancel"
     job_id: str
+    trace_id: str | None = None
     reason: str | None = None
 
 
@@ -241,6 +253,9 @@ class NodeCapabilities:
     capacity: int
     services: dict[str, list[str]] = field(default_factory=dict)
     heartbeat_interval_ms: int | None = None
+    acks_jobs: bool = False
+    accept_public_jobs: bool = True
+    tenant: str = ""
 
 
 def _norm_lang(lang: Any) -> str:
@@ -351,6 +366,11 @@ def derive_capabilities(
     if hb is not None and not 100 <= hb <= 600_000:
         raise CapabilityError(f"heartbeat_interval_ms must be 100..600000, got {hb}")
 
+    tenant = reg.tenant_id or ""
+    if tenant and not NODE_ID_RE.fullmatch(tenant):
+        raise CapabilityError(
+            f"invalid tenant_id {tenant[:70]!r}: 1-64 of letters, digits, '_', '.', '-'"
+        )
     services: dict[str, list[str]] = {"asr": asr_langs, "semantic": sem_langs}
     for stype in ("nmt", "tts", "tone", "phonetic", "punctuation"):
         if _service_ready(reg, stype):
@@ -362,4 +382,7 @@ def derive_capabilities(
         capacity=capacity,
         services=services,
         heartbeat_interval_ms=hb,
+        acks_jobs=bool(reg.acks_jobs),
+        accept_public_jobs=reg.accept_public_jobs is not False,
+        tenant=tenant,
     )

@@ -28,8 +28,14 @@ class SessionInit(WireModel):
     auto_langs: list[str] | None = None
     tenant_id: str | None = None
     trace_id: str | None = None
+    dialect: str | None = None
+    features: dict[str, Any] | None = None
+    enable_streaming_asr: bool | None = None
+    partial_update_interval_ms: int | None = None
     audio_format: str | None = None  # ours: "opus" (default, as lingua's client) or "pcm16"
     sample_rate: int | None = None
+    # ours: "arrival" (each answer as soon as it is ready) or "ordered" (by utterance index)
+    result_delivery: str | None = None
 
 
 class SessionInitAck(WireModel):
@@ -118,11 +124,34 @@ class ClientAsrPartial(WireModel):
 
 
 class MissingResult(WireModel):
+    """An utterance that gets no result: ``reason`` says why (``no_result``: its node finished
+    it without text; ``silence``; ``error``: it failed, see ``error_code``; ``gap_timeout``)."""
+
     type: Literal["missing_result"] = "missing_result"
     session_id: str
     utterance_index: int
     reason: str = "gap_timeout"
     created_at_ms: int
+    trace_id: str | None = None
+    job_id: str | None = None
+    error_code: str | None = None
+
+
+class UiEvent(WireModel):
+    """lingua's per-utterance progress and failure event: a failed utterance is reported as
+    ``event: "ERROR"`` here (with its ``missing_result``), never as an ``error`` message, which
+    lingua's web client shows as a modal alert."""
+
+    type: Literal["ui_event"] = "ui_event"
+    trace_id: str
+    session_id: str
+    job_id: str = ""
+    utterance_index: int
+    event: str = "ERROR"
+    status: str = "error"
+    error_code: str | None = None
+    hint: str | None = None
+    elapsed_ms: int | None = None
 
 
 SessionInbound = Annotated[
@@ -136,6 +165,7 @@ SessionOutbound = Annotated[
     | TranslationResult
     | ClientAsrPartial
     | MissingResult
+    | UiEvent
     | ServerHeartbeat
     | SessionCloseAck
     | ErrorMessage,
