@@ -23,6 +23,7 @@ async def test_register_payload_is_valid_and_carries_our_fields(gateway, start_a
     assert caps.region == "eu" and caps.gpu_tier == "a100" and caps.capacity == 3
     assert caps.lang_sets == [["en", "ja", "zh"], ["en", "zh"]]
     assert caps.heartbeat_interval_ms == 250
+    assert msg["acks_jobs"] is True and caps.acks_jobs  # the standard profile acks each job
     assert set(caps.services) == {"asr", "semantic", "tts"}
     assert msg["capability_schema_version"] == "2.0"
     assert {"type": "asr", "ready": True}.items() <= msg["capability_by_type"][0].items()

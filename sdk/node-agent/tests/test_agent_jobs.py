@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import pytest
 
@@ -72,9 +73,9 @@ async def test_duplicates_and_overload_are_refused(gateway, start_agent, gated):
     await gateway.send(job("b", utterance=1))  # another job for an utterance in flight
     same_utt = (await gateway.nth("job_result", job_id="b")).msg
     assert same_utt["error"]["code"] == "INVALID_MESSAGE"
-    await gateway.send(job("c", utterance=2))
+    await gateway.send(job("c", utterance=2, session_id="s2"))  # another session: runs now
     await gateway.nth("job_ack", job_id="c")
-    await gateway.send(job("d", utterance=3))  # capacity 2 is full
+    await gateway.send(job("d", utterance=3, session_id="s3"))  # capacity 2 is full
     full = (await gateway.nth("job_result", job_id="d")).msg
     assert full["error"]["code"] == "NODE_OVERLOADED"
     assert len(handler.jobs) == 2 and len(gateway.of_type("job_ack")) == 2
@@ -89,15 +90,22 @@ async def test_duplicates_and_overload_are_refused(gateway, start_agent, gated):
     assert run.agent.jobs.rejected == 4
 
 
-async def test_job_cancel_stops_the_handler_without_a_result(gateway, start_agent, gated):
+async def test_job_cancel_stops_the_handler_without_a_result(gateway, start_agent, gated, caplog):
+    caplog.set_level(logging.INFO, logger="lingua_node_agent")
     handler = gated()
     run = await registered(gateway, start_agent, handler)
     await gateway.send(job("x"))
     await gateway.nth("job_ack")
-    await gateway.send({"type": "job_cancel", "job_id": "x", "reason": "redispatched"})
+    await gateway.send(
+        {"type": "job_cancel", "job_id": "x", "trace_id": "t-x", "reason": "redispatched"}
+    )
     await gateway.wait_for(lambda: run.agent.jobs.running_jobs == 0)
     await gateway.nth("node_heartbeat", len(gateway.of_type("node_heartbeat")) + 1)
     assert not gateway.of_type("job_result")
+    logged = [r for r in caplog.records if r.getMessage() == "job_cancel"]
+    assert [(r.job_id, r.trace_id, r.reason, r.cancelled) for r in logged] == [
+        ("x", "t-x", "redispatched", True)
+    ]
 
 
 async def test_drain_waits_for_the_job_then_closes_with_1000(gateway, start_agent, gated):

@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import random
 import signal
 import sys
 
 import pytest
 
-from lingua_node_agent import ConfigError, SimConfig, Simulator
-from lingua_node_agent.cli import agent_config_from_args, build_parser
+from lingua_node_agent import ConfigError, SimConfig, SimulatedHandler, Simulator
+from lingua_node_agent.cli import agent_config_from_args, build_parser, sim_config_from_args
 from lingua_shared.protocol import NodeRegister, derive_capabilities
 
 
@@ -159,3 +160,81 @@ async def test_simulate_command_uses_prefixed_ids(gateway):
     assert ids == {"sim-00000", "sim-00001", "sim-00002"}
     assert "registered=3/3" in out
     assert sorted(gateway.close_codes.values()) == [1000, 1000, 1000]
+
+
+def test_profile_flags_reach_the_configs(tmp_path):
+    cfg = parse_run("--profile", "lingua", "--reconnect-delay-s", "1.5")
+    assert cfg.lingua and cfg.reconnect_delay_s == 1.5
+    assert cfg.heartbeat_interval_ms is None and cfg.effective_heartbeat_interval_ms() == 15000
+    assert parse_run().profile == "standard"
+    path = tmp_path / "agent.toml"
+    path.write_text('profile = "lingua"\nheartbeat_interval_ms = 2000\n')
+    assert parse_run("--config", str(path)).effective_heartbeat_interval_ms() == 2000
+    assert parse_run("--config", str(path), "--profile", "standard").profile == "standard"
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "--profile", "electron"])
+
+    def parse_sim(*argv: str) -> SimConfig:
+        return sim_config_from_args(build_parser().parse_args(["simulate", *argv]))
+
+    sim = parse_sim("--count", "2", "--profile", "lingua", "--withhold-rate", "0.25",
+                    "--processing-ms", "40", "--processing-max-ms", "90")  # fmt: skip
+    assert (sim.profile, sim.withhold_rate) == ("lingua", 0.25)
+    assert (sim.processing_ms, sim.processing_max_ms) == (40, 90)
+    node = sim.node_config(1)
+    assert node.lingua and node.effective_heartbeat_interval_ms() == 15000
+    assert parse_sim("--count", "2").node_config(0).effective_heartbeat_interval_ms() == 1000
+    with pytest.raises(ConfigError, match="lingua"):
+        parse_sim("--count", "2", "--withhold-rate", "0.5")  # only lingua withholds
+    with pytest.raises(ConfigError, match="processing_max_ms"):
+        parse_sim("--count", "2", "--processing-ms", "50", "--processing-max-ms", "10")
+
+
+async def test_simulated_job_times_are_uniform_in_the_range():
+    handler = SimulatedHandler(10, rng=random.Random(5), processing_max_ms=30)
+    times = [handler._delay_ms() for _ in range(2000)]
+    assert 10 <= min(times) < 11 and 29 < max(times) <= 30
+    assert 19 < sum(times) / len(times) < 21
+
+
+async def test_simulator_lingua_profile_withholds_repeated_texts(gateway):
+    lines: list[str] = []
+    cfg = SimConfig(count=1, gateway=gateway.url, id_prefix="", profile="lingua",
+                    withhold_rate=1.0, processing_ms=5, processing_max_ms=15,
+                    heartbeat_interval_ms=200, status_interval_s=0.2, seed=3)  # fmt: skip
+    sim = Simulator(cfg, status=lines.append)
+    task = asyncio.create_task(sim.run())
+    try:
+        await gateway.wait_for(lambda: len(sim.registered_ids()) == 1, limit_s=5)
+        reg = gateway.of_type("node_register")[0].msg
+        assert reg["node_id"] is None and "acks_jobs" not in reg and "region" not in reg
+        for i in range(3):
+            assign = {"type": "job_assign", "job_id": f"sj-{i}", "session_id": "s",
+                      "utterance_index": i, "src_lang": "en", "tgt_lang": "zh"}  # fmt: skip
+            await gateway.send(assign)
+        agent = sim.agents[0]
+        await gateway.wait_for(lambda: agent.jobs.completed == 3)
+        result = (await gateway.nth("job_result")).msg
+        assert result["job_id"] == "sj-0" and 5 <= result["processing_time_ms"] <= 15
+        # every later result repeats the first text: the agent sends nothing for them
+        assert agent.jobs.withheld == 2 and sim.handler.repeated == 2
+        assert len(gateway.of_type("job_result")) == 1 and not gateway.of_type("job_ack")
+        await gateway.wait_for(lambda: any("withheld=2" in line for line in lines))
+    finally:
+        sim.stop()
+        async with asyncio.timeout(5):
+            await task
+    assert gateway.close_codes == {0: 1005}
+
+
+async def test_cli_lingua_profile_registers_with_a_null_id_and_closes_without_status(gateway):
+    proc = await cli("run", "--gateway", gateway.url, "--profile", "lingua")
+    try:
+        await gateway.wait_for(lambda: gateway.of_type("node_heartbeat"), limit_s=10)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code, _, err = await finish(proc)
+    assert code == 0, err
+    assert await gateway.closed(0) == 1005
+    reg = gateway.of_type("node_register")[0].msg
+    assert reg["node_id"] is None and "heartbeat_interval_ms" not in reg

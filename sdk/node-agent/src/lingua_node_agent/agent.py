@@ -6,6 +6,11 @@ socket comes back inside the TTL grace with its pools intact; losses other than 
 shutdown are retried with full-jitter backoff; a shutdown drains (refuse new jobs, finish the
 running ones, announce ``draining`` in heartbeats) and then closes with 1000, the one close
 that tells the scheduler to forget the node at once.
+
+Under the lingua profile (``AgentConfig.profile == "lingua"``) the lifecycle is lingua's own
+agent's instead, defects included: no register timeout, ``error`` and ``node_control``
+ignored, one reconnect 5 s after the first close and never another one, no drain, and a
+shutdown that closes without a status code (the gateway reads 1005).
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import asyncio
 import json
 import logging
 import random
-from typing import Any
+from typing import Any, cast
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidURI, WebSocketException
@@ -22,8 +27,13 @@ from websockets.protocol import State
 from websockets.uri import parse_uri
 
 from lingua_node_agent.backoff import Backoff
-from lingua_node_agent.capabilities import agent_version, build_register, self_check
-from lingua_node_agent.config import MAX_FRAME_BYTES, AgentConfig
+from lingua_node_agent.capabilities import (
+    agent_version,
+    build_register,
+    language_capabilities,
+    self_check,
+)
+from lingua_node_agent.config import MAX_FRAME_BYTES, AgentConfig, check_profile
 from lingua_node_agent.errors import ConfigError, RegistrationRejected
 from lingua_node_agent.handlers import EchoHandler
 from lingua_node_agent.heartbeat import HeartbeatPacer
@@ -37,6 +47,14 @@ from lingua_node_agent.ticker import HeartbeatTicker
 from lingua_shared.protocol import Hardware, WireModel
 
 CLOSE_REPLACED = 4001  # the gateway's "another connection took this node id"
+
+
+async def close_without_status(ws: ClientConnection) -> None:
+    """Close with an empty close frame: no status code, which the peer reads as 1005. This
+    is what lingua's agent sends (``ws.close()`` of Node's ``ws``). websockets' ``close``
+    hands its code to ``protocol.send_close``, which sends exactly that frame for ``None``,
+    and still runs the closing handshake (waits for the peer's close and the TCP close)."""
+    await ws.close(cast(int, None))
 
 
 class NodeAgent(GatewayMessages):
@@ -73,6 +91,8 @@ class NodeAgent(GatewayMessages):
                 raise ConfigError(f"invalid gateway URL: {exc}") from None
         self._url_index = 0
         self.config = config
+        check_profile(config)
+        self.lingua = config.lingua
         self._store = NodeIdStore(config.state_file) if config.state_file else None
         self._saved_id = self._store.load() if self._store else None
         self.node_id: str | None = config.node_id or self._saved_id
@@ -80,7 +100,7 @@ class NodeAgent(GatewayMessages):
         self.capabilities = self_check(self._register.model_copy(update={"node_id": self.node_id}))
         self.log = NodeLogger(logger or logging.getLogger(__name__), lambda: self.node_id)
         handler = handler if handler is not None else EchoHandler()
-        self.jobs = JobRunner(handler, config.capacity, self._send, self.log)
+        self.jobs = JobRunner(handler, config.capacity, self._send, self.log, lingua=self.lingua)
         self._own_ticker = ticker is None
         self._ticker = ticker if ticker is not None else HeartbeatTicker()
         self._rng = rng if rng is not None else random.Random()
@@ -94,6 +114,8 @@ class NodeAgent(GatewayMessages):
             self._register.capability_by_type,
             self._rng,
             jitter=jitter_heartbeats,
+            language_capabilities=language_capabilities(config) if self.lingua else None,
+            gpu_percent_default=0.0 if self.lingua else None,
         )
         self._backoff = Backoff(config.backoff_base_s, config.backoff_cap_s, self._rng)
         self._ua = f"lingua-node-agent/{agent_version()}"
@@ -106,7 +128,9 @@ class NodeAgent(GatewayMessages):
         self.connections = self.reconnects = self.registrations = 0
         self.last_close_code: int | None = None
         self.close_codes: list[int | None] = []
-        self.heartbeat_interval_s = config.heartbeat_interval_ms / 1000.0
+        self.heartbeat_interval_s = config.effective_heartbeat_interval_ms() / 1000.0
+        # lingua profile: its one reconnect is spent (then no socket close is survived)
+        self.reconnect_spent = False
 
         self._ws: ClientConnection | None = None
         self._started = False
@@ -135,9 +159,16 @@ class NodeAgent(GatewayMessages):
                     self.log.exception("unexpected error in the connection; reconnecting")
                 if self._stop_requested:
                     break
+                if self.lingua and self.reconnect_spent:
+                    await self._stay_disconnected()
+                    break
                 # next replica in the list: a draining gateway (1012) refuses us anyway
                 self._url_index = (self._url_index + 1) % len(self._urls)
-                delay = self._next_delay()
+                if self.lingua:
+                    self.reconnect_spent = True
+                    delay = self.config.reconnect_delay_s
+                else:
+                    delay = self._next_delay()
                 self.reconnects += 1
                 self.status = "backoff"
                 self.log.info(
@@ -160,6 +191,16 @@ class NodeAgent(GatewayMessages):
             self.status = "stopped"
             self.stopped.set()
 
+    async def _stay_disconnected(self) -> None:
+        """lingua's reconnect defect: after its one reconnect (made or failed) a closed socket
+        is never reopened; the process lives on, disconnected, until it is stopped."""
+        self.status = "disconnected"
+        self.log.warning(
+            "lingua profile: no more reconnects until restarted (as lingua's agent)",
+            extra={"reconnects": self.reconnects},
+        )
+        await self._wakeup.wait()
+
     def stop(self, drain: bool = True, reason: str = "stop requested") -> None:
         """Ask :meth:`run` to end. Safe from a signal handler; calling again with
         ``drain=False`` skips what is left of a drain (jobs are aborted, close is immediate)."""
@@ -167,6 +208,7 @@ class NodeAgent(GatewayMessages):
             return
         first = not self._stop_requested
         self._stop_requested = True
+        drain = drain and not self.lingua  # lingua's agent just closes its socket
         self.jobs.accepting = False
         self.draining = self.heartbeats.draining = self.draining or drain
         self._wakeup.set()
@@ -179,7 +221,11 @@ class NodeAgent(GatewayMessages):
             self._closer = asyncio.get_running_loop().create_task(self._close(ws, drain))
 
     async def _close(self, ws: ClientConnection, drain: bool) -> None:
-        """Drain (when asked), then close with 1000 so the scheduler drops the node at once."""
+        """Drain (when asked), then close with 1000 so the scheduler drops the node at once.
+        The lingua profile closes at once without a status code; its jobs end silently."""
+        if self.lingua:
+            await close_without_status(ws)
+            return
         if drain:
             self.status = "draining"
             await self.heartbeats.send_now()  # announce "draining" now, not a beat later
@@ -212,8 +258,9 @@ class NodeAgent(GatewayMessages):
             compression=None,
             max_size=MAX_FRAME_BYTES,
             open_timeout=cfg.open_timeout_s,
-            ping_interval=cfg.ping_interval_s,
-            ping_timeout=cfg.ping_timeout_s,
+            # lingua's agent (Node's ws) never pings; it only answers the gateway's pings
+            ping_interval=None if self.lingua else cfg.ping_interval_s,
+            ping_timeout=None if self.lingua else cfg.ping_timeout_s,
             close_timeout=cfg.close_timeout_s,
             user_agent_header=self._ua,
             additional_headers={"Authorization": f"Bearer {cfg.token}"} if cfg.token else None,
@@ -225,12 +272,19 @@ class NodeAgent(GatewayMessages):
             if self._stop_requested:
                 return
             await self._send_register()
+            if self.lingua and self.registrations and self.node_id is not None:
+                # lingua starts beating when the socket opens: on a reconnect it knows its id
+                # already, so its first beat goes out before this connection's ack.
+                await self.heartbeats.start(self.node_id, self.heartbeat_interval_s)
             await self._receive_loop(ws)
         except ConnectionClosed:
             pass  # the close code is read below, whichever side closed
         finally:
             self._disconnected(ws)
-            await ws.close(1000 if self._stop_requested else CLOSE_RETRY, "node agent closing")
+            if self.lingua:
+                await close_without_status(ws)
+            else:
+                await ws.close(1000 if self._stop_requested else CLOSE_RETRY, "node agent closing")
             self.last_close_code = ws.close_code
             self.close_codes.append(ws.close_code)
             self.log.log(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import platform as _platform
 from importlib import metadata
+from typing import Any
 
 import psutil
 
@@ -67,9 +68,37 @@ def services_for(cfg: AgentConfig) -> tuple[list[InstalledService], list[Capabil
     return installed, caps
 
 
+def language_capabilities(cfg: AgentConfig) -> LanguageCapabilities:
+    """The languages of each service (sent in ``node_register``, and by lingua's agent in
+    every heartbeat too)."""
+    return LanguageCapabilities(
+        asr_languages=cfg.effective_asr_langs(),
+        semantic_languages=cfg.effective_semantic_langs(),
+        tts_languages=list(cfg.tts_langs),
+        semantic_core_ready=True,
+    )
+
+
 def build_register(cfg: AgentConfig, hardware: Hardware | None = None) -> NodeRegister:
-    """The full ``node_register`` for ``cfg`` (``node_id`` is filled in at send time)."""
+    """The full ``node_register`` for ``cfg`` (``node_id`` is filled in at send time).
+
+    Under the lingua profile it is what lingua's agent sends: none of our optional fields
+    (``region``, ``gpu_tier``, ``lang_sets``, ``max_concurrent_jobs``,
+    ``heartbeat_interval_ms``, ``acks_jobs``), so the gateway applies its defaults and the
+    node's one language set is what ASR and Semantic share. Under the standard profile it
+    announces all of them, and ``acks_jobs: true`` (this agent acks every job it takes).
+    """
     installed, caps = services_for(cfg)
+    ours: dict[str, Any] = {}
+    if not cfg.lingua:
+        ours = {
+            "region": cfg.region,
+            "gpu_tier": cfg.gpu_tier,
+            "lang_sets": cfg.lang_sets,
+            "max_concurrent_jobs": cfg.capacity,
+            "heartbeat_interval_ms": cfg.effective_heartbeat_interval_ms(),
+            "acks_jobs": True,
+        }
     return NodeRegister(
         node_id=cfg.node_id,
         version=cfg.version or agent_version(),
@@ -81,17 +110,8 @@ def build_register(cfg: AgentConfig, hardware: Hardware | None = None) -> NodeRe
         capability_by_type=caps,
         features_supported={},
         accept_public_jobs=True,
-        language_capabilities=LanguageCapabilities(
-            asr_languages=cfg.effective_asr_langs(),
-            semantic_languages=cfg.effective_semantic_langs(),
-            tts_languages=list(cfg.tts_langs),
-            semantic_core_ready=True,
-        ),
-        region=cfg.region,
-        gpu_tier=cfg.gpu_tier,
-        lang_sets=cfg.lang_sets,
-        max_concurrent_jobs=cfg.capacity,
-        heartbeat_interval_ms=cfg.heartbeat_interval_ms,
+        language_capabilities=language_capabilities(cfg),
+        **ours,
     )
 
 

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from lingua_node_agent.agent import NodeAgent
 from lingua_node_agent.config import (
     DEFAULT_GATEWAY,
+    PROFILES,
     AgentConfig,
     config_from_mapping,
     load_toml,
@@ -33,8 +34,12 @@ PROG = "lingua-node-agent"
 RUN_FLAGS = (
     "gateway", "node_id", "state_file", "region", "gpu_tier", "lang_sets", "asr_langs",
     "semantic_langs", "tts_langs", "capacity", "heartbeat_interval_ms", "drain_timeout_s",
-    "log_level", "handler", "token",
+    "log_level", "handler", "token", "profile", "reconnect_delay_s",
 )  # fmt: skip
+PROFILE_HELP = (
+    "standard (this SDK's agent) or lingua (behave exactly as lingua's own node agent, "
+    "defects included; see the README)"
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -61,21 +66,51 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--semantic-langs", help="Semantic languages (default: as ASR)")
     run.add_argument("--tts-langs", help="TTS languages (default: none, no TTS service)")
     run.add_argument("--capacity", type=int, help="max concurrent jobs (default 4)")
-    run.add_argument("--heartbeat-interval-ms", type=int, help="heartbeat interval (default 1000)")
+    run.add_argument("--profile", choices=PROFILES, help=f"{PROFILE_HELP} (default standard)")
+    run.add_argument(
+        "--heartbeat-interval-ms",
+        type=int,
+        help="heartbeat interval (default 1000; 15000 under the lingua profile)",
+    )
     run.add_argument("--drain-timeout-s", type=float, help="max wait for jobs on stop (30)")
+    run.add_argument(
+        "--reconnect-delay-s",
+        type=float,
+        help="lingua profile: delay before its one reconnect (default 5)",
+    )
     run.add_argument("--handler", help="job handler 'package.module:attr' (default: echo)")
     run.add_argument("--log-level", help="debug, info, warning, error (default info)")
 
     sim = sub.add_parser("simulate", help="run many simulated nodes in one process")
     sim.add_argument("--count", type=int, required=True, help="number of simulated nodes")
     sim.add_argument("--gateway", default=DEFAULT_GATEWAY)
-    sim.add_argument("--processing-ms", type=float, default=50.0, help="simulated job time")
+    sim.add_argument("--profile", choices=PROFILES, default="standard", help=PROFILE_HELP)
+    sim.add_argument(
+        "--processing-ms",
+        type=float,
+        default=50.0,
+        help="simulated job time (+-20%%), or the low end with --processing-max-ms",
+    )
+    sim.add_argument(
+        "--processing-max-ms",
+        type=float,
+        help="job times uniform in [--processing-ms, this]",
+    )
     sim.add_argument("--failure-rate", type=float, default=0.0, help="share of failed jobs")
+    sim.add_argument(
+        "--withhold-rate",
+        type=float,
+        default=0.0,
+        help="lingua profile: share of results repeating the session's previous text, which "
+        "the agent then withholds",
+    )
     sim.add_argument("--lang-sets", default="en,zh;en,ja,zh", help="sets spread over the nodes")
     sim.add_argument("--regions", default="eu,us", help="regions spread over the nodes")
     sim.add_argument("--gpu-tiers", default="a100,t4", help="GPU tiers spread over the nodes")
     sim.add_argument("--id-prefix", default="sim", help="node ids PREFIX-00000...; '' = assigned")
-    sim.add_argument("--heartbeat-interval-ms", type=int, default=1000)
+    sim.add_argument(
+        "--heartbeat-interval-ms", type=int, help="default 1000; 15000 under the lingua profile"
+    )
     sim.add_argument("--capacity", type=int, default=4, help="max concurrent jobs per node")
     sim.add_argument("--drain-timeout-s", type=float, default=10.0)
     sim.add_argument("--duration-s", type=float, help="stop (draining) after this long")
@@ -96,8 +131,11 @@ def sim_config_from_args(args: argparse.Namespace) -> SimConfig:
     cfg = SimConfig(
         count=args.count,
         gateway=args.gateway,
+        profile=args.profile,
         processing_ms=args.processing_ms,
+        processing_max_ms=args.processing_max_ms,
         failure_rate=args.failure_rate,
+        withhold_rate=args.withhold_rate,
         lang_sets=parse_lang_sets(args.lang_sets),
         regions=parse_langs(args.regions),
         gpu_tiers=parse_langs(args.gpu_tiers),

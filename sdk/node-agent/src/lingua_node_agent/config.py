@@ -20,6 +20,14 @@ DEFAULT_GATEWAY = "ws://127.0.0.1:5010/ws/node"
 DEFAULT_LANGS = ["en", "zh"]
 MAX_FRAME_BYTES = 16 * 1024 * 1024
 
+# Behaviour profiles. "standard" is this SDK's agent (acks, drains, backs off, announces its
+# pools); "lingua" reproduces lingua_1's own node agent (Electron), defects included, so the
+# scheduler can be tested against what real nodes do (see README "Profiles").
+STANDARD = "standard"
+LINGUA = "lingua"
+PROFILES = (STANDARD, LINGUA)
+DEFAULT_HEARTBEAT_MS = {STANDARD: 1000, LINGUA: 15000}
+
 
 @dataclass
 class AgentConfig:
@@ -30,6 +38,9 @@ class AgentConfig:
     ``gateway`` is one URL or several separated by commas (gateway replicas): the agent
     connects to the first and moves to the next one each time a connection ends or fails,
     so a draining replica's 1012 sends it to another.
+
+    ``profile`` is ``"standard"`` or ``"lingua"`` (behave exactly as lingua's own agent).
+    ``heartbeat_interval_ms`` left at ``None`` means the profile's default (1000 / 15000).
     """
 
     gateway: str = DEFAULT_GATEWAY
@@ -45,9 +56,10 @@ class AgentConfig:
     semantic_langs: list[str] | None = None
     tts_langs: list[str] = field(default_factory=list)
     capacity: int = 4
-    heartbeat_interval_ms: int = 1000
+    heartbeat_interval_ms: int | None = None
     drain_timeout_s: float = 30.0
     log_level: str = "info"
+    profile: str = STANDARD
     # Import spec ("package.module:attr") of the job handler, for the CLI and TOML; SDK users
     # pass a handler object to NodeAgent instead.
     handler: str | None = None
@@ -59,8 +71,21 @@ class AgentConfig:
     ping_interval_s: float | None = 20.0
     ping_timeout_s: float | None = 20.0
     close_timeout_s: float = 5.0
+    # lingua profile only: the delay before its one and only reconnect (lingua waits 5 s)
+    reconnect_delay_s: float = 5.0
     version: str | None = None
     platform: str | None = None
+
+    @property
+    def lingua(self) -> bool:
+        """True under the ``lingua`` profile."""
+        return self.profile == LINGUA
+
+    def effective_heartbeat_interval_ms(self) -> int:
+        """The configured interval, else the profile's default (15 s for lingua's agent)."""
+        if self.heartbeat_interval_ms is not None:
+            return self.heartbeat_interval_ms
+        return DEFAULT_HEARTBEAT_MS.get(self.profile, DEFAULT_HEARTBEAT_MS[STANDARD])
 
     def gateway_urls(self) -> list[str]:
         """The gateway URLs in the order they are tried."""
@@ -140,6 +165,7 @@ _NUMBERS = {
     "register_timeout_s": float,
     "open_timeout_s": float,
     "close_timeout_s": float,
+    "reconnect_delay_s": float,
 }
 
 
@@ -186,10 +212,23 @@ def check_ranges(cfg: AgentConfig) -> None:
         raise ConfigError("need 0 < backoff_base_s <= backoff_cap_s")
     if cfg.register_timeout_s <= 0 or cfg.open_timeout_s <= 0:
         raise ConfigError("register_timeout_s and open_timeout_s must be > 0")
+    check_profile(cfg)
     try:
         parse_level(cfg.log_level)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+
+
+def check_profile(cfg: AgentConfig) -> None:
+    """The profile's name, the heartbeat interval and the reconnect delay (the lingua profile
+    does not announce its interval, so the gateway's own check never sees it)."""
+    if cfg.profile not in PROFILES:
+        raise ConfigError(f"profile must be one of {', '.join(PROFILES)}, got {cfg.profile!r}")
+    hb = cfg.effective_heartbeat_interval_ms()
+    if not 100 <= hb <= 600_000:
+        raise ConfigError(f"heartbeat_interval_ms must be 100..600000, got {hb}")
+    if cfg.reconnect_delay_s < 0:
+        raise ConfigError("reconnect_delay_s must be >= 0")
 
 
 def load_toml(path: str | Path, base: AgentConfig | None = None) -> AgentConfig:

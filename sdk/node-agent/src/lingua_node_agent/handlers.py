@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import random
+from collections import OrderedDict
 from typing import Any
 
 from lingua_node_agent.errors import ConfigError
@@ -31,30 +32,68 @@ class SimulatedHandler:
     """Waits ``processing_ms`` (with +-20 % spread) and fails with ``failure_rate``.
 
     The spread keeps thousands of simulated jobs from finishing in lock-step; the failures
-    exercise the scheduler's retry path (MISSION J5) with a realistic error shape.
+    exercise the scheduler's retry path (MISSION J5) with a realistic error shape
+    (``failure_code``: ``INTERNAL_ERROR``, or lingua's ``PROCESSING_ERROR``). With
+    ``processing_max_ms`` each job takes a time uniform in ``[processing_ms,
+    processing_max_ms]`` instead. With ``withhold_rate`` that share of results repeats the
+    session's previous ``text_asr`` on that node, which an agent under the lingua profile
+    withholds (as lingua's agent does with a repeated text), so the scheduler meets jobs that
+    never answer.
     """
+
+    SESSIONS = 65_536  # sessions whose last text is remembered (least recent forgotten)
 
     def __init__(
         self,
         processing_ms: float = 50.0,
         failure_rate: float = 0.0,
         rng: random.Random | None = None,
+        *,
+        processing_max_ms: float | None = None,
+        withhold_rate: float = 0.0,
+        failure_code: str = ErrorCode.INTERNAL_ERROR,
     ) -> None:
         if processing_ms < 0:
             raise ValueError("processing_ms must be >= 0")
+        if processing_max_ms is not None and processing_max_ms < processing_ms:
+            raise ValueError("processing_max_ms must be >= processing_ms")
         if not 0.0 <= failure_rate <= 1.0:
             raise ValueError("failure_rate must be within 0..1")
+        if not 0.0 <= withhold_rate <= 1.0:
+            raise ValueError("withhold_rate must be within 0..1")
         self.processing_ms = processing_ms
+        self.processing_max_ms = processing_max_ms
         self.failure_rate = failure_rate
+        self.withhold_rate = withhold_rate
+        self.failure_code = failure_code
+        self.repeated = 0  # results given the session's previous text
         self._rng = rng if rng is not None else random.Random()
+        self._last: OrderedDict[str, str] = OrderedDict()  # node/session -> last text
+
+    def _delay_ms(self) -> float:
+        if self.processing_max_ms is not None:
+            return self._rng.uniform(self.processing_ms, self.processing_max_ms)
+        return self.processing_ms * self._rng.uniform(0.8, 1.2)
 
     async def handle(self, job: JobAssign, ctx: JobContext) -> JobOutcome:
-        delay_s = self.processing_ms * self._rng.uniform(0.8, 1.2) / 1000.0
+        delay_s = self._delay_ms() / 1000.0
         await asyncio.sleep(delay_s)
         if self.failure_rate and self._rng.random() < self.failure_rate:
-            return JobOutcome.failure(ErrorCode.INTERNAL_ERROR, "simulated failure")
+            return JobOutcome.failure(self.failure_code, "simulated failure")
+        text = f"[sim] asr {job.src_lang} #{job.utterance_index}"
+        if self.withhold_rate:
+            # per node: the handler is shared, and what the agent compares is its own last text
+            key = f"{ctx.node_id}/{job.session_id}"
+            previous = self._last.get(key)
+            if previous is not None and self._rng.random() < self.withhold_rate:
+                text = previous
+                self.repeated += 1
+            self._last[key] = text
+            self._last.move_to_end(key)
+            if len(self._last) > self.SESSIONS:
+                self._last.popitem(last=False)
         return JobOutcome(
-            text_asr=f"[sim] asr {job.src_lang} #{job.utterance_index}",
+            text_asr=text,
             text_translated=f"[sim] {job.src_lang}->{job.tgt_lang} #{job.utterance_index}",
             processing_time_ms=round(delay_s * 1000.0, 3),
         )

@@ -15,7 +15,13 @@ from typing import Any
 
 from lingua_node_agent.resources import ResourceSampler
 from lingua_node_agent.ticker import HeartbeatTicker, Subscription
-from lingua_shared.protocol import CapabilityByType, InstalledService, NodeHeartbeat, WireModel
+from lingua_shared.protocol import (
+    CapabilityByType,
+    InstalledService,
+    LanguageCapabilities,
+    NodeHeartbeat,
+    WireModel,
+)
 
 
 class HeartbeatPacer:
@@ -23,6 +29,9 @@ class HeartbeatPacer:
 
     Between :meth:`start` (on each ``node_register_ack``) and :meth:`stop` (on connection
     loss) it beats for ``node_id``; ``draining`` adds our optional ``status: "draining"``.
+    ``language_capabilities`` (lingua's agent repeats them in every beat) joins the constant
+    part, and ``gpu_percent_default`` fills ``gpu_percent`` when the sampler has none (lingua's
+    agent always sends one, 0.0 without a GPU reading).
     """
 
     def __init__(
@@ -36,6 +45,8 @@ class HeartbeatPacer:
         capabilities: list[CapabilityByType] | None,
         rng: random.Random,
         jitter: bool = False,
+        language_capabilities: LanguageCapabilities | None = None,
+        gpu_percent_default: float | None = None,
     ) -> None:
         self.sent = 0
         self.draining = False
@@ -52,6 +63,9 @@ class HeartbeatPacer:
             self._static["installed_services"] = [s.to_wire() for s in services]
         if capabilities is not None:
             self._static["capability_by_type"] = [c.to_wire() for c in capabilities]
+        if language_capabilities is not None:
+            self._static["language_capabilities"] = language_capabilities.to_wire()
+        self._gpu_default = gpu_percent_default
         self._rng = rng
         self._jitter = jitter
         self._sub: Subscription | None = None
@@ -65,6 +79,11 @@ class HeartbeatPacer:
         await self.send_now()
         first = interval_s * self._rng.uniform(0.5, 1.0) if self._jitter else interval_s
         self._sub = self._ticker.schedule(self._beat, interval_s, first)
+
+    @property
+    def running(self) -> bool:
+        """Between :meth:`start` and :meth:`stop`."""
+        return self._sub is not None
 
     def stop(self) -> None:
         """No more beats until the next :meth:`start` (the connection is gone)."""
@@ -92,10 +111,13 @@ class HeartbeatPacer:
         node_id = self.node_id
         if node_id is None:
             return
+        usage = self._sampler.sample(self._running_jobs(), self._capacity)
+        if usage.gpu_percent is None and self._gpu_default is not None:
+            usage.gpu_percent = self._gpu_default
         hb = NodeHeartbeat(
             node_id=node_id,
             timestamp=time.time_ns() // 1_000_000,
-            resource_usage=self._sampler.sample(self._running_jobs(), self._capacity),
+            resource_usage=usage,
             # "status" is our optional field; extra="allow" carries it.
             **({"status": "draining"} if self.draining else {}),
         ).to_wire()

@@ -43,23 +43,33 @@ class JobOutcome:
 
 
 class JobContext:
-    """Per-job services the agent gives a handler: who we are, and a way to stream partials."""
+    """Per-job services the agent gives a handler: who we are, and a way to stream partials.
 
-    __slots__ = ("_send", "job", "node_id")
+    ``partials`` is False when this job takes no ``asr_partial`` (the lingua profile sends
+    them only for jobs with ``enable_streaming_asr: true``, as lingua's agent does); then
+    :meth:`partial` is a no-op.
+    """
+
+    __slots__ = ("_send", "job", "node_id", "partials")
 
     def __init__(
         self,
         job: JobAssign,
         node_id: str,
         send: Callable[[NodeAsrPartial], Awaitable[bool]],
+        partials: bool = True,
     ) -> None:
         self.job = job
         self.node_id = node_id
+        self.partials = partials
         self._send = send
 
     async def partial(self, text: str, is_final: bool = False) -> bool:
         """Send an ``asr_partial`` for this job; ``False`` when no connection could take it
-        (partials are best effort: the final ``job_result`` is what counts)."""
+        or this job takes no partials (partials are best effort: the final ``job_result`` is
+        what counts)."""
+        if not self.partials:
+            return False
         job = self.job
         return await self._send(
             NodeAsrPartial(

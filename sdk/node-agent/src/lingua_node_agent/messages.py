@@ -5,6 +5,13 @@ per-message rules of PROTOCOL.md read in one place: the ack binds the node id an
 heartbeats; ``INVALID_CAPABILITY_SCHEMA`` is final while other registration errors are
 retried; ``reregister`` re-sends the registration on the same socket; jobs are refused
 before the ack.
+
+Under the lingua profile the rules are those of lingua's own agent: only
+``node_register_ack``, ``job_assign`` and ``job_cancel`` are acted on (``error`` and
+``node_control`` are logged at debug and otherwise ignored), there is no register timeout, the
+ack's ``heartbeat_interval_ms`` is ignored (lingua beats every 15 s whatever it says), the
+registration carries ``node_id: null`` until one is known, and a job is taken as soon as the
+node knows its id, even before this connection's ack.
 """
 
 from __future__ import annotations
@@ -46,6 +53,7 @@ class GatewayMessages:
     draining: bool
     registrations: int
     heartbeat_interval_s: float
+    lingua: bool
     registered: asyncio.Event
     log: logging.LoggerAdapter[Any]
     jobs: JobRunner
@@ -72,6 +80,12 @@ class GatewayMessages:
                 extra={"msg_type": msg.msg_type, "detail": msg.detail},
             )
             return
+        if self.lingua and isinstance(msg, ErrorMessage | NodeControl):
+            self.log.debug(
+                "lingua profile: ignoring a message lingua's agent does not handle",
+                extra={"msg_type": msg.type, "detail": msg.to_wire()},
+            )
+            return
         if isinstance(msg, NodeRegisterAck):
             await self._on_ack(msg)
         elif isinstance(msg, ErrorMessage):
@@ -79,19 +93,31 @@ class GatewayMessages:
         elif isinstance(msg, NodeControl):
             await self._on_control(msg)
         elif isinstance(msg, JobAssign):
-            if not self.registered.is_set() or self.node_id is None:
+            node_id = self.node_id
+            if node_id is None or not (self.lingua or self.registered.is_set()):
                 self.log.warning("ignoring a job before the ack", extra={"job_id": msg.job_id})
                 return
-            await self.jobs.submit(msg, self.node_id)
+            await self.jobs.submit(msg, node_id)
         elif isinstance(msg, JobCancel):
             cancelled = self.jobs.cancel(msg.job_id)
-            self.log.info("job_cancel", extra={"job_id": msg.job_id, "cancelled": cancelled})
+            self.log.info(
+                "job_cancel",
+                extra={
+                    "job_id": msg.job_id,
+                    "trace_id": msg.trace_id,
+                    "reason": msg.reason,
+                    "cancelled": cancelled,
+                },
+            )
 
     # ----------------------------------------------------------------- registration
 
     async def _send_register(self) -> None:
-        self._ack_deadline = asyncio.get_running_loop().time() + self.config.register_timeout_s
         self.status = "registering"
+        if self.lingua:  # no timeout, and "node_id": null the first time
+            await self._send({**self._register.to_wire(), "node_id": self.node_id})
+            return
+        self._ack_deadline = asyncio.get_running_loop().time() + self.config.register_timeout_s
         await self._send(self._register.model_copy(update={"node_id": self.node_id}))
 
     async def _on_ack(self, ack: NodeRegisterAck) -> None:
@@ -101,7 +127,7 @@ class GatewayMessages:
         if self._store is not None and self._saved_id != ack.node_id:
             self._store.save(ack.node_id)
             self._saved_id = ack.node_id
-        if ack.heartbeat_interval_ms:
+        if ack.heartbeat_interval_ms and not self.lingua:
             self.heartbeat_interval_s = max(0.1, ack.heartbeat_interval_ms / 1000.0)
         self._ack_deadline = None
         self.registrations += 1
@@ -112,7 +138,10 @@ class GatewayMessages:
             "registered",
             extra={"ack_status": ack.status, "heartbeat_interval_s": self.heartbeat_interval_s},
         )
-        await self.heartbeats.start(ack.node_id, self.heartbeat_interval_s)
+        if self.lingua and self.heartbeats.running and self.heartbeats.node_id == ack.node_id:
+            await self.heartbeats.send_now()  # one beat now; the 15 s rhythm runs on
+        else:
+            await self.heartbeats.start(ack.node_id, self.heartbeat_interval_s)
         await self.jobs.flush_unsent()  # results finished while we had no connection
 
     async def _on_error(self, ws: ClientConnection, err: ErrorMessage) -> None:

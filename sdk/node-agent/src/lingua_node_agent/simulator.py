@@ -5,6 +5,10 @@ exactly what real nodes send; what is shared is everything that would otherwise 
 node: one heartbeat timer (:class:`HeartbeatTicker`), one fake load sampler, one fake
 hardware description and one simulated handler. Nodes are spread round-robin over regions,
 GPU tiers and language sets so that a run of N nodes fills many pools at once (MISSION N8).
+
+With ``profile="lingua"`` every node behaves as lingua's own agent (no acks, one reconnect,
+withheld repeats...; see the README), and ``withhold_rate`` makes that share of results
+repeat the session's previous text so that the agents withhold them.
 """
 
 from __future__ import annotations
@@ -18,12 +22,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from lingua_node_agent.agent import NodeAgent
-from lingua_node_agent.config import DEFAULT_GATEWAY, AgentConfig, check_ranges
+from lingua_node_agent.config import DEFAULT_GATEWAY, PROFILES, STANDARD, AgentConfig, check_ranges
 from lingua_node_agent.errors import ConfigError, RegistrationRejected
 from lingua_node_agent.handlers import SimulatedHandler
+from lingua_node_agent.job_runner import PROCESSING_ERROR
 from lingua_node_agent.resources import SimulatedSampler
 from lingua_node_agent.ticker import HeartbeatTicker
-from lingua_shared.protocol import Hardware
+from lingua_shared.protocol import ErrorCode, Hardware
 
 log = logging.getLogger(__name__)
 
@@ -36,13 +41,18 @@ class SimConfig:
 
     count: int = 10
     gateway: str = DEFAULT_GATEWAY
+    profile: str = STANDARD
     processing_ms: float = 50.0
+    # when set, each job's time is uniform in [processing_ms, processing_max_ms]
+    processing_max_ms: float | None = None
     failure_rate: float = 0.0
+    # lingua profile: share of results repeating the session's previous text (withheld)
+    withhold_rate: float = 0.0
     lang_sets: list[list[str]] = field(default_factory=lambda: [["en", "zh"], ["en", "ja", "zh"]])
     regions: list[str] = field(default_factory=lambda: ["eu", "us"])
     gpu_tiers: list[str] = field(default_factory=lambda: ["a100", "t4"])
     id_prefix: str = "sim"
-    heartbeat_interval_ms: int = 1000
+    heartbeat_interval_ms: int | None = None  # None: the profile's default (1 s / 15 s)
     capacity: int = 4
     drain_timeout_s: float = 10.0
     duration_s: float | None = None
@@ -66,6 +76,7 @@ class SimConfig:
             heartbeat_interval_ms=self.heartbeat_interval_ms,
             drain_timeout_s=self.drain_timeout_s,
             platform=f"simulator-{sys.platform}",
+            profile=self.profile,
         )
 
     def validate(self) -> None:
@@ -73,10 +84,18 @@ class SimConfig:
             raise ConfigError("count must be >= 1")
         if not (self.lang_sets and self.regions and self.gpu_tiers):
             raise ConfigError("lang_sets, regions and gpu_tiers must each have an entry")
+        if self.profile not in PROFILES:
+            raise ConfigError(f"profile must be one of {', '.join(PROFILES)}")
         if not 0.0 <= self.failure_rate <= 1.0:
             raise ConfigError("failure_rate must be within 0..1")
+        if not 0.0 <= self.withhold_rate <= 1.0:
+            raise ConfigError("withhold_rate must be within 0..1")
+        if self.withhold_rate and self.profile != "lingua":
+            raise ConfigError("withhold_rate needs the lingua profile (only it withholds)")
         if self.processing_ms < 0 or self.ramp_s < 0 or self.status_interval_s <= 0:
             raise ConfigError("processing_ms and ramp_s must be >= 0, status_interval_s > 0")
+        if self.processing_max_ms is not None and self.processing_max_ms < self.processing_ms:
+            raise ConfigError("processing_max_ms must be >= processing_ms")
         check_ranges(self.node_config(0))
 
 
@@ -90,7 +109,15 @@ class Simulator:
         self._status = status if status is not None else _print_status
         self._rng = random.Random(config.seed)
         self.ticker = HeartbeatTicker(resolution_s=0.02)
-        handler = SimulatedHandler(config.processing_ms, config.failure_rate, self._rng)
+        lingua = config.profile == "lingua"
+        self.handler = handler = SimulatedHandler(
+            config.processing_ms,
+            config.failure_rate,
+            self._rng,
+            processing_max_ms=config.processing_max_ms,
+            withhold_rate=config.withhold_rate,
+            failure_code=PROCESSING_ERROR if lingua else ErrorCode.INTERNAL_ERROR,
+        )
         sampler = SimulatedSampler(self._rng)
         self.agents = [
             NodeAgent(
@@ -126,6 +153,7 @@ class Simulator:
             f" jobs_failed={sum(a.jobs.failed for a in agents)}"
             f" jobs_refused={sum(a.jobs.rejected for a in agents)}"
             f" running={sum(a.jobs.running_jobs for a in agents)}"
+            f" withheld={sum(a.jobs.withheld for a in agents)}"
         )
 
     async def run(self) -> None:
