@@ -30,6 +30,6 @@ end
 local idx = tonumber(redis.call('HGET', session_key, 'next_deliver') or '0')
 local missing = cjson.encode({type = 'missing_result', session_id = session_id,
   utterance_index = idx, reason = 'gap_timeout', created_at_ms = now})
-local due = deliver_in_order(prefix, session_id, idx, missing, now, gap, session_ttl)
+local due = deliver_outcomes(prefix, session_id, {idx, missing}, now, gap, session_ttl)
 local s = redis.call('HMGET', session_key, 'gateway_id', 'conn_id')
 return {1, s[1] or '', s[2] or '', unpack(due)}

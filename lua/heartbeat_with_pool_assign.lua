@@ -14,8 +14,12 @@
 -- ARGV[8] gpu_percent
 -- ARGV[9] mem_percent
 -- ARGV[10] max_shard_size    maximum members of one pool shard
--- ARGV[11] status            '' keeps the stored status; 'ready' or 'draining' (a draining
---                            node finishes its jobs but is offered no new ones)
+-- ARGV[11] status            '' keeps the stored status; 'ready', 'draining' (the node
+--                            finishes its jobs but is offered no new ones) or 'degraded' (its
+--                            ASR or Semantic is not ready: no new jobs until it is again)
+-- ARGV[12] lang_sets         '' keeps the stored language sets; else JSON list of language
+--                            lists: the node's capabilities changed (its pools follow)
+-- ARGV[13] services          '' keeps the stored services; else JSON object type -> languages
 -- Returns: {1, changed} alive; changed = 1 when pool membership changed
 --          {-1, field} invalid input, nothing written (field names the bad argument)
 --          {-2, ""} node not registered (no live key): the node must re-register
@@ -40,8 +44,18 @@ for i = 1, 4 do
 end
 if not max_shard or max_shard < 1 then return {-1, 'max_shard_size'} end
 local status_arg = ARGV[11]
-if status_arg ~= '' and status_arg ~= 'ready' and status_arg ~= 'draining' then
+if status_arg ~= '' and status_arg ~= 'ready' and status_arg ~= 'draining'
+    and status_arg ~= 'degraded' then
   return {-1, 'status'}
+end
+local new_sets = nil
+if ARGV[12] ~= '' then
+  new_sets = parse_lang_sets(ARGV[12])
+  if not new_sets then return {-1, 'lang_sets'} end
+end
+if ARGV[13] ~= '' then
+  local ok_s, svc = pcall(cjson.decode, ARGV[13])
+  if not ok_s or type(svc) ~= 'table' then return {-1, 'services'} end
 end
 
 local h = redis.call('HMGET', node_key, 'conn_id', 'connected', 'ttl_ms', 'lang_sets', 'region',
@@ -63,6 +77,18 @@ for i = 1, 4 do
     fields[#fields + 1] = reported_fields[i]
     fields[#fields + 1] = reported[i]
   end
+end
+if new_sets then
+  local encoded = cjson.encode(new_sets)
+  if encoded ~= h[4] then
+    h[4] = encoded  -- a new signature below: the pools follow the new language sets
+    fields[#fields + 1] = 'lang_sets'
+    fields[#fields + 1] = encoded
+  end
+end
+if ARGV[13] ~= '' then
+  fields[#fields + 1] = 'services'
+  fields[#fields + 1] = ARGV[13]
 end
 local status = h[11]
 if status_arg ~= '' then

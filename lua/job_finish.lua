@@ -1,5 +1,8 @@
 -- job_finish: a job ends (its result, or a typed error): free its slot and release every
--- outcome of its session that is now due, in utterance order (MISSION J5, J6).
+-- outcome of its session that is now due (MISSION J5, J6). A node answers a session's jobs in
+-- the order they were assigned to it, so its answer to this job also finishes the session's
+-- jobs assigned to it before this one and still open: they end without a result (their slots
+-- are freed, nothing is dispatched again, the client gets missing_result reason no_result).
 -- KEYS[1] prefix             lingua:v1:{cell}: (job, node, session, timers, gaps)
 -- ARGV[1] job_id
 -- ARGV[2] attempt            the attempt that ends (0 = the scheduler ends it: no fencing)
@@ -10,7 +13,8 @@
 -- ARGV[7] gap_ms             how long a hole in the order may hold later outcomes
 -- ARGV[8] session_ttl_ms
 -- Returns: {1, gateway_id, conn_id, idx1, payload1, ...} finished; the list holds the
---          outcomes now due for the session, in order (maybe none: an earlier one is missing)
+--          outcomes now due for the session (maybe none: an earlier one is missing), those of
+--          the earlier jobs finished without a result included
 --          {0, ""} already finished (a replay or a duplicate result): nothing written
 --          {3, ""} finished, but its index was already answered by a missing_result
 --          {-5, reason} stale: another attempt or another node; nothing written
@@ -35,7 +39,7 @@ if not session_ttl or session_ttl <= 0 then return {-1, 'session_ttl_ms'} end
 
 local job_key = prefix .. 'job:' .. job_id
 local job = redis.call('HMGET', job_key, 'state', 'attempt', 'node_id', 'session_id',
-  'utterance_index', 'gateway_id', 'conn_id', 'node_reg')
+  'utterance_index', 'gateway_id', 'conn_id', 'node_reg', 'node_seq')
 if not job[1] then return {-6, ''} end
 if job[1] == 'done' or job[1] == 'failed' then return {0, ''} end
 if node_id ~= '' then
@@ -52,8 +56,40 @@ redis.call('HSET', job_key, 'state', outcome, 'finished_at', now)
 redis.call('DEL', job_key .. ':audio')
 
 local session_id = job[4]
-local due = deliver_in_order(prefix, session_id, tonumber(job[5]), ARGV[6], now, gap, session_ttl)
-if due == nil then return {3, ''} end
+local own_idx = tonumber(job[5])
+local items = {}
+local seq = tonumber(job[9])
+if node_id ~= '' and seq then
+  -- the node's earlier open jobs of this session (same registration, assigned before this one)
+  local earlier = {}
+  for _, other in ipairs(redis.call('SMEMBERS', prefix .. 'node:' .. node_id .. ':jobs')) do
+    local o = redis.call('HMGET', prefix .. 'job:' .. other, 'state', 'session_id', 'node_id',
+      'node_reg', 'node_seq', 'utterance_index', 'trace_id')
+    local o_seq = tonumber(o[5])
+    if (o[1] == 'assigned' or o[1] == 'acked') and o[2] == session_id and o[3] == node_id
+        and o[4] == job[8] and o_seq and o_seq < seq then
+      earlier[#earlier + 1] = {other, o}
+    end
+  end
+  table.sort(earlier, function(a, b) return tonumber(a[2][6]) < tonumber(b[2][6]) end)
+  for _, e in ipairs(earlier) do
+    local other, o = e[1], e[2]
+    release_slot(prefix, other, node_id, o[1], o[4])
+    redis.call('ZREM', prefix .. 'timers', other)
+    redis.call('HSET', prefix .. 'job:' .. other, 'state', 'done', 'finished_at', now,
+      'outcome', 'no_result')
+    redis.call('DEL', prefix .. 'job:' .. other .. ':audio')
+    items[#items + 1] = tonumber(o[6])
+    items[#items + 1] = cjson.encode({type = 'missing_result', session_id = session_id,
+      utterance_index = tonumber(o[6]), reason = 'no_result', created_at_ms = now,
+      job_id = other, trace_id = o[7] or nil})
+  end
+end
+items[#items + 1] = own_idx
+items[#items + 1] = ARGV[6]
+
+local due, taken = deliver_outcomes(prefix, session_id, items, now, gap, session_ttl)
+if #due == 0 and not taken[own_idx] then return {3, ''} end
 local s = redis.call('HMGET', prefix .. 'session:' .. session_id, 'gateway_id', 'conn_id')
 -- a closed session has no gateway binding: nothing to publish (the gateway holds no one)
 return {1, s[1] or '', s[2] or '', unpack(due)}

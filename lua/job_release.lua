@@ -8,8 +8,10 @@
 -- ARGV[5] max_attempts
 -- A released job keeps a timer RESCUE_MS (1 s) ahead, so it is dispatched again even if the
 -- caller dies right after this call (a reservation replaces that timer with its lease).
--- Returns: {1, next_attempt} released: dispatch it again with next_attempt
---          {2, attempts} released, and no attempt is left: finish it with a typed error
+-- Returns: {1, next_attempt, node_id, gateway_id, conn_id} released: dispatch it again with
+--          next_attempt (node_id and the connection it had, to tell it with job_cancel)
+--          {2, attempts, node_id, gateway_id, conn_id} released, and no attempt is left:
+--          finish it with a typed error
 --          {0, state} nothing to do: that attempt is no longer current (a replay or a race)
 --          {-6, ""} no such job; {-1, field} invalid input, nothing written
 --@include common
@@ -33,9 +35,11 @@ if not job[1] then return {-6, ''} end
 if tonumber(job[2]) ~= attempt or (job[1] ~= 'assigned' and job[1] ~= 'acked') then
   return {0, job[1]}
 end
+local conn = redis.call('HMGET', prefix .. 'node:' .. job[3], 'gateway_id', 'conn_id')
 release_slot(prefix, job_id, job[3], job[1], job[4])
 -- a safety timer: if the caller dies before dispatching again, the timers pick it up
 redis.call('ZADD', prefix .. 'timers', now + RESCUE_MS, job_id)
 redis.call('HSET', job_key, 'state', 'queued', 'released_at', now, 'release_reason', reason)
-if attempt >= max_attempts then return {2, attempt} end
-return {1, attempt + 1}
+local node = {job[3], conn[1] or '', conn[2] or ''}
+if attempt >= max_attempts then return {2, attempt, unpack(node)} end
+return {1, attempt + 1, unpack(node)}

@@ -14,6 +14,10 @@
 -- ARGV[9] gateway_id         gateway replica holding the connection
 -- ARGV[10] conn_id           id of that connection (fences events of older connections)
 -- ARGV[11] meta              JSON object (version, platform, ...) kept for display
+-- ARGV[12] acks              1 = the node sends job_ack (its jobs wait for the ack under a
+--                            lease), 0 = it never does (jobs count as accepted at assignment)
+-- ARGV[13] public            1 = takes public jobs, 0 = only jobs of its own tenant
+-- ARGV[14] tenant            the node's tenant ('' = none)
 -- Returns: {1, "", ""} created; {2, old_gateway_id, old_conn_id} refreshed an existing node
 --          (old_* are those of the connection it replaces, "" when none or the same);
 --          {-1, field} invalid input, nothing written (field names the bad argument)
@@ -41,6 +45,10 @@ if gateway_id == '' or #gateway_id > 128 then return {-1, 'gateway_id'} end
 if conn_id == '' or #conn_id > 128 then return {-1, 'conn_id'} end
 local ok_m, meta = pcall(cjson.decode, ARGV[11])
 if not ok_m or type(meta) ~= 'table' then return {-1, 'meta'} end
+local acks, public, tenant = ARGV[12], ARGV[13], ARGV[14]
+if acks ~= '0' and acks ~= '1' then return {-1, 'acks'} end
+if public ~= '0' and public ~= '1' then return {-1, 'public'} end
+if tenant == nil or (tenant ~= '' and not is_node_id(tenant)) then return {-1, 'tenant'} end
 
 local existed = redis.call('EXISTS', node_key) == 1
 local old_gw, old_conn = '', ''
@@ -64,7 +72,10 @@ redis.call('HSET', node_key,
   'gateway_id', gateway_id,
   'conn_id', conn_id,
   'ttl_ms', ttl,
-  'last_heartbeat_ts', now)
+  'last_heartbeat_ts', now,
+  'acks', acks,
+  'public', public,
+  'tenant', tenant)
 if not existed then
   -- slot accounting starts at zero; a re-registration keeps it (leases still count).
   -- reg_id names this registration for the jobs' fencing (node_reg): the time alone is not

@@ -1,11 +1,12 @@
--- utterance_fail: answer an utterance that never became a job (its request could not be
--- queued) with a typed error in its place in the session's order, and release what is then
--- due (MISSION J6: exactly one answer per index, in order; no gap left to time out).
+-- utterance_fail: answer an utterance that never becomes a job (its request could not be
+-- queued, or it is only silence) with a message for the client (missing_result) in its place
+-- in the session's delivery, and release what is then due (MISSION J6: exactly one answer per
+-- index; no gap left to time out).
 -- KEYS[1] prefix             lingua:v1:{cell}: (session, its results, gaps)
 -- ARGV[1] session_id
 -- ARGV[2] utterance_index
 -- ARGV[3] now_ms
--- ARGV[4] payload            JSON error message for the client
+-- ARGV[4] payload            JSON message for the client (a missing_result)
 -- ARGV[5] gap_ms             deadline for the next hole, if one remains
 -- ARGV[6] session_ttl_ms
 -- Returns: {1, gateway_id, conn_id, idx1, payload1, ...} stored; the outcomes now due, in order
@@ -32,9 +33,10 @@ if not session_ttl or session_ttl <= 0 then return {-1, 'session_ttl_ms'} end
 local session_key = prefix .. 'session:' .. session_id
 if redis.call('EXISTS', session_key) == 0 then return {-6, ''} end
 local next_idx = tonumber(redis.call('HGET', session_key, 'next_deliver') or '0')
-if idx < next_idx or redis.call('HEXISTS', session_key .. ':results', idx) == 1 then
+if idx < next_idx or redis.call('HEXISTS', session_key .. ':results', idx) == 1
+    or redis.call('SISMEMBER', session_key .. ':sent', idx) == 1 then
   return {0, ''}
 end
-local due = deliver_in_order(prefix, session_id, idx, ARGV[4], now, gap, session_ttl)
+local due = deliver_outcomes(prefix, session_id, {idx, ARGV[4]}, now, gap, session_ttl)
 local s = redis.call('HMGET', session_key, 'gateway_id', 'conn_id')
 return {1, s[1] or '', s[2] or '', unpack(due)}

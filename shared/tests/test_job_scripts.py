@@ -57,6 +57,17 @@ async def join(scripts: Scripts, node_id: str, now_ms: int = NOW, **over: Any) -
     assert r.alive
 
 
+async def join_single_slot(scripts: Scripts, count: int) -> list[str]:
+    """``count`` nodes of one slot each: a session's job i goes to node i + 1 (its own node
+    is busy, so each job spills to the next idle one). A node answers a session's jobs in the
+    order they were assigned to it (job_finish relies on it), so tests that finish jobs in
+    any order give each job a node of its own."""
+    nodes = [f"n{i + 1}" for i in range(count)]
+    for n in nodes:
+        await join(scripts, n, capacity=1)
+    return nodes
+
+
 async def open_session(redis: Redis, keys: Keys, session_id: str = "s1") -> None:
     await redis.hset(
         keys.session(session_id), mapping={"gateway_id": "gw-s", "conn_id": f"cs-{session_id}"}
@@ -262,28 +273,30 @@ async def test_ack_commits_the_reservation_with_fencing(redis: Redis, keys: Keys
 async def test_finish_frees_a_reserved_or_running_slot_and_ends_the_job(
     redis: Redis, keys: Keys, scripts: Scripts
 ):
-    await join(scripts, "n1", lang_sets=[["en", "zh"], ["en", "ja", "zh"]])
+    await join(scripts, "n1", lang_sets=[["en", "zh"], ["en", "ja", "zh"]], capacity=1)
+    await join(scripts, "n2", lang_sets=[["en", "zh"], ["en", "ja", "zh"]], capacity=1)
     await open_session(redis, keys)
     assert await dispatch(scripts, "j0", index=0) == "n1"
-    assert await dispatch(scripts, "j1", index=1) == "n1"
+    assert await dispatch(scripts, "j1", index=1) == "n2"
     assert (await scripts.job_ack(**ack_kw("j0", "n1"))).code == 1
-    assert await slots(redis, keys, "n1") == (1, 1)
+    assert [await slots(redis, keys, n) for n in ("n1", "n2")] == [(1, 0), (0, 1)]
 
-    d = await scripts.job_finish(**finish_kw("j1", "n1", outcome="failed"))  # still reserved
+    d = await scripts.job_finish(**finish_kw("j1", "n2", outcome="failed"))  # still reserved
     assert (d.code, d.gateway_id, d.conn_id, d.items) == (1, "gw-s", "cs-s1", [])
-    assert await slots(redis, keys, "n1") == (1, 0)
+    assert await slots(redis, keys, "n2") == (0, 0)
     d = await scripts.job_finish(**finish_kw("j0", "n1"))  # running
     assert (d.code, indexes(d)) == (1, [0, 1])
     assert d.items[0][1] == {"type": "translation_result", "job_id": "j0"}
     assert await slots(redis, keys, "n1") == (0, 0)
     for shard in ("en_zh:eu:a100:0", "en_ja_zh:eu:a100:0"):
-        assert await zmembers(redis, keys.pool(shard)) == {"n1": 0.0}
+        assert await zmembers(redis, keys.pool(shard)) == {"n1": 0.0, "n2": 0.0}
     for job_id, state in (("j0", "done"), ("j1", "failed")):
         job = await hash_of(redis, keys.job(job_id))
         assert (job["state"], job["finished_at"]) == (state, str(NOW + 1_000))
         assert not await redis.exists(keys.job_audio(job_id))
     assert not await redis.exists(keys.timers)
     assert not await redis.exists(keys.node_jobs("n1"))
+    assert not await redis.exists(keys.node_jobs("n2"))
     assert not await redis.exists(keys.gaps)
     assert not await redis.exists(keys.session_results("s1"))
     assert (await hash_of(redis, keys.session("s1")))["next_deliver"] == "2"
@@ -294,10 +307,10 @@ async def test_finish_frees_a_reserved_or_running_slot_and_ends_the_job(
 async def test_results_finished_in_any_order_are_delivered_once_in_order(
     redis: Redis, keys: Keys, scripts: Scripts, seed: int
 ):
-    for n in ("n1", "n2"):
-        await join(scripts, n, capacity=3)
+    await join_single_slot(scripts, 5)
     await open_session(redis, keys)
     holder = {f"j{i}": await dispatch(scripts, f"j{i}", index=i) for i in range(5)}
+    assert holder == {f"j{i}": f"n{i + 1}" for i in range(5)}
     order = list(range(5))
     random.Random(seed).shuffle(order)
     if seed == 0:
@@ -316,20 +329,20 @@ async def test_results_finished_in_any_order_are_delivered_once_in_order(
         assert stored == waiting
     assert [i for i, _ in delivered] == [0, 1, 2, 3, 4], order
     assert [p["job_id"] for _, p in delivered] == [f"j{i}" for i in range(5)]
-    assert [await slots(redis, keys, n) for n in ("n1", "n2")] == [(0, 0), (0, 0)]
+    assert [await slots(redis, keys, n) for n in holder.values()] == [(0, 0)] * 5
     assert not await redis.exists(keys.gaps)
 
 
 async def test_a_new_hole_gets_a_fresh_deadline_an_old_one_keeps_its_own(
     redis: Redis, keys: Keys, scripts: Scripts
 ):
-    await join(scripts, "n1")
+    await join_single_slot(scripts, 4)
     await open_session(redis, keys)
     for i in range(4):
         await dispatch(scripts, f"j{i}", index=i)
-    await scripts.job_finish(**finish_kw("j2", "n1", now_ms=NOW + 1_000))
+    await scripts.job_finish(**finish_kw("j2", "n3", now_ms=NOW + 1_000))
     assert await zmembers(redis, keys.gaps) == {"s1": NOW + 1_000 + GAP}
-    await scripts.job_finish(**finish_kw("j3", "n1", now_ms=NOW + 2_000))
+    await scripts.job_finish(**finish_kw("j3", "n4", now_ms=NOW + 2_000))
     assert await zmembers(redis, keys.gaps) == {"s1": NOW + 1_000 + GAP}  # same hole (0)
     d = await scripts.job_finish(**finish_kw("j0", "n1", now_ms=NOW + 3_000))
     assert indexes(d) == [0]
@@ -339,11 +352,13 @@ async def test_a_new_hole_gets_a_fresh_deadline_an_old_one_keeps_its_own(
 async def test_duplicate_stale_and_unknown_finishes_write_nothing(
     redis: Redis, keys: Keys, scripts: Scripts
 ):
-    await join(scripts, "n1")
-    await join(scripts, "n2")
+    await join(scripts, "n1", capacity=2)
+    await join(scripts, "n2", capacity=2)
     await open_session(redis, keys)
     assert await dispatch(scripts, "j0", index=0) == "n1"
+    await redis.hset(keys.node("n1"), "status", "draining")  # busy: j1 spills to n2
     assert await dispatch(scripts, "j1", index=1) == "n2"
+    await redis.hset(keys.node("n1"), "status", "ready")
     assert (await scripts.job_release(**release_kw("j1"))).code == 1
     assert await dispatch(scripts, "j1", index=1, attempt=2) == "n1"
     before = await snapshot(redis)
@@ -366,7 +381,9 @@ async def test_duplicate_stale_and_unknown_finishes_write_nothing(
     ):
         assert await raw(scripts, "job_finish", kw) == [0, ""]
         assert await snapshot(redis) == after
-    assert [await slots(redis, keys, n) for n in ("n1", "n2")] == [(0, 1), (0, 0)]
+    # n1's answer to j1 also ended j0, assigned to it before: without a result
+    assert (await hash_of(redis, keys.job("j0")))["outcome"] == "no_result"
+    assert [await slots(redis, keys, n) for n in ("n1", "n2")] == [(0, 0), (0, 0)]
 
 
 async def test_scheduler_finish_fails_a_queued_job_in_its_place(
@@ -398,7 +415,7 @@ async def test_release_redispatches_until_max_attempts(redis: Redis, keys: Keys,
     assert await slots(redis, keys, "n1") == (1, 0)
 
     r = await scripts.job_release(**release_kw("j1", 1, reason="deadline"))
-    assert (r.code, r.value) == (1, "2")
+    assert (r.code, r.attempt, r.node_id, r.gateway_id, r.conn_id) == (1, 2, "n1", "gw-n1", "c-n1")
     assert await slots(redis, keys, "n1") == (0, 0)  # a running slot freed
     assert await redis.zscore(keys.pool("en_zh:eu:a100:0"), "n1") == 0.0
     job = await hash_of(redis, keys.job("j1"))
@@ -417,10 +434,12 @@ async def test_release_redispatches_until_max_attempts(redis: Redis, keys: Keys,
 
     assert await dispatch(scripts, "j1", attempt=2) == "n2"
     assert await raw(scripts, "job_release", release_kw("j1", 1)) == [0, "assigned"]
-    assert await raw(scripts, "job_release", release_kw("j1", 2)) == [1, 3]  # reserved slot
+    # a reserved slot; the node and its connection, to send it job_cancel
+    assert await raw(scripts, "job_release", release_kw("j1", 2)) == [1, 3, "n2", "gw-n2", "c-n2"]
     assert await slots(redis, keys, "n2") == (0, 0)
     assert await dispatch(scripts, "j1", attempt=3) == "n3"
-    assert await raw(scripts, "job_release", release_kw("j1", 3)) == [2, 3]  # exhausted
+    exhausted = await raw(scripts, "job_release", release_kw("j1", 3))
+    assert exhausted == [2, 3, "n3", "gw-n3", "c-n3"]
     assert [await slots(redis, keys, n) for n in ("n1", "n2", "n3")] == [(0, 0)] * 3
     assert (await hash_of(redis, keys.job("j1")))["tried"] == "n1,n2,n3"
     assert await raw(scripts, "job_release", release_kw("ghost", 1)) == [-6, ""]
@@ -526,13 +545,13 @@ async def test_jobs_of_a_record_written_before_reg_id_still_free_their_slots(
 async def test_gap_expire_answers_an_overdue_hole_and_a_late_result_is_refused(
     redis: Redis, keys: Keys, scripts: Scripts
 ):
-    await join(scripts, "n1")
+    await join_single_slot(scripts, 4)
     await open_session(redis, keys)
     for i in range(4):
         await dispatch(scripts, f"j{i}", index=i)
     t1 = NOW + 1_000
-    assert indexes(await scripts.job_finish(**finish_kw("j1", "n1", now_ms=t1))) == []
-    assert indexes(await scripts.job_finish(**finish_kw("j3", "n1", now_ms=t1 + 1))) == []
+    assert indexes(await scripts.job_finish(**finish_kw("j1", "n2", now_ms=t1))) == []
+    assert indexes(await scripts.job_finish(**finish_kw("j3", "n4", now_ms=t1 + 1))) == []
 
     def gap_kw(now: int) -> dict[str, Any]:
         return {"session_id": "s1", "now_ms": now, "gap_ms": GAP, "session_ttl_ms": SESSION_TTL}
@@ -559,8 +578,8 @@ async def test_gap_expire_answers_an_overdue_hole_and_a_late_result_is_refused(
     d = await scripts.job_finish(**finish_kw("j0", "n1", now_ms=t1 + GAP + 1))
     assert (d.code, d.items) == (3, [])
     assert (await hash_of(redis, keys.job("j0")))["state"] == "done"
-    assert await slots(redis, keys, "n1") == (0, 1)
-    assert await smembers(redis, keys.node_jobs("n1")) == {"j2"}
+    assert await slots(redis, keys, "n1") == (0, 0)
+    assert await smembers(redis, keys.node_jobs("n3")) == {"j2"}
     assert (await hash_of(redis, keys.session("s1")))["next_deliver"] == "2"
 
     assert (await scripts.gap_expire(**gap_kw(t1 + 2 * GAP - 1))).code == 0
@@ -725,6 +744,7 @@ async def test_raw_json_arguments_are_checked(redis: Redis, keys: Keys, scripts:
 
 # --- the whole slot accounting under any sequence of events (RELIABILITY S1) -----------------
 NODES = ["n0", "n1", "n2", "n3"]
+ACKING = {"n0", "n2"}  # the others never ack (lingua's agent): jobs run from assignment
 CAPACITY = 2
 MAX_ATTEMPTS = 3
 pick_st = st.integers(0, 1_000)
@@ -733,7 +753,11 @@ pick_st = st.integers(0, 1_000)
 class JobMachine(RuleBasedStateMachine):
     """Jobs created, placed, acknowledged, finished, taken back; nodes dropped, back, restarted,
     expired; time passing with lease timers fired as the dispatcher does. A model of which
-    job holds which slot of which node registration must agree with Redis after every step."""
+    job holds which slot of which node registration must agree with Redis after every step.
+
+    The model knows a session's node (its jobs go there while it is eligible), nodes that
+    never ack (their jobs run from assignment), and that a node's answer ends the session's
+    jobs assigned to it earlier (without a result)."""
 
     url = ""
 
@@ -750,9 +774,11 @@ class JobMachine(RuleBasedStateMachine):
         # node -> {"gen": registration count, "conn": conn id, "connected": bool} (absent = gone)
         self.nodes: dict[str, dict[str, Any]] = {}
         self.gens: dict[str, int] = dict.fromkeys(NODES, 0)
-        # job -> {"state", "attempt", "node", "gen", "tried"}
+        # job -> {"state", "attempt", "node", "gen", "tried", "session", "seq"}
         self.jobs: dict[str, dict[str, Any]] = {}
         self.next_index: dict[str, int] = {}
+        self.pref: dict[str, str] = {}  # session -> its node
+        self.seq: dict[tuple[str, int], int] = {}  # (node, gen) -> assignments so far
 
     def teardown(self) -> None:
         mine = self.r.keys(MINE)
@@ -789,7 +815,14 @@ class JobMachine(RuleBasedStateMachine):
         self.gens[node] += 1
         assert self.call(
             "register_node_v2",
-            **reg(node, now_ms=self.now, capacity=CAPACITY, conn_id=conn, gateway_id="gw"),
+            **reg(
+                node,
+                now_ms=self.now,
+                capacity=CAPACITY,
+                conn_id=conn,
+                gateway_id="gw",
+                acks=node in ACKING,
+            ),
         ) == [1, "", ""]
         beat = self.call(
             "heartbeat_with_pool_assign",
@@ -809,6 +842,8 @@ class JobMachine(RuleBasedStateMachine):
             for n, nm in self.nodes.items()
             if nm["connected"] and n not in m["tried"] and self.held(n) < CAPACITY
         ]
+        own = self.pref.get(m["session"])
+        own_alive = own in self.nodes and self.nodes[own]["connected"]
         reply = self.call(
             "select_node",
             job_id=job,
@@ -831,8 +866,17 @@ class JobMachine(RuleBasedStateMachine):
             return
         node = reply[1]
         assert node in free, (node, free)
-        assert min(self.held(n) for n in free) == self.held(node), "least loaded first"
-        m.update(state="assigned", attempt=attempt, node=node, gen=self.nodes[node]["gen"])
+        if own in free:
+            assert node == own, "the session's own node first"
+        else:
+            assert min(self.held(n) for n in free) == self.held(node), "least loaded first"
+            if not own_alive:
+                self.pref[m["session"]] = node  # it becomes the session's node
+        gen = self.nodes[node]["gen"]
+        self.seq[(node, gen)] = self.seq.get((node, gen), 0) + 1
+        state = "assigned" if node in ACKING else "acked"
+        assert reply[5] == state, reply
+        m.update(state=state, attempt=attempt, node=node, gen=gen, seq=self.seq[(node, gen)])
         m["tried"].add(node)
 
     def end(self, job: str, outcome: str) -> None:
@@ -851,11 +895,14 @@ class JobMachine(RuleBasedStateMachine):
             ),
         )
         m["state"] = "queued"
+        node = m["node"]
+        # the node and the connection its record names (none once the record is gone)
+        where = [node, "gw", self.nodes[node]["conn"]] if node in self.nodes else [node, "", ""]
         if m["attempt"] >= MAX_ATTEMPTS:
-            assert reply == [2, m["attempt"]]
+            assert reply == [2, m["attempt"], *where]
             self.end(job, "failed")
         else:
-            assert reply == [1, m["attempt"] + 1]
+            assert reply == [1, m["attempt"] + 1, *where]
             self.place(job, m["attempt"] + 1)
 
     # -- rules ----------------------------------------------------------------------------
@@ -863,6 +910,8 @@ class JobMachine(RuleBasedStateMachine):
     def start(self) -> None:
         for node in NODES:
             self.register(node)
+        for session in ("s1", "s2"):  # the records the gateway writes (the session's node)
+            self.r.hset(self.k.session(session), mapping={"gateway_id": "gw-s", "conn_id": "c"})
 
     @rule(session=st.sampled_from(["s1", "s2"]))
     def create_and_select(self, session: str) -> None:
@@ -873,7 +922,15 @@ class JobMachine(RuleBasedStateMachine):
         kw = create_kw(job, session, index, now_ms=self.now)
         assert self.call("job_create", **kw) == [1, job]
         assert self.call("job_create", **kw) == [2, job]  # a retried request
-        self.jobs[job] = {"state": "queued", "attempt": 0, "node": "", "gen": 0, "tried": set()}
+        self.jobs[job] = {
+            "state": "queued",
+            "attempt": 0,
+            "node": "",
+            "gen": 0,
+            "tried": set(),
+            "session": session,
+            "seq": 0,
+        }
         self.place(job, 1)
 
     @precondition(lambda self: self.live(("assigned",)))
@@ -899,6 +956,15 @@ class JobMachine(RuleBasedStateMachine):
         reply = self.call("job_finish", **kw)
         assert reply[0] in (1, 3), reply
         m["state"] = outcome
+        # the node has answered this job: the session's jobs assigned to it before are done
+        for other in self.jobs.values():
+            if (
+                other["state"] in ("assigned", "acked")
+                and other["session"] == m["session"]
+                and (other["node"], other["gen"]) == (m["node"], m["gen"])
+                and other["seq"] < m["seq"]
+            ):
+                other["state"] = "done"
         if replay:
             assert self.call("job_finish", **kw) == [0, ""]
 
@@ -1050,11 +1116,11 @@ async def test_an_unqueued_utterance_takes_its_place_in_the_order(
 ):
     """0 is a job, 1 could not be queued, 2 is a job: the client gets 0, 1, 2 in order, once
     each, and no hole is left for the gap timeout."""
-    await join(scripts, "n1")
+    await join_single_slot(scripts, 2)
     await open_session(redis, keys)
     await dispatch(scripts, "j0", index=0)
     await dispatch(scripts, "j2", index=2)
-    assert indexes(await scripts.job_finish(**finish_kw("j2", "n1"))) == []
+    assert indexes(await scripts.job_finish(**finish_kw("j2", "n2"))) == []
     d = await scripts.utterance_fail(**fail_kw(1))
     assert (d.code, d.gateway_id, d.conn_id, d.items) == (1, "gw-s", "cs-s1", [])  # 0 missing
     d = await scripts.job_finish(**finish_kw("j0", "n1"))

@@ -81,6 +81,9 @@ async def test_create_writes_record_ttl_and_indexes(redis: Redis, keys: Keys, sc
         "running": "0",
         "reserved": "0",
         "pool_sig": "",
+        "acks": "1",  # the builder's default: a node that sends job_ack
+        "public": "1",
+        "tenant": "",
     }
     assert TTL - 2_000 < await redis.pttl(keys.node("n1")) <= TTL
     assert await redis.smembers(keys.nodes_all) == {b"n1"}

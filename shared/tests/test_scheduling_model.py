@@ -58,6 +58,7 @@ CELL = "model"
 MINE = Keys(CELL).prefix + "*"
 
 NODES = {"a": 1, "b": 2, "c": 3}  # node id -> capacity (fixed per id)
+NOT_ACKING = {"c"}  # never acks (lingua's agent): its jobs run from assignment
 LANG_SETS = [
     [["en", "zh"]],
     [["en", "ja", "zh"]],
@@ -93,8 +94,9 @@ class SchedulingModel(RuleBasedStateMachine):
         # the TTL deleted the hash (the sweeper has not cleaned up yet). Absent = gone.
         self.nodes: dict[str, dict[str, Any]] = {}
         self.gens = dict.fromkeys(NODES, 0)
-        # job -> {"state", "attempt", "node", "gen", "tried", "pair", "session", "index"}
+        # job -> {"state", "attempt", "node", "gen", "tried", "pair", "session", "index", "seq"}
         self.jobs: dict[str, dict[str, Any]] = {}
+        self.seq: dict[tuple[str, int], int] = {}  # (node, gen) -> jobs assigned to it
         self.next_index = dict.fromkeys(SESSIONS, 0)
         self.delivered: dict[str, list[int]] = {s: [] for s in SESSIONS}
 
@@ -174,7 +176,11 @@ class SchedulingModel(RuleBasedStateMachine):
             return
         node = reply[1]
         assert node in free, f"selected {node} for {job}; eligible: {free}"
-        m.update(state="assigned", attempt=attempt, node=node, gen=self.nodes[node]["gen"])
+        gen = self.nodes[node]["gen"]
+        self.seq[(node, gen)] = self.seq.get((node, gen), 0) + 1
+        state = "acked" if node in NOT_ACKING else "assigned"
+        assert reply[5] == state, reply
+        m.update(state=state, attempt=attempt, node=node, gen=gen, seq=self.seq[(node, gen)])
         m["tried"].add(node)
 
     def end(self, job: str, outcome: str) -> None:
@@ -205,11 +211,13 @@ class SchedulingModel(RuleBasedStateMachine):
             max_attempts=MAX_ATTEMPTS,
         )
         m["state"] = "queued"
+        nm = self.nodes.get(m["node"])
+        where = [m["node"], "gw", nm["conn"]] if nm and nm["record"] else [m["node"], "", ""]
         if m["attempt"] >= MAX_ATTEMPTS:
-            assert reply == [2, m["attempt"]], reply
+            assert reply == [2, m["attempt"], *where], reply
             self.end(job, "failed")
         else:
-            assert reply == [1, m["attempt"] + 1], reply
+            assert reply == [1, m["attempt"] + 1, *where], reply
             self.place(job, m["attempt"] + 1)
 
     def new_registration(self, node: str, sets: list[list[str]]) -> None:
@@ -228,6 +236,7 @@ class SchedulingModel(RuleBasedStateMachine):
             services={"asr": ["en", "ja", "zh"], "semantic": ["en", "ja", "zh"]},
             gateway_id="gw",
             conn_id=conn,
+            acks=node not in NOT_ACKING,
         )
         refreshed = known is not None and known["record"]
         assert reply[0] == (2 if refreshed else 1), (node, reply)
@@ -357,6 +366,7 @@ class SchedulingModel(RuleBasedStateMachine):
             "pair": pair,
             "session": session,
             "index": index,
+            "seq": 0,
         }
         self.place(job, 1)
 
@@ -409,6 +419,15 @@ class SchedulingModel(RuleBasedStateMachine):
         assert reply[0] in (1, 3), reply
         self.deliver(m["session"], reply)
         m["state"] = outcome
+        # the node answered this job: the session's jobs it was given before are done
+        for other in self.jobs.values():
+            if (
+                other["state"] in ("assigned", "acked")
+                and other["session"] == m["session"]
+                and (other["node"], other["gen"]) == (m["node"], m["gen"])
+                and other["seq"] < m["seq"]
+            ):
+                other["state"] = "done"
 
     @precondition(lambda self: self.live())
     @rule(i=pick, reason=st.sampled_from(["refused", "unroutable"]))

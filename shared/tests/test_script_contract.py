@@ -119,6 +119,9 @@ SAMPLES: dict[str, Any] = {
     "node_ids": ["node-7", "node-8"],
     "shard_ids": ["en_zh:eu-west:a100:0"],
     "utterance_index": 4,
+    "acks": True,
+    "public": False,
+    "tenant": "tenant-3",
 }
 
 
@@ -264,7 +267,10 @@ PARSERS = {
 
 # A well-formed reply of each job script for a documented code (shapes from the headers).
 JOB_REPLIES: dict[str, Any] = {
-    "select_node": lambda c: [c, b"n1", b"gw", b"c1", b"en_zh:eu:a:0"] if c == 1 else [c, b"x", 0],
+    "select_node": lambda c: (
+        [c, b"n1", b"gw", b"c1", b"en_zh:eu:a:0", b"acked"] if c == 1 else [c, b"x", 0]
+    ),
+    "job_release": lambda c: [c, 2, b"n1", b"gw", b"c1"] if c in (1, 2) else [c, b"assigned"],
     "job_finish": lambda c: [c, b"gw", b"c1", 0, b'{"type": "x"}'] if c == 1 else [c, b""],
     "gap_expire": lambda c: (
         [c, b"gw", b"c1", 3, b'{"type": "missing_result"}'] if c == 1 else [c, b""]

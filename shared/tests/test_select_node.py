@@ -448,22 +448,27 @@ async def test_pack_stops_at_an_idle_node_and_reads_no_further_shard(
 async def test_spread_ignores_affinity_and_balances_equal_nodes(
     redis: Redis, keys: Keys, scripts: Scripts
 ):
-    await join(scripts, "a1", capacity=4)
-    await join(scripts, "b1", capacity=4, region="us")
-    for policy, session in (("pack", "sp"), ("spread", "ss")):
-        await open_session(redis, keys, session)
-        await redis.hset(keys.session(session), "pref_shard", ZH_EN)
-        for i in range(4):
-            await new_job(scripts, f"{session}-{i}", session, i)
-        chosen = [
-            (await select(scripts, f"{session}-{i}", policy=policy)).node_id for i in range(4)
-        ]
+    """Spread places sessions, not jobs: four sessions land two per node; each session's
+    later jobs stay on its node (lingua's nodes keep per-session state)."""
+    await join(scripts, "a1", capacity=8)
+    await join(scripts, "b1", capacity=8, region="us")
+    for policy in ("pack", "spread"):
+        sessions = [f"{policy}-{s}" for s in range(4)]
+        for session in sessions:
+            await open_session(redis, keys, session)
+            await redis.hset(keys.session(session), "pref_shard", ZH_EN)
+            await new_job(scripts, f"{session}-0", session, 0)
+        first = [(await select(scripts, f"{s}-0", policy=policy)).node_id for s in sessions]
         if policy == "pack":
-            assert chosen == ["a1"] * 4
+            assert first == ["a1"] * 4
         else:
-            assert sorted(chosen) == ["a1", "a1", "b1", "b1"]
-        for i in range(4):
-            await release(scripts, f"{session}-{i}", 1)
+            assert sorted(first) == ["a1", "a1", "b1", "b1"]
+        for session, node in zip(sessions, first, strict=True):
+            await new_job(scripts, f"{session}-1", session, 1)
+            assert (await select(scripts, f"{session}-1", policy=policy)).node_id == node
+        for session in sessions:
+            for i in range(2):
+                await release(scripts, f"{session}-{i}", 1)
         assert [await slots(redis, keys, n) for n in ("a1", "b1")] == [(0, 0), (0, 0)]
 
 

@@ -3,6 +3,7 @@ typed error or a close code, nothing half-written; a valid registration lands in
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import pytest
@@ -68,11 +69,55 @@ async def test_n1_rejection_names_what_is_missing_and_writes_nothing(stack, redi
         err = await recv_json(ws)
         assert err["type"] == "error" and err["code"] == "INVALID_CAPABILITY_SCHEMA"
         assert "Semantic" in err["message"] and "ASR" not in err["message"].split("missing:")[1]
-        assert len(err["details"]["missing"]) == 2
+        assert len(err["details"]["missing"]) == 2 and err["details"]["waiting"] is True
+        # held, not refused: lingua's agent heartbeats only once it has an ack
+        ack = await recv_json(ws)
+        assert (ack["type"], ack["node_id"], ack["status"]) == (
+            "node_register_ack",
+            "node-no-semantic",
+            "registering",
+        )
+        assert "Semantic" in ack["message"]
         await ws.send(json.dumps({"type": "node_heartbeat", "node_id": "x" * 65}))
         err = await recv_json(ws)
         assert err["code"] == "INVALID_MESSAGE"
-    assert await lingua_keys(redis, stack.keys) == []
+        # a beat that still shows Semantic loading changes nothing
+        await ws.send(json.dumps({"type": "node_heartbeat", "node_id": "node-no-semantic"}))
+        await asyncio.sleep(0.3)
+        assert await lingua_keys(redis, stack.keys) == []
+
+
+async def test_a_node_held_at_registration_gets_in_once_a_heartbeat_shows_it_ready(stack, redis):
+    """A node whose services are still starting (lingua's agent registers at once) is held;
+    the first heartbeat with ASR and Semantic ready registers it, as the issue asks."""
+    keys = stack.keys
+    loading = {
+        "capability_by_type": [
+            {"type": "asr", "ready": True},
+            {"type": "semantic", "ready": False, "reason": "model loading"},
+        ],
+        "language_capabilities": {"asr_languages": ["en", "zh"], "semantic_languages": []},
+    }
+    async with connect(stack.gateway_url()) as ws:
+        await ws.send(register_frame("node-starting", **loading))
+        assert (await recv_json(ws))["code"] == "INVALID_CAPABILITY_SCHEMA"
+        assert (await recv_json(ws))["status"] == "registering"
+        await ws.send(json.dumps({"type": "node_heartbeat", "node_id": "node-starting", **loading}))
+        ready = {
+            "capability_by_type": [
+                {"type": "asr", "ready": True},
+                {"type": "semantic", "ready": True},
+            ],
+            "language_capabilities": {
+                "asr_languages": ["en", "zh"],
+                "semantic_languages": ["en", "zh"],
+            },
+        }
+        await ws.send(json.dumps({"type": "node_heartbeat", "node_id": "node-starting", **ready}))
+        ack = await recv_json(ws)
+        assert (ack["type"], ack["status"]) == ("node_register_ack", "ready")
+        assert await node_pools(redis, keys, "node-starting") == {"en_zh:eu:a100:0"}
+        assert (await node_state(redis, keys, "node-starting"))["status"] == "ready"
 
 
 async def test_oversize_frame_is_closed_with_1009(stack, redis):

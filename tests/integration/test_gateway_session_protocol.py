@@ -120,7 +120,9 @@ def frame(ftype: int, sid: str, audio: bytes = b"", seq: int = 0, final: bool = 
 
 
 def opus(n: int, start: int = 0) -> bytes:
-    return b"".join(struct.pack("<H", 3) + bytes([(start + k) % 256]) * 3 for k in range(n))
+    """``n`` Opus-framed packets of 40 bytes (speech-sized: a packet of a few bytes is
+    digital silence, which the gateway answers without a job)."""
+    return b"".join(struct.pack("<H", 40) + bytes([(start + k) % 256]) * 40 for k in range(n))
 
 
 async def record(redis, stack, sid: str) -> dict[str, str]:
@@ -332,7 +334,7 @@ async def test_a_client_only_touches_its_own_session(stack, redis, bus):
 async def test_answers_reach_the_client_in_index_order_exactly_once(stack, redis, bus):
     _, deliver = bus
     async with connect(session_url(stack)) as ws:
-        sid = (await open_session(ws))["session_id"]
+        sid = (await open_session(ws, result_delivery="ordered"))["session_id"]
         conn_id = (await record(redis, stack, sid))["conn_id"]
 
         async def publish(index: int, ordered: bool = True, kind: str = "translation_result"):

@@ -64,7 +64,9 @@ def node(stack, node_id: str, handler=None, **kw) -> NodeAgent:
     return NodeAgent(AgentConfig(**cfg), handler or SimulatedHandler(processing_ms=20))
 
 
-async def open_session(url: str, src: str = "zh", tgt: str = "en") -> tuple[ClientConnection, str]:
+async def open_session(
+    url: str, src: str = "zh", tgt: str = "en", delivery: str = "ordered"
+) -> tuple[ClientConnection, str]:
     ws = await connect(url)
     await ws.send(
         json.dumps(
@@ -76,6 +78,7 @@ async def open_session(url: str, src: str = "zh", tgt: str = "en") -> tuple[Clie
                 "src_lang": src,
                 "tgt_lang": tgt,
                 "audio_format": "pcm16",
+                "result_delivery": delivery,
             }
         )
     )
@@ -109,8 +112,11 @@ async def send_utterance(ws: ClientConnection, sid: str, seq: int, audio: bytes 
     )
 
 
-async def answers(ws: ClientConnection, count: int, timeout: float = 15) -> list[dict]:
-    """The next ``count`` messages that answer an utterance (result, missing, error)."""
+async def answers(
+    ws: ClientConnection, count: int, timeout: float = 15, events: list[dict] | None = None
+) -> list[dict]:
+    """The next ``count`` messages that answer an utterance (result, missing, error);
+    ``ui_event`` messages seen meanwhile go to ``events``."""
     out: list[dict] = []
     deadline = time.monotonic() + timeout
     while len(out) < count:
@@ -118,6 +124,8 @@ async def answers(ws: ClientConnection, count: int, timeout: float = 15) -> list
         msg = json.loads(raw)
         if msg["type"] in ("translation_result", "missing_result", "error"):
             out.append(msg)
+        elif msg["type"] == "ui_event" and events is not None:
+            events.append(msg)
     return out
 
 
@@ -230,10 +238,19 @@ async def test_no_eligible_node_answers_no_available_node_promptly(job_stack, re
         async with ws:
             t0 = time.monotonic()
             await send_utterance(ws, sid, 0)
-            got = await answers(ws, 1, timeout=5)
-            assert got[0]["type"] == "error" and got[0]["code"] == "NO_AVAILABLE_NODE", got
-            assert "fr->de" in got[0]["message"]
-            assert got[0]["details"]["utterance_index"] == 0
+            events: list[dict] = []
+            got = await answers(ws, 1, timeout=5, events=events)
+            # a failed utterance, as lingua reports one: never an `error` (an alert)
+            assert got[0]["type"] == "missing_result" and got[0]["reason"] == "error", got
+            assert got[0]["error_code"] == "NO_AVAILABLE_NODE"
+            assert got[0]["utterance_index"] == 0
+            (event,) = events
+            assert (event["event"], event["status"], event["error_code"]) == (
+                "ERROR",
+                "error",
+                "NO_AVAILABLE_NODE",
+            )
+            assert "no node serves fr->de" in event["hint"] and event["utterance_index"] == 0
             assert time.monotonic() - t0 < 2.0
         unserved = await redis.hgetall(job_stack.keys.unserved)
         assert unserved == {b"fr:de": b"1"}
@@ -286,8 +303,9 @@ async def test_an_utterance_refused_by_a_full_queue_is_answered_once_in_its_plac
     redis, stack_env, tmp_path, request
 ):
     """Work queues are bounded (reject-publish). With no dispatcher running, utterances 0 and 1
-    fill a 2-message queue and 2 is refused: its typed error is kept in the session's order,
-    so once a dispatcher and a node come, the client gets 0, 1 (results), 2 (the error), 3
+    fill a 2-message queue and 2 is refused: its missing_result is kept in the session's order
+    (and a ui_event says why), so once a dispatcher and a node come, the client gets 0, 1
+    (results), 2 (missing), 3
     (a result) — once each, in order, without waiting for a gap timeout. (A quorum queue may
     take a message or two over its bound, so the refused index is found, not assumed.)"""
     env = {
@@ -315,18 +333,21 @@ async def test_an_utterance_refused_by_a_full_queue_is_answered_once_in_its_plac
             await asyncio.to_thread(s.start("gw-a", "gateway").wait_ready)
             async with running(node(s, "node-full")):
                 await asyncio.to_thread(s.start("disp-1", "dispatcher").wait_ready)
-                got = await answers(ws, refused + 1)
+                events: list[dict] = []
+                got = await answers(ws, refused + 1, events=events)
                 await send_utterance(ws, sid, seq=100)
-                got += await answers(ws, 1)
+                got += await answers(ws, 1, events=events)
             kinds = [(m["type"], m.get("utterance_index")) for m in got]
             assert kinds == [
                 *(("translation_result", i) for i in range(refused)),
-                ("error", None),
+                ("missing_result", refused),
                 ("translation_result", refused + 1),
             ]
-            err = got[refused]
-            assert err["details"]["utterance_index"] == refused
-            assert err["code"] == "SCHEDULER_DEPENDENCY_DOWN" and "overloaded" in err["message"]
+            missing = got[refused]
+            assert missing["reason"] == "error"
+            assert missing["error_code"] == "SCHEDULER_DEPENDENCY_DOWN"
+            (event,) = events
+            assert event["utterance_index"] == refused and "overloaded" in event["hint"]
             await ws.close()
     finally:
         await delete_bus(env["LINGUA_AMQP_URL"], env["LINGUA_BUS_PREFIX"])

@@ -69,7 +69,10 @@ class FakeStore:
 @pytest.fixture
 async def conn() -> SessionConnection:
     settings = Settings(
-        instance_id="gw-t", ws_session_max_frame_bytes=4096, result_reorder_timeout_s=10
+        instance_id="gw-t",
+        ws_session_max_frame_bytes=4096,
+        result_reorder_timeout_s=10,
+        skip_silence=False,  # the tiny Opus packets below would be digital silence
     )
     gw = SimpleNamespace(
         settings=settings,
@@ -156,20 +159,91 @@ async def test_bad_and_foreign_binary_frames_get_typed_errors(conn):
     assert requests(conn) == []
 
 
-async def test_a_failed_publish_is_a_typed_error_naming_the_utterance(conn):
+async def test_a_failed_publish_is_answered_as_a_failed_utterance_not_an_error(conn):
+    """lingua's web client alerts on every ``error``: a failed utterance is a ui_event ERROR
+    and its missing_result."""
     sid = await open_session(conn)
     conn.gw.infra.publisher.fail = True
     await conn.on_frame(frame(FRAME_AUDIO, sid, b"\x02\x00\xaa\xbb", final=True))
-    (err,) = await out(conn)
-    assert err["type"] == "error" and err["code"] == "SCHEDULER_DEPENDENCY_DOWN"
-    assert err["details"] == {"session_id": sid, "utterance_index": 0}
+    event, missing = await out(conn)
+    assert (event["type"], event["event"], event["status"]) == ("ui_event", "ERROR", "error")
+    assert event["error_code"] == "SCHEDULER_DEPENDENCY_DOWN"
+    assert (event["utterance_index"], event["session_id"]) == (0, sid)
+    assert "could not be queued" in event["hint"]
+    assert (missing["type"], missing["utterance_index"], missing["reason"]) == (
+        "missing_result",
+        0,
+        "error",
+    )
+    assert missing["error_code"] == "SCHEDULER_DEPENDENCY_DOWN"
     conn.gw.infra.publisher.fail = False
     await conn.on_frame(frame(FRAME_AUDIO, sid, b"\x02\x00\xaa\xbb", final=True))
     assert [r.utterance_index for r in requests(conn)] == [1]
 
 
-async def test_ordered_answers_leave_in_index_order_once(conn):
+async def test_silent_utterances_cost_no_job(conn):
+    conn.gw.settings.skip_silence = True
     sid = await open_session(conn)
+    silent = b"".join(b"\x08\x00" + b"\xf8\xff\xfe" + b"\x00" * 5 for _ in range(13))
+    speech = b"".join(b"\x40\x00" + bytes(range(64)) for _ in range(13))
+    await conn.on_frame(frame(FRAME_AUDIO, sid, silent, final=True))
+    await conn.on_frame(frame(FRAME_AUDIO, sid, speech, final=True))
+    await conn.on_frame(frame(FRAME_AUDIO, sid, silent + speech, final=True))
+    (missing,) = await out(conn)
+    assert (missing["type"], missing["utterance_index"], missing["reason"]) == (
+        "missing_result",
+        0,
+        "silence",
+    )
+    assert [r.utterance_index for r in requests(conn)] == [1, 2]  # speech is never silence
+
+
+async def test_silence_of_pcm_is_all_zero(conn):
+    conn.gw.settings.skip_silence = True
+    sid = await open_session(conn, audio_format="pcm16")
+    await conn.on_frame(frame(FRAME_AUDIO, sid, b"\x00" * 3200, final=True))
+    await conn.on_frame(frame(FRAME_AUDIO, sid, b"\x00" * 3198 + b"\x01\x00", final=True))
+    (missing,) = await out(conn)
+    assert missing["reason"] == "silence" and missing["utterance_index"] == 0
+    assert [r.utterance_index for r in requests(conn)] == [1]
+
+
+async def test_arrival_answers_leave_as_they_come_once_each(conn):
+    sid = await open_session(conn)  # the default delivery: as lingua's scheduler
+    for i in (2, 0, 0, 2, 1):
+        payload = {"type": "translation_result", "session_id": sid, "utterance_index": i}
+        conn.deliver(ToSession(session_id=sid, utterance_index=i, payload=payload))
+    got = await out(conn)
+    assert [m["utterance_index"] for m in got] == [2, 0, 1]
+    assert conn.gw.metrics.session_dropped.labels("duplicate")._value.get() == 2
+
+
+async def test_session_options_reach_the_job_request(conn):
+    sid = await open_session(
+        conn,
+        mode="two_way_auto",
+        src_lang="auto",
+        lang_a="zh",
+        lang_b="en",
+        auto_langs=["zh", "en"],
+        features={"speaker_identification": True},
+        enable_streaming_asr=True,
+        dialect=None,
+        tenant_id="acme",
+    )
+    speech = b"".join(b"\x40\x00" + bytes(range(64)) for _ in range(13))
+    await conn.on_frame(frame(FRAME_AUDIO, sid, speech, final=True))
+    (req,) = requests(conn)
+    assert req.options == {
+        "auto_langs": ["zh", "en"],
+        "features": {"speaker_identification": True},
+        "enable_streaming_asr": True,
+    }
+    assert req.tenant_id == "acme"
+
+
+async def test_ordered_answers_leave_in_index_order_once(conn):
+    sid = await open_session(conn, result_delivery="ordered")
     for i in (2, 0, 0, 1):
         payload = {"type": "translation_result", "session_id": sid, "utterance_index": i}
         conn.deliver(ToSession(session_id=sid, utterance_index=i, payload=payload))

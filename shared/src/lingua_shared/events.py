@@ -32,6 +32,9 @@ class NodeRegisterEvent(BusModel):
     services: dict[str, list[str]]
     meta: dict[str, Any] = Field(default_factory=dict)
     trace_id: str | None = None
+    acks_jobs: bool = True
+    accept_public_jobs: bool = True
+    tenant: str = ""
 
 
 class Beat(BusModel):
@@ -42,8 +45,12 @@ class Beat(BusModel):
     cpu_percent: float | None = None
     gpu_percent: float | None = None
     mem_percent: float | None = None
-    # "draining" (the node takes no new jobs) or "ready"; None keeps the stored status
+    # "draining" (the node takes no new jobs), "degraded" (its ASR or Semantic is not ready)
+    # or "ready"; None keeps the stored status
     status: str | None = None
+    # the node's capabilities changed (its heartbeat said so): None keeps the stored ones
+    lang_sets: list[list[str]] | None = None
+    services: dict[str, list[str]] | None = None
 
 
 class HeartbeatBatch(BusModel):
@@ -89,7 +96,9 @@ class ToNode(BusModel):
     """any service -> the gateway holding a node connection: send ``payload`` to it.
 
     ``conn_id`` pins the connection ("" = whichever this gateway holds for the node);
-    ``close_code`` closes that connection after sending (e.g. 4001 replaced).
+    ``close_code`` closes that connection after sending (e.g. 4001 replaced); ``reregister``
+    asks the gateway to register the node again from the registration it holds (Redis lost
+    the node's record): the node itself is not asked, since lingua's agent ignores requests.
     """
 
     kind: Literal["to.node"] = "to.node"
@@ -98,6 +107,7 @@ class ToNode(BusModel):
     payload: dict[str, Any] | None = None
     close_code: int | None = None
     close_reason: str = ""
+    reregister: bool = False
 
 
 # -- job path ------------------------------------------------------------------------------
@@ -127,6 +137,10 @@ class JobRequest(BusModel):
     pipeline: dict[str, Any] = Field(default_factory=dict)
     trace_id: str
     received_at_ms: int  # utterance end seen at the gateway
+    tenant_id: str | None = None  # the session's tenant (nodes taking no public jobs)
+    # what the session asked nodes for (auto_langs, dialect, features, enable_streaming_asr,
+    # partial_update_interval_ms): forwarded in job_assign
+    options: dict[str, Any] = Field(default_factory=dict)
 
 
 class NodeJobEvent(BusModel):

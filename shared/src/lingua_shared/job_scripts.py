@@ -59,8 +59,23 @@ class Selection:
     gateway_id: str = ""
     conn_id: str = ""
     shard_id: str = ""
+    state: str = ""  # assigned (waits for job_ack) | acked (accepted at assignment)
     reason: str = ""
     waiting: bool = False
+
+
+@dataclass(frozen=True)
+class Release:
+    """``job_release``: 1 released (``attempt`` = the next one), 2 released with no attempt
+    left (``attempt`` = the last one), 0 nothing to do; the node that had the job and its
+    connection, to send it ``job_cancel``."""
+
+    code: int
+    attempt: int = 0
+    node_id: str = ""
+    gateway_id: str = ""
+    conn_id: str = ""
+    state: str = ""
 
 
 @dataclass(frozen=True)
@@ -126,6 +141,8 @@ class JobScriptsMixin:
         candidates: int,
         wait_until_ms: int,
         retry_ms: int,
+        deadline_ms: int = 30_000,
+        tenant: str = "",
     ) -> tuple[list[str], list[Any]]:
         return [self.keys.prefix], [
             job_id,
@@ -139,6 +156,8 @@ class JobScriptsMixin:
             candidates,
             wait_until_ms,
             retry_ms,
+            deadline_ms,
+            tenant,
         ]
 
     async def select_node(self, **kw: Any) -> Selection:
@@ -147,7 +166,7 @@ class JobScriptsMixin:
     def parse_select_node(self, reply: list[Any]) -> Selection:
         code = _check("select_node", reply)
         if code == 1:
-            return Selection(1, *(_s(v) for v in reply[1:5]))
+            return Selection(1, *(_s(v) for v in reply[1:6]))
         if code == -4:
             return Selection(-4, reason=_s(reply[1]), waiting=int(reply[2]) == 1)
         return Selection(code, reason=_s(reply[1]))
@@ -203,11 +222,14 @@ class JobScriptsMixin:
     ) -> tuple[list[str], list[Any]]:
         return [self.keys.prefix], [job_id, attempt, reason, now_ms, max_attempts]
 
-    async def job_release(self, **kw: Any) -> CodeResult:
+    async def job_release(self, **kw: Any) -> Release:
         return self.parse_job_release(await self._run("job_release", *self.job_release_args(**kw)))
 
-    def parse_job_release(self, reply: list[Any]) -> CodeResult:
-        return CodeResult(_check("job_release", reply), _s(reply[1]))
+    def parse_job_release(self, reply: list[Any]) -> Release:
+        code = _check("job_release", reply)
+        if code in (1, 2):
+            return Release(code, int(reply[1]), *(_s(v) for v in reply[2:5]))
+        return Release(code, state=_s(reply[1]))
 
     # -- gap_expire -------------------------------------------------------------------------
     def gap_expire_args(

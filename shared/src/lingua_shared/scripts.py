@@ -355,6 +355,9 @@ class Scripts(JobScriptsMixin, NodesReadMixin):
         gateway_id: str,
         conn_id: str,
         meta: dict[str, Any] | None = None,
+        acks: bool = True,
+        public: bool = True,
+        tenant: str = "",
     ) -> tuple[list[str], list[Any]]:
         k = self.keys
         keys = [k.node(node_id), k.nodes_all, k.nodes_expiry, k.nodes_connected]
@@ -370,6 +373,9 @@ class Scripts(JobScriptsMixin, NodesReadMixin):
             gateway_id,
             conn_id,
             json.dumps(meta or {}),
+            int(acks),
+            int(public),
+            tenant,
         ]
         return keys, args
 
@@ -397,6 +403,8 @@ class Scripts(JobScriptsMixin, NodesReadMixin):
         mem_percent: float | None = None,
         max_shard_size: int = 256,
         status: str | None = None,
+        lang_sets: list[list[str]] | None = None,
+        services: dict[str, list[str]] | None = None,
     ) -> tuple[list[str], list[Any]]:
         k = self.keys
         keys = [
@@ -422,6 +430,8 @@ class Scripts(JobScriptsMixin, NodesReadMixin):
             num(mem_percent),
             max_shard_size,
             status or "",
+            json.dumps(lang_sets) if lang_sets is not None else "",
+            json.dumps(services) if services is not None else "",
         ]
         return keys, args
 

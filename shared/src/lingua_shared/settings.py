@@ -67,7 +67,14 @@ class Settings(BaseSettings):
     ws_outbound_queue: int = 256
     heartbeat_batch_ms: int = Field(100, description="coalescing window for node heartbeats")
     heartbeat_batch_max: int = 2_000
-    register_timeout_s: float = 5.0
+    register_timeout_s: float = Field(
+        5.0,
+        description="a registration not confirmed in this time is logged as slow; the node keeps "
+        "waiting (lingua's agent has no timeout and retries a closed socket only once)",
+    )
+    register_republish_s: float = Field(
+        30.0, gt=0, description="a registration still unconfirmed is published again this often"
+    )
     gateway_gc_freeze_interval_s: float = Field(
         1.0,
         description="gc.freeze() this often, so automatic collections skip long-lived "
@@ -91,8 +98,26 @@ class Settings(BaseSettings):
     max_utterance_bytes: int = Field(2_000_000, description="and one this large")
     session_buffer_bytes: int = Field(4_000_000, description="audio buffered per connection")
     ws_session_max_frame_bytes: int = 512_000
+    result_delivery: str = Field(
+        "arrival",
+        description="how a session's answers reach its client unless its session_init says: "
+        "arrival (each as soon as it is ready: lingua's first come, first served, what its web "
+        "client expects) | ordered (strictly by utterance index)",
+    )
     result_reorder_timeout_s: float = Field(
-        10.0, description="gateway: how long a later result waits for an earlier index"
+        1.0,
+        description="gateway, ordered delivery: how long an answer waits for an earlier index "
+        "that two dispatchers published in the other order",
+    )
+    skip_silence: bool = Field(
+        True,
+        description="an utterance of digital silence gets missing_result reason silence and "
+        "costs no job",
+    )
+    silence_opus_max_packet_bytes: int = Field(
+        12,
+        ge=0,
+        description="an Opus utterance is silence when no packet is longer than this",
     )
 
     # jobs (dispatcher)

@@ -8,6 +8,7 @@ replica can pick up any job at any step; this class holds no job state of its ow
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import uuid
 from typing import Any
@@ -17,9 +18,10 @@ from lingua_dispatcher.stats_recorder import StatsRecorder
 from lingua_shared.bus import Unroutable
 from lingua_shared.errors import DependencyDown
 from lingua_shared.events import JobRequest, ToNode, ToSession
-from lingua_shared.job_scripts import Delivery, Selection
+from lingua_shared.job_scripts import Delivery, Release, Selection
 from lingua_shared.logs import get_logger
-from lingua_shared.protocol import ErrorCode, ErrorMessage, JobAssign, Pipeline
+from lingua_shared.protocol import ErrorCode, JobAssign, JobCancel, Pipeline
+from lingua_shared.protocol.session import MissingResult, UiEvent
 from lingua_shared.runtime import Infra, now_ms
 
 log = get_logger(__name__)
@@ -46,9 +48,23 @@ JOB_FIELDS = (
     "gateway_id",
     "conn_id",
     "node_id",
+    "tenant",
+    "options",
+    "release_reason",
 )
 # take-back reasons whose exhaustion is reported to the client as this code
 EXHAUSTED_CODE = {"ack_timeout": ErrorCode.JOB_TIMEOUT, "deadline": ErrorCode.JOB_TIMEOUT}
+# take-backs the node is told about (job_cancel, with lingua's reason): it may still be
+# working on the job, which now runs elsewhere
+CANCEL_REASONS = {"deadline": "job_timeout", "ack_timeout": "ack_timeout"}
+# the session options forwarded to the node in job_assign
+JOB_OPTIONS = (
+    "auto_langs",
+    "dialect",
+    "features",
+    "enable_streaming_asr",
+    "partial_update_interval_ms",
+)
 
 
 def selection_pair(
@@ -107,6 +123,8 @@ class Jobs:
             "gateway_id": req.gateway_id,
             "conn_id": req.conn_id,
             "received_at_ms": str(req.received_at_ms),
+            "tenant": req.tenant_id or "",
+            "options": req.options,
         }
         # job_create and the first selection leave in one round trip (the scripts run in this
         # order): select_node on a job that was not created (a duplicate request) is a no-op
@@ -161,6 +179,8 @@ class Jobs:
             candidates=CANDIDATES_PER_SHARD,
             wait_until_ms=int(job.get("wait_until") or 0) or now + self.settings.no_node_wait_ms,
             retry_ms=RETRY_WAIT_MS,
+            deadline_ms=self.settings.job_deadline_ms,
+            tenant=job.get("tenant") or "",
         )
 
     async def dispatch(
@@ -171,13 +191,16 @@ class Jobs:
         audio: str | None = None,
         job: dict[str, Any] | None = None,
         first: Selection | None = None,
+        cause: str | None = None,
     ) -> None:
         """Reserve a node for ``attempt`` and send it the job; on failure take it back and try
         the next attempt, at most ``max_attempts`` in all, then a typed error. ``first`` is a
-        selection for ``attempt`` already made."""
+        selection for ``attempt`` already made; ``cause`` why the previous attempt was taken
+        back (read from the job record when not given)."""
         job = job or await self.read_job(job_id)
         if job is None:
             return
+        cause = cause or job.get("release_reason")
         pipeline = pipeline_of(job)
         while True:
             sel, first = first or await self.select(job_id, attempt, job), None
@@ -187,13 +210,8 @@ class Jobs:
                     log.info("job.waiting_for_slot", job_id=job_id, attempt=attempt)
                     return
                 self.metrics.no_node.labels(sel.reason).inc()
-                pair = f"{job['pair_src']}->{job['pair_tgt']}"
-                why = (
-                    "no node serves this language pair"
-                    if sel.reason == "no_covering_pool"
-                    else "every node that serves this language pair is busy"
-                )
-                await self.fail(job_id, job, ErrorCode.NO_AVAILABLE_NODE, f"{why} ({pair})")
+                code, why = self.no_node_outcome(job, attempt, sel.reason, cause)
+                await self.fail(job_id, job, code, why)
                 return
             if sel.code != 1:
                 log.info("job.not_dispatchable", job_id=job_id, attempt=attempt, reason=sel.reason)
@@ -201,7 +219,13 @@ class Jobs:
             if audio is None:
                 raw = await self.infra.redis.get(self.infra.keys.job_audio(job_id))
                 audio = raw.decode() if raw else ""
+            options = (
+                _json(job["options"])
+                if isinstance(job.get("options"), str)
+                else (job.get("options") or {})
+            )
             assign = JobAssign(
+                **{k: options[k] for k in JOB_OPTIONS if options.get(k) is not None},
                 job_id=job_id,
                 attempt_id=attempt,
                 session_id=job["session_id"],
@@ -235,7 +259,7 @@ class Jobs:
                 nxt = await self.take_back(job_id, attempt, "unroutable", job)
                 if nxt is None:
                     return
-                attempt = nxt
+                attempt, cause = nxt, "unroutable"
                 continue
             received = int(job.get("received_at_ms") or now)
             dispatch_ms = max(0, now_ms() - received)
@@ -247,15 +271,64 @@ class Jobs:
                 attempt=attempt,
                 node_id=sel.node_id,
                 shard=sel.shard_id,
+                state=sel.state,
                 session_id=job["session_id"],
                 trace_id=job["trace_id"],
             )
             return
 
+    def no_node_outcome(
+        self, job: dict[str, Any], attempt: int, reason: str, cause: str | None
+    ) -> tuple[ErrorCode, str]:
+        """What the client is told when no node takes the job: what really happened.
+
+        A first attempt found no node (none serves the pair, or all were busy for the whole
+        wait); a later one is a failover after its node failed, told as that failure."""
+        pair = f"{job['pair_src']}->{job['pair_tgt']}"
+        index = job["utterance_index"]
+        if attempt <= 1 or not cause:
+            if reason == "no_covering_pool":
+                return ErrorCode.NO_AVAILABLE_NODE, f"no node serves {pair}"
+            wait_s = self.settings.no_node_wait_ms / 1000
+            return (
+                ErrorCode.NO_AVAILABLE_NODE,
+                f"every node serving {pair} was busy for {wait_s:g} s",
+            )
+        node = job.get("node_id") or "its node"
+        elsewhere = (
+            f"and no other node serving {pair} could take it"
+            if reason == "no_free_slot"
+            else f"and no node serves {pair} any more"
+        )
+        if cause == "node_lost":
+            return (
+                ErrorCode.NODE_UNAVAILABLE,
+                f"node {node} disconnected while handling utterance {index}, {elsewhere}",
+            )
+        if cause in ("deadline", "ack_timeout"):
+            limit_ms = (
+                self.settings.job_deadline_ms
+                if cause == "deadline"
+                else self.settings.ack_timeout_ms
+            )
+            what = "answer" if cause == "deadline" else "accept"
+            return (
+                ErrorCode.JOB_TIMEOUT,
+                f"node {node} did not {what} utterance {index} within {limit_ms / 1000:g} s, "
+                f"{elsewhere}",
+            )
+        return (
+            ErrorCode.NODE_UNAVAILABLE,
+            f"node {node} could not take utterance {index} ({cause}), {elsewhere}",
+        )
+
     async def take_back(
         self, job_id: str, attempt: int, reason: str, job: dict[str, Any] | None = None
     ) -> int | None:
-        """Release ``attempt``; the next attempt number, or None when nothing more to do."""
+        """Release ``attempt``; the next attempt number, or None when nothing more to do.
+
+        A node that may still be working on the job (its deadline or ack lease passed) is
+        told with ``job_cancel``: the job now runs elsewhere."""
         rel = await self.s.job_release(
             job_id=job_id,
             attempt=attempt,
@@ -266,24 +339,44 @@ class Jobs:
         if rel.code == 0:
             return None  # another replica moved this job on already
         self.metrics.redispatch.labels(reason).inc()
+        job = job or await self.read_job(job_id)
+        if reason in CANCEL_REASONS and rel.gateway_id:
+            await self.cancel_on_node(job_id, rel, CANCEL_REASONS[reason], job)
         if rel.code == 1:
             log.info("job.taken_back", job_id=job_id, attempt=attempt, reason=reason)
-            return int(rel.value)
-        job = job or await self.read_job(job_id)
+            return rel.attempt
         if job is not None:
             code = EXHAUSTED_CODE.get(reason, ErrorCode.NODE_UNAVAILABLE)
             await self.fail(
                 job_id,
                 job,
                 code,
-                f"no node completed the job in {attempt} attempts (last: {reason})",
+                f"no node completed utterance {job['utterance_index']} in {attempt} attempts "
+                f"(the last one: {reason} on node {rel.node_id})",
             )
         return None
+
+    async def cancel_on_node(
+        self, job_id: str, rel: Release, reason: str, job: dict[str, Any] | None
+    ) -> None:
+        """Best effort: the node's connection may be gone (its timers already decided)."""
+        cancel = JobCancel(
+            job_id=job_id, trace_id=(job or {}).get("trace_id"), reason=reason
+        ).to_wire()
+        try:
+            await self.infra.publisher.to_gateway(
+                rel.gateway_id,
+                ToNode(node_id=rel.node_id, conn_id=rel.conn_id, payload=cancel),
+                batch=True,
+            )
+            self.metrics.cancels.labels(reason).inc()
+        except (Unroutable, DependencyDown) as exc:
+            log.info("job.cancel_unroutable", job_id=job_id, node_id=rel.node_id, error=repr(exc))
 
     async def redispatch(self, job_id: str, attempt: int, reason: str) -> None:
         nxt = await self.take_back(job_id, attempt, reason)
         if nxt is not None:
-            await self.dispatch(job_id, nxt)
+            await self.dispatch(job_id, nxt, cause=reason)
 
     # -- outcomes ---------------------------------------------------------------------------
     async def fail(
@@ -296,13 +389,31 @@ class Jobs:
         attempt: int = 0,
         node_id: str = "",
     ) -> None:
-        """End a job with a typed error for its client, in its place in the order."""
-        payload = ErrorMessage(
-            code=code.value,
-            message=message,
-            details={"job_id": job_id, "utterance_index": int(job["utterance_index"])},
+        """End a job that failed: its client gets ``missing_result`` (reason ``error``) in
+        the utterance's place and a ``ui_event`` ERROR with the code and what happened, as
+        lingua's scheduler reports a failed utterance. Never an ``error`` message: lingua's web
+        client shows every ``error`` as a modal alert, which is for the session as a whole."""
+        index = int(job["utterance_index"])
+        now = now_ms()
+        payload = MissingResult(
+            session_id=job["session_id"],
+            utterance_index=index,
+            reason="error",
+            created_at_ms=now,
+            trace_id=job.get("trace_id"),
+            job_id=job_id,
+            error_code=str(code),
         ).to_wire()
-        payload.update(session_id=job["session_id"], utterance_index=int(job["utterance_index"]))
+        received = int(job.get("received_at_ms") or 0)
+        event = UiEvent(
+            trace_id=job.get("trace_id") or "",
+            session_id=job["session_id"],
+            job_id=job_id,
+            utterance_index=index,
+            error_code=str(code),
+            hint=message,
+            elapsed_ms=max(0, now - received) if received else None,
+        ).to_wire()
         self.metrics.errors.labels(code.value).inc()
         self.metrics.jobs.labels("failed").inc()
         self.stats.failed(
@@ -325,18 +436,43 @@ class Jobs:
             job_id=job_id,
             attempt=attempt,
             node_id=node_id,
-            now_ms=now_ms(),
+            now_ms=now,
             outcome="failed",
             payload=payload,
             gap_ms=self.settings.gap_timeout_ms,
             session_ttl_ms=int(self.settings.session_ttl_s * 1000),
         )
+        if delivery.code == 1 and delivery.gateway_id:
+            # the event goes at once (it is not an answer: it takes no place in the order)
+            with contextlib.suppress(Unroutable, DependencyDown):
+                await self.infra.publisher.to_gateway(
+                    delivery.gateway_id,
+                    ToSession(
+                        session_id=job["session_id"],
+                        conn_id=delivery.conn_id,
+                        utterance_index=index,
+                        ordered=False,
+                        payload=event,
+                    ),
+                    batch=True,
+                )
         await self.deliver(job["session_id"], delivery)
 
     async def deliver(self, session_id: str, delivery: Delivery) -> None:
         """Send the results ``job_finish`` released, in order; they go out together (one
         coalesced message to the session's gateway), so a failure drops them together."""
-        if delivery.code != 1 or not delivery.items or not delivery.gateway_id:
+        if delivery.code != 1 or not delivery.items:
+            return
+        for _, payload in delivery.items:
+            if payload.get("reason") == "no_result" and payload.get("type") == "missing_result":
+                self.metrics.no_result.inc()
+                log.info(
+                    "job.finished_without_result",
+                    job_id=payload.get("job_id"),
+                    session_id=session_id,
+                    utterance_index=payload.get("utterance_index"),
+                )
+        if not delivery.gateway_id:
             return
         sent = await asyncio.gather(
             *(

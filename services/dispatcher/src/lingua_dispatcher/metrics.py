@@ -51,8 +51,19 @@ class Metrics:
         )
         self.errors = Counter(
             "lingua_job_errors_total",
-            "Typed errors sent to clients, by code",
+            "Utterances that failed (missing_result + ui_event), by code",
             ["code"],
+            registry=r,
+        )
+        self.cancels = Counter(
+            "lingua_job_cancels_total",
+            "job_cancel sent to a node whose job was taken back, by reason",
+            ["reason"],
+            registry=r,
+        )
+        self.no_result = Counter(
+            "lingua_jobs_without_result_total",
+            "Jobs a node finished without a result (it answered a later job of the session)",
             registry=r,
         )
         self.cooldowns = Counter(

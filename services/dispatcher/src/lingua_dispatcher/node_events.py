@@ -14,11 +14,12 @@ from pydantic import ValidationError
 from lingua_dispatcher.jobs import Jobs
 from lingua_shared.events import NodeDisconnected, NodeJobEvent, ToSession
 from lingua_shared.logs import get_logger
-from lingua_shared.protocol import ErrorCode, JobResult, NodeAsrPartial, NodeError
+from lingua_shared.protocol import ErrorCode, JobResult, NodeAsrPartial, NodeError, ServiceType
 from lingua_shared.protocol.session import ClientAsrPartial, TranslationResult
 from lingua_shared.runtime import now_ms
 
 log = get_logger(__name__)
+SERVICE_TYPES = frozenset(t.value for t in ServiceType)
 GATEWAY_RESTART_CLOSE = 1012  # a draining gateway's "reconnect elsewhere"
 # a node refusing or unable to run a job: give it to another node instead of failing it
 RETRY_ELSEWHERE = {
@@ -83,8 +84,8 @@ class NodeEvents:
             err = r.error
             code = err.code if err else ErrorCode.INTERNAL_ERROR.value
             details = (err.details or {}) if err else {}
-            if code == ErrorCode.INVALID_MESSAGE.value and details.get("refused"):
-                # the node refused a copy of a job it already runs: the original stands
+            if is_refusal(code, err.message if err else "", details):
+                # the node refused a copy of a job it already has: the original stands
                 self.metrics.stale.labels("job_result", "duplicate_refused").inc()
                 return
             if code in RETRY_ELSEWHERE:
@@ -208,8 +209,20 @@ class NodeEvents:
             await self.cooldown(ev.node_id, e.details or {})
 
     async def cooldown(self, node_id: str, details: dict[str, Any]) -> None:
-        """J7: one HSET per report, however many come; selection skips the service."""
-        service = str(details.get("service_type") or details.get("service") or "asr").lower()
+        """J7: one HSET per report, however many come; selection skips the service.
+
+        The service is named by its type: ``details.service_type`` (the gateway adds it from
+        the node's ``installed_services`` when the node names a ``service_id``, as lingua's
+        agent does) or ``details.service``. A report naming no known type cools nothing: the
+        job still goes to another node."""
+        service = str(details.get("service_type") or details.get("service") or "").lower()
+        if service not in SERVICE_TYPES:
+            log.warning(
+                "node.cooldown_unknown_service",
+                node_id=node_id,
+                service_id=str(details.get("service_id"))[:64],
+            )
+            return
         until = now_ms() + self.settings.model_cooldown_ms
         res = await self.s.service_cooldown(node_id=node_id, service=service, until_ms=until)
         if res.code == 1:
@@ -237,6 +250,20 @@ class NodeEvents:
             attempt = await r.hget(k.job(job_id), "attempt")
             if attempt is not None:
                 await self.jobs.redispatch(job_id, int(attempt), "node_lost")
+
+
+DUPLICATE_CODES = (ErrorCode.DUPLICATE_JOB_ID.value, ErrorCode.DUPLICATE_UTTERANCE_INDEX.value)
+
+
+def is_refusal(code: str, message: str, details: dict[str, Any]) -> bool:
+    """A failed job_result that only refuses a repeated job: ours (INVALID_MESSAGE with
+    ``details.refused``) or lingua's (PROCESSING_ERROR whose message starts with
+    ``DUPLICATE_JOB_ID:`` / ``DUPLICATE_UTTERANCE_INDEX:``, or those codes themselves)."""
+    if code == ErrorCode.INVALID_MESSAGE.value and details.get("refused"):
+        return True
+    if code in DUPLICATE_CODES:
+        return True
+    return code == ErrorCode.PROCESSING_ERROR.value and message.startswith(DUPLICATE_CODES)
 
 
 def _why(code: int, value: str) -> str:

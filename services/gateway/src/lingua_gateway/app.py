@@ -23,7 +23,7 @@ from lingua_gateway.node_endpoint import NodeConnection
 from lingua_gateway.session_endpoint import SessionConnection
 from lingua_shared.auth import Principal
 from lingua_shared.bus import Publisher, consume, declare_queue
-from lingua_shared.errors import DependencyDown, Unauthorized
+from lingua_shared.errors import Unauthorized
 from lingua_shared.events import (
     GATEWAY_INBOUND,
     GatewayInbound,
@@ -72,20 +72,53 @@ class Gateway:
 
     # -- register RPC over the bus ---------------------------------------------------------
     async def register_rpc(self, event: NodeRegisterEvent, correlation_id: str) -> RegisterReply:
-        fut: asyncio.Future[RegisterReply] = asyncio.get_running_loop().create_future()
+        """Publish a registration and wait for node-manager's reply, however long it takes.
+
+        A registering node is held, never refused for slowness: lingua's agent has no timeout
+        on its ack and retries a closed socket only once, so a registration storm must queue.
+        The request is published again every ``register_republish_s`` (the reply to any copy
+        answers; node-manager's script makes a copy a refresh) and again after a failed
+        publish (broker down), with a growing pause. The caller cancels it (the socket
+        closed)."""
+        s = self.settings
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[RegisterReply] = loop.create_future()
         self.pending[correlation_id] = fut
+        started = loop.time()
+        next_publish, retry, slow = started, 0.5, False
         try:
-            await self.infra.publisher.event(
-                "node.register",
-                event,
-                reply_to=self.settings.instance_id,
-                correlation_id=correlation_id,
-            )
-            return await asyncio.wait_for(fut, self.settings.register_timeout_s)
-        except TimeoutError:
-            raise DependencyDown(
-                "registration not confirmed in time (node-manager busy or down); retry"
-            ) from None
+            while True:
+                if loop.time() >= next_publish:
+                    try:
+                        await self.infra.publisher.event(
+                            "node.register",
+                            event,
+                            reply_to=s.instance_id,
+                            correlation_id=correlation_id,
+                        )
+                        next_publish, retry = loop.time() + s.register_republish_s, 0.5
+                    except Exception as exc:
+                        self.metrics.publish_failures.labels("node_register").inc()
+                        log.warning(
+                            "gateway.register_publish_failed",
+                            node_id=event.node_id,
+                            error=repr(exc),
+                        )
+                        next_publish, retry = loop.time() + retry, min(retry * 2, 10.0)
+                wait = next_publish - loop.time()
+                if not slow:
+                    wait = min(wait, started + s.register_timeout_s - loop.time())
+                with contextlib.suppress(TimeoutError):
+                    return await asyncio.wait_for(asyncio.shield(fut), max(0.0, wait))
+                if not slow and loop.time() >= started + s.register_timeout_s:
+                    slow = True
+                    self.metrics.registrations_slow.inc()
+                    log.warning(
+                        "gateway.registration_slow",
+                        node_id=event.node_id,
+                        conn_id=event.conn_id,
+                        waited_s=s.register_timeout_s,
+                    )
         finally:
             self.pending.pop(correlation_id, None)
 
@@ -102,6 +135,8 @@ class Gateway:
         if conn is None or (msg.conn_id and conn.conn_id != msg.conn_id):
             log.info("gateway.to_node_not_held", node_id=msg.node_id, conn_id=msg.conn_id)
             return
+        if msg.reregister and conn.reregister():
+            return  # registered again from what this connection holds; the node sees an ack
         if msg.payload is not None:
             conn.out.send(msg.payload)
         if msg.close_code is not None:

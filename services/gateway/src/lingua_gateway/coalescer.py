@@ -38,7 +38,8 @@ class HeartbeatCoalescer:
         self._task: asyncio.Task[None] | None = None
 
     def add(self, beat: Beat) -> None:
-        self.pending[beat.node_id] = beat
+        older = self.pending.get(beat.node_id)
+        self.pending[beat.node_id] = carry_news(older, beat) if older is not None else beat
         if len(self.pending) >= self.max_batch:
             self._full.set()
 
@@ -63,9 +64,15 @@ class HeartbeatCoalescer:
                 await self.publisher.event("node.heartbeat.batch", batch, persistent=False)
                 self.metrics.heartbeat_batches.observe(len(chunk))
             except Exception as exc:
-                # A lost batch costs nothing but freshness: the next beat carries the same news.
+                # A lost batch costs only freshness (the next beat refreshes the same TTL),
+                # except for news a later beat does not repeat: a changed status or changed
+                # capabilities go back into the next window.
                 self.metrics.publish_failures.labels("heartbeat_batch").inc()
                 log.warning("gateway.heartbeat_batch_lost", beats=len(chunk), error=repr(exc))
+                for b in chunk:
+                    if has_news(b):
+                        newer = self.pending.get(b.node_id)
+                        self.pending[b.node_id] = carry_news(b, newer) if newer else b
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -73,3 +80,20 @@ class HeartbeatCoalescer:
             with contextlib.suppress(BaseException):
                 await self._task
         await self.flush()
+
+
+def has_news(beat: Beat) -> bool:
+    return beat.status is not None or beat.lang_sets is not None or beat.services is not None
+
+
+def carry_news(older: Beat, newer: Beat) -> Beat:
+    """``newer`` replaces ``older`` in a window, keeping what only ``older`` said (a status or
+    capabilities change is sent once, not repeated by the next beat)."""
+    if not has_news(older):
+        return newer
+    update = {
+        f: getattr(older, f)
+        for f in ("status", "lang_sets", "services")
+        if getattr(newer, f) is None and getattr(older, f) is not None
+    }
+    return newer.model_copy(update=update) if update else newer

@@ -1,9 +1,14 @@
 """Sending the dispatcher's messages to one session's client (``ToSession``, MISSION J6).
 
-Glue between the pure :class:`ReorderBuffer`, the connection's bounded outbound queue and
-one event-loop timer: ordered answers go out strictly by utterance index, unordered ones
-(``asr_partial``) at once, and a hole that outlives ``result_reorder_timeout_s`` is skipped
-so later answers are never held forever.
+Each answer to an utterance (``translation_result`` or ``missing_result``) reaches the client
+exactly once; events (``asr_partial``, ``ui_event``) go out at once. Two ways, chosen per
+session (``session_spec.DELIVERIES``):
+
+- :class:`ArrivalSender` (lingua's first come, first served): every answer as soon as it
+  arrives, a repeated index dropped.
+- :class:`OrderedSender`: strictly by utterance index. Redis already releases a session's
+  answers in order; this puts back in order the rare pair that two dispatcher replicas
+  publish in the other order, and skips a hole after ``result_reorder_timeout_s``.
 """
 
 from __future__ import annotations
@@ -13,11 +18,54 @@ from typing import Any
 
 from lingua_gateway.metrics import Metrics
 from lingua_gateway.outbound import Outbound
-from lingua_gateway.reorder import ReorderBuffer
+from lingua_gateway.reorder import DUPLICATE, ReorderBuffer
 from lingua_shared.events import ToSession
 from lingua_shared.logs import get_logger
 
 log = get_logger(__name__)
+
+
+class ArrivalSender:
+    """Answers in the order they arrive, exactly one per utterance index."""
+
+    def __init__(self, out: Outbound, metrics: Metrics, session_id: str, trace_id: str) -> None:
+        self.out = out
+        self.metrics = metrics
+        self.session_id = session_id
+        self.trace_id = trace_id
+        self.next_index = 0  # the lowest index not answered yet
+        self.answered = 0  # how many indices were answered
+        self._above: set[int] = set()  # answered indices above next_index
+
+    def deliver(self, msg: ToSession) -> None:
+        index = msg.utterance_index
+        if not msg.ordered or index is None:
+            self._send(msg.payload, ordered=False)
+            return
+        if index < self.next_index or index in self._above:
+            self.metrics.session_dropped.labels(DUPLICATE).inc()
+            log.info(
+                "gateway.session_answer_dropped",
+                session_id=self.session_id,
+                trace_id=self.trace_id,
+                utterance_index=index,
+                reason=DUPLICATE,
+                type=msg.payload.get("type"),
+            )
+            return
+        self._above.add(index)
+        self.answered += 1
+        while self.next_index in self._above:
+            self._above.discard(self.next_index)
+            self.next_index += 1
+        self._send(msg.payload, ordered=True)
+
+    def _send(self, payload: dict[str, Any], *, ordered: bool) -> None:
+        self.metrics.session_delivered.labels(str(ordered).lower()).inc()
+        self.out.send(payload)
+
+    def close(self) -> None:
+        pass
 
 
 class OrderedSender:
@@ -61,6 +109,15 @@ class OrderedSender:
         for _, payload in pushed.ready:
             self._send(payload, ordered=True)
         self._schedule()
+
+    @property
+    def next_index(self) -> int:
+        return self.buffer.next_index
+
+    @property
+    def answered(self) -> int:
+        """Indices answered or skipped: everything below the buffer's next index."""
+        return self.buffer.next_index
 
     def _send(self, payload: dict[str, Any], *, ordered: bool) -> None:
         self.metrics.session_delivered.labels(str(ordered).lower()).inc()

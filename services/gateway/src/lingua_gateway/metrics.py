@@ -69,6 +69,32 @@ class Metrics:
             "is_final with no audio buffered: not a job, no index consumed",
             registry=r,
         )
+        self.utterances_silent = Counter(
+            "lingua_gateway_silent_utterances_total",
+            "Utterances of digital silence: answered missing_result (silence), no job",
+            registry=r,
+        )
+        self.registrations_waiting = Counter(
+            "lingua_gateway_registrations_waiting_total",
+            "Registrations held until the node's ASR and Semantic are ready",
+            registry=r,
+        )
+        self.registrations_slow = Counter(
+            "lingua_gateway_registrations_slow_total",
+            "Registrations not confirmed within LINGUA_REGISTER_TIMEOUT_S (the node keeps waiting)",
+            registry=r,
+        )
+        self.reregistrations = Counter(
+            "lingua_gateway_reregistrations_total",
+            "Nodes registered again by the gateway after Redis lost their record",
+            registry=r,
+        )
+        self.capability_changes = Counter(
+            "lingua_gateway_capability_changes_total",
+            "Heartbeats whose capabilities changed the node's language sets, services or readiness",
+            ["change"],
+            registry=r,
+        )
         self.utterance_seconds = Histogram(
             "lingua_gateway_utterance_audio_seconds",
             "Audio duration of published utterances (`utterance` messages excluded)",

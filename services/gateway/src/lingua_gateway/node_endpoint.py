@@ -7,8 +7,9 @@ with a typed ``error`` and the connection stays open.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from websockets.asyncio.server import ServerConnection
 
@@ -18,7 +19,6 @@ from lingua_gateway.outbound import Outbound
 from lingua_gateway.read_loop import EndpointConnection, read_frames
 from lingua_shared.auth import Principal
 from lingua_shared.errors import (
-    DependencyDown,
     InvalidCapabilitySchema,
     InvalidMessage,
     NodeIdConflict,
@@ -35,6 +35,7 @@ from lingua_shared.protocol import (
     JobResult,
     JobStarted,
     NodeAsrPartial,
+    NodeCapabilities,
     NodeError,
     NodeHeartbeat,
     NodeRegister,
@@ -61,10 +62,15 @@ NODE_TYPES = frozenset(
         "error",
     }
 )
-GRACEFUL_CLOSE_CODES = (1000, 1001)
+# the node's own clean close: 1000/1001, or a close frame with no status (1005), which is
+# how lingua's agent says goodbye
+GRACEFUL_CLOSE_CODES = (1000, 1001, 1005)
 MAX_TRACE_ID = 128
 # a heartbeat's optional status: "draining" keeps the node's pools but offers it no new jobs
 BEAT_STATUSES = frozenset({"ready", "draining"})
+DEGRADED = "degraded"
+# heartbeat fields that restate the node's capabilities (lingua's agent sends them in every beat)
+CAPABILITY_FIELDS = ("installed_services", "capability_by_type", "language_capabilities")
 JobMessage = JobAck | JobStarted | JobResult | NodeAsrPartial | NodeError
 JOB_MESSAGES = (JobAck, JobStarted, JobResult, NodeAsrPartial, NodeError)
 
@@ -92,6 +98,15 @@ class NodeConnection(EndpointConnection):
         self.principal = principal  # the node token's holder; None when auth is off
         self.conn_id = uuid.uuid4().hex
         self.node_id: str | None = None
+        # the registration this connection made (or waits to make): what the gateway
+        # registers again from when Redis loses the node, and what heartbeats update
+        self.registration: NodeRegister | None = None
+        self.caps: NodeCapabilities | None = None  # as stored in Redis
+        self.waiting_node_id: str | None = None  # held until ASR and Semantic are ready
+        self.degraded = False  # ASR or Semantic no longer ready (a heartbeat said so)
+        self.service_types: dict[str, str] = {}  # installed service id -> its type
+        self._seen_caps: tuple[Any, ...] | None = None
+        self._registering: asyncio.Task[None] | None = None
         self.out = Outbound(
             ws,
             gw.settings.ws_outbound_queue,
@@ -99,6 +114,7 @@ class NodeConnection(EndpointConnection):
             on_slow=lambda: gw.metrics.outbound_dropped.labels(ENDPOINT).inc(),
         )
         self._rpc_seq = 0
+        self._trace_id: str | None = None
 
     def use_node_keepalive(self) -> None:
         """Ping this socket every ``ws_node_ping_interval_s`` instead of the server's interval.
@@ -132,6 +148,8 @@ class NodeConnection(EndpointConnection):
                 ByteRate(self.gw.settings.ws_node_bytes_per_s, self.gw.settings.ws_rate_burst_s),
             )
         finally:
+            if self._registering is not None:
+                self._registering.cancel()
             await self.closed()
 
     async def on_frame(self, raw: str | bytes) -> None:
@@ -170,12 +188,14 @@ class NodeConnection(EndpointConnection):
                 f"node_id {msg.node_id[:70]!r} does not match this connection ({self.node_id})",
                 {"type": msg.type},
             )
+        message = msg.to_wire()
+        self.name_service_type(message)
         ev = NodeJobEvent(
             node_id=self.node_id,
             conn_id=self.conn_id,
             gateway_id=self.gw.settings.instance_id,
             received_at_ms=now_ms(),
-            message=msg.to_wire(),
+            message=message,
         )
         job_id = getattr(msg, "job_id", None)
         try:
@@ -194,11 +214,32 @@ class NodeConnection(EndpointConnection):
         self.gw.metrics.node_job_events.labels(msg.type).inc()
         log.debug("gateway.node_job_event", node_id=self.node_id, job_id=job_id, type=msg.type)
 
+    def name_service_type(self, message: dict[str, Any]) -> None:
+        """``MODEL_NOT_AVAILABLE`` names the service by its id (lingua: ``details.service_id``,
+        e.g. ``piper-tts``); add its type from the node's ``installed_services``, which is what
+        the dispatcher cools down."""
+        err = message.get("error") if message.get("type") == "job_result" else message
+        if not isinstance(err, dict) or err.get("code") != "MODEL_NOT_AVAILABLE":
+            return
+        details = err.get("details")
+        if isinstance(details, dict) and "service_type" not in details:
+            stype = self.service_types.get(str(details.get("service_id")))
+            if stype:
+                details["service_type"] = stype
+
     def on_heartbeat(self, hb: NodeHeartbeat) -> None:
         if hb.status is not None and hb.status not in BEAT_STATUSES:
             raise InvalidMessage(
                 f"status must be one of {sorted(BEAT_STATUSES)}, got {hb.status[:40]!r}"
             )
+        if self.waiting_node_id is not None:
+            if hb.node_id != self.waiting_node_id:
+                raise InvalidMessage(
+                    f"node_id {hb.node_id[:70]!r} does not match this connection "
+                    f"({self.waiting_node_id})"
+                )
+            self.recheck_waiting(hb)  # not registered yet: nothing to refresh in Redis
+            return
         if self.node_id is None:
             # A node reconnecting within its TTL may resume with a heartbeat (N6); bind it.
             if not NODE_ID_RE.fullmatch(hb.node_id):
@@ -208,6 +249,16 @@ class NodeConnection(EndpointConnection):
             raise InvalidMessage(
                 f"node_id {hb.node_id[:70]!r} does not match this connection ({self.node_id})"
             )
+        status = hb.status
+        lang_sets: list[list[str]] | None = None
+        services: dict[str, list[str]] | None = None
+        changed = self.capabilities_from(hb)
+        if changed is not None:
+            lang_sets, services = changed.lang_sets, changed.services
+        if self.degraded and status != "draining":
+            status = DEGRADED
+        elif status is None and changed is not None:
+            status = "ready"  # capabilities are back (or changed): schedulable again
         ru = hb.resource_usage
         self.gw.coalescer.add(
             Beat(
@@ -218,27 +269,155 @@ class NodeConnection(EndpointConnection):
                 cpu_percent=ru.cpu_percent if ru else None,
                 gpu_percent=ru.gpu_percent if ru else None,
                 mem_percent=ru.mem_percent if ru else None,
-                status=hb.status,
+                status=status,
+                lang_sets=lang_sets,
+                services=services,
             )
         )
 
-    async def on_register(self, reg: NodeRegister) -> None:
-        s = self.gw.settings
+    def capabilities_from(self, hb: NodeHeartbeat) -> NodeCapabilities | None:
+        """Apply the capabilities a heartbeat restates (lingua's agent sends its services and
+        languages in every beat): the new ones when they changed what Redis holds or the
+        node's readiness, else None. A node whose ASR or Semantic is no longer ready becomes
+        degraded (unschedulable) until a later beat shows them ready again."""
+        present = {f: getattr(hb, f) for f in CAPABILITY_FIELDS if getattr(hb, f) is not None}
+        if not present or self.registration is None or self.caps is None:
+            return None
+        seen = tuple(present.get(f) for f in CAPABILITY_FIELDS)
+        if seen == self._seen_caps:
+            return None  # the same as the last beat: the common case, nothing to derive
+        self._seen_caps = seen
+        merged = self.registration.model_copy(update=present)
         try:
-            caps = derive_capabilities(
-                reg,
-                default_region=s.node_default_region,
-                default_gpu_tier=s.node_default_gpu_tier,
-                default_capacity=s.node_default_capacity,
-            )
+            caps = self.derive(merged)
         except CapabilityError as exc:
-            raise InvalidCapabilitySchema(exc.message, {"missing": exc.missing}) from None
-        trace_id = register_trace_id(reg)
+            if not self.degraded:
+                self.degraded = True
+                self.gw.metrics.capability_changes.labels("degraded").inc()
+                log.warning(
+                    "gateway.node_degraded",
+                    node_id=self.node_id,
+                    conn_id=self.conn_id,
+                    missing=exc.missing,
+                    error=exc.message,
+                )
+            return None
+        self.registration = merged
+        self.service_types = service_types(merged)
+        recovered, self.degraded = self.degraded, False
+        if recovered:
+            self.gw.metrics.capability_changes.labels("ready").inc()
+            log.info("gateway.node_ready_again", node_id=self.node_id, conn_id=self.conn_id)
+        if (caps.lang_sets, caps.services) == (self.caps.lang_sets, self.caps.services):
+            return caps if recovered else None
+        self.gw.metrics.capability_changes.labels("languages").inc()
+        log.info(
+            "gateway.node_capabilities_changed",
+            node_id=self.node_id,
+            lang_sets=caps.lang_sets,
+            previous=self.caps.lang_sets,
+        )
+        self.caps = caps
+        return caps
+
+    def derive(self, reg: NodeRegister) -> NodeCapabilities:
+        s = self.gw.settings
+        return derive_capabilities(
+            reg,
+            default_region=s.node_default_region,
+            default_gpu_tier=s.node_default_gpu_tier,
+            default_capacity=s.node_default_capacity,
+        )
+
+    async def on_register(self, reg: NodeRegister) -> None:
+        try:
+            caps = self.derive(reg)
+        except CapabilityError as exc:
+            if not exc.missing:
+                raise InvalidCapabilitySchema(exc.message) from None
+            self.hold_until_ready(reg, exc)
+            return
+        self._trace_id = register_trace_id(reg)
         default_id = self.principal.subject if self.principal else f"node-{uuid.uuid4().hex[:12]}"
-        node_id = reg.node_id or default_id
+        node_id = reg.node_id or self.node_id or self.waiting_node_id or default_id
         self.check_identity(node_id)
         if self.node_id is not None and self.node_id != node_id:
             raise NodeIdConflict(f"this connection is already registered as {self.node_id}")
+        self.start_registration(node_id, reg, caps, "register")
+
+    def hold_until_ready(self, reg: NodeRegister, exc: CapabilityError) -> None:
+        """A node whose ASR or Semantic is not ready yet (still starting) is not registered
+        (MISSION N1: nothing is written) but held: it gets the typed error, then an ack with
+        status ``registering`` so that lingua's agent starts heartbeating; the first
+        heartbeat whose capabilities pass N1 registers it."""
+        register_trace_id(reg)
+        if self.node_id is not None:
+            # already registered on this connection: its new registration is refused, the
+            # one Redis holds stands
+            raise InvalidCapabilitySchema(exc.message, {"missing": exc.missing})
+        default_id = self.principal.subject if self.principal else f"node-{uuid.uuid4().hex[:12]}"
+        node_id = reg.node_id or self.waiting_node_id or default_id
+        if not NODE_ID_RE.fullmatch(node_id):
+            raise InvalidCapabilitySchema(f"invalid node_id {node_id[:70]!r}")
+        self.check_identity(node_id)
+        self.registration, self.waiting_node_id = reg, node_id
+        self.gw.metrics.registrations_waiting.inc()
+        log.info(
+            "gateway.node_registration_waiting",
+            node_id=node_id,
+            conn_id=self.conn_id,
+            missing=exc.missing,
+        )
+        self.send_error(
+            InvalidCapabilitySchema(exc.message, {"missing": exc.missing, "waiting": True})
+        )
+        self.out.send(
+            NodeRegisterAck(
+                node_id=node_id,
+                message="not schedulable yet: "
+                + "; ".join(exc.missing)
+                + " (your heartbeats are checked; you are registered once they show it)",
+                status="registering",
+            ).to_wire()
+        )
+
+    def recheck_waiting(self, hb: NodeHeartbeat) -> None:
+        present = {f: getattr(hb, f) for f in CAPABILITY_FIELDS if getattr(hb, f) is not None}
+        if not present or self.registration is None or self.waiting_node_id is None:
+            return
+        merged = self.registration.model_copy(update=present)
+        self.registration = merged
+        try:
+            caps = self.derive(merged)
+        except CapabilityError:
+            return  # still not ready
+        node_id, self.waiting_node_id = self.waiting_node_id, None
+        self.start_registration(node_id, merged, caps, "ready")
+
+    def reregister(self) -> bool:
+        """Redis lost this node's record: register it again from the registration this
+        connection holds (lingua's agent ignores node_control). False when there is none."""
+        if self.registration is None or self.caps is None or self.node_id is None:
+            return False
+        if self._registering is not None and not self._registering.done():
+            return True  # one is on its way
+        self.gw.metrics.reregistrations.inc()
+        self.start_registration(self.node_id, self.registration, self.caps, "redis_lost")
+        return True
+
+    def start_registration(
+        self, node_id: str, reg: NodeRegister, caps: NodeCapabilities, why: str
+    ) -> None:
+        """Register in the background, so the connection goes on reading (pings, beats) for
+        however long the registration queue takes; a newer registration replaces it."""
+        if self._registering is not None and not self._registering.done():
+            self._registering.cancel()
+        self._registering = asyncio.create_task(self.register(node_id, reg, caps, why))
+
+    async def register(
+        self, node_id: str, reg: NodeRegister, caps: NodeCapabilities, why: str
+    ) -> None:
+        s = self.gw.settings
         interval = caps.heartbeat_interval_ms or s.node_default_heartbeat_interval_ms
         self._rpc_seq += 1
         event = NodeRegisterEvent(
@@ -253,14 +432,32 @@ class NodeConnection(EndpointConnection):
             capacity=caps.capacity,
             services=caps.services,
             meta={k: v for k, v in (("version", reg.version), ("platform", reg.platform)) if v},
-            trace_id=trace_id,
+            trace_id=self._trace_id,
+            acks_jobs=caps.acks_jobs,
+            accept_public_jobs=caps.accept_public_jobs,
+            tenant=caps.tenant,
         )
-        reply = await self.gw.register_rpc(event, f"{self.conn_id}:{self._rpc_seq}")
+        try:
+            reply = await self.gw.register_rpc(event, f"{self.conn_id}:{self._rpc_seq}")
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("gateway.registration_failed", node_id=node_id, conn_id=self.conn_id)
+            self.send_error(ErrorMessage(code="INTERNAL_ERROR", message="registration failed"))
+            return
         if not reply.ok:
-            raise InvalidCapabilitySchema(reply.message or "registration refused")
+            self.send_error(InvalidCapabilitySchema(reply.message or "registration refused"))
+            return
         self.bind(node_id)
+        self.registration, self.caps = reg, caps
+        self.service_types = service_types(reg)
+        self.degraded = False
         log.info(
-            "gateway.node_registered", node_id=node_id, conn_id=self.conn_id, created=reply.created
+            "gateway.node_registered",
+            node_id=node_id,
+            conn_id=self.conn_id,
+            created=reply.created,
+            why=why,
         )
         self.out.send(
             NodeRegisterAck(
@@ -318,7 +515,16 @@ class NodeConnection(EndpointConnection):
         )
         try:
             await self.gw.infra.publisher.event("node.disconnected", ev)
-        except (DependencyDown, Exception) as exc:
+        except Exception as exc:
             # The node's TTL still ends its schedulability: nothing is lost but promptness.
             self.gw.metrics.publish_failures.labels("node_disconnected").inc()
             log.warning("gateway.disconnect_event_lost", node_id=self.node_id, error=repr(exc))
+
+
+def service_types(reg: NodeRegister) -> dict[str, str]:
+    """Installed service id -> its type (``piper-tts`` -> ``tts``)."""
+    return {
+        svc.service_id: svc.type.lower()
+        for svc in reg.installed_services or []
+        if svc.service_id and svc.type
+    }

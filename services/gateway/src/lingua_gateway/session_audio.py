@@ -11,15 +11,16 @@ naming the utterance index.
 from __future__ import annotations
 
 import base64
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from lingua_gateway.session_spec import SAMPLE_RATE, SessionSpec
-from lingua_gateway.utterance import AUDIO_FORMATS, Cut, UtteranceAccumulator
+from lingua_gateway.utterance import AUDIO_FORMATS, Cut, UtteranceAccumulator, is_silence
 from lingua_shared.bus import BusOverloaded
-from lingua_shared.errors import DependencyDown, InvalidMessage, MessageTooLarge, UnsupportedFeature
+from lingua_shared.errors import InvalidMessage, MessageTooLarge, UnsupportedFeature
 from lingua_shared.events import JobRequest, ToSession
 from lingua_shared.logs import get_logger
-from lingua_shared.protocol.session import Utterance
+from lingua_shared.protocol import ErrorCode
+from lingua_shared.protocol.session import MissingResult, UiEvent, Utterance
 from lingua_shared.runtime import now_ms
 
 if TYPE_CHECKING:
@@ -95,6 +96,22 @@ class SessionAudio:
         m = self.conn.gw.metrics
         m.utterances.labels(cut.reason).inc()
         m.utterance_seconds.observe(cut.duration_ms / 1000)
+        s = self.conn.gw.settings
+        if s.skip_silence and is_silence(
+            cut.audio, self.spec.audio_format, s.silence_opus_max_packet_bytes
+        ):
+            # lingua's web client sends a burst of one-chunk silent "utterances" after a
+            # sentence: answered at once, without a job
+            m.utterances_silent.inc()
+            log.info(
+                "gateway.utterance_silent",
+                session_id=self.session_id,
+                trace_id=self.spec.trace_id,
+                utterance_index=index,
+                audio_bytes=len(cut.audio),
+            )
+            await self.answer_without_job(index, "silence")
+            return
         await self.publish(
             index,
             base64.b64encode(cut.audio).decode(),
@@ -182,6 +199,8 @@ class SessionAudio:
             pipeline=dict(PIPELINE),
             trace_id=spec.trace_id,
             received_at_ms=now_ms(),
+            tenant_id=spec.tenant_id,
+            options=spec.options,
         )
         try:
             await gw.infra.publisher.event("job.request", req, batch=True)
@@ -199,12 +218,11 @@ class SessionAudio:
                 if isinstance(exc, BusOverloaded)
                 else "the scheduler's message bus is unavailable"
             )
-            await self.answer_unqueued(
+            await self.answer_without_job(
                 index,
-                DependencyDown(
-                    f"utterance {index} could not be queued for translation ({why}); send it again",
-                    {"session_id": self.session_id, "utterance_index": index},
-                ),
+                "error",
+                error_code=ErrorCode.SCHEDULER_DEPENDENCY_DOWN,
+                hint=f"utterance {index} could not be queued for translation ({why})",
             )
             return
         log.info(
@@ -217,32 +235,62 @@ class SessionAudio:
             audio_bytes=nbytes,
         )
 
-    async def answer_unqueued(self, index: int, error: DependencyDown) -> None:
-        """An utterance that never became a job is answered by ``error`` in its place in the
-        session's order (``utterance_fail.lua``), so results after it are not held until the
-        gap timeout and the index is answered once. If Redis cannot take it either, the error
-        goes straight to the client (out of order, but never silence)."""
-        gw, payload = self.conn.gw, error.to_message().to_wire()
+    async def answer_without_job(
+        self,
+        index: int,
+        reason: str,
+        *,
+        error_code: ErrorCode | None = None,
+        hint: str = "",
+    ) -> None:
+        """Answer an utterance that gets no job (silence, or its request could not be queued)
+        with ``missing_result`` in its place in the session's delivery (``utterance_fail.lua``:
+        exactly once per index, and an ordered session's later results are not held until the
+        gap timeout). A failure also gets a ``ui_event`` ERROR, never an ``error`` message
+        (lingua's web client alerts on those). If Redis cannot take the answer either, it goes
+        to the client directly (an ordered session then gets it out of order, never silence)."""
+        gw = self.conn.gw
+        missing = MissingResult(
+            session_id=self.session_id,
+            utterance_index=index,
+            reason=reason,
+            created_at_ms=now_ms(),
+            trace_id=self.spec.trace_id,
+            error_code=str(error_code) if error_code else None,
+        ).to_wire()
+        if error_code is not None:
+            gw.metrics.errors_sent.labels("session", str(error_code)).inc()
+            self.conn.deliver(
+                ToSession(
+                    session_id=self.session_id,
+                    ordered=False,
+                    utterance_index=index,
+                    payload=UiEvent(
+                        trace_id=self.spec.trace_id,
+                        session_id=self.session_id,
+                        utterance_index=index,
+                        error_code=str(error_code),
+                        hint=hint,
+                    ).to_wire(),
+                )
+            )
+        items: list[tuple[int, dict[str, Any]]] = [(index, missing)]
         try:
             delivery = await gw.infra.scripts.utterance_fail(
                 session_id=self.session_id,
                 utterance_index=index,
                 now_ms=now_ms(),
-                payload=payload,
+                payload=missing,
                 gap_ms=gw.settings.gap_timeout_ms,
                 session_ttl_ms=int(gw.settings.session_ttl_s * 1000),
             )
+            if delivery.code != -6:  # the session record is gone: nothing to keep in order
+                items = delivery.items
         except Exception as exc:
             log.warning(
                 "gateway.unqueued_answer_direct", session_id=self.session_id, error=repr(exc)
             )
-            self.conn.send_error(error)
-            return
-        if delivery.code == -6:  # the session record is gone: nothing to keep in order
-            self.conn.send_error(error)
-            return
-        gw.metrics.errors_sent.labels("session", payload["code"]).inc()
-        for i, item in delivery.items:
+        for i, item in items:
             self.conn.deliver(
                 ToSession(
                     session_id=self.session_id,

@@ -17,7 +17,7 @@ from websockets.asyncio.server import ServerConnection
 
 from lingua_gateway.access import ByteRate
 from lingua_gateway.decode import decode_frame
-from lingua_gateway.delivery import OrderedSender
+from lingua_gateway.delivery import ArrivalSender, OrderedSender
 from lingua_gateway.outbound import Outbound
 from lingua_gateway.read_loop import EndpointConnection, read_frames
 from lingua_gateway.session_audio import SessionAudio
@@ -27,7 +27,7 @@ from lingua_gateway.session_frames import (
     parse_client_frame,
     pong_for,
 )
-from lingua_gateway.session_spec import SessionSpec, spec_from_init
+from lingua_gateway.session_spec import ARRIVAL, SessionSpec, spec_from_init
 from lingua_gateway.session_store import SessionStore
 from lingua_shared.auth import Principal
 from lingua_shared.errors import DependencyDown, InvalidMessage, InvalidSession
@@ -73,7 +73,7 @@ class SessionConnection(EndpointConnection):
         self.session_id: str | None = None
         self.spec: SessionSpec | None = None
         self.audio: SessionAudio | None = None
-        self.sender: OrderedSender | None = None
+        self.sender: ArrivalSender | OrderedSender | None = None
         self.touched_at = -1e9  # loop time of the last TTL refresh of the session record
         self.closing = False
         self.draining = False  # the gateway is stopping: no new utterance is taken
@@ -161,15 +161,19 @@ class SessionConnection(EndpointConnection):
                 "this connection already holds a session (one session per connection)",
                 {"session_id": self.session_id},
             )
-        spec = spec_from_init(msg)
         s = self.gw.settings
+        spec = spec_from_init(msg, s.result_delivery)
         session_id = f"s-{uuid.uuid4().hex[:16]}"
         record = self.record(spec, next_deliver=0)
         await self.store.create(session_id, record)  # DependencyDown -> typed error
         self.touched_at = asyncio.get_running_loop().time()
         self.session_id, self.spec = session_id, spec
-        self.sender = OrderedSender(
-            self.out, s.result_reorder_timeout_s, self.gw.metrics, session_id, spec.trace_id
+        self.sender = (
+            ArrivalSender(self.out, self.gw.metrics, session_id, spec.trace_id)
+            if spec.delivery == ARRIVAL
+            else OrderedSender(
+                self.out, s.result_reorder_timeout_s, self.gw.metrics, session_id, spec.trace_id
+            )
         )
         self.audio = SessionAudio(self, session_id, spec)
         self.gw.sessions[session_id] = self
@@ -221,7 +225,7 @@ class SessionConnection(EndpointConnection):
         self.touched_at = now
         try:
             restored = await self.store.touch(
-                self.session_id, self.record(self.spec, self.sender.buffer.next_index)
+                self.session_id, self.record(self.spec, self.sender.next_index)
             )
         except DependencyDown as exc:
             self.gw.metrics.session_store_errors.labels("touch").inc()
@@ -260,7 +264,7 @@ class SessionConnection(EndpointConnection):
         """Utterances published but not yet answered to the client."""
         if self.audio is None or self.sender is None:
             return 0
-        return max(0, self.audio.next_index - self.sender.buffer.next_index)
+        return max(0, self.audio.next_index - self.sender.answered)
 
     async def drain(self, deadline: float, close_code: int) -> None:
         """Take no new utterance, wait (until ``deadline``, loop time) for the answers to

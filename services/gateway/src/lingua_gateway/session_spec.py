@@ -7,12 +7,14 @@ rule is unit-tested; a refusal is a typed error and the connection stays open.
 
 from __future__ import annotations
 
+import json
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from lingua_gateway.utterance import AUDIO_FORMATS, OPUS
 from lingua_shared.errors import InvalidMessage, UnsupportedFeature
-from lingua_shared.protocol.node import LANG_RE
+from lingua_shared.protocol.node import LANG_RE, NODE_ID_RE
 from lingua_shared.protocol.session import SessionInit
 
 ONE_WAY = "one_way"
@@ -21,6 +23,15 @@ MODES = (ONE_WAY, TWO_WAY)
 AUTO = "auto"
 SAMPLE_RATE = 16000  # what lingua's client records and every node expects
 MAX_TRACE_ID = 128
+
+
+# how a session's answers reach its client: "arrival" sends each as soon as it is ready
+# (lingua's scheduler; its web client shows each result under its index), "ordered" strictly
+# by utterance index (a hole holds later answers until it is answered or times out)
+ARRIVAL = "arrival"
+ORDERED = "ordered"
+DELIVERIES = (ARRIVAL, ORDERED)
+MAX_OPTION_BYTES = 2_048  # features / dialect / auto_langs, forwarded to nodes with every job
 
 
 @dataclass(frozen=True)
@@ -33,6 +44,11 @@ class SessionSpec:
     audio_format: str
     sample_rate: int
     trace_id: str
+    delivery: str = ARRIVAL
+    tenant_id: str | None = None
+    # forwarded in every job_assign: auto_langs, dialect, features, enable_streaming_asr,
+    # partial_update_interval_ms (only those the client sent)
+    options: dict[str, Any] = field(default_factory=dict)
 
     def record(self) -> dict[str, str]:
         """The session's fields in its Redis record (empty string for "none")."""
@@ -44,6 +60,8 @@ class SessionSpec:
             "lang_b": self.lang_b or "",
             "audio_format": self.audio_format,
             "sample_rate": str(self.sample_rate),
+            "delivery": self.delivery,
+            "tenant": self.tenant_id or "",
         }
 
 
@@ -60,7 +78,31 @@ def lang_code(value: str | None, field: str) -> str:
     return code
 
 
-def spec_from_init(msg: SessionInit) -> SessionSpec:
+def session_options(msg: SessionInit) -> dict[str, Any]:
+    """What the client asks nodes for, validated; forwarded in every ``job_assign``."""
+    options: dict[str, Any] = {}
+    if msg.auto_langs is not None:
+        if not isinstance(msg.auto_langs, list) or len(msg.auto_langs) > 16:
+            raise InvalidMessage("auto_langs must be a list of at most 16 language codes")
+        options["auto_langs"] = [lang_code(x, "auto_langs") for x in msg.auto_langs]
+    if msg.dialect is not None:
+        options["dialect"] = msg.dialect
+    if msg.features is not None:
+        options["features"] = msg.features
+    if msg.enable_streaming_asr is not None:
+        options["enable_streaming_asr"] = msg.enable_streaming_asr
+    if msg.partial_update_interval_ms is not None:
+        if not 0 < msg.partial_update_interval_ms <= 60_000:
+            raise InvalidMessage("partial_update_interval_ms must be 1..60000")
+        options["partial_update_interval_ms"] = msg.partial_update_interval_ms
+    if len(json.dumps(options)) > MAX_OPTION_BYTES:
+        raise InvalidMessage(
+            f"auto_langs, dialect and features take more than {MAX_OPTION_BYTES} bytes"
+        )
+    return options
+
+
+def spec_from_init(msg: SessionInit, default_delivery: str = ARRIVAL) -> SessionSpec:
     """Validate a ``session_init``; raises :class:`InvalidMessage` / :class:`UnsupportedFeature`."""
     mode = msg.mode or ONE_WAY
     if mode not in MODES:
@@ -111,6 +153,17 @@ def spec_from_init(msg: SessionInit) -> SessionSpec:
             raise InvalidMessage(
                 f"tgt_lang {tgt!r} is neither lang_a nor lang_b", {"field": "tgt_lang"}
             )
+    delivery = (msg.result_delivery or default_delivery).strip().lower()
+    if delivery not in DELIVERIES:
+        raise UnsupportedFeature(
+            f"unknown result_delivery {delivery[:40]!r}",
+            {"field": "result_delivery", "supported": list(DELIVERIES)},
+        )
+    tenant = msg.tenant_id or None
+    if tenant is not None and not NODE_ID_RE.fullmatch(tenant):
+        raise InvalidMessage(
+            "tenant_id must be 1-64 of letters, digits, '_', '.', '-'", {"field": "tenant_id"}
+        )
     return SessionSpec(
         mode=mode,
         src_lang=src,
@@ -120,4 +173,7 @@ def spec_from_init(msg: SessionInit) -> SessionSpec:
         audio_format=audio_format,
         sample_rate=SAMPLE_RATE,
         trace_id=trace_id,
+        delivery=delivery,
+        tenant_id=tenant,
+        options=session_options(msg),
     )

@@ -157,3 +157,20 @@ class UtteranceAccumulator:
             self._ends = [e - n for e in self._ends if e > n]
             self._scan = max(0, self._scan - n)
         return Cut(audio, reason, self._duration(n, packets))
+
+
+def is_silence(audio: bytes, audio_format: str, opus_max_packet_bytes: int) -> bool:
+    """Digital silence: an Opus stream whose every packet is at most ``opus_max_packet_bytes``
+    long (an encoder spends a few bytes on a silent 20 ms frame, tens on speech), or PCM16 of
+    zeros only. Such an utterance is answered without a job."""
+    if not audio:
+        return True
+    if audio_format == PCM16:
+        return audio.count(0) == len(audio)
+    offset = 0
+    while offset + _U16.size <= len(audio):
+        (length,) = _U16.unpack_from(audio, offset)
+        if length > opus_max_packet_bytes:
+            return False
+        offset += _U16.size + length
+    return offset == len(audio)  # a truncated or malformed stream goes to a node as it is

@@ -55,6 +55,9 @@ class NodeEventHandler:
                 gateway_id=ev.gateway_id,
                 conn_id=ev.conn_id,
                 meta=ev.meta,
+                acks=ev.acks_jobs,
+                public=ev.accept_public_jobs,
+                tenant=ev.tenant,
             )
             # Pools right away, so the ack means "you are in your pools" (heartbeat script).
             hb = await s.heartbeat_with_pool_assign(
@@ -159,6 +162,8 @@ class NodeEventHandler:
                     mem_percent=b.mem_percent,
                     max_shard_size=shard_size,
                     status=b.status,
+                    lang_sets=b.lang_sets,
+                    services=b.services,
                 )
                 calls.append((script, keys, args))
                 await script(keys=keys, args=args, client=pipe)
@@ -195,11 +200,14 @@ class NodeEventHandler:
                 continue
             log.info("node.reregister_requested", node_id=node_id, conn_id=conn_id)
             self.metrics.reregister.inc()
+            # the gateway registers the node again from the registration it holds; a node
+            # it holds none for (one that resumed with a heartbeat) is sent node_control
             await self._send(
                 batch.gateway_id,
                 ToNode(
                     node_id=node_id,
                     conn_id=conn_id,
+                    reregister=True,
                     payload=NodeControl(
                         command="reregister", reason="node not known to the scheduler"
                     ).to_wire(),
