@@ -2,8 +2,9 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 NODES ?= 12
+SERVICE ?= gateway
 
-.PHONY: install services up down status demo test test-unit test-integration bench bench-quick bench-scripts lint
+.PHONY: install services up down status restart restart-probe demo test test-unit test-integration bench bench-quick bench-scripts lint
 
 install:            ## uv + the workspace in .venv
 	@bash scripts/bootstrap.sh
@@ -19,6 +20,12 @@ down:               ## stop what `make up` started (by PID)
 
 status:
 	@$(PY) scripts/stack.py status
+
+restart:            ## restart one service of `make up` (SERVICE=gateway: no connection refused)
+	@$(PY) scripts/stack.py restart $(SERVICE)
+
+restart-probe:      ## `make restart` (gateway) while a connection is tried every 20 ms: figures
+	@$(PY) scripts/restart_probe.py
 
 demo: install services  ## the main job (see README)
 	@$(PY) scripts/demo.py --nodes $(NODES)

@@ -4,6 +4,7 @@ Dockerfiles, and given every setting the code needs, with names the code reads."
 
 from __future__ import annotations
 
+import itertools
 import re
 import shutil
 import subprocess
@@ -239,6 +240,59 @@ def test_haproxy_config_is_valid_when_haproxy_is_installed(compose: dict[str, An
         timeout=30,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _haproxy_section(text: str, header: str) -> list[str]:
+    """The directives of one section (``backend gateways``), comments and blanks dropped."""
+    lines: list[str] = []
+    inside = False
+    for raw in text.splitlines():
+        line = raw.split("#", 1)[0].strip()
+        if not line:
+            continue
+        if not raw[0].isspace():
+            inside = line.split() == header.split()
+        elif inside:
+            lines.append(line)
+    return lines
+
+
+def _haproxy_seconds(value: str) -> float:
+    m = re.fullmatch(r"(\d+)(us|ms|s|m)?", value)
+    assert m, value
+    return int(m.group(1)) * {"us": 1e-6, "ms": 1e-3, None: 1e-3, "s": 1, "m": 60}[m.group(2)]
+
+
+def test_restarting_one_gateway_refuses_nothing_through_haproxy(compose: dict[str, Any]) -> None:
+    """A stopping gateway closes its listening socket first: HAProxy must retry what it
+    refuses (or answers 503 while draining) on the other replica before any client sees
+    it, and take the replica out within a couple of seconds (docs/operations.md,
+    "Restarting a gateway without refusing connections")."""
+    lb = next(s for s in _services(compose).values() if s["image"].startswith("haproxy:"))
+    text = _mounted_config(lb).read_text()
+    (name,) = re.findall(r"^backend\s+(\S+)\s*$", text, re.M)  # the gateways' backend
+    body = _haproxy_section(text, f"backend {name}")
+    words = {
+        line.split()[0] + (" " + line.split()[1] if line.startswith("option") else ""): line.split()
+        for line in body
+    }
+
+    assert "option httpchk GET /readyz" in body
+    # every retry of a refused, reset or 503-answered handshake goes to another replica
+    redispatch = words.get("option redispatch")
+    assert redispatch is not None, "a refused connection must be retried on another replica"
+    assert redispatch[2:] == ["1"], "redispatch on every retry (bare: only on the last one)"
+    assert int(words["retries"][1]) >= 1
+    retry_on = set(words["retry-on"][1:])
+    assert {"conn-failure", "503"} <= retry_on, retry_on
+    # health: a replica that stops is out within about 2 s (first failed check within
+    # `inter`, the `fall - 1` next ones every `fastinter`)
+    server = words["default-server"]
+    assert "check" in server
+    opts = dict(itertools.pairwise(server))
+    inter = _haproxy_seconds(opts.get("inter", "2000"))
+    fastinter = _haproxy_seconds(opts.get("fastinter", opts.get("inter", "2000")))
+    assert inter + (int(opts.get("fall", "3")) - 1) * fastinter <= 2, opts
 
 
 def test_gateway_stop_grace_covers_the_drain(compose: dict[str, Any]) -> None:

@@ -407,6 +407,40 @@ def test_gateway_drains_within_its_grace_period(
     assert gateway["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
 
 
+def test_gateway_rollout_refuses_no_connection(
+    rendered: tuple[str, list[dict[str, Any]]],
+) -> None:
+    """lingua's node agent retries once, 5 s after its socket closed: a rollout must never
+    leave a moment in which a new connection is refused (docs/operations.md, "Restarting a
+    gateway without refusing connections")."""
+    _, docs = rendered
+    gateway = named(docs, "Deployment", "gateway")
+    spec = gateway["spec"]
+    rolling = spec["strategy"]["rollingUpdate"]
+    assert spec["strategy"]["type"] == "RollingUpdate"
+    # the replacement first (maxSurge 1), ready (/readyz) before an old pod goes
+    # (maxUnavailable 0), and ready long enough for proxies to have its endpoint
+    assert rolling["maxUnavailable"] == 0 and int(rolling["maxSurge"]) >= 1, rolling
+    assert spec.get("minReadySeconds", 0) >= 5
+    (c,) = pod_spec(gateway)["containers"]
+    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    # a deleted pod keeps accepting while the endpoints drop it, then SIGTERM (the drain
+    # closes the listening socket first)
+    pre_stop = c["lifecycle"]["preStop"]
+    sleep_s = (
+        float(pre_stop["sleep"]["seconds"])
+        if "sleep" in pre_stop
+        else float(pre_stop["exec"]["command"][1])
+    )
+    assert sleep_s >= 5
+    # what still reaches a stopped or draining pod is retried on another one by the ingress
+    notes = named(docs, "Ingress", "gateway")["metadata"].get("annotations", {})
+    retry_on = notes.get("nginx.ingress.kubernetes.io/proxy-next-upstream", "").split()
+    assert {"error", "http_503"} <= set(retry_on), retry_on
+    assert "non_idempotent" not in retry_on, "only the upgrade (a GET) is to be retried"
+    assert int(notes.get("nginx.ingress.kubernetes.io/proxy-next-upstream-tries", "0")) >= 2
+
+
 def test_services_select_their_pods(rendered: tuple[str, list[dict[str, Any]]]) -> None:
     _, docs = rendered
     workloads = of_kind(docs, *WORKLOADS)
