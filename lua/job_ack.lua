@@ -27,13 +27,16 @@ local job = redis.call('HMGET', job_key, 'state', 'attempt', 'node_id', 'session
 if not job[1] then return {-6, ''} end
 if tonumber(job[2]) ~= attempt then return {-5, 'stale_attempt'} end
 if job[3] ~= node_id then return {-5, 'wrong_node'} end
+local node_key = prefix .. 'node:' .. node_id
+-- a node that acks gets its next jobs as reservations that wait for its ack (select_node)
+if (job[1] == 'acked' or job[1] == 'assigned')
+    and redis.call('HGET', node_key, 'acks') == '0' then
+  redis.call('HSET', node_key, 'acks', '1')
+end
 -- acked already: a replay, or a job accepted at assignment (its node was not known to ack)
 if job[1] == 'acked' then return {0, job[4]} end
 if job[1] ~= 'assigned' then return {-5, 'state_' .. job[1]} end
 
-local node_key = prefix .. 'node:' .. node_id
--- a node that acks gets its next jobs as reservations that wait for its ack (select_node)
-if redis.call('EXISTS', node_key) == 1 then redis.call('HSET', node_key, 'acks', '1') end
 -- the reservation moves to running only in the registration that granted it (see
 -- same_registration): a node that expired or registered anew has no such slot to commit
 if same_registration(node_key, job[5]) then

@@ -40,6 +40,8 @@ release_slot(prefix, job_id, job[3], job[1], job[4])
 -- a safety timer: if the caller dies before dispatching again, the timers pick it up
 redis.call('ZADD', prefix .. 'timers', now + RESCUE_MS, job_id)
 redis.call('HSET', job_key, 'state', 'queued', 'released_at', now, 'release_reason', reason)
+-- the next attempt may wait for a free slot as long as the first could
+redis.call('HDEL', job_key, 'wait_until')
 local node = {job[3], conn[1] or '', conn[2] or ''}
 if attempt >= max_attempts then return {2, attempt, unpack(node)} end
 return {1, attempt + 1, unpack(node)}

@@ -269,6 +269,69 @@ async def test_ack_commits_the_reservation_with_fencing(redis: Redis, keys: Keys
     assert await raw(scripts, "job_ack", ack_kw("j1", "n1")) == [-5, "state_queued"]
 
 
+# --- nodes that never ack (lingua's agent) --------------------------------------------------
+async def test_a_node_that_does_not_ack_has_its_job_accepted_at_assignment(
+    redis: Redis, keys: Keys, scripts: Scripts
+):
+    await join(scripts, "n1", acks=False)
+    await open_session(redis, keys)
+    assert await dispatch(scripts, "j0", index=0) == "n1"
+    job = await hash_of(redis, keys.job("j0"))
+    assert (job["state"], job["acked_at"], job["node_seq"]) == ("acked", str(NOW), "1")
+    assert await slots(redis, keys, "n1") == (1, 0)  # running: no lease waits for an ack
+    # the timer is the job deadline, not the ack lease
+    assert await zmembers(redis, keys.timers) == {"j0": NOW + DEADLINE}
+    # a node that acks after all is remembered: its next job waits for its ack
+    assert (await scripts.job_ack(**ack_kw("j0", "n1"))).code == 0
+    assert (await hash_of(redis, keys.node("n1")))["acks"] == "1"
+    assert await dispatch(scripts, "j1", index=1) == "n1"
+    assert (await hash_of(redis, keys.job("j1")))["state"] == "assigned"
+    assert await zmembers(redis, keys.timers) == {"j0": NOW + DEADLINE, "j1": NOW + LEASE}
+
+
+async def test_an_answer_ends_the_sessions_earlier_jobs_on_that_node_without_a_result(
+    redis: Redis, keys: Keys, scripts: Scripts
+):
+    """lingua's agent withholds some results; it answers a session's jobs in order, so its
+    answer to 2 means 0 and 1 are finished: freed, not redispatched, missing_result no_result.
+    Another session's job on the same node, and the same session's job on another node, stay."""
+    await join(scripts, "n1", acks=False, capacity=8)
+    await join(scripts, "n2", acks=False, capacity=8)
+    await open_session(redis, keys)
+    await open_session(redis, keys, "s2")
+    for i in range(3):
+        assert await dispatch(scripts, f"j{i}", index=i) == "n1"
+    assert await dispatch(scripts, "other", "s2", index=0) in ("n1", "n2")
+    await redis.hset(keys.node("n1"), "status", "draining")  # s1's node busy: j3 spills
+    assert await dispatch(scripts, "j3", index=3) == "n2"
+    await redis.hset(keys.node("n1"), "status", "ready")
+    d = await scripts.job_finish(**finish_kw("j2", "n1"))
+    assert [(i, p["type"], p.get("reason")) for i, p in d.items] == [
+        (0, "missing_result", "no_result"),
+        (1, "missing_result", "no_result"),
+        (2, "translation_result", None),
+    ]
+    assert d.items[0][1]["job_id"] == "j0" and d.items[0][1]["session_id"] == "s1"
+    for job in ("j0", "j1"):
+        h = await hash_of(redis, keys.job(job))
+        assert (h["state"], h["outcome"]) == ("done", "no_result")
+    assert (await hash_of(redis, keys.job("j3")))["state"] == "acked"  # on n2: untouched
+    assert (await hash_of(redis, keys.job("other")))["state"] == "acked"  # another session
+    assert await smembers(redis, keys.node_jobs("n1")) | await smembers(
+        redis, keys.node_jobs("n2")
+    ) == {"j3", "other"}
+    assert set(await zmembers(redis, keys.timers)) == {"j3", "other"}
+
+
+async def test_a_released_job_may_wait_for_a_slot_again(redis: Redis, keys: Keys, scripts: Scripts):
+    await join(scripts, "n1")
+    await open_session(redis, keys)
+    await dispatch(scripts, "j0", index=0)
+    await redis.hset(keys.job("j0"), "wait_until", NOW - 1)  # its first wait is long over
+    assert (await scripts.job_release(**release_kw("j0", reason="deadline"))).code == 1
+    assert "wait_until" not in await hash_of(redis, keys.job("j0"))
+
+
 # --- job_finish ------------------------------------------------------------------------------
 async def test_finish_frees_a_reserved_or_running_slot_and_ends_the_job(
     redis: Redis, keys: Keys, scripts: Scripts

@@ -100,6 +100,8 @@ class Session:
                     "src_lang": src,
                     "tgt_lang": tgt,
                     "audio_format": "pcm16",
+                    # the recipes check the order of answers on each connection
+                    "result_delivery": "ordered",
                 }
             )
         )

@@ -175,7 +175,7 @@ async def collect_answers(
 ) -> None:
     """Wait (bounded) until every published utterance of the connection has its answer."""
     deadline = time.monotonic() + ANSWER_TIMEOUT_S
-    while len(answers) < expected:
+    while sum(1 for a in answers if a["type"] != "ui_event") < expected:
         remaining = deadline - time.monotonic()
         assert remaining > 0, f"{len(answers)} of {expected} utterances answered: {answers}"
         try:
@@ -190,12 +190,18 @@ async def collect_answers(
 
 
 def check_answers(answers: list[dict[str, Any]], expected: int) -> None:
+    """Each utterance answered once (result or missing_result); a failed one also has its
+    ui_event with a protocol code, never an `error` (an alert in lingua's web client)."""
+    events = [a for a in answers if a["type"] == "ui_event"]
+    answers = [a for a in answers if a["type"] != "ui_event"]
     indexes = [a["utterance_index"] for a in answers]
     assert len(indexes) == len(set(indexes)) == expected, answers
     for a in answers:
-        assert a["type"] in ("translation_result", "missing_result", "error"), a
-        if a["type"] == "error":
-            assert a["code"] in PROTOCOL_CODES, a
+        assert a["type"] in ("translation_result", "missing_result"), a
+        if a.get("reason") == "error":
+            assert a["error_code"] in PROTOCOL_CODES, a
+    for e in events:
+        assert e["event"] == "ERROR" and e["error_code"] in PROTOCOL_CODES, e
 
 
 def tally(seen: Counter[str], out: Outcome) -> None:
@@ -231,7 +237,8 @@ async def one_connection(gw: Any, data: st.DataObject, seen: Counter[str]) -> No
                 return  # answers to a closed session are dropped by design
         published = int(metric_total(gw.base_url, UTTERANCES) - before)
         if not exact:
-            check_answers(answers, len(answers))  # typed and never twice, however many
+            # typed and never twice, however many
+            check_answers(answers, sum(1 for a in answers if a["type"] != "ui_event"))
             return
         seen["utterances answered"] += published
         try:

@@ -122,6 +122,39 @@ async def test_invalid_capability_schema_stops_the_agent(gateway):
     assert await gateway.closed(0) == 1000
 
 
+async def test_a_held_registration_keeps_the_agent_beating_until_it_is_acked_ready(
+    gateway, start_agent
+):
+    """The gateway holds a node whose services are not ready yet: the typed error says
+    `waiting`, an ack with status `registering` follows; the agent keeps its connection and
+    heartbeats, and is registered when the gateway acks it `ready`."""
+
+    def held(msg: dict, conn: int) -> None:
+        return None
+
+    gateway.register_reply = held
+    run = start_agent(heartbeat_interval_ms=100)
+    register = await gateway.nth("node_register")
+    node_id = register.msg.get("node_id") or "gw-held"
+    await gateway.send(
+        {
+            "type": "error",
+            "code": "INVALID_CAPABILITY_SCHEMA",
+            "message": "node rejected, missing: a ready Semantic service",
+            "details": {"missing": ["a ready Semantic service"], "waiting": True},
+        }
+    )
+    await gateway.send(
+        {"type": "node_register_ack", "node_id": node_id, "status": "registering", "message": "x"}
+    )
+    await gateway.nth("node_heartbeat", 2, node_id=node_id)
+    assert not run.agent.registered.is_set() and run.agent.connections == 1
+    await gateway.send({"type": "node_register_ack", "node_id": node_id, "status": "ready"})
+    async with asyncio.timeout(3):
+        await run.agent.registered.wait()
+    assert run.agent.registrations == 1 and run.agent.connections == 1
+
+
 async def test_register_timeout_reconnects(gateway, start_agent):
     gateway.register_reply = lambda msg, conn: (
         None if conn == 0 else gateway.default_reply(msg, conn)

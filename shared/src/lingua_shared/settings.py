@@ -121,10 +121,18 @@ class Settings(BaseSettings):
     )
 
     # jobs (dispatcher)
-    select_policy: str = Field("pack", description="pack (default) | spread (MISSION J8)")
-    ack_timeout_ms: int = Field(3_000, description="job_assign -> job_ack, else redispatch")
-    job_deadline_ms: int = Field(30_000, description="job_ack -> job_result, else redispatch")
-    max_attempts: int = Field(3, description="dispatch attempts before a typed error")
+    select_policy: str = Field("pack", description="pack (default) | spread (sessions over nodes)")
+    ack_timeout_ms: int = Field(
+        3_000, description="nodes that ack: job_assign -> job_ack, else taken back"
+    )
+    job_deadline_ms: int = Field(
+        30_000,
+        description="-> job_result, else taken back (job_cancel) and given to another node; from "
+        "the ack for nodes that ack, from the assignment for the others (lingua's agent)",
+    )
+    max_attempts: int = Field(
+        3, description="dispatch attempts before the utterance fails (missing_result + ui_event)"
+    )
     no_node_wait_ms: int = Field(
         2_000, description="how long a job may wait for a free slot before NO_AVAILABLE_NODE"
     )

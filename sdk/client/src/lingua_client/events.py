@@ -1,8 +1,8 @@
 """What :meth:`ClientSession.events` yields, and how server frames become those events.
 
 Each event wraps the protocol's own model (``TranslationResult``, ``ClientAsrPartial``,
-``MissingResult``, ``ErrorMessage``) rather than a copy of its fields: a newer gateway's
-extra fields stay reachable on ``event.message`` (the models keep unknown fields). The
+``MissingResult``, ``UiEvent``, ``ErrorMessage``) rather than a copy of its fields: a newer
+gateway's extra fields stay reachable on ``event.message`` (the models keep unknown fields). The
 event adds what only the client knows: the utterance index it belongs to (for ``error``,
 from ``details.utterance_index``) and the latency since that utterance's final frame.
 
@@ -25,11 +25,12 @@ from lingua_shared.protocol.session import (
     MissingResult,
     SessionOutbound,
     TranslationResult,
+    UiEvent,
 )
 
-ResultMessage = TranslationResult | ClientAsrPartial | MissingResult | ErrorMessage
+ResultMessage = TranslationResult | ClientAsrPartial | MissingResult | UiEvent | ErrorMessage
 KNOWN_TYPES = frozenset(
-    {"session_init_ack", "translation_result", "asr_partial", "missing_result",
+    {"session_init_ack", "translation_result", "asr_partial", "missing_result", "ui_event",
      "server_heartbeat", "session_close_ack", "error"}
 )  # fmt: skip
 
@@ -51,8 +52,8 @@ class SessionEvent:
 
     @property
     def is_answer(self) -> bool:
-        """The one answer an utterance gets (a partial is not an answer)."""
-        return self.kind != "asr_partial" and self.utterance_index is not None
+        """The one answer an utterance gets (a partial or a ui_event is not an answer)."""
+        return self.kind not in ("asr_partial", "ui_event") and self.utterance_index is not None
 
     def to_json(self) -> dict[str, Any]:
         """A flat, JSON-ready dict (``--json``): the wire fields plus ``latency_ms``.

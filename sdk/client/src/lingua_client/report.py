@@ -1,9 +1,10 @@
 """The CLI's output: one line per event as it arrives, then a summary and the verdict.
 
 Kept apart from the CLI's control flow so the formats (which scripts and humans parse) are
-defined in one place and tested directly. The verdict is the gateway's promise (MISSION J6,
-PROTOCOL.md): every utterance ends in exactly one ``translation_result``, ``missing_result``
-or ``error`` for its index. ``strict`` additionally demands that every answer be a
+defined in one place and tested directly. The verdict is the gateway's promise
+(docs/protocol.md): every utterance ends in exactly one ``translation_result`` or
+``missing_result`` for its index (a failed one: ``missing_result`` reason ``error``, with a
+``ui_event`` saying why). ``strict`` additionally demands that every answer be a
 translation, for smoke tests of a whole deployment.
 """
 
@@ -17,7 +18,12 @@ from typing import Any
 from lingua_client.events import SessionEvent
 from lingua_client.tracker import UtteranceTracker
 from lingua_shared.protocol import ErrorMessage
-from lingua_shared.protocol.session import ClientAsrPartial, MissingResult, TranslationResult
+from lingua_shared.protocol.session import (
+    ClientAsrPartial,
+    MissingResult,
+    TranslationResult,
+    UiEvent,
+)
 
 
 def quote(text: str, limit: int = 200) -> str:
@@ -36,10 +42,13 @@ def event_line(ev: SessionEvent) -> str:
     elif isinstance(msg, ClientAsrPartial):
         body = f"partial{' (final)' if msg.is_final else ''} {quote(msg.text)}"
     elif isinstance(msg, MissingResult):
-        body = f"missing ({msg.reason})"
+        code = f", {msg.error_code}" if msg.error_code else ""
+        body = f"missing ({msg.reason}{code})"
+    elif isinstance(msg, UiEvent):
+        body = f"event {msg.event} {msg.error_code or ''}: {quote(msg.hint or '')}"
     elif isinstance(msg, ErrorMessage):
         body = f"error {msg.code}: {quote(msg.message)}"
-    else:  # pragma: no cover - events only wrap the four types above
+    else:  # pragma: no cover - events only wrap the five types above
         body = msg.type
     return f"{index}  {latency}  {body}"
 

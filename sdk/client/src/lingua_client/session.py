@@ -37,6 +37,7 @@ from lingua_shared.protocol.session import (
     SessionCloseAck,
     SessionInitAck,
     TranslationResult,
+    UiEvent,
 )
 
 log = logging.getLogger(__name__)
@@ -192,7 +193,9 @@ class ClientSession:
         if isinstance(msg, TranslationResult | MissingResult):
             index: int | None = msg.utterance_index
             latency = self.tracker.answer(msg.utterance_index, msg.type, now)
-        elif isinstance(msg, ClientAsrPartial):
+        elif isinstance(msg, ClientAsrPartial | UiEvent):
+            # not answers: a partial, or the event that says why an utterance failed (its
+            # missing_result is the answer)
             index = msg.utterance_index
             latency = self.tracker.latency_ms(index, now)
         elif isinstance(msg, ErrorMessage):

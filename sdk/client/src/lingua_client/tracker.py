@@ -1,10 +1,11 @@
 """Per-utterance bookkeeping: which index each utterance got, when it ended, what answered.
 
 The gateway never tells the client "your utterance got index 3"; it numbers a session's
-utterances from 0, one per final frame (PROTOCOL.md), and names the index only in the
+utterances from 0, one per final frame (docs/protocol.md), and names the index only in the
 answer. So the client predicts the index by counting its own finals, remembers when each
 final left, and measures each answer's latency from there. The same records say whether the
-gateway kept its promise of exactly one answer (translation, missing or error) per index.
+gateway kept its promise of exactly one answer (a translation, or a missing_result, which a
+failed utterance gets) per index; an ``error`` naming an utterance counts as its answer too.
 Pure (the caller passes the clock), so the rules are tested without a socket.
 """
 

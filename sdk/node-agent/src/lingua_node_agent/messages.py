@@ -130,14 +130,24 @@ class GatewayMessages:
         if ack.heartbeat_interval_ms and not self.lingua:
             self.heartbeat_interval_s = max(0.1, ack.heartbeat_interval_ms / 1000.0)
         self._ack_deadline = None
-        self.registrations += 1
-        self._backoff.reset()
-        self.status = "draining" if self.draining else "ready"
-        self.registered.set()
-        self.log.info(
-            "registered",
-            extra={"ack_status": ack.status, "heartbeat_interval_s": self.heartbeat_interval_s},
-        )
+        held = ack.status == "registering" and not self.lingua
+        if held:
+            # held until our services are ready: heartbeats (with our capabilities) go on; the
+            # gateway registers us, and acks again, once they show ASR and Semantic ready
+            self.status = "registering"
+            self.log.warning("registration held", extra={"reason": ack.message})
+        else:
+            self.registrations += 1
+            self._backoff.reset()
+            self.status = "draining" if self.draining else "ready"
+            self.registered.set()
+            self.log.info(
+                "registered",
+                extra={
+                    "ack_status": ack.status,
+                    "heartbeat_interval_s": self.heartbeat_interval_s,
+                },
+            )
         if self.lingua and self.heartbeats.running and self.heartbeats.node_id == ack.node_id:
             await self.heartbeats.send_now()  # one beat now; the 15 s rhythm runs on
         else:
@@ -146,6 +156,11 @@ class GatewayMessages:
 
     async def _on_error(self, ws: ClientConnection, err: ErrorMessage) -> None:
         extra = {"code": err.code, "error": err.message}
+        if err.code == ErrorCode.INVALID_CAPABILITY_SCHEMA and (err.details or {}).get("waiting"):
+            # not refused: held until a heartbeat shows our services ready (an ack follows)
+            self.log.warning("registration waits for our services to be ready", extra=extra)
+            self._ack_deadline = None
+            return
         if err.code == ErrorCode.INVALID_CAPABILITY_SCHEMA:
             self.log.error("registration rejected", extra=extra)
             await ws.close(1000, "registration rejected")

@@ -344,6 +344,7 @@ class NodeConnection(EndpointConnection):
         if self.node_id is not None and self.node_id != node_id:
             raise NodeIdConflict(f"this connection is already registered as {self.node_id}")
         self.start_registration(node_id, reg, caps, "register")
+        await self.settle_registration()
 
     def hold_until_ready(self, reg: NodeRegister, exc: CapabilityError) -> None:
         """A node whose ASR or Semantic is not ready yet (still starting) is not registered
@@ -392,7 +393,7 @@ class NodeConnection(EndpointConnection):
         except CapabilityError:
             return  # still not ready
         node_id, self.waiting_node_id = self.waiting_node_id, None
-        self.start_registration(node_id, merged, caps, "ready")
+        self.start_registration(node_id, merged, caps, "ready")  # its ack follows later
 
     def reregister(self) -> bool:
         """Redis lost this node's record: register it again from the registration this
@@ -413,6 +414,15 @@ class NodeConnection(EndpointConnection):
         if self._registering is not None and not self._registering.done():
             self._registering.cancel()
         self._registering = asyncio.create_task(self.register(node_id, reg, caps, why))
+
+    async def settle_registration(self) -> None:
+        """Let a registration that completes promptly answer before the next frame is read:
+        the ack then comes before anything the node sends after its register (clients and
+        tests rely on a connection's replies coming in frame order). One that takes longer
+        than ``register_timeout_s`` goes on in the background."""
+        task = self._registering
+        if task is not None and not task.done():
+            await asyncio.wait({task}, timeout=self.gw.settings.register_timeout_s)
 
     async def register(
         self, node_id: str, reg: NodeRegister, caps: NodeCapabilities, why: str

@@ -4,8 +4,9 @@ The server numbers utterances per session from 0, one per ``is_final`` or per se
 cut; an ``utterance`` message may carry its own index (the counter then moves past it). A
 finished utterance becomes one :class:`JobRequest` whose ``request_key`` (the client's
 ``request_id``, else ``<session_id>:<index>``) makes a retry or a redelivery create no
-second job. A publish that fails is never silent: the client gets SCHEDULER_DEPENDENCY_DOWN
-naming the utterance index.
+second job. A publish that fails is never silent: the utterance is answered as failed
+(``missing_result`` and a ``ui_event`` with SCHEDULER_DEPENDENCY_DOWN); an utterance of digital
+silence is answered ``missing_result`` reason ``silence``, without a job.
 """
 
 from __future__ import annotations

@@ -3,8 +3,10 @@
 The gateway numbers a session's utterances from 0 (lingua's web client never sends an
 index), cuts them (``is_final``, or the duration / size bounds), and publishes one
 ``job.request`` per utterance with its audio untouched (J9). Answers come back through
-:meth:`deliver` in utterance order (J6). A recoverable error is a typed ``error`` and the
-connection stays open; only ``session_close``, a slow reader (4008) or a drain (1012) end it.
+:meth:`deliver`, each index once, as they arrive or in index order (the session's delivery).
+A recoverable error is a typed ``error`` and the connection stays open; the connection ends
+with ``session_close`` (1000), a slow reader (4008), a drain (1012), or a close code a refused
+frame carries (docs/protocol.md lists them).
 """
 
 from __future__ import annotations
