@@ -1,8 +1,9 @@
 -- job_finish: a job ends (its result, or a typed error): free its slot and release every
 -- outcome of its session that is now due (MISSION J5, J6). A node answers a session's jobs in
--- the order they were assigned to it, so its answer to this job also finishes the session's
--- jobs assigned to it before this one and still open: they end without a result (their slots
--- are freed, nothing is dispatched again, the client gets missing_result reason no_result).
+-- the order they reached it, so its answer to this job also ends the jobs of the session that
+-- reached it before this one and are still open (the gateway saw the order on the socket and
+-- lists them): they end without a result (their slots are freed, nothing is dispatched again,
+-- the client gets missing_result reason no_result).
 -- KEYS[1] prefix             lingua:v1:{cell}: (job, node, session, timers, gaps)
 -- ARGV[1] job_id
 -- ARGV[2] attempt            the attempt that ends (0 = the scheduler ends it: no fencing)
@@ -12,9 +13,12 @@
 -- ARGV[6] payload            JSON message for the client (translation_result or error)
 -- ARGV[7] gap_ms             how long a hole in the order may hold later outcomes
 -- ARGV[8] session_ttl_ms
+-- ARGV[9] earlier            JSON list of [job_id, attempt]: jobs that reached the node before
+--                            this one on the same connection (ended only if they are still that
+--                            node's attempt, of this session, and open); [] for none
 -- Returns: {1, gateway_id, conn_id, idx1, payload1, ...} finished; the list holds the
 --          outcomes now due for the session (maybe none: an earlier one is missing), those of
---          the earlier jobs finished without a result included
+--          the earlier jobs ended without a result included
 --          {0, ""} already finished (a replay or a duplicate result): nothing written
 --          {3, ""} finished, but its index was already answered by a missing_result
 --          {-5, reason} stale: another attempt or another node; nothing written
@@ -36,10 +40,17 @@ local ok = pcall(cjson.decode, ARGV[6])
 if not ok then return {-1, 'payload'} end
 if not gap or gap <= 0 then return {-1, 'gap_ms'} end
 if not session_ttl or session_ttl <= 0 then return {-1, 'session_ttl_ms'} end
+local ok_e, earlier = pcall(cjson.decode, ARGV[9])
+if not ok_e or type(earlier) ~= 'table' or #earlier > 1024 then return {-1, 'earlier'} end
+for _, e in ipairs(earlier) do
+  if type(e) ~= 'table' or not is_node_id(e[1]) or not is_int(e[2]) then
+    return {-1, 'earlier'}
+  end
+end
 
 local job_key = prefix .. 'job:' .. job_id
 local job = redis.call('HMGET', job_key, 'state', 'attempt', 'node_id', 'session_id',
-  'utterance_index', 'gateway_id', 'conn_id', 'node_reg', 'node_seq')
+  'utterance_index', 'gateway_id', 'conn_id', 'node_reg')
 if not job[1] then return {-6, ''} end
 if job[1] == 'done' or job[1] == 'failed' then return {0, ''} end
 if node_id ~= '' then
@@ -58,23 +69,21 @@ redis.call('DEL', job_key .. ':audio')
 local session_id = job[4]
 local own_idx = tonumber(job[5])
 local items = {}
-local seq = tonumber(job[9])
-if node_id ~= '' and seq then
-  -- the node's earlier open jobs of this session (same registration, assigned before this one)
-  local earlier = {}
-  for _, other in ipairs(redis.call('SMEMBERS', prefix .. 'node:' .. node_id .. ':jobs')) do
+if node_id ~= '' then
+  local ended = {}
+  for _, e in ipairs(earlier) do
+    local other, other_attempt = e[1], tonumber(e[2])
     local o = redis.call('HMGET', prefix .. 'job:' .. other, 'state', 'session_id', 'node_id',
-      'node_reg', 'node_seq', 'utterance_index', 'trace_id')
-    local o_seq = tonumber(o[5])
+      'attempt', 'node_reg', 'utterance_index', 'trace_id')
     if (o[1] == 'assigned' or o[1] == 'acked') and o[2] == session_id and o[3] == node_id
-        and o[4] == job[8] and o_seq and o_seq < seq then
-      earlier[#earlier + 1] = {other, o}
+        and tonumber(o[4]) == other_attempt and other ~= job_id then
+      ended[#ended + 1] = {other, o}
     end
   end
-  table.sort(earlier, function(a, b) return tonumber(a[2][6]) < tonumber(b[2][6]) end)
-  for _, e in ipairs(earlier) do
+  table.sort(ended, function(a, b) return tonumber(a[2][6]) < tonumber(b[2][6]) end)
+  for _, e in ipairs(ended) do
     local other, o = e[1], e[2]
-    release_slot(prefix, other, node_id, o[1], o[4])
+    release_slot(prefix, other, node_id, o[1], o[5])
     redis.call('ZREM', prefix .. 'timers', other)
     redis.call('HSET', prefix .. 'job:' .. other, 'state', 'done', 'finished_at', now,
       'outcome', 'no_result')

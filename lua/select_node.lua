@@ -20,8 +20,7 @@
 -- The session stays on its node (`pref_node`) while that node is eligible; when it is busy
 -- the job spills to another node and the session keeps its node; when it is gone (expired,
 -- disconnected, not ready, no longer covering the pair) the node chosen now becomes the
--- session's node. Each assignment takes the node's next `seq`, kept as the job's `node_seq`:
--- the order in which the node received the session's jobs (job_finish relies on it).
+-- session's node.
 -- Returns: {1, node_id, gateway_id, conn_id, shard_id, state} the slot is taken; state is
 --          assigned | acked (or the same reservation again when this attempt already has
 --          one: a replay)
@@ -198,7 +197,6 @@ if not best_node then
 end
 
 local node_key = prefix .. 'node:' .. best_node
-local seq = redis.call('HINCRBY', node_key, 'seq', 1)
 local new_state, timer = 'acked', now + deadline
 if best[10] == '1' then
   new_state, timer = 'assigned', now + lease
@@ -212,7 +210,7 @@ local tried_list = job[5] or ''
 if tried_list ~= '' then tried_list = tried_list .. ',' end
 redis.call('HSET', job_key, 'state', new_state, 'attempt', attempt, 'node_id', best_node,
   'node_reg', registration_of(best[8], best[9]), 'shard', best_shard, 'assigned_at', now,
-  'tried', tried_list .. best_node, 'node_seq', seq)
+  'tried', tried_list .. best_node)
 if new_state == 'acked' then redis.call('HSET', job_key, 'acked_at', now) end
 redis.call('ZADD', prefix .. 'timers', timer, job_id)
 if job[4] and redis.call('EXISTS', session_key) == 1 then

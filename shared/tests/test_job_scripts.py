@@ -277,7 +277,7 @@ async def test_a_node_that_does_not_ack_has_its_job_accepted_at_assignment(
     await open_session(redis, keys)
     assert await dispatch(scripts, "j0", index=0) == "n1"
     job = await hash_of(redis, keys.job("j0"))
-    assert (job["state"], job["acked_at"], job["node_seq"]) == ("acked", str(NOW), "1")
+    assert (job["state"], job["acked_at"]) == ("acked", str(NOW))
     assert await slots(redis, keys, "n1") == (1, 0)  # running: no lease waits for an ack
     # the timer is the job deadline, not the ack lease
     assert await zmembers(redis, keys.timers) == {"j0": NOW + DEADLINE}
@@ -292,9 +292,11 @@ async def test_a_node_that_does_not_ack_has_its_job_accepted_at_assignment(
 async def test_an_answer_ends_the_sessions_earlier_jobs_on_that_node_without_a_result(
     redis: Redis, keys: Keys, scripts: Scripts
 ):
-    """lingua's agent withholds some results; it answers a session's jobs in order, so its
-    answer to 2 means 0 and 1 are finished: freed, not redispatched, missing_result no_result.
-    Another session's job on the same node, and the same session's job on another node, stay."""
+    """lingua's agent withholds some results; it answers a session's jobs in the order they
+    reached it, so its answer to 2 means 0 and 1 (sent to it before, as its gateway saw) are
+    finished: freed, not redispatched, missing_result no_result. Only those of the session
+    that are still that node's attempt end; another session's job and a job on another node
+    stay."""
     await join(scripts, "n1", acks=False, capacity=8)
     await join(scripts, "n2", acks=False, capacity=8)
     await open_session(redis, keys)
@@ -305,7 +307,11 @@ async def test_an_answer_ends_the_sessions_earlier_jobs_on_that_node_without_a_r
     await redis.hset(keys.node("n1"), "status", "draining")  # s1's node busy: j3 spills
     assert await dispatch(scripts, "j3", index=3) == "n2"
     await redis.hset(keys.node("n1"), "status", "ready")
-    d = await scripts.job_finish(**finish_kw("j2", "n1"))
+    # what the gateway saw before j2 on n1's socket: j0, j1, the other session's job (its
+    # gateway lists only the same session's; a wrong entry is ignored all the same), j3's id
+    # with a stale attempt
+    earlier = [("j0", 1), ("j1", 1), ("other", 1), ("j3", 2)]
+    d = await scripts.job_finish(**finish_kw("j2", "n1", earlier=earlier))
     assert [(i, p["type"], p.get("reason")) for i, p in d.items] == [
         (0, "missing_result", "no_result"),
         (1, "missing_result", "no_result"),
@@ -444,9 +450,7 @@ async def test_duplicate_stale_and_unknown_finishes_write_nothing(
     ):
         assert await raw(scripts, "job_finish", kw) == [0, ""]
         assert await snapshot(redis) == after
-    # n1's answer to j1 also ended j0, assigned to it before: without a result
-    assert (await hash_of(redis, keys.job("j0")))["outcome"] == "no_result"
-    assert [await slots(redis, keys, n) for n in ("n1", "n2")] == [(0, 0), (0, 0)]
+    assert [await slots(redis, keys, n) for n in ("n1", "n2")] == [(0, 1), (0, 0)]
 
 
 async def test_scheduler_finish_fails_a_queued_job_in_its_place(
@@ -1015,19 +1019,29 @@ class JobMachine(RuleBasedStateMachine):
     def finish(self, pick: int, outcome: str, replay: bool) -> None:
         job = self.live()[pick % len(self.live())]
         m = self.jobs[job]
-        kw = finish_kw(job, m["node"], m["attempt"], outcome=outcome, now_ms=self.now)
+        # the node has answered this job: the session's jobs that reached it before are done
+        # (its gateway lists them, as it saw the order on the node's socket)
+        earlier = [
+            j
+            for j, other in self.jobs.items()
+            if other["state"] in ("assigned", "acked")
+            and other["session"] == m["session"]
+            and (other["node"], other["gen"]) == (m["node"], m["gen"])
+            and other["seq"] < m["seq"]
+        ]
+        kw = finish_kw(
+            job,
+            m["node"],
+            m["attempt"],
+            outcome=outcome,
+            now_ms=self.now,
+            earlier=[(j, self.jobs[j]["attempt"]) for j in earlier],
+        )
         reply = self.call("job_finish", **kw)
         assert reply[0] in (1, 3), reply
         m["state"] = outcome
-        # the node has answered this job: the session's jobs assigned to it before are done
-        for other in self.jobs.values():
-            if (
-                other["state"] in ("assigned", "acked")
-                and other["session"] == m["session"]
-                and (other["node"], other["gen"]) == (m["node"], m["gen"])
-                and other["seq"] < m["seq"]
-            ):
-                other["state"] = "done"
+        for j in earlier:
+            self.jobs[j]["state"] = "done"
         if replay:
             assert self.call("job_finish", **kw) == [0, ""]
 

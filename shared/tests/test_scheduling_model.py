@@ -402,6 +402,15 @@ class SchedulingModel(RuleBasedStateMachine):
         job = jobs[i % len(jobs)]
         m = self.jobs[job]
         attempt = m["attempt"] - 1 if stale else m["attempt"]
+        # the session's jobs that reached the node before this one (the gateway lists them)
+        earlier = [
+            j
+            for j, other in self.jobs.items()
+            if other["state"] in ("assigned", "acked")
+            and other["session"] == m["session"]
+            and (other["node"], other["gen"]) == (m["node"], m["gen"])
+            and other["seq"] < m["seq"]
+        ]
         reply = self.call(
             "job_finish",
             job_id=job,
@@ -412,6 +421,7 @@ class SchedulingModel(RuleBasedStateMachine):
             payload={"type": "translation_result", "job_id": job},
             gap_ms=GAP,
             session_ttl_ms=SESSION_TTL,
+            earlier=[(j, self.jobs[j]["attempt"]) for j in earlier],
         )
         if stale:
             assert reply[0] == -5, reply
@@ -419,15 +429,8 @@ class SchedulingModel(RuleBasedStateMachine):
         assert reply[0] in (1, 3), reply
         self.deliver(m["session"], reply)
         m["state"] = outcome
-        # the node answered this job: the session's jobs it was given before are done
-        for other in self.jobs.values():
-            if (
-                other["state"] in ("assigned", "acked")
-                and other["session"] == m["session"]
-                and (other["node"], other["gen"]) == (m["node"], m["gen"])
-                and other["seq"] < m["seq"]
-            ):
-                other["state"] = "done"
+        for j in earlier:  # ended with it, without a result
+            self.jobs[j]["state"] = "done"
 
     @precondition(lambda self: self.live())
     @rule(i=pick, reason=st.sampled_from(["refused", "unroutable"]))

@@ -122,6 +122,7 @@ SAMPLES: dict[str, Any] = {
     "acks": True,
     "public": False,
     "tenant": "tenant-3",
+    "earlier": [["j-1", 1], ["j-2", 3]],
 }
 
 

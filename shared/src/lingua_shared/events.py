@@ -157,6 +157,10 @@ class NodeJobEvent(BusModel):
     gateway_id: str
     received_at_ms: int
     message: dict[str, Any]
+    # with a job_result: the (job_id, attempt) of the same session's jobs that the gateway
+    # sent this connection before that job and that got no answer yet (the node answers a
+    # session's jobs in order, so they are finished)
+    earlier: list[tuple[str, int]] = Field(default_factory=list)
 
 
 class ToSession(BusModel):

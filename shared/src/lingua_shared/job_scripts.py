@@ -195,6 +195,7 @@ class JobScriptsMixin:
         payload: dict[str, Any],
         gap_ms: int,
         session_ttl_ms: int,
+        earlier: list[tuple[str, int]] | None = None,
     ) -> tuple[list[str], list[Any]]:
         return [self.keys.prefix], [
             job_id,
@@ -205,6 +206,7 @@ class JobScriptsMixin:
             json.dumps(payload),
             gap_ms,
             session_ttl_ms,
+            json.dumps([list(e) for e in earlier or []]),
         ]
 
     async def job_finish(self, **kw: Any) -> Delivery:

@@ -388,6 +388,7 @@ class Jobs:
         *,
         attempt: int = 0,
         node_id: str = "",
+        earlier: list[tuple[str, int]] | None = None,
     ) -> None:
         """End a job that failed: its client gets ``missing_result`` (reason ``error``) in
         the utterance's place and a ``ui_event`` ERROR with the code and what happened, as
@@ -441,6 +442,7 @@ class Jobs:
             payload=payload,
             gap_ms=self.settings.gap_timeout_ms,
             session_ttl_ms=int(self.settings.session_ttl_s * 1000),
+            earlier=earlier,
         )
         if delivery.code == 1 and delivery.gateway_id:
             # the event goes at once (it is not an answer: it takes no place in the order)

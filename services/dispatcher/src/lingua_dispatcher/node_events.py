@@ -14,8 +14,15 @@ from pydantic import ValidationError
 from lingua_dispatcher.jobs import Jobs
 from lingua_shared.events import NodeDisconnected, NodeJobEvent, ToSession
 from lingua_shared.logs import get_logger
-from lingua_shared.protocol import ErrorCode, JobResult, NodeAsrPartial, NodeError, ServiceType
-from lingua_shared.protocol.session import ClientAsrPartial, TranslationResult
+from lingua_shared.protocol import (
+    ErrorCode,
+    JobResult,
+    NodeAsrPartial,
+    NodeError,
+    ServiceType,
+    is_refusal,
+)
+from lingua_shared.protocol.session import ClientAsrPartial, MissingResult, TranslationResult
 from lingua_shared.runtime import now_ms
 
 log = get_logger(__name__)
@@ -91,6 +98,7 @@ class NodeEvents:
             if code in RETRY_ELSEWHERE:
                 if code == ErrorCode.MODEL_NOT_AVAILABLE.value:
                     await self.cooldown(ev.node_id, details)
+                await self.end_without_result(ev)
                 if (
                     job.get("state") in ("assigned", "acked")
                     and str(r.attempt_id) == job.get("attempt")
@@ -107,6 +115,7 @@ class NodeEvents:
                 (err.message if err else "") or code,
                 attempt=r.attempt_id,
                 node_id=ev.node_id,
+                earlier=ev.earlier,
             )
             return
         payload = TranslationResult(
@@ -133,6 +142,7 @@ class NodeEvents:
             payload=payload,
             gap_ms=self.settings.gap_timeout_ms,
             session_ttl_ms=int(self.settings.session_ttl_s * 1000),
+            earlier=ev.earlier,
         )
         if delivery.code < 0:
             self.metrics.stale.labels("job_result", _why(delivery.code, delivery.gateway_id)).inc()
@@ -164,6 +174,34 @@ class NodeEvents:
             trace_id=job["trace_id"],
         )
         await self.jobs.deliver(job["session_id"], delivery)
+
+    async def end_without_result(self, ev: NodeJobEvent) -> None:
+        """The node answered a job that goes to another node now: the session's jobs it
+        received before that one are finished all the same (each ended as job_finish ends
+        them along with an answer: fenced by attempt and node, missing_result no_result)."""
+        for job_id, attempt in ev.earlier:
+            job = await self.jobs.read_job(job_id)
+            if job is None:
+                continue
+            missing = MissingResult(
+                session_id=job["session_id"],
+                utterance_index=int(job["utterance_index"]),
+                reason="no_result",
+                created_at_ms=now_ms(),
+                trace_id=job.get("trace_id"),
+                job_id=job_id,
+            ).to_wire()
+            delivery = await self.s.job_finish(
+                job_id=job_id,
+                attempt=attempt,
+                node_id=ev.node_id,
+                now_ms=now_ms(),
+                outcome="done",
+                payload=missing,
+                gap_ms=self.settings.gap_timeout_ms,
+                session_ttl_ms=int(self.settings.session_ttl_s * 1000),
+            )
+            await self.jobs.deliver(job["session_id"], delivery)
 
     async def on_partial(self, ev: NodeJobEvent, p: NodeAsrPartial) -> None:
         job = await self.jobs.read_job(p.job_id)
@@ -250,20 +288,6 @@ class NodeEvents:
             attempt = await r.hget(k.job(job_id), "attempt")
             if attempt is not None:
                 await self.jobs.redispatch(job_id, int(attempt), "node_lost")
-
-
-DUPLICATE_CODES = (ErrorCode.DUPLICATE_JOB_ID.value, ErrorCode.DUPLICATE_UTTERANCE_INDEX.value)
-
-
-def is_refusal(code: str, message: str, details: dict[str, Any]) -> bool:
-    """A failed job_result that only refuses a repeated job: ours (INVALID_MESSAGE with
-    ``details.refused``) or lingua's (PROCESSING_ERROR whose message starts with
-    ``DUPLICATE_JOB_ID:`` / ``DUPLICATE_UTTERANCE_INDEX:``, or those codes themselves)."""
-    if code == ErrorCode.INVALID_MESSAGE.value and details.get("refused"):
-        return True
-    if code in DUPLICATE_CODES:
-        return True
-    return code == ErrorCode.PROCESSING_ERROR.value and message.startswith(DUPLICATE_CODES)
 
 
 def _why(code: int, value: str) -> str:

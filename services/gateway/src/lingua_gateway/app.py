@@ -138,7 +138,7 @@ class Gateway:
         if msg.reregister and conn.reregister():
             return  # registered again from what this connection holds; the node sees an ack
         if msg.payload is not None:
-            conn.out.send(msg.payload)
+            conn.send_to_node(msg.payload)
         if msg.close_code is not None:
             await conn.out.flush_and_stop(0.5)
             await conn.ws.close(msg.close_code, msg.close_reason[:120])

@@ -41,6 +41,7 @@ from lingua_shared.protocol import (
     NodeRegister,
     NodeRegisterAck,
     derive_capabilities,
+    result_is_refusal,
 )
 from lingua_shared.protocol.node import NODE_ID_RE
 from lingua_shared.runtime import now_ms
@@ -71,6 +72,7 @@ BEAT_STATUSES = frozenset({"ready", "draining"})
 DEGRADED = "degraded"
 # heartbeat fields that restate the node's capabilities (lingua's agent sends them in every beat)
 CAPABILITY_FIELDS = ("installed_services", "capability_by_type", "language_capabilities")
+MAX_SENT_JOBS = 1024  # unanswered job_assigns remembered per connection
 JobMessage = JobAck | JobStarted | JobResult | NodeAsrPartial | NodeError
 JOB_MESSAGES = (JobAck, JobStarted, JobResult, NodeAsrPartial, NodeError)
 
@@ -106,6 +108,10 @@ class NodeConnection(EndpointConnection):
         self.degraded = False  # ASR or Semantic no longer ready (a heartbeat said so)
         self.service_types: dict[str, str] = {}  # installed service id -> its type
         self._seen_caps: tuple[Any, ...] | None = None
+        # the jobs sent on this socket and not answered yet, in the order they were sent:
+        # (job_id, attempt, session_id). A node answers a session's jobs in that order, so
+        # an answer tells which earlier ones it finished without a result.
+        self.sent_jobs: list[tuple[str, int, str]] = []
         self._registering: asyncio.Task[None] | None = None
         self.out = Outbound(
             ws,
@@ -196,6 +202,13 @@ class NodeConnection(EndpointConnection):
             gateway_id=self.gw.settings.instance_id,
             received_at_ms=now_ms(),
             message=message,
+            # a refusal of a repeated job is sent at once, not in turn: it says nothing of
+            # the jobs before it
+            earlier=(
+                self.answered(msg.job_id)
+                if isinstance(msg, JobResult) and not result_is_refusal(msg)
+                else []
+            ),
         )
         job_id = getattr(msg, "job_id", None)
         try:
@@ -213,6 +226,34 @@ class NodeConnection(EndpointConnection):
             return
         self.gw.metrics.node_job_events.labels(msg.type).inc()
         log.debug("gateway.node_job_event", node_id=self.node_id, job_id=job_id, type=msg.type)
+
+    def send_to_node(self, payload: dict[str, Any]) -> None:
+        """Send a message the dispatcher addressed to this node, noting job_assigns (their
+        order on the socket) and forgetting cancelled jobs."""
+        kind = payload.get("type")
+        if kind == "job_assign":
+            self.sent_jobs.append(
+                (str(payload.get("job_id")), int(payload.get("attempt_id") or 1),
+                 str(payload.get("session_id")))
+            )  # fmt: skip
+            if len(self.sent_jobs) > MAX_SENT_JOBS:
+                del self.sent_jobs[0]
+        elif kind == "job_cancel":
+            job_id = payload.get("job_id")
+            self.sent_jobs = [j for j in self.sent_jobs if j[0] != job_id]
+        self.out.send(payload)
+
+    def answered(self, job_id: str) -> list[tuple[str, int]]:
+        """The node answered ``job_id``: forget it, and return (and forget) the jobs of the
+        same session sent before it, which the node has therefore finished."""
+        for i, (sent_id, _, session_id) in enumerate(self.sent_jobs):
+            if sent_id == job_id:
+                earlier = [(j, a) for j, a, s in self.sent_jobs[:i] if s == session_id]
+                self.sent_jobs = [
+                    j for k, j in enumerate(self.sent_jobs) if k > i or j[2] != session_id
+                ]
+                return earlier
+        return []
 
     def name_service_type(self, message: dict[str, Any]) -> None:
         """``MODEL_NOT_AVAILABLE`` names the service by its id (lingua: ``details.service_id``,

@@ -33,6 +33,8 @@ from lingua_shared.protocol.node import (
     Pipeline,
     ResourceUsage,
     derive_capabilities,
+    is_refusal,
+    result_is_refusal,
 )
 
 __all__ = [
@@ -66,4 +68,6 @@ __all__ = [
     "ServiceType",
     "WireModel",
     "derive_capabilities",
+    "is_refusal",
+    "result_is_refusal",
 ]

@@ -14,6 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, TypeAdapter
 
+from lingua_shared.protocol.codes import ErrorCode
 from lingua_shared.protocol.common import ErrorMessage, WireModel
 
 LANG_RE = re.compile(r"^[a-z]{2,3}(-[a-z0-9]{2,8})*$")
@@ -183,6 +184,30 @@ class JobResult(WireModel):
     processing_time_ms: float | None = None
     error: JobResultError | None = None
     trace_id: str | None = None
+
+
+DUPLICATE_CODES = (ErrorCode.DUPLICATE_JOB_ID.value, ErrorCode.DUPLICATE_UTTERANCE_INDEX.value)
+
+
+def is_refusal(code: str, message: str, details: dict[str, Any]) -> bool:
+    """A failed job_result that only refuses a repeated job, sent at once rather than in
+    turn: ours (INVALID_MESSAGE with ``details.refused``) or lingua's (PROCESSING_ERROR whose
+    message starts with ``DUPLICATE_JOB_ID:`` / ``DUPLICATE_UTTERANCE_INDEX:``, or those
+    codes themselves)."""
+    if code == ErrorCode.INVALID_MESSAGE.value and details.get("refused"):
+        return True
+    if code in DUPLICATE_CODES:
+        return True
+    return code == ErrorCode.PROCESSING_ERROR.value and message.startswith(DUPLICATE_CODES)
+
+
+def result_is_refusal(result: JobResult) -> bool:
+    err = result.error
+    return (
+        not result.success
+        and err is not None
+        and is_refusal(err.code, err.message or "", err.details or {})
+    )
 
 
 class NodeAsrPartial(WireModel):
