@@ -1,6 +1,7 @@
 -- gap_expire: a session's next result is overdue: answer its index with missing_result so
--- later results are not blocked forever (MISSION J6), and release what is then due.
--- KEYS[1] prefix             lingua:v1:{cell}: (session, gaps)
+-- later results are not blocked forever (J6), and release what is then due.
+-- KEYS[1] prefix             lingua:v1:{cell}:
+--   built from KEYS[1]: gaps, session:<sid>, session:<sid>:results, session:<sid>:sent
 -- ARGV[1] session_id
 -- ARGV[2] now_ms
 -- ARGV[3] gap_ms             deadline for the next hole, if one remains

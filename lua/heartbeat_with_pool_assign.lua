@@ -3,7 +3,8 @@
 -- KEYS[2] node pools         lingua:v1:{cell}:node:<id>:pools (set of pool shard ids)
 -- KEYS[3] nodes:expiry       zset node id -> logical expiry ms
 -- KEYS[4] nodes:connected    zset display view of "connected"
--- KEYS[5] prefix             lingua:v1:{cell}: (pool, poolgroup, pools:index, pair keys)
+-- KEYS[5] prefix             lingua:v1:{cell}:
+--   built from KEYS[5]: pool:<shard>, poolgroup:<group>, pools:index, pair:<a>:<b>
 -- ARGV[1] node_id
 -- ARGV[2] conn_id            connection the heartbeat came on
 -- ARGV[3] gateway_id         gateway replica holding that connection

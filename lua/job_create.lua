@@ -1,5 +1,6 @@
--- job_create: create a job for a request key exactly once (MISSION J2), keeping its audio.
--- KEYS[1] prefix             lingua:v1:{cell}: (job, job audio, idem keys)
+-- job_create: create a job for a request key exactly once (J2), keeping its audio.
+-- KEYS[1] prefix             lingua:v1:{cell}:
+--   built from KEYS[1]: idem:<request_key>, job:<job_id>, job:<job_id>:audio, timers
 -- ARGV[1] request_key        idempotency key: request id, or "<session_id>:<utterance_index>"
 -- ARGV[2] job_id             id to use if the job is new
 -- ARGV[3] now_ms

@@ -1,10 +1,13 @@
 -- job_finish: a job ends (its result, or a typed error): free its slot and release every
--- outcome of its session that is now due (MISSION J5, J6). A node answers a session's jobs in
+-- outcome of its session that is now due (J5, J6). A node answers a session's jobs in
 -- the order they reached it, so its answer to this job also ends the jobs of the session that
 -- reached it before this one and are still open (the gateway saw the order on the socket and
 -- lists them): they end without a result (their slots are freed, nothing is dispatched again,
 -- the client gets missing_result reason no_result).
--- KEYS[1] prefix             lingua:v1:{cell}: (job, node, session, timers, gaps)
+-- KEYS[1] prefix             lingua:v1:{cell}:
+--   built from KEYS[1]: job:<job_id>, job:<job_id>:audio, node:<id>, node:<id>:jobs,
+--     node:<id>:pools, pool:<shard>, timers, session:<sid>, session:<sid>:results,
+--     session:<sid>:sent, gaps
 -- ARGV[1] job_id
 -- ARGV[2] attempt            the attempt that ends (0 = the scheduler ends it: no fencing)
 -- ARGV[3] node_id            the node reporting ("" when the scheduler ends it)

@@ -1,6 +1,8 @@
 -- job_release: take a job back from its node (ack timeout, deadline, node gone, unroutable,
--- node refused it) so it can be dispatched again, a bounded number of times (MISSION J5).
--- KEYS[1] prefix             lingua:v1:{cell}: (job, node, timers)
+-- node refused it) so it can be dispatched again, a bounded number of times (J5).
+-- KEYS[1] prefix             lingua:v1:{cell}:
+--   built from KEYS[1]: job:<job_id>, node:<id>, node:<id>:jobs, node:<id>:pools,
+--     pool:<shard>, timers
 -- ARGV[1] job_id
 -- ARGV[2] attempt            the attempt being taken back (fencing: another one is left alone)
 -- ARGV[3] reason             ack_timeout | deadline | node_lost | unroutable | refused | ...

@@ -4,7 +4,8 @@
 -- KEYS[3] nodes:all
 -- KEYS[4] nodes:expiry
 -- KEYS[5] nodes:connected
--- KEYS[6] prefix             lingua:v1:{cell}: (pool, poolgroup, pools:index, pair keys)
+-- KEYS[6] prefix             lingua:v1:{cell}:
+--   built from KEYS[6]: pool:<shard>, poolgroup:<group>, pools:index, pair:<a>:<b>
 -- ARGV[1] node_id
 -- ARGV[2] mode               graceful | dropped | expired
 --                            graceful: clean close or drain -> remove the node and its pools now

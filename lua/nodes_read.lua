@@ -1,6 +1,7 @@
 -- nodes_read: read chosen fields of a batch of node records in one call (stats snapshot).
 -- Read-only; the caller keeps batches small (a few hundred ids) so Redis is never busy long.
--- KEYS[1] prefix             lingua:v1:{cell}: (node records)
+-- KEYS[1] prefix             lingua:v1:{cell}:
+--   built from KEYS[1]: node:<id>
 -- ARGV[1] field_names        JSON list of node hash fields to read (at most 32)
 -- ARGV[2] node_ids           JSON list of node ids (at most 1000)
 -- Returns: one list of field values per node id, in order (a missing field or record: nil)

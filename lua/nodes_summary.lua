@@ -1,7 +1,8 @@
 -- nodes_summary: counts and load of a batch of node records, summed inside Redis (stats snapshot).
 -- Read-only. The snapshot walks every node in batches of a few hundred ids, so Redis is never
 -- busy long and only totals cross the wire: no per-node reply to build and parse.
--- KEYS[1] prefix             lingua:v1:{cell}: (node records)
+-- KEYS[1] prefix             lingua:v1:{cell}:
+--   built from KEYS[1]: node:<id>
 -- ARGV[1] node_ids           JSON list of node ids (at most 1000)
 -- Returns: {1, alive, schedulable, capacity, running, reserved, by_region, by_gpu_tier, unschedulable}
 --          alive: records that exist; schedulable: connected = 1 and status ready;

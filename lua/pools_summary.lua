@@ -1,7 +1,8 @@
 -- pools_summary: members and load of a batch of pool shards, summed inside Redis (stats snapshot).
 -- Read-only. The caller keeps batches to a few shards (256 members at most each) so Redis is
 -- never busy long; per shard, only five numbers cross the wire.
--- KEYS[1] prefix             lingua:v1:{cell}: (pool shards and node records)
+-- KEYS[1] prefix             lingua:v1:{cell}:
+--   built from KEYS[1]: pool:<shard>, node:<id>
 -- ARGV[1] shard_ids          JSON list of shard ids <langset>:<region>:<gpu_tier>:<n> (at most 64)
 -- Returns: {1, {members, schedulable, capacity, running, reserved}, ...} one entry per shard id,
 --          in order (a missing shard: all zeros; a member without a record counts as a member

@@ -1,5 +1,8 @@
 -- select_node: pick the least loaded eligible node for a job attempt and take its slot.
--- KEYS[1] prefix             lingua:v1:{cell}: (job, session, pair, pool, node, timers, stats)
+-- KEYS[1] prefix             lingua:v1:{cell}:
+--   built from KEYS[1]: job:<job_id>, session:<sid>, pair:<a>:<b>, pool:<shard>,
+--     poolgroup:<group>, pools:index, node:<id>, node:<id>:pools, node:<id>:jobs, timers,
+--     stats:exclusions, stats:unserved
 -- ARGV[1] job_id
 -- ARGV[2] attempt            the attempt this reservation is for (fencing token, from 1)
 -- ARGV[3] now_ms

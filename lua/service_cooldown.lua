@@ -1,5 +1,5 @@
 -- service_cooldown: a node reported a service unusable (MODEL_NOT_AVAILABLE): selection skips
--- the node for jobs needing that service until the cool-down ends (MISSION J7). One HSET on
+-- the node for jobs needing that service until the cool-down ends (J7). One HSET on
 -- the hot path; a storm of reports only moves the end forward.
 -- KEYS[1] node hash          lingua:v1:{cell}:node:<id>
 -- ARGV[1] node_id

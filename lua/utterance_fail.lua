@@ -1,8 +1,9 @@
 -- utterance_fail: answer an utterance that never becomes a job (its request could not be
 -- queued, or it is only silence) with a message for the client (missing_result) in its place
--- in the session's delivery, and release what is then due (MISSION J6: exactly one answer per
+-- in the session's delivery, and release what is then due (J6: exactly one answer per
 -- index; no gap left to time out).
--- KEYS[1] prefix             lingua:v1:{cell}: (session, its results, gaps)
+-- KEYS[1] prefix             lingua:v1:{cell}:
+--   built from KEYS[1]: session:<sid>, session:<sid>:results, session:<sid>:sent, gaps
 -- ARGV[1] session_id
 -- ARGV[2] utterance_index
 -- ARGV[3] now_ms

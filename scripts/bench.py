@@ -20,7 +20,7 @@ from pathlib import Path
 from redis.asyncio import Redis
 
 from lingua_shared.keys import Keys
-from lingua_shared.scripts import Scripts
+from lingua_shared.scripts import Scripts, heartbeat_with_pool_assign
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -47,7 +47,6 @@ async def run(nodes: int, rounds: int, batch: int, redis_url: str) -> dict[str, 
             conn_id=node_id,
         )
     register_s = time.perf_counter() - t0
-    script = s.script("heartbeat_with_pool_assign")
 
     async def one_by_one() -> float:
         t = time.perf_counter()
@@ -65,18 +64,20 @@ async def run(nodes: int, rounds: int, batch: int, redis_url: str) -> dict[str, 
     async def pipelined() -> float:
         t = time.perf_counter()
         for i in range(0, nodes, batch):
-            async with redis.pipeline(transaction=False) as pipe:
-                for node_id in ids[i : i + batch]:
-                    k, a = s.heartbeat_args(
-                        node_id=node_id,
-                        conn_id=node_id,
-                        gateway_id="bench",
-                        now_ms=now,
-                        running_jobs=0,
-                        cpu_percent=10.0,
-                    )
-                    await script(keys=k, args=a, client=pipe)
-                await pipe.execute()
+            await s.run_all(
+                heartbeat_with_pool_assign,
+                [
+                    {
+                        "node_id": node_id,
+                        "conn_id": node_id,
+                        "gateway_id": "bench",
+                        "now_ms": now,
+                        "running_jobs": 0,
+                        "cpu_percent": 10.0,
+                    }
+                    for node_id in ids[i : i + batch]
+                ],
+            )
         return time.perf_counter() - t
 
     await one_by_one()  # first heartbeats assign pools; measure steady state after

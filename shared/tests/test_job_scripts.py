@@ -25,9 +25,8 @@ from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
 from lingua_shared.errors import ScriptRejected
-from lingua_shared.job_scripts import Delivery
 from lingua_shared.keys import Keys
-from lingua_shared.scripts import Scripts, find_lua_dir
+from lingua_shared.scripts import Delivery, Scripts, find_lua_dir
 from lingua_shared.testing import key_snapshot, node_registration
 
 NOW = 1_700_000_000_000
@@ -439,7 +438,7 @@ async def test_duplicate_stale_and_unknown_finishes_write_nothing(
         assert await raw(scripts, "job_finish", kw) == reply
         assert await snapshot(redis) == before
     d = await scripts.job_finish(**finish_kw("j1", "n2", attempt=1))
-    assert (d.code, d.gateway_id) == (-5, "stale_attempt")
+    assert (d.code, d.reason, d.gateway_id) == (-5, "stale_attempt", "")
 
     assert (await scripts.job_finish(**finish_kw("j1", "n1", attempt=2))).code == 1
     after = await snapshot(redis)

@@ -1,9 +1,12 @@
-"""Each ``lua/*.lua`` header against its Python wrapper (CONVENTIONS "Lua").
+"""Each ``lua/*.lua`` header against its module in ``lingua_shared.scripts``.
 
-The header (purpose line, ``KEYS[i]``, ``ARGV[i]``, ``Returns:``) is the only documentation a
-caller reads, so it must stay true: the numbering has no gaps, the builder produces exactly
-that many keys and arguments in that order, every code the script returns is listed and
-handled by the wrapper, and the script reaches no key it was not given.
+The header (purpose line, ``KEYS[i]``, ``built from KEYS[i]``, ``ARGV[i]``, ``Returns:``) is
+the only documentation a caller reads, so it must stay true: the numbering has no gaps, the
+module's ``args`` produces exactly that many keys and arguments in that order, every code the
+script returns is listed, is one ``ScriptCode`` outcome and is handled by ``parse``, every
+call goes through the one call path, and the keys built from a declared prefix are layouts of
+the key schema (``test_script_keys.py`` checks them against the keys each script really
+touches).
 """
 
 from __future__ import annotations
@@ -11,57 +14,31 @@ from __future__ import annotations
 import inspect
 import json
 import re
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 
 from lingua_shared.errors import ScriptRejected
 from lingua_shared.keys import Keys
-from lingua_shared.scripts import INCLUDE_RE, ScriptCode, Scripts, find_lua_dir, load_source
+from lingua_shared.scripts import (
+    MODULES,
+    ScriptCode,
+    Scripts,
+    find_lua_dir,
+    load_source,
+)
+from lingua_shared.scripts import header as script_header
+from lingua_shared.scripts.header import Header, template_regex
 
 LUA_DIR = find_lua_dir()
 SCRIPT_NAMES = sorted(p.stem for p in LUA_DIR.glob("*.lua"))
 
-INDEXED_RE = re.compile(r"^(KEYS|ARGV)\[(\d+)\]\s+(\S+)\s*(.*)$")
-CODE_RE = re.compile(r"\{\s*(-?\d+)\s*,")
 BODY_RETURN_RE = re.compile(r"return\s*\{\s*(-?\d+)\s*,")
 INVALID_FIELD_RE = re.compile(r"return\s*\{\s*-1\s*,\s*'([a-z_]+)'\s*\}")
 
 
-@dataclass
-class Header:
-    purpose: str
-    keys: list[tuple[int, str, str]] = field(default_factory=list)  # (i, name, description)
-    argv: list[tuple[int, str, str]] = field(default_factory=list)
-    returns: str = ""
-
-    @property
-    def codes(self) -> set[int]:
-        return {int(c) for c in CODE_RE.findall(self.returns)}
-
-
 def parse_header(name: str) -> Header:
-    lines = (LUA_DIR / f"{name}.lua").read_text().splitlines()
-    comment: list[str] = []
-    for line in lines:
-        if not line.startswith("--") or INCLUDE_RE.match(line):
-            break
-        comment.append(line[2:].strip())
-    assert comment, f"{name}.lua has no header"
-    header = Header(purpose=comment[0])
-    in_returns = False
-    for text in comment[1:]:
-        if text.startswith("Returns:"):
-            in_returns = True
-        if in_returns:
-            header.returns += text + "\n"
-            continue
-        m = INDEXED_RE.match(text)
-        if m:
-            target = header.keys if m.group(1) == "KEYS" else header.argv
-            target.append((int(m.group(2)), m.group(3), m.group(4)))
-    return header
+    return script_header.parse_header(LUA_DIR, name)
 
 
 def body_of(name: str) -> str:
@@ -243,28 +220,7 @@ def test_invalid_input_fields_name_an_argument(name: str) -> None:
     assert fields <= argv_names
 
 
-PARSERS = {
-    "register_node_v2": "parse_register",
-    "heartbeat_with_pool_assign": "parse_heartbeat",
-    "node_offline": "parse_offline",
-    "nodes_read": "parse_nodes_read",
-    "nodes_summary": "parse_nodes_summary",
-    "pools_summary": "parse_pools_summary",
-    **{
-        name: f"parse_{name}"
-        for name in (
-            "job_create",
-            "select_node",
-            "job_ack",
-            "job_finish",
-            "job_release",
-            "gap_expire",
-            "timers_claim",
-            "service_cooldown",
-            "utterance_fail",
-        )
-    },
-}
+PARSERS = {name: module.parse for name, module in MODULES.items()}
 
 # A well-formed reply of each job script for a documented code (shapes from the headers).
 JOB_REPLIES: dict[str, Any] = {
@@ -288,7 +244,7 @@ def test_every_script_has_a_parser() -> None:
 
 @pytest.mark.parametrize("name", SCRIPT_NAMES)
 def test_wrapper_handles_every_documented_code(name: str, offline_scripts: Scripts) -> None:
-    parse = getattr(offline_scripts, PARSERS[name])
+    parse = PARSERS[name]
     for code in sorted(parse_header(name).codes):
         if code == ScriptCode.INVALID_INPUT:
             with pytest.raises(ScriptRejected) as exc:
@@ -316,3 +272,108 @@ def test_wrapper_handles_every_documented_code(name: str, offline_scripts: Scrip
             assert result.code == code
         if name in ("job_finish", "gap_expire", "utterance_fail") and code == 1:
             assert result.items and result.gateway_id == "gw"
+
+
+# --- one module per script, one enum of outcomes, one call path --------------------------------
+@pytest.mark.parametrize("name", SCRIPT_NAMES)
+def test_every_script_has_a_module_of_its_name(name: str) -> None:
+    module = MODULES[name]
+    assert module.NAME == name
+    assert module.__name__ == f"lingua_shared.scripts.{name}"
+    assert next(iter(inspect.signature(module.args).parameters)) == "keys"
+    assert callable(module.parse) and module.Result is not None
+    builder_params = list(inspect.signature(getattr(Scripts, f"{name}_args")).parameters)
+    assert builder_params[1:] == list(inspect.signature(module.args).parameters)[1:]
+
+
+@pytest.mark.parametrize("name", SCRIPT_NAMES)
+def test_every_documented_code_is_exactly_one_outcome_of_the_enum(name: str) -> None:
+    outcomes = ScriptCode.for_script(name)
+    assert set(outcomes) == parse_header(name).codes
+    for code, member in outcomes.items():
+        assert ScriptCode.of(name, code) is member and member == code
+        assert member.meaning, member
+    with pytest.raises(ValueError):
+        ScriptCode.of(name, 99)
+
+
+def test_no_two_outcomes_of_a_script_share_a_code() -> None:
+    seen: set[tuple[str, int]] = set()
+    for member in ScriptCode:
+        assert member.scripts and set(member.scripts) <= set(SCRIPT_NAMES), member
+        for script in member.scripts:
+            assert (script, int(member)) not in seen, (script, member)
+            seen.add((script, int(member)))
+    raised = [m for m in ScriptCode if m.raised]
+    assert raised == [ScriptCode.INVALID_INPUT]
+    assert all(m.exception is not None for m in raised)
+
+
+async def test_every_facade_call_goes_through_the_one_call_path(
+    offline_scripts: Scripts, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import lingua_shared.scripts.facade as facade
+
+    calls: list[tuple[str, Any, dict[str, Any]]] = []
+
+    async def recording_run(module: Any, target: Any, /, *, keys: Keys, **kw: Any) -> str:
+        calls.append((module.NAME, target, kw))
+        return "result"
+
+    monkeypatch.setattr(facade, "run", recording_run)
+    offline_scripts.redis = "client"  # type: ignore[assignment]
+    offline_scripts.pipeline = None
+    for name in SCRIPT_NAMES:
+        kw = {
+            p: SAMPLES[p] for p in inspect.signature(MODULES[name].args).parameters if p != "keys"
+        }
+        assert await getattr(offline_scripts, name)(**kw) == "result"
+    assert [(n, t) for n, t, _ in calls] == [(n, "client") for n in SCRIPT_NAMES]
+
+
+# --- keys built from a declared prefix ----------------------------------------------------------
+def sample_keys(keys: Keys) -> list[str]:
+    """One key of every layout in lingua_shared.keys (ids: sample values)."""
+    shard = "en_ja_zh:eu-west:a100:0"
+    return [
+        keys.node("node-7"),
+        keys.node_pools("node-7"),
+        keys.node_jobs("node-7"),
+        keys.nodes_all,
+        keys.nodes_expiry,
+        keys.nodes_connected,
+        keys.pool(shard),
+        keys.pool_group("en_ja_zh", "eu-west", "a100"),
+        keys.pools_index,
+        keys.pair("zh", "en"),
+        keys.session("s-1"),
+        keys.session_results("s-1"),
+        keys.session_sent("s-1"),
+        keys.job("j-9"),
+        keys.job_audio("j-9"),
+        keys.idem("s-1:4"),
+        keys.timers,
+        keys.gaps,
+        keys.exclusions,
+        keys.unserved,
+    ]
+
+
+@pytest.mark.parametrize("name", SCRIPT_NAMES)
+def test_keys_are_built_only_from_a_declared_prefix(name: str) -> None:
+    """``built from KEYS[i]`` names a KEYS entry that is the prefix, and a prefix is passed
+    only to build keys from it."""
+    h = parse_header(name)
+    prefixes = {i for i, key_name, _ in h.keys if key_name == "prefix"}
+    assert set(h.built) == prefixes
+    for templates in h.built.values():
+        assert templates and len(templates) == len(set(templates))
+
+
+@pytest.mark.parametrize("name", SCRIPT_NAMES)
+def test_every_built_key_is_a_layout_of_the_key_schema(name: str) -> None:
+    keys = Keys("test")
+    samples = sample_keys(keys)
+    for template in parse_header(name).templates:
+        pattern = template_regex(keys.prefix, template)
+        assert any(pattern.match(k) for k in samples), f"{name}: {template} is no key layout"

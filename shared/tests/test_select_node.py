@@ -15,9 +15,8 @@ import pytest
 from redis.asyncio import Redis
 
 from lingua_shared.errors import ScriptRejected
-from lingua_shared.job_scripts import Selection
 from lingua_shared.keys import Keys
-from lingua_shared.scripts import Scripts
+from lingua_shared.scripts import Scripts, Selection
 from lingua_shared.testing import key_snapshot, node_registration
 
 NOW = 1_700_000_000_000

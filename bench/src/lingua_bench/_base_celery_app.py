@@ -7,10 +7,9 @@ what a Python team would write: RabbitMQ as broker, the Redis result backend, de
 otherwise, minus the chatter a benchmark does not need (no events, no remote control, no
 gossip) so that nothing but the task crosses the broker.
 
-The task body runs our real ``select_node.lua`` (loaded by lingua_shared's loader, arguments
-built by its wrappers) and then releases the slot with ``job_release``: one scheduling
-decision that leaves the pool as it found it. Celery workers are synchronous, so the task
-uses redis-py's synchronous client with the same scripts.
+The task body runs our real ``select_node.lua`` (through lingua_shared's call path, on
+redis-py's synchronous client: Celery workers are synchronous) and then releases the slot
+with ``job_release``: one scheduling decision that leaves the pool as it found it.
 
 ``python -m lingua_bench._base_celery_app client --n N`` is the client process: it creates
 the jobs (untimed), warms up, then times ``apply_async().get()`` one at a time and prints
@@ -29,9 +28,16 @@ from typing import Any
 import redis
 from celery import Celery
 
-from lingua_shared.job_scripts import JobScriptsMixin
 from lingua_shared.keys import Keys
-from lingua_shared.scripts import find_lua_dir, load_source
+from lingua_shared.scripts import (
+    ScriptCode,
+    bind,
+    find_lua_dir,
+    job_create,
+    job_release,
+    run_sync,
+    select_node,
+)
 
 ENV = "BENCHBASE_CELERY_"
 PAIR = ("zh", "en")
@@ -67,22 +73,13 @@ app.conf.update(
 )
 
 
-class _Args(JobScriptsMixin):
-    """lingua_shared's argument builders and reply parsers, without an async client."""
-
-    def __init__(self, keys: Keys) -> None:
-        self.keys = keys
-
-
 class _Scripts:
-    """The two scripts on a synchronous client; one per process (prefork children too)."""
+    """The scripts on a synchronous client; one per process (prefork children too)."""
 
     def __init__(self) -> None:
-        lua_dir = find_lua_dir(env("LUA_DIR") or None)
         self.redis = redis.Redis.from_url(env("REDIS", "redis://127.0.0.1:6379/0"))
-        self.select = self.redis.register_script(load_source(lua_dir, "select_node"))
-        self.release = self.redis.register_script(load_source(lua_dir, "job_release"))
-        self.args = _Args(Keys(CELL))
+        bind(self.redis, find_lua_dir(env("LUA_DIR") or None))
+        self.keys = Keys(CELL)
 
 
 _scripts: _Scripts | None = None
@@ -116,24 +113,29 @@ def decide(job_id: str) -> dict[str, Any]:
     """Select a node for the job (reserving its slot), then release the slot again."""
     s = scripts()
     now = int(time.time() * 1000)
-    k, a = s.args.select_node_args(**select_kw(job_id, now))
-    sel = s.args.parse_select_node(s.select(keys=k, args=a))
-    if sel.code == 1:
-        k, a = s.args.job_release_args(
-            job_id=job_id, attempt=1, reason="bench", now_ms=now, max_attempts=9
+    sel = run_sync(select_node, s.redis, keys=s.keys, **select_kw(job_id, now))
+    if sel.code == ScriptCode.RESERVED:
+        run_sync(
+            job_release,
+            s.redis,
+            keys=s.keys,
+            job_id=job_id,
+            attempt=1,
+            reason="bench",
+            now_ms=now,
+            max_attempts=9,
         )
-        s.args.parse_job_release(s.release(keys=k, args=a))
-    return {"code": sel.code, "node_id": sel.node_id}
+    return {"code": int(sel.code), "node_id": sel.node_id}
 
 
 def create_jobs(ids: list[str]) -> None:
     s = scripts()
-    lua_dir = find_lua_dir(env("LUA_DIR") or None)
-    create = s.redis.register_script(load_source(lua_dir, "job_create"))
     now = int(time.time() * 1000)
-    pipe = s.redis.pipeline(transaction=False)
     for i, job_id in enumerate(ids):
-        k, a = s.args.job_create_args(
+        run_sync(
+            job_create,
+            s.redis,
+            keys=s.keys,
             request_key=f"bench:{job_id}",
             job_id=job_id,
             now_ms=now,
@@ -141,8 +143,6 @@ def create_jobs(ids: list[str]) -> None:
             fields={"session_id": f"cs-{job_id}", "utterance_index": i},
             audio="",
         )
-        create(keys=k, args=a, client=pipe)
-    pipe.execute()
 
 
 def client(n: int, warmup: int, tag: str) -> dict[str, Any]:
@@ -155,7 +155,7 @@ def client(n: int, warmup: int, tag: str) -> dict[str, Any]:
         t = time.perf_counter_ns()
         out = decide.apply_async((job_id,)).get(timeout=30)
         elapsed = time.perf_counter_ns() - t
-        if out["code"] != 1:
+        if out["code"] != ScriptCode.RESERVED:
             raise RuntimeError(f"select_node found no node for {job_id}: {out}")
         if i >= warmup:
             lat.record_ns(elapsed)

@@ -24,9 +24,10 @@ from typing import IO, Any, TypeVar
 from hdrh.histogram import HdrHistogram
 from redis.asyncio import Redis
 
+from lingua_shared.errors import ScriptRejected
 from lingua_shared.keys import Keys
 from lingua_shared.runtime import install_uvloop
-from lingua_shared.scripts import Scripts
+from lingua_shared.scripts import Scripts, heartbeat_with_pool_assign, register_node_v2
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
@@ -117,31 +118,45 @@ async def register_pool(
     """Register ``count`` nodes of one pair the way production does: register_node_v2, then a
     first heartbeat that puts each node in its pool shard. Pipelined: set-up, not measured."""
     now = int(time.time() * 1000)
-    reg = scripts.script("register_node_v2")
-    hb = scripts.script("heartbeat_with_pool_assign")
     ids = [f"{prefix}-{i:06d}" for i in range(start, start + count)]
     for i in range(0, len(ids), batch):
-        async with redis.pipeline(transaction=False) as pipe:
-            for node_id in ids[i : i + batch]:
-                k, a = scripts.register_node_v2_args(
-                    node_id=node_id,
-                    now_ms=now,
-                    ttl_ms=NODE_TTL_MS,
-                    region="eu",
-                    gpu_tier="a100",
-                    lang_sets=[sorted(PAIR)],
-                    capacity=capacity,
-                    services=NODE_SERVICES,
-                    gateway_id="bench-gw",
-                    conn_id=f"c-{node_id}",
-                )
-                await reg(keys=k, args=a, client=pipe)
-                k, a = scripts.heartbeat_args(
-                    node_id=node_id, conn_id=f"c-{node_id}", gateway_id="bench-gw", now_ms=now
-                )
-                await hb(keys=k, args=a, client=pipe)
-            replies = await pipe.execute()
-        bad = [r for r in replies if int(r[0]) < 0]
+        chunk = ids[i : i + batch]
+        try:
+            await scripts.run_all(
+                register_node_v2,
+                [
+                    {
+                        "node_id": node_id,
+                        "now_ms": now,
+                        "ttl_ms": NODE_TTL_MS,
+                        "region": "eu",
+                        "gpu_tier": "a100",
+                        "lang_sets": [sorted(PAIR)],
+                        "capacity": capacity,
+                        "services": NODE_SERVICES,
+                        "gateway_id": "bench-gw",
+                        "conn_id": f"c-{node_id}",
+                    }
+                    for node_id in chunk
+                ],
+                return_exceptions=False,
+            )
+            beats = await scripts.run_all(
+                heartbeat_with_pool_assign,
+                [
+                    {
+                        "node_id": node_id,
+                        "conn_id": f"c-{node_id}",
+                        "gateway_id": "bench-gw",
+                        "now_ms": now,
+                    }
+                    for node_id in chunk
+                ],
+                return_exceptions=False,
+            )
+        except ScriptRejected as exc:
+            raise BenchError(f"node set-up rejected: {exc.message}") from exc
+        bad = [b for b in beats if not b.alive]
         if bad:
             raise BenchError(f"node set-up rejected: {bad[0]!r}")
     return ids

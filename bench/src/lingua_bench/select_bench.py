@@ -32,7 +32,7 @@ from lingua_bench._base_common import (
     unique_prefix,
 )
 from lingua_shared.keys import Keys
-from lingua_shared.scripts import Scripts
+from lingua_shared.scripts import ScriptCode, Scripts, job_create, job_release, select_node
 
 POOL_SIZES = (10, 1_000, 10_000)
 CANDIDATES_PER_SHARD = 8  # as the dispatcher asks
@@ -57,19 +57,21 @@ def _select_kw(job_id: str, now: int) -> dict[str, Any]:
 
 
 async def _create_jobs(s: Scripts, redis: Redis, ids: list[str], now: int) -> None:
-    script = s.script("job_create")
-    async with redis.pipeline(transaction=False) as pipe:
-        for i, job_id in enumerate(ids):
-            k, a = s.job_create_args(
-                request_key=f"bench:{job_id}",
-                job_id=job_id,
-                now_ms=now,
-                ttl_ms=600_000,
-                fields={"session_id": f"bs-{job_id}", "utterance_index": i},
-                audio="",
-            )
-            await script(keys=k, args=a, client=pipe)
-        await pipe.execute()
+    await s.run_all(
+        job_create,
+        [
+            {
+                "request_key": f"bench:{job_id}",
+                "job_id": job_id,
+                "now_ms": now,
+                "ttl_ms": 600_000,
+                "fields": {"session_id": f"bs-{job_id}", "utterance_index": i},
+                "audio": "",
+            }
+            for i, job_id in enumerate(ids)
+        ],
+        return_exceptions=False,
+    )
 
 
 async def _baseline(redis: Redis, s: Scripts, samples: int) -> Latency:
@@ -101,8 +103,8 @@ async def _measure(s: Scripts, redis: Redis, samples: int, warmup: int, tag: str
             t = time.perf_counter_ns()
             reply = await select(keys=k, args=a)
             elapsed = time.perf_counter_ns() - t
-            sel = s.parse_select_node(reply)
-            if sel.code != 1:
+            sel = select_node.parse(reply)
+            if sel.code != ScriptCode.RESERVED:
                 raise BenchError(f"select_node found no node: {sel}")
             if done >= warmup:
                 lat.record_ns(elapsed)
@@ -110,8 +112,8 @@ async def _measure(s: Scripts, redis: Redis, samples: int, warmup: int, tag: str
             k, a = s.job_release_args(
                 job_id=job_id, attempt=1, reason="bench", now_ms=now, max_attempts=9
             )
-            r = s.parse_job_release(await release(keys=k, args=a))
-            if r.code != 1:
+            r = job_release.parse(await release(keys=k, args=a))
+            if r.code != ScriptCode.RELEASED:
                 raise BenchError(f"job_release did not release: {r}")
     return lat
 

@@ -33,7 +33,7 @@ from lingua_bench._base_common import (
 from lingua_shared.bus import Topology
 from lingua_shared.keys import Keys
 from lingua_shared.runtime import now_ms
-from lingua_shared.scripts import Scripts
+from lingua_shared.scripts import Scripts, heartbeat_with_pool_assign, register_node_v2
 from lingua_shared.settings import Settings
 from lingua_stats.app import create_app
 from lingua_stats.snapshot import build_snapshot
@@ -46,29 +46,33 @@ LANG_SETS = ([["en", "zh"]], [["en", "ja", "zh"]], [["en", "zh"], ["de", "en", "
 async def register_nodes(s: Scripts, redis: Redis, start: int, count: int, batch: int) -> None:
     """A mixed fleet (3 regions, 2 GPU tiers, 3 language-set shapes): many pools to show."""
     now = now_ms()
-    reg, hb = s.script("register_node_v2"), s.script("heartbeat_with_pool_assign")
     for i in range(start, start + count, batch):
-        async with redis.pipeline(transaction=False) as pipe:
-            for j in range(i, min(i + batch, start + count)):
-                node_id = f"bs-{j:05d}"
-                k, a = s.register_node_v2_args(
-                    node_id=node_id,
-                    now_ms=now,
-                    ttl_ms=600_000,
-                    region=("eu", "us", "ap")[j % 3],
-                    gpu_tier=("a100", "t4")[j % 2],
-                    lang_sets=LANG_SETS[j % 3],
-                    capacity=4,
-                    services={"asr": ["en", "zh"], "semantic": ["en", "zh"]},
-                    gateway_id="bench",
-                    conn_id=node_id,
-                )
-                await reg(keys=k, args=a, client=pipe)
-                k, a = s.heartbeat_args(
-                    node_id=node_id, conn_id=node_id, gateway_id="bench", now_ms=now
-                )
-                await hb(keys=k, args=a, client=pipe)
-            await pipe.execute()
+        chunk = [f"bs-{j:05d}" for j in range(i, min(i + batch, start + count))]
+        await s.run_all(
+            register_node_v2,
+            [
+                {
+                    "node_id": node_id,
+                    "now_ms": now,
+                    "ttl_ms": 600_000,
+                    "region": ("eu", "us", "ap")[j % 3],
+                    "gpu_tier": ("a100", "t4")[j % 2],
+                    "lang_sets": LANG_SETS[j % 3],
+                    "capacity": 4,
+                    "services": {"asr": ["en", "zh"], "semantic": ["en", "zh"]},
+                    "gateway_id": "bench",
+                    "conn_id": node_id,
+                }
+                for j, node_id in enumerate(chunk, start=i)
+            ],
+        )
+        await s.run_all(
+            heartbeat_with_pool_assign,
+            [
+                {"node_id": node_id, "conn_id": node_id, "gateway_id": "bench", "now_ms": now}
+                for node_id in chunk
+            ],
+        )
 
 
 async def measure(settings: Settings, redis: Redis, keys: Keys, gets: int) -> dict[str, float]:

@@ -2,9 +2,10 @@
 
 All keys live under ``lingua:v1:`` and carry one hash tag, ``{<cell>}``, so every key a Lua
 script touches is in one Redis Cluster slot. A *cell* is one scheduling domain (default
-``main``); the cell is the unit a Redis Cluster shards by. Scripts receive :func:`Keys.prefix`
-as their last KEYS entry and derive the keys they compute (pools, pair index) from it, with
-the same layout as here; ``shared/tests/test_keys.py`` pins the two together.
+``main``); the cell is the unit a Redis Cluster shards by. A script given :func:`Keys.prefix`
+as a KEYS entry builds the keys it computes (pools, pair index, jobs, sessions) from it, with
+the same layout as here, and its header lists them (``built from KEYS[i]``);
+``shared/tests/test_keys.py`` and ``shared/tests/test_script_keys.py`` pin them together.
 
 Layout (``P`` = ``lingua:v1:{cell}:``)::
 
@@ -22,6 +23,8 @@ Layout (``P`` = ``lingua:v1:{cell}:``)::
     job path:
     P session:<sid>                   hash  gateway_id, conn_id, mode, langs, affinity (TTL)
     P session:<sid>:results           hash  utterance index -> outcome waiting for its turn
+      (first-come sessions: session:<sid>:sent, a set of the answered indices above
+      next_deliver)
     P job:<job_id>                    hash  job record and state machine (TTL)
     P job:<job_id>:audio              string the utterance audio, kept for redispatch (TTL)
     P idem:<request_key>              string job id of a request key (J2, TTL)
@@ -97,6 +100,9 @@ class Keys:
 
     def session_results(self, session_id: str) -> str:
         return f"{self.prefix}session:{session_id}:results"
+
+    def session_sent(self, session_id: str) -> str:
+        return f"{self.prefix}session:{session_id}:sent"
 
     def job(self, job_id: str) -> str:
         return f"{self.prefix}job:{job_id}"

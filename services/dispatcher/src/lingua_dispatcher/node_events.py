@@ -15,6 +15,7 @@ from lingua_dispatcher.jobs import Jobs
 from lingua_shared.events import NodeDisconnected, NodeJobEvent, ToSession
 from lingua_shared.logs import get_logger
 from lingua_shared.protocol import (
+    CloseCode,
     ErrorCode,
     JobResult,
     NodeAsrPartial,
@@ -24,10 +25,11 @@ from lingua_shared.protocol import (
 )
 from lingua_shared.protocol.session import ClientAsrPartial, MissingResult, TranslationResult
 from lingua_shared.runtime import now_ms
+from lingua_shared.scripts import ScriptCode
 
 log = get_logger(__name__)
 SERVICE_TYPES = frozenset(t.value for t in ServiceType)
-GATEWAY_RESTART_CLOSE = 1012  # a draining gateway's "reconnect elsewhere"
+GATEWAY_RESTART_CLOSE = CloseCode.SERVICE_RESTART  # a draining gateway's "reconnect elsewhere"
 # a node refusing or unable to run a job: give it to another node instead of failing it
 RETRY_ELSEWHERE = {
     ErrorCode.MODEL_NOT_AVAILABLE.value,
@@ -74,12 +76,12 @@ class NodeEvents:
             now_ms=now_ms(),
             deadline_ms=self.settings.job_deadline_ms,
         )
-        if res.code < 0:
+        if res.code in (ScriptCode.STALE_JOB, ScriptCode.NO_SUCH_JOB):
             self.metrics.stale.labels("job_ack", _why(res.code, res.value)).inc()
             log.info(
                 "job.ack_dropped", job_id=job_id, attempt=attempt, node_id=ev.node_id, why=res.value
             )
-        elif res.code == 1:
+        elif res.code == ScriptCode.COMMITTED:
             log.info("job.acked", job_id=job_id, attempt=attempt, node_id=ev.node_id)
 
     async def on_result(self, ev: NodeJobEvent, r: JobResult) -> None:
@@ -108,7 +110,7 @@ class NodeEvents:
                 else:
                     self.metrics.stale.labels("job_result", "stale").inc()
                 return
-            await self.jobs.fail(
+            await self.jobs.outcomes.fail(
                 r.job_id,
                 job,
                 _code(code),
@@ -144,19 +146,20 @@ class NodeEvents:
             session_ttl_ms=int(self.settings.session_ttl_s * 1000),
             earlier=ev.earlier,
         )
-        if delivery.code < 0:
-            self.metrics.stale.labels("job_result", _why(delivery.code, delivery.gateway_id)).inc()
+        if delivery.code in (ScriptCode.STALE_JOB, ScriptCode.NO_SUCH_JOB):
+            self.metrics.stale.labels("job_result", _why(delivery.code, delivery.reason)).inc()
             log.info(
                 "job.result_dropped",
                 job_id=r.job_id,
                 attempt=r.attempt_id,
                 node_id=ev.node_id,
-                why=delivery.gateway_id,
+                why=delivery.reason,
             )
             return
-        if delivery.code in (0, 3):
+        if delivery.code in (ScriptCode.ALREADY_FINISHED, ScriptCode.ANSWERED_BEFORE):
             self.metrics.stale.labels(
-                "job_result", "duplicate" if delivery.code == 0 else "after_gap"
+                "job_result",
+                "duplicate" if delivery.code == ScriptCode.ALREADY_FINISHED else "after_gap",
             ).inc()
             return
         self.metrics.jobs.labels("done").inc()
@@ -173,7 +176,7 @@ class NodeEvents:
             session_id=job["session_id"],
             trace_id=job["trace_id"],
         )
-        await self.jobs.deliver(job["session_id"], delivery)
+        await self.jobs.outcomes.deliver(job["session_id"], delivery)
 
     async def end_without_result(self, ev: NodeJobEvent) -> None:
         """The node answered a job that goes to another node now: the session's jobs it
@@ -201,7 +204,7 @@ class NodeEvents:
                 gap_ms=self.settings.gap_timeout_ms,
                 session_ttl_ms=int(self.settings.session_ttl_s * 1000),
             )
-            await self.jobs.deliver(job["session_id"], delivery)
+            await self.jobs.outcomes.deliver(job["session_id"], delivery)
 
     async def on_partial(self, ev: NodeJobEvent, p: NodeAsrPartial) -> None:
         job = await self.jobs.read_job(p.job_id)
@@ -263,7 +266,7 @@ class NodeEvents:
             return
         until = now_ms() + self.settings.model_cooldown_ms
         res = await self.s.service_cooldown(node_id=node_id, service=service, until_ms=until)
-        if res.code == 1:
+        if res.code == ScriptCode.COOLING:
             self.metrics.cooldowns.inc()
 
     async def on_node_lost(self, ev: NodeDisconnected) -> None:
@@ -290,8 +293,13 @@ class NodeEvents:
                 await self.jobs.redispatch(job_id, int(attempt), "node_lost")
 
 
-def _why(code: int, value: str) -> str:
-    return {-5: value or "stale", -6: "unknown_job"}.get(code, str(code))
+def _why(code: ScriptCode, value: str) -> str:
+    """The stale-message metric's label of a dropped ack or result."""
+    if code == ScriptCode.STALE_JOB:
+        return value or "stale"
+    if code == ScriptCode.NO_SUCH_JOB:
+        return "unknown_job"
+    return str(int(code))
 
 
 def _code(code: str) -> ErrorCode:

@@ -12,6 +12,7 @@ import asyncio
 from lingua_dispatcher.jobs import Jobs
 from lingua_shared.logs import get_logger
 from lingua_shared.runtime import now_ms, pause
+from lingua_shared.scripts import ScriptCode
 
 log = get_logger(__name__)
 CLAIM_MS = 5_000
@@ -49,13 +50,13 @@ async def expire_gaps(jobs: Jobs) -> int:
             gap_ms=jobs.settings.gap_timeout_ms,
             session_ttl_ms=int(jobs.settings.session_ttl_s * 1000),
         )
-        if delivery.code == 1:
+        if delivery.code == ScriptCode.GAP_ANSWERED:
             log.info(
                 "session.gap_timeout",
                 session_id=session_id,
                 utterance_index=delivery.items[0][0] if delivery.items else None,
             )
-            await jobs.deliver(session_id, delivery)
+            await jobs.outcomes.deliver(session_id, delivery)
     return len(sessions)
 
 

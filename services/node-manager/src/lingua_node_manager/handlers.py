@@ -17,12 +17,18 @@ from lingua_shared.events import (
     ToNode,
 )
 from lingua_shared.logs import get_logger
-from lingua_shared.protocol import NodeControl
+from lingua_shared.protocol import CloseCode, NodeControl
 from lingua_shared.runtime import Infra, now_ms
-from lingua_shared.scripts import ScriptCode, rerun_noscript
+from lingua_shared.scripts import ScriptCode, heartbeat_with_pool_assign
 
 log = get_logger(__name__)
-REPLACED_CLOSE_CODE = 4001
+REPLACED_CLOSE_CODE = CloseCode.REPLACED
+# node_offline's outcomes as the disconnect metric and log name them
+OFFLINE_OUTCOMES = {
+    ScriptCode.OFFLINE: "done",
+    ScriptCode.ALREADY_GONE: "already_gone",
+    ScriptCode.STALE_CONN: "stale_conn",
+}
 
 
 class NodeEventHandler:
@@ -144,54 +150,50 @@ class NodeEventHandler:
 
     async def heartbeats(self, batch: HeartbeatBatch) -> None:
         """Apply a whole batch in one pipelined round trip of script calls."""
-        s = self.infra.scripts
-        script = s.script("heartbeat_with_pool_assign")
         now = now_ms()
         shard_size = self.infra.settings.pool_shard_size
-        calls = []
-        async with self.infra.redis.pipeline(transaction=False) as pipe:
-            for b in batch.beats:
-                keys, args = s.heartbeat_args(
-                    node_id=b.node_id,
-                    conn_id=b.conn_id,
-                    gateway_id=batch.gateway_id,
-                    now_ms=now,
-                    running_jobs=b.running_jobs,
-                    cpu_percent=b.cpu_percent,
-                    gpu_percent=b.gpu_percent,
-                    mem_percent=b.mem_percent,
-                    max_shard_size=shard_size,
-                    status=b.status,
-                    lang_sets=b.lang_sets,
-                    services=b.services,
-                )
-                calls.append((script, keys, args))
-                await script(keys=keys, args=args, client=pipe)
-            replies = await pipe.execute(raise_on_error=False)
-        await rerun_noscript(replies, calls)
+        results = await self.infra.scripts.run_all(
+            heartbeat_with_pool_assign,
+            (
+                {
+                    "node_id": b.node_id,
+                    "conn_id": b.conn_id,
+                    "gateway_id": batch.gateway_id,
+                    "now_ms": now,
+                    "running_jobs": b.running_jobs,
+                    "cpu_percent": b.cpu_percent,
+                    "gpu_percent": b.gpu_percent,
+                    "mem_percent": b.mem_percent,
+                    "max_shard_size": shard_size,
+                    "status": b.status,
+                    "lang_sets": b.lang_sets,
+                    "services": b.services,
+                }
+                for b in batch.beats
+            ),
+        )
         self.metrics.batch_size.observe(len(batch.beats))
         reregister: list[tuple[str, str]] = []
-        for beat, reply in zip(batch.beats, replies, strict=True):
+        for beat, result in zip(batch.beats, results, strict=True):
             self.metrics.apply_lag.observe(max(0.0, (now - beat.ts_ms) / 1000))
-            if isinstance(reply, Exception):
-                if isinstance(reply, (ConnectionError, TimeoutError, OSError)):
-                    raise DependencyDown(f"heartbeat batch failed: {reply!r}")
-                log.error("node.heartbeat_failed", node_id=beat.node_id, error=repr(reply))
+            if isinstance(result, ScriptRejected):
+                self.metrics.heartbeats.labels("invalid").inc()
+                field = (result.details or {}).get("field")
+                log.error("node.heartbeat_invalid", node_id=beat.node_id, field=field)
+            elif isinstance(result, Exception):
+                if isinstance(result, (ConnectionError, TimeoutError, OSError)):
+                    raise DependencyDown(f"heartbeat batch failed: {result!r}")
+                log.error("node.heartbeat_failed", node_id=beat.node_id, error=repr(result))
                 self.metrics.heartbeats.labels("error").inc()
-                continue
-            code = int(reply[0])
-            if code == 1:
+            elif result.code == ScriptCode.ALIVE:
                 self.metrics.heartbeats.labels("alive").inc()
-                if int(reply[1]):
+                if result.pools_changed:
                     log.info("node.pools_assigned", node_id=beat.node_id, conn_id=beat.conn_id)
-            elif code == ScriptCode.NOT_REGISTERED:
+            elif result.code == ScriptCode.NOT_REGISTERED:
                 self.metrics.heartbeats.labels("not_registered").inc()
                 reregister.append((beat.node_id, beat.conn_id))
-            elif code == ScriptCode.STALE:
+            elif result.code == ScriptCode.STALE:
                 self.metrics.heartbeats.labels("stale").inc()
-            else:
-                self.metrics.heartbeats.labels("invalid").inc()
-                log.error("node.heartbeat_invalid", node_id=beat.node_id, field=str(reply[1]))
         for node_id, conn_id in reregister:
             if not self.reregister_gate.should_ask(node_id, conn_id):
                 # asked within the window; its registration is on the way (or the next
@@ -219,7 +221,7 @@ class NodeEventHandler:
         result = await self.infra.scripts.node_offline(
             node_id=ev.node_id, mode=mode, conn_id=ev.conn_id, now_ms=now_ms()
         )
-        outcome = {1: "done", 0: "already_gone", -2: "stale_conn"}.get(result.code, "other")
+        outcome = OFFLINE_OUTCOMES.get(result.code, "other")
         self.metrics.events.labels("node.disconnected", f"{mode}_{outcome}").inc()
         log.info(
             "node.offline" if ev.graceful else "node.dropped",

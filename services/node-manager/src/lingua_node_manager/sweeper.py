@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 
 from lingua_node_manager.metrics import Metrics
+from lingua_shared.errors import ScriptRejected
 from lingua_shared.logs import get_logger
 from lingua_shared.runtime import Infra, now_ms, pause
+from lingua_shared.scripts import ScriptCode, node_offline
 
 log = get_logger(__name__)
 SWEEP_BATCH = 500
@@ -27,18 +29,19 @@ async def sweep_once(infra: Infra, metrics: Metrics, now: int | None = None) -> 
         )
         if not due:
             return removed
-        s = infra.scripts
-        script = s.script("node_offline")
-        async with infra.redis.pipeline(transaction=False) as pipe:
-            for raw in due:
-                keys, args = s.node_offline_args(node_id=raw.decode(), mode="expired", now_ms=now)
-                await script(keys=keys, args=args, client=pipe)
-            replies = await pipe.execute()
+        results = await infra.scripts.run_all(
+            node_offline,
+            ({"node_id": raw.decode(), "mode": "expired", "now_ms": now} for raw in due),
+        )
+        for result in results:
+            if isinstance(result, BaseException) and not isinstance(result, ScriptRejected):
+                raise result
         batch_removed = 0
-        for raw, reply in zip(due, replies, strict=True):
-            if int(reply[0]) == 1:
+        for raw, result in zip(due, results, strict=True):
+            # an id the script refuses (ScriptRejected) is left alone: nothing was written
+            if not isinstance(result, ScriptRejected) and result.code == ScriptCode.OFFLINE:
                 batch_removed += 1
-                log.info("node.expired", node_id=raw.decode(), pools_removed=int(reply[1]))
+                log.info("node.expired", node_id=raw.decode(), pools_removed=result.pools_removed)
         removed += batch_removed
         metrics.swept.inc(batch_removed)
         if len(due) < SWEEP_BATCH or batch_removed == 0:

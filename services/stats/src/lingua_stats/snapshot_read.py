@@ -19,12 +19,11 @@ from __future__ import annotations
 import json
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from typing import Any
 
 from redis.asyncio import Redis
 
 from lingua_shared.keys import Keys
-from lingua_shared.scripts import NodesSummary, Scripts, ShardSummary
+from lingua_shared.scripts import NodesSummary, Scripts, ShardSummary, nodes_summary, pools_summary
 from lingua_stats.snapshot_model import LoadSummary, NodeRow, NodeSummary, PoolSummary
 
 ROW_FIELDS = (
@@ -67,22 +66,6 @@ def _chunks(items: Sequence[str], size: int) -> list[list[str]]:
     return [list(items[i : i + size]) for i in range(0, len(items), size)]
 
 
-async def _pipelined(scripts: Scripts, name: str, kwargs: list[dict[str, Any]]) -> list[Any]:
-    """Many calls of one read-only script in one round trip (each call its own EVALSHA, so
-    other clients' commands run between them); replies parsed by the script's wrapper."""
-    if not kwargs:
-        return []
-    script = scripts.script(name)
-    build = getattr(scripts, f"{name}_args")
-    parse = getattr(scripts, f"parse_{name}")
-    async with scripts.redis.pipeline(transaction=False) as pipe:
-        for kw in kwargs:
-            keys, args = build(**kw)
-            await script(keys=keys, args=args, client=pipe)
-        replies = await pipe.execute()
-    return [parse(r) for r in replies]
-
-
 def _least_healthy(
     ids: list[str], unschedulable: set[str], connected: set[str], limit: int
 ) -> list[str]:
@@ -110,8 +93,9 @@ async def read_node_rows(
         all_raw, connected_raw = await pipe.execute()
     connected_view = {m.decode() for m in connected_raw}
     ids = sorted({m.decode() for m in all_raw} | connected_view)
-    batches: list[NodesSummary] = await _pipelined(
-        scripts, "nodes_summary", [{"node_ids": c} for c in _chunks(ids, NODE_BATCH)]
+    # one round trip of nodes_summary calls (each its own EVALSHA: other clients run between)
+    batches: list[NodesSummary] = await scripts.run_all(
+        nodes_summary, [{"node_ids": c} for c in _chunks(ids, NODE_BATCH)], return_exceptions=False
     )
     by_region: Counter[str] = Counter()
     by_tier: Counter[str] = Counter()
@@ -164,8 +148,10 @@ async def read_node_rows(
 
 async def read_pool_summaries(redis: Redis, keys: Keys, scripts: Scripts) -> list[PoolSummary]:
     shard_ids = sorted(m.decode() for m in await redis.smembers(keys.pools_index))
-    batches: list[list[ShardSummary]] = await _pipelined(
-        scripts, "pools_summary", [{"shard_ids": c} for c in _chunks(shard_ids, SHARD_BATCH)]
+    batches: list[list[ShardSummary]] = await scripts.run_all(
+        pools_summary,
+        [{"shard_ids": c} for c in _chunks(shard_ids, SHARD_BATCH)],
+        return_exceptions=False,
     )
     shards = [s for batch in batches for s in batch]
     groups: dict[tuple[str, str, str], list[ShardSummary]] = defaultdict(list)
