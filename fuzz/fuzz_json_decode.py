@@ -2,7 +2,7 @@
 
 What runs is what the read loops run on a text frame: ``decode_frame`` (JSON, object,
 ``type``, the pydantic models), then the rules behind it: ``derive_capabilities`` for a
-``node_register`` (MISSION N1) and ``spec_from_init`` for a ``session_init``. Property: each
+``node_register`` (rule N1) and ``spec_from_init`` for a ``session_init``. Property: each
 returns or raises its typed error (``InvalidMessage`` / ``CapabilityError`` /
 ``UnsupportedFeature``), and every error is serialisable and small; anything else is a crash.
 
@@ -27,16 +27,11 @@ with atheris.instrument_imports():
     from lingua_gateway.session_spec import spec_from_init
     from lingua_shared.errors import InvalidMessage, LinguaError, UnsupportedFeature
     from lingua_shared.protocol import NODE_INBOUND, CapabilityError, derive_capabilities
-    from lingua_shared.protocol.node import NodeRegister
-    from lingua_shared.protocol.session import SESSION_INBOUND, SessionInit
+    from lingua_shared.protocol.node import NODE_INBOUND_TYPES, NodeRegister
+    from lingua_shared.protocol.session import SESSION_INBOUND, SESSION_INBOUND_TYPES, SessionInit
 
-NODE_TYPES = frozenset(
-    {"node_register", "node_heartbeat", "job_ack", "job_started", "job_result", "asr_partial"}
-    | {"node_error", "error"}
-)
-SESSION_TYPES = frozenset(
-    {"session_init", "audio_chunk", "utterance", "client_heartbeat", "session_close", "error"}
-)
+NODE_TYPES = NODE_INBOUND_TYPES
+SESSION_TYPES = SESSION_INBOUND_TYPES
 LANGS = {"asr_languages": ["en", "zh"], "semantic_languages": ["en", "zh"]}
 SEEDS: list[dict[str, Any]] = [
     {

@@ -146,34 +146,15 @@ def status() -> int:
     return 0
 
 
-def _listens(pid: int, port: int) -> bool:
-    """Whether process ``pid`` itself has a listening TCP socket on ``port``."""
-    import psutil  # the node agent's dependency, in the workspace
-
-    try:
-        conns = psutil.Process(pid).net_connections(kind="tcp")
-    except psutil.Error:
-        return False
-    return any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port for c in conns)
-
-
 def wait_serving(p: ServiceProcess, timeout: float) -> None:
-    """Until ``p`` listens on its port and /readyz answers 200 there.
-
-    While the old gateway still listens on the same port, the kernel spreads connections
-    over both, so a 200 from /readyz alone could be the old process answering: the new one
-    must also hold a listening socket of its own. It opens it only after Redis, RabbitMQ and
-    its consumers are up, which is all /readyz checks.
-    """
-    assert p.proc is not None
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if p.proc.poll() is not None:
-            raise RuntimeError(f"{p.name} exited with {p.proc.returncode}; see {p.log_path}")
-        if _listens(p.proc.pid, p.port) and p.ready():
-            return
-        time.sleep(0.05)
-    raise TimeoutError(f"{p.name} not serving after {timeout:.0f}s; see {p.log_path}")
+    """Until ``p`` listens on its port itself and /readyz answers 200 there (see
+    ``ServiceProcess.listening``)."""
+    try:
+        p.wait_ready(timeout, own_socket=True)
+    except RuntimeError:
+        raise
+    except TimeoutError:
+        raise TimeoutError(f"{p.name} not serving after {timeout:.0f}s; see {p.log_path}") from None
 
 
 def _restart_gateway() -> int:

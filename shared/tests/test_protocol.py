@@ -1,4 +1,4 @@
-"""Wire models of the node channel and the capability rules of MISSION N1 (no Redis)."""
+"""Wire models of the node channel and the capability rule N1 (no Redis)."""
 
 from __future__ import annotations
 
@@ -465,3 +465,34 @@ def test_unknown_or_missing_type_is_rejected(payload: Any) -> None:
 def test_malformed_json_is_rejected() -> None:
     with pytest.raises(ValidationError):
         NODE_INBOUND.validate_json(b'{"type": "node_heartbeat", "node_id": ')
+
+
+def test_known_types_are_derived_from_the_unions() -> None:
+    """The sets each end checks a frame's ``type`` against come from the models' unions."""
+    from lingua_shared.protocol import NODE_INBOUND_TYPES, NODE_OUTBOUND_TYPES
+    from lingua_shared.protocol.session import SESSION_INBOUND_TYPES, SESSION_OUTBOUND_TYPES
+
+    assert NODE_INBOUND_TYPES == {
+        "node_register", "node_heartbeat", "job_ack", "job_started", "job_result",
+        "asr_partial", "node_error", "error",
+    }  # fmt: skip
+    assert NODE_OUTBOUND_TYPES == {
+        "node_register_ack", "job_assign", "job_cancel", "node_control", "error"
+    }  # fmt: skip
+    assert SESSION_INBOUND_TYPES == {
+        "session_init", "audio_chunk", "utterance", "client_heartbeat", "session_close", "error"
+    }  # fmt: skip
+    assert SESSION_OUTBOUND_TYPES == {
+        "session_init_ack", "translation_result", "asr_partial", "missing_result", "ui_event",
+        "server_heartbeat", "session_close_ack", "error",
+    }  # fmt: skip
+
+
+def test_close_codes_are_the_documented_ones() -> None:
+    from lingua_shared.protocol import GRACEFUL_NODE_CLOSES, CloseCode
+
+    assert {c.value for c in CloseCode} == {
+        1000, 1001, 1005, 1006, 1007, 1008, 1009, 1011, 1012, 4000, 4001, 4008
+    }  # fmt: skip
+    assert GRACEFUL_NODE_CLOSES == {1000, 1001, 1005}
+    assert str(CloseCode.REPLACED) == "4001"  # metric labels and logs read the number

@@ -15,6 +15,7 @@ import pytest
 
 from lingua_gateway.metrics import Metrics
 from lingua_gateway.node_endpoint import NodeConnection
+from lingua_gateway.ports import Connections, NodeDeps
 from lingua_shared.protocol import JobResult
 from lingua_shared.protocol.node import result_is_refusal
 from lingua_shared.settings import Settings
@@ -31,8 +32,16 @@ class FakeWs:
 
 @pytest.fixture
 async def c() -> AsyncIterator[NodeConnection]:
-    gw = SimpleNamespace(settings=Settings(instance_id="gw-t"), metrics=Metrics())
-    conn = NodeConnection(gw, FakeWs(), None)  # type: ignore[arg-type]
+    unused = SimpleNamespace()  # these tests publish nothing, beat nothing, register nothing
+    deps = NodeDeps(
+        settings=Settings(instance_id="gw-t"),
+        metrics=Metrics(),
+        publisher=unused,  # type: ignore[arg-type]
+        beats=unused,  # type: ignore[arg-type]
+        register=unused,  # type: ignore[arg-type]
+        connections=Connections(),
+    )
+    conn = NodeConnection(FakeWs(), None, deps)  # type: ignore[arg-type]
     yield conn
     await conn.out.flush_and_stop(1.0)
     assert len(conn.ws.sent) == conn.frames_sent  # type: ignore[attr-defined]

@@ -6,9 +6,9 @@ from typing import Any
 
 import pytest
 
-from lingua_gateway.node_endpoint import MAX_TRACE_ID, register_trace_id
+from lingua_gateway.node_registration import register_trace_id
 from lingua_shared.errors import InvalidMessage
-from lingua_shared.protocol import NodeRegister
+from lingua_shared.protocol import MAX_TRACE_ID, NodeRegister
 
 
 @pytest.mark.parametrize("value", [None, "", "t-1", "x" * MAX_TRACE_ID])

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 
 from lingua_gateway.metrics import Metrics
+from lingua_gateway.ports import Connections, SessionDeps
 from lingua_gateway.session_endpoint import SessionConnection
 from lingua_shared.errors import DependencyDown, LinguaError
 from lingua_shared.events import JobRequest, ToSession
-from lingua_shared.keys import Keys
 from lingua_shared.protocol.session import (
     FRAME_AUDIO,
     FRAME_FINAL,
@@ -51,6 +51,13 @@ class FakePublisher:
         self.events.append((routing_key, model))
 
 
+class FakeScripts:
+    """Redis is not there: an answer without a job goes to the client directly."""
+
+    async def utterance_fail(self, **kw: Any) -> Any:
+        raise DependencyDown("redis unreachable")
+
+
 class FakeStore:
     def __init__(self) -> None:
         self.records: dict[str, dict[str, str]] = {}
@@ -74,14 +81,23 @@ async def conn() -> SessionConnection:
         result_reorder_timeout_s=10,
         skip_silence=False,  # the tiny Opus packets below would be digital silence
     )
-    gw = SimpleNamespace(
+    connections = Connections()
+    deps = SessionDeps(
         settings=settings,
         metrics=Metrics(),
-        infra=SimpleNamespace(redis=None, keys=Keys("t"), publisher=FakePublisher()),
-        sessions={},
+        publisher=FakePublisher(),
+        store=FakeStore(),
+        scripts=FakeScripts(),
+        connections=connections,
     )
-    c = SessionConnection(gw, FakeWs(), None)  # type: ignore[arg-type]
-    c.store = FakeStore()  # type: ignore[assignment]
+    c = SessionConnection(FakeWs(), None, deps)  # type: ignore[arg-type]
+    # the fakes, as the tests reach them
+    c.gw = SimpleNamespace(  # type: ignore[attr-defined]
+        settings=settings,
+        metrics=deps.metrics,
+        infra=SimpleNamespace(publisher=deps.publisher),
+        sessions=connections.sessions,
+    )
     return c
 
 

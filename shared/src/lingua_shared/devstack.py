@@ -68,16 +68,37 @@ class ServiceProcess:
         except (urllib.error.URLError, OSError):
             return False
 
-    def wait_ready(self, timeout: float = 30.0) -> None:
+    def listening(self) -> bool:
+        """Whether this process itself holds a listening socket on its port.
+
+        Gateways listen with SO_REUSEPORT: while an old gateway still listens on the same
+        port, /readyz may be answered by either process, so a replacement is serving only
+        once it holds a listening socket of its own (it opens it after Redis, RabbitMQ and
+        its consumers are up, which is all /readyz checks)."""
+        import psutil  # the node agent's dependency, in the workspace
+
+        if self.proc is None:
+            return False
+        try:
+            conns = psutil.Process(self.proc.pid).net_connections(kind="tcp")
+        except psutil.Error:
+            return False
+        return any(
+            c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == self.port for c in conns
+        )
+
+    def wait_ready(self, timeout: float = 30.0, own_socket: bool = False) -> None:
+        """Until /readyz answers 200; ``own_socket``: and this process listens on the port
+        itself (a replacement beside a process that still listens there)."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(
                     f"{self.name} exited with {self.proc.returncode}; see {self.log_path}"
                 )
-            if self.ready():
+            if (not own_socket or self.listening()) and self.ready():
                 return
-            time.sleep(0.1)
+            time.sleep(0.05)
         raise TimeoutError(f"{self.name} not ready after {timeout}s; see {self.log_path}")
 
     def signal(self, sig: int) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from lingua_shared.protocol.codes import ErrorCode
+from lingua_shared.protocol.codes import CloseCode, ErrorCode
 from lingua_shared.protocol.common import ErrorMessage
 
 
@@ -56,7 +56,7 @@ class Unauthorized(LinguaError):
     """Missing, bad or foreign credentials: the connection is closed with 1008 (policy)."""
 
     code = ErrorCode.UNAUTHORIZED
-    close_code = 1008
+    close_code = CloseCode.POLICY
 
 
 class ScriptRejected(LinguaError):

@@ -13,6 +13,8 @@ import uuid
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from lingua_shared.protocol.codes import MAX_UTTERANCE_MS, SESSION_MAX_FRAME_BYTES
+
 
 def _default_instance_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -94,10 +96,12 @@ class Settings(BaseSettings):
         description="activity refreshes a session record's TTL at most this often (0: on every "
         "utterance and heartbeat)",
     )
-    max_utterance_ms: int = Field(20_000, description="the gateway cuts an utterance this long")
+    max_utterance_ms: int = Field(
+        MAX_UTTERANCE_MS, description="the gateway cuts an utterance this long"
+    )
     max_utterance_bytes: int = Field(2_000_000, description="and one this large")
     session_buffer_bytes: int = Field(4_000_000, description="audio buffered per connection")
-    ws_session_max_frame_bytes: int = 512_000
+    ws_session_max_frame_bytes: int = SESSION_MAX_FRAME_BYTES
     result_delivery: str = Field(
         "arrival",
         description="how a session's answers reach its client unless its session_init says: "

@@ -12,17 +12,16 @@ import uuid
 from dataclasses import dataclass, field
 
 from lingua_client.errors import AudioError, ConfigError
+from lingua_shared.protocol import MAX_UTTERANCE_MS, SAMPLE_RATE, SESSION_MAX_FRAME_BYTES
 
 DEFAULT_URL = "ws://127.0.0.1:5010/ws/session"
 ONE_WAY = "one_way"
 TWO_WAY = "two_way_auto"
-SAMPLE_RATE = 16000  # what the gateway accepts and every node expects
 BYTES_PER_MS = SAMPLE_RATE * 2 // 1000  # PCM16 mono: 32 bytes per millisecond
-# The gateway's defaults (lingua_shared.settings): it cuts an utterance longer than 20 s on its
-# own, which would give it an index the client does not expect, and refuses a WebSocket frame
-# over 512,000 bytes.
-GATEWAY_MAX_UTTERANCE_MS = 20_000
-GATEWAY_MAX_FRAME_BYTES = 512_000
+# The gateway's defaults (lingua_shared.protocol.codes): it cuts a longer utterance on its own,
+# which would give it an index the client does not expect, and refuses a larger frame.
+GATEWAY_MAX_UTTERANCE_MS = MAX_UTTERANCE_MS
+GATEWAY_MAX_FRAME_BYTES = SESSION_MAX_FRAME_BYTES
 
 
 def _client_version() -> str:

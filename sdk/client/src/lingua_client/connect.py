@@ -28,7 +28,7 @@ from lingua_client.errors import (
 )
 from lingua_client.frames import session_init
 from lingua_client.session import ClientSession
-from lingua_shared.protocol import ErrorMessage
+from lingua_shared.protocol import CloseCode, ErrorMessage
 from lingua_shared.protocol.session import SessionInitAck
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ async def open_session(
         await ws.send(json.dumps(session_init(cfg), separators=(",", ":")))
         ack = await _wait_ack(ws, cfg)
     except BaseException:
-        await ws.close(1000, "session_init failed")
+        await ws.close(CloseCode.NORMAL, "session_init failed")
         raise
     log.info("session opened", extra={"session_id": ack.session_id, "trace_id": cfg.trace_id})
     return ClientSession(ws, cfg, ack)

@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from lingua_shared.protocol import ErrorMessage
 from lingua_shared.protocol.session import (
     SESSION_OUTBOUND,
+    SESSION_OUTBOUND_TYPES,
     ClientAsrPartial,
     MissingResult,
     SessionOutbound,
@@ -29,10 +30,7 @@ from lingua_shared.protocol.session import (
 )
 
 ResultMessage = TranslationResult | ClientAsrPartial | MissingResult | UiEvent | ErrorMessage
-KNOWN_TYPES = frozenset(
-    {"session_init_ack", "translation_result", "asr_partial", "missing_result", "ui_event",
-     "server_heartbeat", "session_close_ack", "error"}
-)  # fmt: skip
+KNOWN_TYPES = SESSION_OUTBOUND_TYPES  # what the gateway may send a client
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from lingua_client.errors import (
 )
 from lingua_client.events import SessionEvent, Undecodable, decode, error_index
 from lingua_client.tracker import UtteranceTracker
-from lingua_shared.protocol import ErrorMessage
+from lingua_shared.protocol import CloseCode, ErrorMessage
 from lingua_shared.protocol.session import (
     ClientAsrPartial,
     MissingResult,
@@ -287,7 +287,7 @@ class ClientSession:
         self.closed = True
         self._beater.cancel()
         await asyncio.gather(self._beater, return_exceptions=True)
-        await self.ws.close(1000, "session closed")
+        await self.ws.close(CloseCode.NORMAL, "session closed")
         try:
             async with asyncio.timeout(self.config.close_timeout_s):
                 await self._reader

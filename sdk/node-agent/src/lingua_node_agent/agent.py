@@ -1,8 +1,8 @@
 """``NodeAgent``: one node's life on the wire — connect, register, heartbeat, serve, drain.
 
-The lifecycle follows the gateway's contract (PROTOCOL.md, MISSION N6): every (re)connection
-starts with ``node_register`` under the same node id, which is how a node that lost its
-socket comes back inside the TTL grace with its pools intact; losses other than our own
+The lifecycle follows the gateway's contract (docs/protocol.md §2.6, rule N6): every
+(re)connection starts with ``node_register`` under the same node id, which is how a node that
+lost its socket comes back inside the TTL grace with its pools intact; losses other than our own
 shutdown are retried with full-jitter backoff; a shutdown drains (refuse new jobs, finish the
 running ones, announce ``draining`` in heartbeats) and then closes with 1000, the one close
 that tells the scheduler to forget the node at once.
@@ -40,13 +40,11 @@ from lingua_node_agent.heartbeat import HeartbeatPacer
 from lingua_node_agent.job_runner import JobRunner
 from lingua_node_agent.jobs import JobHandler
 from lingua_node_agent.jsonlog import NodeLogger
-from lingua_node_agent.messages import CLOSE_RETRY, GatewayMessages
+from lingua_node_agent.messages import GatewayMessages
 from lingua_node_agent.resources import PsutilSampler, ResourceSampler
 from lingua_node_agent.state import NodeIdStore
 from lingua_node_agent.ticker import HeartbeatTicker
-from lingua_shared.protocol import Hardware, WireModel
-
-CLOSE_REPLACED = 4001  # the gateway's "another connection took this node id"
+from lingua_shared.protocol import CloseCode, Hardware, WireModel
 
 
 async def close_without_status(ws: ClientConnection) -> None:
@@ -234,7 +232,7 @@ class NodeAgent(GatewayMessages):
                     "drain timeout, aborting jobs", extra={"running": self.jobs.running_jobs}
                 )
         await self.jobs.abort("node is shutting down")
-        await ws.close(1000, "node stopping")
+        await ws.close(CloseCode.NORMAL, "node stopping")
 
     @property
     def gateway_url(self) -> str:
@@ -242,7 +240,7 @@ class NodeAgent(GatewayMessages):
         return self._urls[self._url_index]
 
     def _next_delay(self) -> float:
-        if self.last_close_code == CLOSE_REPLACED:
+        if self.last_close_code == CloseCode.REPLACED:
             # Another process holds our node id; coming back fast would only evict it (and
             # then us) in a loop. Wait the longest delay and let the operator see the log.
             return self._backoff.cap_s
@@ -284,11 +282,14 @@ class NodeAgent(GatewayMessages):
             if self.lingua:
                 await close_without_status(ws)
             else:
-                await ws.close(1000 if self._stop_requested else CLOSE_RETRY, "node agent closing")
+                await ws.close(
+                    CloseCode.NORMAL if self._stop_requested else CloseCode.RETRY,
+                    "node agent closing",
+                )
             self.last_close_code = ws.close_code
             self.close_codes.append(ws.close_code)
             self.log.log(
-                logging.ERROR if ws.close_code == CLOSE_REPLACED else logging.INFO,
+                logging.ERROR if ws.close_code == CloseCode.REPLACED else logging.INFO,
                 "connection closed",
                 extra={"code": ws.close_code, "reason": ws.close_reason or ""},
             )
@@ -312,7 +313,7 @@ class NodeAgent(GatewayMessages):
                         raw = await ws.recv()
                 except TimeoutError:
                     self.log.warning("no node_register_ack in time; reconnecting")
-                    await ws.close(CLOSE_RETRY, "register timeout")
+                    await ws.close(CloseCode.RETRY, "register timeout")
                     return
             await self._dispatch(ws, raw)
 

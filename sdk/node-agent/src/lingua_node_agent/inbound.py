@@ -1,6 +1,6 @@
 """Decoding of gateway frames into wire models, tolerant by design.
 
-PROTOCOL.md says unknown fields are never an error; we extend that to unknown message types
+docs/protocol.md says unknown fields are never an error; we extend that to unknown message types
 and malformed frames from the gateway: they are logged and skipped, because one odd frame
 (a newer gateway, a proxy's hiccup) must not cost a node its connection and its jobs.
 """
@@ -20,13 +20,11 @@ from lingua_shared.protocol import (
     NodeControl,
     NodeRegisterAck,
 )
-from lingua_shared.protocol.node import NODE_OUTBOUND
+from lingua_shared.protocol.node import NODE_OUTBOUND, NODE_OUTBOUND_TYPES
 
 GatewayMessage = NodeRegisterAck | JobAssign | JobCancel | NodeControl | ErrorMessage
 
-INBOUND_TYPES = frozenset(
-    {"node_register_ack", "error", "node_control", "job_assign", "job_cancel"}
-)
+INBOUND_TYPES = NODE_OUTBOUND_TYPES  # what the gateway may send a node
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """What the agent does with each message from the gateway (the ``/ws/node`` inbound side).
 
 Split from :mod:`lingua_node_agent.agent`, which owns the connection lifecycle, so that the
-per-message rules of PROTOCOL.md read in one place: the ack binds the node id and starts
+per-message rules of docs/protocol.md read in one place: the ack binds the node id and starts
 heartbeats; ``INVALID_CAPABILITY_SCHEMA`` is final while other registration errors are
 retried; ``reregister`` re-sends the registration on the same socket; jobs are refused
 before the ack.
@@ -30,6 +30,7 @@ from lingua_node_agent.inbound import Skipped, decode
 from lingua_node_agent.job_runner import JobRunner
 from lingua_node_agent.state import NodeIdStore
 from lingua_shared.protocol import (
+    CloseCode,
     ErrorCode,
     ErrorMessage,
     JobAssign,
@@ -39,8 +40,6 @@ from lingua_shared.protocol import (
     NodeRegisterAck,
     WireModel,
 )
-
-CLOSE_RETRY = 4000  # our own non-final close: not 1000/1001, so the gateway keeps our state
 
 
 class GatewayMessages:
@@ -163,11 +162,11 @@ class GatewayMessages:
             return
         if err.code == ErrorCode.INVALID_CAPABILITY_SCHEMA:
             self.log.error("registration rejected", extra=extra)
-            await ws.close(1000, "registration rejected")
+            await ws.close(CloseCode.NORMAL, "registration rejected")
             raise RegistrationRejected(err.code, err.message)
         if self._ack_deadline is not None:
             self.log.warning("registration failed; will retry", extra=extra)
-            await ws.close(CLOSE_RETRY, "registration failed")
+            await ws.close(CloseCode.RETRY, "registration failed")
         elif err.code == ErrorCode.NODE_NOT_REGISTERED:
             self.log.warning("gateway lost our registration; registering again", extra=extra)
             await self._send_register()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from lingua_gateway.app import serve_forever
+from lingua_gateway.app import create_app, run
 from lingua_shared.auth import AuthConfigError, TokenVerifier
 from lingua_shared.logs import configure_logging, get_logger
 from lingua_shared.runtime import install_uvloop
@@ -23,7 +23,7 @@ def main() -> None:
         print(f"lingua-gateway: {exc}", file=sys.stderr)
         sys.exit(2)
     install_uvloop()
-    asyncio.run(serve_forever(settings))
+    asyncio.run(run(create_app(settings)))
 
 
 if __name__ == "__main__":

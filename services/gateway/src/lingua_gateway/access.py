@@ -26,8 +26,6 @@ from lingua_shared.auth import Kind, Principal, TokenVerifier, bearer_token
 from lingua_shared.errors import Unauthorized
 from lingua_shared.settings import Settings
 
-POLICY_CLOSE = 1008
-
 
 class Access:
     def __init__(self, settings: Settings) -> None:

@@ -1,4 +1,4 @@
-"""Sending the dispatcher's messages to one session's client (``ToSession``, MISSION J6).
+"""Sending the dispatcher's messages to one session's client (``ToSession``, J6).
 
 Each answer to an utterance (``translation_result`` or ``missing_result``) reaches the client
 exactly once; events (``asr_partial``, ``ui_event``) go out at once. Two ways, chosen per

@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 from websockets.asyncio.server import ServerConnection
 
-SLOW_CONSUMER_CLOSE = 4008
+from lingua_shared.protocol import CloseCode
 
 
 class Outbound:
@@ -46,7 +46,7 @@ class Outbound:
             self.on_slow()
         if self._closing is None:
             self._closing = asyncio.create_task(
-                self.ws.close(SLOW_CONSUMER_CLOSE, f"slow consumer: {reason}")
+                self.ws.close(CloseCode.SLOW_CONSUMER, f"slow consumer: {reason}")
             )
 
     async def _writer(self) -> None:

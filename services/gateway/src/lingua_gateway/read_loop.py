@@ -11,8 +11,7 @@ the connection exceeds its byte rate (:class:`~lingua_gateway.access.ByteRate`).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
@@ -24,10 +23,27 @@ from lingua_shared.errors import InvalidMessage, LinguaError
 from lingua_shared.logs import get_logger
 from lingua_shared.protocol import ErrorCode, ErrorMessage
 
-if TYPE_CHECKING:
-    from lingua_gateway.app import Gateway
-
 log = get_logger(__name__)
+FAIR_SHARE_FRAMES = 16  # a connection yields the loop after this many frames in a row
+
+
+class FrameEndpoint(Protocol):
+    """What the read loop needs of a connection."""
+
+    ENDPOINT: ClassVar[str]  # "node" or "session": metric labels and log event names
+    ws: ServerConnection
+
+    async def on_frame(self, raw: str | bytes) -> None:
+        """Handle one frame; a :class:`LinguaError` is the peer's fault."""
+
+    def send_error(self, err: LinguaError | ErrorMessage) -> None:
+        """Send a typed ``error``."""
+
+    async def close(self, code: int, reason: str) -> None:
+        """Flush what is queued, then close."""
+
+    def log_context(self) -> dict[str, Any]:
+        """The ids to log with (conn, node or session)."""
 
 
 class EndpointConnection:
@@ -35,13 +51,13 @@ class EndpointConnection:
     outbound queue (counted per endpoint), and a close lets that queue flush first."""
 
     ENDPOINT: ClassVar[str]
-    gw: Gateway
     ws: ServerConnection
     out: Outbound
+    metrics: Metrics
 
     def send_error(self, err: LinguaError | ErrorMessage) -> None:
         msg = err.to_message() if isinstance(err, LinguaError) else err
-        self.gw.metrics.errors_sent.labels(self.ENDPOINT, msg.code).inc()
+        self.metrics.errors_sent.labels(self.ENDPOINT, msg.code).inc()
         self.out.send(msg.to_wire())
 
     async def close(self, code: int, reason: str) -> None:
@@ -49,31 +65,19 @@ class EndpointConnection:
         await self.ws.close(code, reason)
 
 
-FAIR_SHARE_FRAMES = 16  # a connection yields the loop after this many frames in a row
-
-
-async def read_frames(
-    ws: ServerConnection,
-    endpoint: str,
-    metrics: Metrics,
-    handle: Callable[[str | bytes], Awaitable[None]],
-    send_error: Callable[[LinguaError | ErrorMessage], None],
-    context: Callable[[], dict[str, Any]],
-    close: Callable[[int, str], Awaitable[None]],
-    rate: ByteRate | None = None,
-) -> None:
-    """Feed every frame to ``handle`` until the connection closes; ``context`` gives the ids
-    to log with (conn, node or session); ``close`` flushes the outbound queue and closes."""
+async def read_frames(conn: FrameEndpoint, metrics: Metrics, rate: ByteRate | None = None) -> None:
+    """Feed every frame of ``conn.ws`` to ``conn.on_frame`` until the connection closes."""
+    endpoint = conn.ENDPOINT
     metrics.connections.labels(endpoint).inc()
     frames = 0
     try:
-        async for raw in ws:
+        async for raw in conn.ws:
             frames += 1
             if frames % FAIR_SHARE_FRAMES == 0:
-                # frames already buffered are read without suspending, and a handler may not
-                # suspend either (a throttled session touch, a heartbeat): without this, one
-                # client flooding frames would keep the loop from every other connection,
-                # and their keepalive pongs would go unanswered (fault suite W4)
+                # Frames already buffered are read without suspending, and a handler may not
+                # suspend either (a throttled session touch, a heartbeat): yield now and then,
+                # or one client flooding frames keeps the loop from every other connection,
+                # whose keepalive pongs then go unanswered.
                 await asyncio.sleep(0)
             if rate is not None:
                 # the bucket is checked inline: a coroutine per frame only when it must pause
@@ -82,7 +86,7 @@ async def read_frames(
                     await asyncio.sleep(paused)
                     metrics.throttled_seconds.labels(endpoint).inc(paused)
             try:
-                await handle(raw)
+                await conn.on_frame(raw)
             except LinguaError as err:
                 if isinstance(err, InvalidMessage):
                     metrics.message_in(endpoint, "invalid").inc()
@@ -90,15 +94,15 @@ async def read_frames(
                     f"gateway.{endpoint}_bad_input",
                     code=err.code.value,
                     error=err.message,
-                    **context(),
+                    **conn.log_context(),
                 )
-                send_error(err)
+                conn.send_error(err)
                 if err.close_code is not None:
-                    await close(err.close_code, err.message[:120])
+                    await conn.close(err.close_code, err.message[:120])
                     return
             except Exception:
-                log.exception(f"gateway.{endpoint}_internal_error", **context())
-                send_error(ErrorMessage(code=ErrorCode.INTERNAL_ERROR, message="internal"))
+                log.exception(f"gateway.{endpoint}_internal_error", **conn.log_context())
+                conn.send_error(ErrorMessage(code=ErrorCode.INTERNAL_ERROR, message="internal"))
     except ConnectionClosed:
         pass
     finally:

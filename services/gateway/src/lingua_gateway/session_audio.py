@@ -12,20 +12,19 @@ silence is answered ``missing_result`` reason ``silence``, without a job.
 from __future__ import annotations
 
 import base64
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from lingua_gateway.session_spec import SAMPLE_RATE, SessionSpec
+from lingua_gateway.ports import SessionDeps
+from lingua_gateway.session_spec import SessionSpec
 from lingua_gateway.utterance import AUDIO_FORMATS, Cut, UtteranceAccumulator, is_silence
 from lingua_shared.bus import BusOverloaded
-from lingua_shared.errors import InvalidMessage, MessageTooLarge, UnsupportedFeature
+from lingua_shared.errors import InvalidMessage, LinguaError, MessageTooLarge, UnsupportedFeature
 from lingua_shared.events import JobRequest, ToSession
 from lingua_shared.logs import get_logger
-from lingua_shared.protocol import ErrorCode
+from lingua_shared.protocol import SAMPLE_RATE, ErrorCode, ErrorMessage
 from lingua_shared.protocol.session import MissingResult, UiEvent, Utterance
 from lingua_shared.runtime import now_ms
-
-if TYPE_CHECKING:
-    from lingua_gateway.session_endpoint import SessionConnection
+from lingua_shared.scripts import ScriptCode
 
 log = get_logger(__name__)
 PIPELINE = {"use_asr": True, "use_nmt": True, "use_tts": True}
@@ -35,10 +34,31 @@ MAX_INDEX = 2**31 - 1
 CUT_WHOLE = "whole"  # an `utterance` message: the client cut it
 
 
+class AudioOwner(Protocol):
+    """What a session's audio needs of its connection."""
+
+    conn_id: str
+    draining: bool  # the gateway is stopping: no new utterance is taken
+
+    def send_error(self, err: LinguaError | ErrorMessage) -> None: ...
+
+    async def touch(self) -> None:
+        """Refresh the session record's TTL (the dispatcher routes answers by it)."""
+
+    def deliver(self, msg: ToSession) -> bool:
+        """Send an answer in the session's delivery; False when the session is closing."""
+
+
 class SessionAudio:
-    def __init__(self, conn: SessionConnection, session_id: str, spec: SessionSpec) -> None:
-        s = conn.gw.settings
+    def __init__(
+        self, conn: AudioOwner, session_id: str, spec: SessionSpec, deps: SessionDeps
+    ) -> None:
+        s = deps.settings
         self.conn = conn
+        self.settings = s
+        self.metrics = deps.metrics
+        self.publisher = deps.publisher
+        self.scripts = deps.scripts
         self.session_id = session_id
         self.spec = spec
         self.next_index = 0
@@ -56,7 +76,7 @@ class SessionAudio:
         1012 that ends the session tells the client to send it again elsewhere."""
         if not self.conn.draining:
             return False
-        self.conn.gw.metrics.audio_refused_draining.inc()
+        self.metrics.audio_refused_draining.inc()
         return True
 
     def discard(self) -> int:
@@ -64,7 +84,7 @@ class SessionAudio:
 
     async def on_audio(self, data: bytes, final: bool) -> None:
         """One chunk (JSON ``audio_chunk`` or a binary frame); ``final`` ends the utterance."""
-        m = self.conn.gw.metrics
+        m = self.metrics
         if self.refused_while_draining():
             return
         if data:
@@ -94,10 +114,10 @@ class SessionAudio:
     async def publish_cut(self, cut: Cut) -> None:
         index = self.next_index
         self.next_index += 1
-        m = self.conn.gw.metrics
+        m = self.metrics
         m.utterances.labels(cut.reason).inc()
         m.utterance_seconds.observe(cut.duration_ms / 1000)
-        s = self.conn.gw.settings
+        s = self.settings
         if s.skip_silence and is_silence(
             cut.audio, self.spec.audio_format, s.silence_opus_max_packet_bytes
         ):
@@ -142,7 +162,7 @@ class SessionAudio:
             raise InvalidMessage("audio is not valid base64; the utterance was dropped") from None
         if not raw:
             raise InvalidMessage("utterance has no audio", {"utterance_index": index})
-        limit = self.conn.gw.settings.max_utterance_bytes
+        limit = self.settings.max_utterance_bytes
         if len(raw) > limit:
             raise MessageTooLarge(
                 f"utterance of {len(raw)} bytes exceeds {limit} bytes",
@@ -157,7 +177,7 @@ class SessionAudio:
         if msg.request_id is not None and len(self.request_index) < MAX_REMEMBERED_REQUESTS:
             self.request_index.setdefault(msg.request_id, index)
         self.next_index = max(self.next_index, index + 1)
-        self.conn.gw.metrics.utterances.labels(CUT_WHOLE).inc()
+        self.metrics.utterances.labels(CUT_WHOLE).inc()
         await self.publish(
             index,
             msg.audio,
@@ -177,7 +197,7 @@ class SessionAudio:
         request_id: str | None = None,
         audio_format: str | None = None,
     ) -> None:
-        spec, gw = self.spec, self.conn.gw
+        spec, s = self.spec, self.settings
         await self.conn.touch()  # the dispatcher routes the answer by this record
         req = JobRequest(
             # a client's request id is namespaced by its session: one client's ids can never
@@ -187,7 +207,7 @@ class SessionAudio:
             ),
             session_id=self.session_id,
             utterance_index=index,
-            gateway_id=gw.settings.instance_id,
+            gateway_id=s.instance_id,
             conn_id=self.conn.conn_id,
             mode=spec.mode,
             src_lang=spec.src_lang,
@@ -204,9 +224,9 @@ class SessionAudio:
             options=spec.options,
         )
         try:
-            await gw.infra.publisher.event("job.request", req, batch=True)
+            await self.publisher.event("job.request", req, batch=True)
         except Exception as exc:
-            gw.metrics.publish_failures.labels("job_request").inc()
+            self.metrics.publish_failures.labels("job_request").inc()
             log.warning(
                 "gateway.job_request_lost",
                 session_id=self.session_id,
@@ -250,7 +270,7 @@ class SessionAudio:
         gap timeout). A failure also gets a ``ui_event`` ERROR, never an ``error`` message
         (lingua's web client alerts on those). If Redis cannot take the answer either, it goes
         to the client directly (an ordered session then gets it out of order, never silence)."""
-        gw = self.conn.gw
+        s = self.settings
         missing = MissingResult(
             session_id=self.session_id,
             utterance_index=index,
@@ -260,7 +280,7 @@ class SessionAudio:
             error_code=str(error_code) if error_code else None,
         ).to_wire()
         if error_code is not None:
-            gw.metrics.errors_sent.labels("session", str(error_code)).inc()
+            self.metrics.errors_sent.labels("session", str(error_code)).inc()
             self.conn.deliver(
                 ToSession(
                     session_id=self.session_id,
@@ -277,15 +297,16 @@ class SessionAudio:
             )
         items: list[tuple[int, dict[str, Any]]] = [(index, missing)]
         try:
-            delivery = await gw.infra.scripts.utterance_fail(
+            delivery = await self.scripts.utterance_fail(
                 session_id=self.session_id,
                 utterance_index=index,
                 now_ms=now_ms(),
                 payload=missing,
-                gap_ms=gw.settings.gap_timeout_ms,
-                session_ttl_ms=int(gw.settings.session_ttl_s * 1000),
+                gap_ms=s.gap_timeout_ms,
+                session_ttl_ms=int(s.session_ttl_s * 1000),
             )
-            if delivery.code != -6:  # the session record is gone: nothing to keep in order
+            # the session record is gone: nothing to keep in order
+            if delivery.code != ScriptCode.NO_SUCH_SESSION:
                 items = delivery.items
         except Exception as exc:
             log.warning(

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from typing import TYPE_CHECKING
+from typing import Any
 
 from websockets.asyncio.server import ServerConnection
 
@@ -21,6 +21,7 @@ from lingua_gateway.access import ByteRate
 from lingua_gateway.decode import decode_frame
 from lingua_gateway.delivery import ArrivalSender, OrderedSender
 from lingua_gateway.outbound import Outbound
+from lingua_gateway.ports import SessionDeps
 from lingua_gateway.read_loop import EndpointConnection, read_frames
 from lingua_gateway.session_audio import SessionAudio
 from lingua_gateway.session_frames import (
@@ -30,18 +31,18 @@ from lingua_gateway.session_frames import (
     pong_for,
 )
 from lingua_gateway.session_spec import ARRIVAL, SessionSpec, spec_from_init
-from lingua_gateway.session_store import SessionStore
 from lingua_shared.auth import Principal
 from lingua_shared.errors import DependencyDown, InvalidMessage, InvalidSession
 from lingua_shared.events import ToSession
 from lingua_shared.logs import get_logger
-from lingua_shared.protocol import ErrorMessage
+from lingua_shared.protocol import GRACEFUL_SESSION_CLOSES, CloseCode, ErrorMessage
 from lingua_shared.protocol.session import (
     FRAME_AUDIO,
     FRAME_FINAL,
     FRAME_PING,
     FRAME_PONG,
     SESSION_INBOUND,
+    SESSION_INBOUND_TYPES,
     AudioChunk,
     ClientHeartbeat,
     ServerHeartbeat,
@@ -53,24 +54,25 @@ from lingua_shared.protocol.session import (
 )
 from lingua_shared.runtime import now_ms
 
-if TYPE_CHECKING:
-    from lingua_gateway.app import Gateway
-
 log = get_logger(__name__)
 ENDPOINT = "session"
-SESSION_TYPES = frozenset(
-    {"session_init", "audio_chunk", "utterance", "client_heartbeat", "session_close", "error"}
-)
-CLOSE_NORMAL = 1000
+SESSION_TYPES = SESSION_INBOUND_TYPES  # what a client may send
 
 
 class SessionConnection(EndpointConnection):
     ENDPOINT = ENDPOINT
 
-    def __init__(self, gw: Gateway, ws: ServerConnection, principal: Principal | None) -> None:
-        self.gw = gw
+    def __init__(
+        self, ws: ServerConnection, principal: Principal | None, deps: SessionDeps
+    ) -> None:
+        s = deps.settings
         self.ws = ws
         self.principal = principal  # the client token's holder; None when auth is off
+        self.deps = deps  # handed on to the session's audio
+        self.settings = s
+        self.metrics = deps.metrics
+        self.store = deps.store
+        self.sessions = deps.connections.sessions
         self.conn_id = uuid.uuid4().hex
         self.session_id: str | None = None
         self.spec: SessionSpec | None = None
@@ -79,37 +81,33 @@ class SessionConnection(EndpointConnection):
         self.touched_at = -1e9  # loop time of the last TTL refresh of the session record
         self.closing = False
         self.draining = False  # the gateway is stopping: no new utterance is taken
-        self.store = SessionStore(gw.infra.redis, gw.infra.keys, gw.settings.session_ttl_s)
         self.out = Outbound(
             ws,
-            gw.settings.ws_outbound_queue,
-            gw.settings.ws_send_timeout_s,
-            on_slow=lambda: gw.metrics.outbound_dropped.labels(ENDPOINT).inc(),
+            s.ws_outbound_queue,
+            s.ws_send_timeout_s,
+            on_slow=lambda: deps.metrics.outbound_dropped.labels(ENDPOINT).inc(),
         )
 
+    def log_context(self) -> dict[str, Any]:
+        return {"conn_id": self.conn_id, "session_id": self.session_id}
+
     async def run(self) -> None:
+        s = self.settings
         try:
             await read_frames(
-                self.ws,
-                ENDPOINT,
-                self.gw.metrics,
-                self.on_frame,
-                self.send_error,
-                lambda: {"conn_id": self.conn_id, "session_id": self.session_id},
-                self.close,
-                ByteRate(self.gw.settings.ws_session_bytes_per_s, self.gw.settings.ws_rate_burst_s),
+                self, self.metrics, ByteRate(s.ws_session_bytes_per_s, s.ws_rate_burst_s)
             )
         finally:
             await self.closed()
 
     # -- frames ---------------------------------------------------------------------------
     async def on_frame(self, raw: str | bytes) -> None:
-        check_frame_size(raw, self.gw.settings.ws_session_max_frame_bytes)
+        check_frame_size(raw, self.settings.ws_session_max_frame_bytes)
         if isinstance(raw, bytes):
             await self.on_binary(raw)
             return
         msg = decode_frame(raw, SESSION_INBOUND, SESSION_TYPES)
-        self.gw.metrics.messages_in.labels(ENDPOINT, msg.type).inc()
+        self.metrics.messages_in.labels(ENDPOINT, msg.type).inc()
         if isinstance(msg, SessionInit):
             await self.on_init(msg)
         elif isinstance(msg, ClientHeartbeat):
@@ -134,7 +132,7 @@ class SessionConnection(EndpointConnection):
     async def on_binary(self, data: bytes) -> None:
         frame = parse_client_frame(data)
         kind = {FRAME_AUDIO: "bin_audio", FRAME_FINAL: "bin_final", FRAME_PING: "bin_ping"}
-        self.gw.metrics.messages_in.labels(ENDPOINT, kind.get(frame.frame_type, "bin_pong")).inc()
+        self.metrics.messages_in.labels(ENDPOINT, kind.get(frame.frame_type, "bin_pong")).inc()
         if frame.frame_type == FRAME_PONG:
             return  # we never ping with binary frames; nothing to answer
         if frame.frame_type == FRAME_PING:
@@ -163,7 +161,7 @@ class SessionConnection(EndpointConnection):
                 "this connection already holds a session (one session per connection)",
                 {"session_id": self.session_id},
             )
-        s = self.gw.settings
+        s = self.settings
         spec = spec_from_init(msg, s.result_delivery)
         session_id = f"s-{uuid.uuid4().hex[:16]}"
         record = self.record(spec, next_deliver=0)
@@ -171,15 +169,15 @@ class SessionConnection(EndpointConnection):
         self.touched_at = asyncio.get_running_loop().time()
         self.session_id, self.spec = session_id, spec
         self.sender = (
-            ArrivalSender(self.out, self.gw.metrics, session_id, spec.trace_id)
+            ArrivalSender(self.out, self.metrics, session_id, spec.trace_id)
             if spec.delivery == ARRIVAL
             else OrderedSender(
-                self.out, s.result_reorder_timeout_s, self.gw.metrics, session_id, spec.trace_id
+                self.out, s.result_reorder_timeout_s, self.metrics, session_id, spec.trace_id
             )
         )
-        self.audio = SessionAudio(self, session_id, spec)
-        self.gw.sessions[session_id] = self
-        self.gw.metrics.sessions.inc()
+        self.audio = SessionAudio(self, session_id, spec, self.deps)
+        self.sessions[session_id] = self
+        self.metrics.sessions.inc()
         log.info(
             "gateway.session_opened",
             session_id=session_id,
@@ -205,7 +203,7 @@ class SessionConnection(EndpointConnection):
 
     def record(self, spec: SessionSpec, next_deliver: int) -> dict[str, str]:
         return {
-            "gateway_id": self.gw.settings.instance_id,
+            "gateway_id": self.settings.instance_id,
             "conn_id": self.conn_id,
             **spec.record(),
             "created_at_ms": str(now_ms()),
@@ -222,7 +220,7 @@ class SessionConnection(EndpointConnection):
         if self.session_id is None or self.spec is None or self.sender is None:
             return
         now = asyncio.get_running_loop().time()
-        if now - self.touched_at < self.gw.settings.session_touch_interval_s:
+        if now - self.touched_at < self.settings.session_touch_interval_s:
             return
         self.touched_at = now
         try:
@@ -230,11 +228,11 @@ class SessionConnection(EndpointConnection):
                 self.session_id, self.record(self.spec, self.sender.next_index)
             )
         except DependencyDown as exc:
-            self.gw.metrics.session_store_errors.labels("touch").inc()
+            self.metrics.session_store_errors.labels("touch").inc()
             log.warning("gateway.session_touch_failed", session_id=self.session_id, error=str(exc))
             return
         if restored:
-            self.gw.metrics.session_store_errors.labels("restore").inc()
+            self.metrics.session_store_errors.labels("restore").inc()
             log.warning("gateway.session_record_restored", session_id=self.session_id)
 
     async def on_heartbeat(self, msg: ClientHeartbeat) -> None:
@@ -251,7 +249,7 @@ class SessionConnection(EndpointConnection):
         self.closing = True
         self.out.send(SessionCloseAck(session_id=self.session_id, reason=msg.reason).to_wire())
         await self.out.flush_and_stop(1.0)
-        await self.ws.close(CLOSE_NORMAL, "session closed")
+        await self.ws.close(CloseCode.NORMAL, "session closed")
 
     # -- answers from the dispatcher -----------------------------------------------------
     def deliver(self, msg: ToSession) -> bool:
@@ -296,17 +294,21 @@ class SessionConnection(EndpointConnection):
         await self.out.flush_and_stop(0.2)
         proto = self.ws.protocol
         rcvd, sent = proto.close_rcvd, proto.close_sent
-        code = rcvd.code if rcvd is not None else (sent.code if sent is not None else 1006)
-        graceful = code in (1000, 1001)
-        self.gw.metrics.closes.labels(ENDPOINT, str(code), str(graceful).lower()).inc()
+        code = int(
+            rcvd.code
+            if rcvd is not None
+            else (sent.code if sent is not None else CloseCode.ABNORMAL)
+        )
+        graceful = code in GRACEFUL_SESSION_CLOSES
+        self.metrics.closes.labels(ENDPOINT, str(code), str(graceful).lower()).inc()
         if self.session_id is None:
             return
         if self.sender is not None:
             self.sender.close()
         discarded = self.audio.discard() if self.audio is not None else 0
-        if self.gw.sessions.get(self.session_id) is self:
-            del self.gw.sessions[self.session_id]
-        self.gw.metrics.sessions.dec()
+        if self.sessions.get(self.session_id) is self:
+            del self.sessions[self.session_id]
+        self.metrics.sessions.dec()
         log.info(
             "gateway.session_closed",
             session_id=self.session_id,
@@ -319,5 +321,5 @@ class SessionConnection(EndpointConnection):
             await self.store.unbind(self.session_id)
         except DependencyDown as exc:
             # the TTL ends the record anyway; until then answers reach a gateway that drops them
-            self.gw.metrics.session_store_errors.labels("unbind").inc()
+            self.metrics.session_store_errors.labels("unbind").inc()
             log.warning("gateway.session_unbind_failed", session_id=self.session_id, error=str(exc))

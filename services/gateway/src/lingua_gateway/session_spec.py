@@ -1,4 +1,4 @@
-"""What a ``session_init`` asks for, validated once (MISSION J1, PROTOCOL.md).
+"""What a ``session_init`` asks for, validated once (J1, docs/protocol.md §3.3).
 
 A session's mode and languages are fixed for its life: every utterance's job request carries
 them, and selection binds the session to a pool by them (J3). Validation is pure, so each
@@ -14,15 +14,14 @@ from typing import Any
 
 from lingua_gateway.utterance import AUDIO_FORMATS, OPUS
 from lingua_shared.errors import InvalidMessage, UnsupportedFeature
-from lingua_shared.protocol.node import LANG_RE, NODE_ID_RE
+from lingua_shared.protocol import MAX_TRACE_ID, SAMPLE_RATE
+from lingua_shared.protocol.capabilities import LANG_RE, NODE_ID_RE
 from lingua_shared.protocol.session import SessionInit
 
 ONE_WAY = "one_way"
 TWO_WAY = "two_way_auto"
 MODES = (ONE_WAY, TWO_WAY)
 AUTO = "auto"
-SAMPLE_RATE = 16000  # what lingua's client records and every node expects
-MAX_TRACE_ID = 128
 
 
 # how a session's answers reach its client: "arrival" sends each as soon as it is ready

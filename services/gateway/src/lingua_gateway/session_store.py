@@ -1,4 +1,4 @@
-"""The session record in Redis: which gateway and connection hold a session (MISSION J6).
+"""The session record in Redis: which gateway and connection hold a session (J6).
 
 The dispatcher reads ``gateway_id`` / ``conn_id`` from ``session:<sid>`` to route a
 session's answers, and its scripts keep the delivery cursor ``next_deliver`` there. The

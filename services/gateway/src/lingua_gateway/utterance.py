@@ -1,4 +1,4 @@
-"""Audio accumulation for one session: where an utterance ends (MISSION J1, J9).
+"""Audio accumulation for one session: where an utterance ends (J1, J9).
 
 Pure (no I/O) so that every cut rule is unit-tested without a socket. Audio is never decoded
 or re-encoded (J9): PCM16 is cut on a sample boundary; Opus (lingua's web client) arrives as

@@ -1,6 +1,6 @@
 """Client <-> gateway messages (``/ws/session``) and the binary audio frame format.
 
-What lingua's own web client sends (PROTOCOL.md, "observed"): a two-way ``session_init``,
+What lingua's own web client sends (docs/protocol.md §7): a two-way ``session_init``,
 ``audio_chunk`` every ~256 ms ending each utterance with ``is_final`` and an empty payload,
 never ``utterance_index`` (the server numbers utterances), ``client_heartbeat`` every 30 s.
 """
@@ -13,7 +13,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, TypeAdapter
 
-from lingua_shared.protocol.common import ErrorMessage, WireModel
+from lingua_shared.protocol.codes import PROTOCOL_VERSION, SAMPLE_RATE
+from lingua_shared.protocol.common import ErrorMessage, WireModel, message_types
 
 
 class SessionInit(WireModel):
@@ -43,11 +44,11 @@ class SessionInitAck(WireModel):
     session_id: str
     message: str = "session created"
     trace_id: str | None = None
-    protocol_version: str = "1.0"
+    protocol_version: str = PROTOCOL_VERSION
     use_binary_frame: bool = False
     negotiated_codec: str = "opus"
     negotiated_audio_format: str = "opus"
-    negotiated_sample_rate: int = 16000
+    negotiated_sample_rate: int = SAMPLE_RATE
     negotiated_channel_count: int = 1
 
 
@@ -172,6 +173,9 @@ SessionOutbound = Annotated[
     Field(discriminator="type"),
 ]
 SESSION_OUTBOUND: TypeAdapter[SessionOutbound] = TypeAdapter(SessionOutbound)
+
+SESSION_INBOUND_TYPES = message_types(SessionInbound)  # the gateway's known types on /ws/session
+SESSION_OUTBOUND_TYPES = message_types(SessionOutbound)  # the client's known types
 
 
 # -- binary frames -------------------------------------------------------------------------

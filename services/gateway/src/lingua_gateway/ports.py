@@ -1,0 +1,133 @@
+"""What the gateway's connections are given: small interfaces, and the bundles that pass them.
+
+A connection never sees the whole gateway. A node connection gets :class:`NodeDeps`, a session
+connection :class:`SessionDeps`, both built once by the app (``app.py``) and faked in tests.
+This module imports nothing from the app or the connection modules, so no import cycle runs
+through it: the connections are known here only by the :class:`HeldNode` and
+:class:`HeldSession` interfaces that the app's delivery router and the registry need.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Coroutine
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from pydantic import BaseModel
+from websockets.asyncio.server import ServerConnection
+
+from lingua_gateway.metrics import Metrics
+from lingua_shared.events import Beat, NodeRegisterEvent, RegisterReply, ToSession
+from lingua_shared.settings import Settings
+
+
+class EventPublisher(Protocol):
+    """Publishes to the events exchange (:meth:`lingua_shared.bus.Publisher.event`)."""
+
+    async def event(
+        self, routing_key: str, model: BaseModel, *, batch: bool = False, **kw: Any
+    ) -> None: ...
+
+
+class BeatSink(Protocol):
+    """Takes a node's heartbeat for the next batch (``coalescer.HeartbeatCoalescer``)."""
+
+    def add(self, beat: Beat) -> None: ...
+
+
+class RegisterCall(Protocol):
+    """Registers a node through node-manager and returns its reply
+    (:class:`~lingua_gateway.register_rpc.RegisterRpc`)."""
+
+    def __call__(
+        self, event: NodeRegisterEvent, correlation_id: str
+    ) -> Awaitable[RegisterReply]: ...
+
+
+class SessionRecords(Protocol):
+    """The session record in Redis (:class:`~lingua_gateway.session_store.SessionStore`)."""
+
+    async def create(self, session_id: str, fields: dict[str, str]) -> None: ...
+
+    async def touch(self, session_id: str, fields: dict[str, str]) -> bool: ...
+
+    async def unbind(self, session_id: str) -> None: ...
+
+
+class UtteranceFail(Protocol):
+    """Puts an answer made without a job into the session's delivery (``utterance_fail.lua``,
+    through the scripts facade); returns the delivery (``code``, ``items``)."""
+
+    async def utterance_fail(
+        self,
+        *,
+        session_id: str,
+        utterance_index: int,
+        now_ms: int,
+        payload: dict[str, Any],
+        gap_ms: int,
+        session_ttl_ms: int,
+    ) -> Any: ...
+
+
+class HeldNode(Protocol):
+    """A node connection, as the registry and the delivery router see it."""
+
+    conn_id: str
+    ws: ServerConnection
+
+    def send_to_node(self, payload: dict[str, Any]) -> None: ...
+
+    def reregister(self) -> bool: ...
+
+    async def close(self, code: int, reason: str) -> None: ...
+
+
+class HeldSession(Protocol):
+    """A session connection, as the registry and the delivery router see it."""
+
+    conn_id: str
+
+    def deliver(self, msg: ToSession) -> bool: ...
+
+
+class Connections:
+    """The connections this replica holds, by node id and by session id, and the background
+    tasks they start (the close of a connection replaced by a newer one), referenced until
+    they end."""
+
+    def __init__(self) -> None:
+        self.nodes: dict[str, HeldNode] = {}
+        self.sessions: dict[str, HeldSession] = {}
+        self._background: set[asyncio.Task[None]] = set()
+
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` in the background, holding a reference until it ends."""
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+
+@dataclass(frozen=True)
+class NodeDeps:
+    """What a node connection uses."""
+
+    settings: Settings
+    metrics: Metrics
+    publisher: EventPublisher  # job.node_event, node.disconnected
+    beats: BeatSink  # heartbeats, coalesced into node.heartbeat.batch
+    register: RegisterCall  # node.register, answered by node-manager
+    connections: Connections  # binds the node id; a newer connection replaces an older one
+
+
+@dataclass(frozen=True)
+class SessionDeps:
+    """What a session connection (and its audio) uses."""
+
+    settings: Settings
+    metrics: Metrics
+    publisher: EventPublisher  # job.request
+    store: SessionRecords  # the session record
+    scripts: UtteranceFail  # answers without a job (silence, a failed publish)
+    connections: Connections  # binds the session id, for the dispatcher's answers
