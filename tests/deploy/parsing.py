@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-import shlex
 import tomllib
 from dataclasses import dataclass, field
 from functools import cache
@@ -29,44 +28,54 @@ class Image:
     dockerfile: str  # relative to the repository root (the build context)
     package: str  # the uv workspace member it installs
     package_dir: str  # that member's directory
-    module: str  # what `python -m` runs
+    module: str  # what it runs (`python -m`, or the package's script for it)
     service: bool  # a service (HTTP port, /healthz, Redis scripts) or the node agent
+    build_args: tuple[tuple[str, str], ...] = ()  # --build-arg NAME=value, as compose passes
+
+    @property
+    def args(self) -> dict[str, str]:
+        return dict(self.build_args)
 
 
+SERVICE_DOCKERFILE = "services/Dockerfile"  # one for the four services, named by build args
 IMAGES: dict[str, Image] = {
     img.name: img
     for img in (
         Image(
             "lingua/gateway",
-            "services/gateway/Dockerfile",
+            SERVICE_DOCKERFILE,
             "lingua-gateway",
             "services/gateway",
             "lingua_gateway",
             True,
+            (("SERVICE", "gateway"), ("PORT", "5010")),
         ),
         Image(
             "lingua/node-manager",
-            "services/node-manager/Dockerfile",
+            SERVICE_DOCKERFILE,
             "lingua-node-manager",
             "services/node-manager",
             "lingua_node_manager",
             True,
+            (("SERVICE", "node-manager"), ("PORT", "5020")),
         ),
         Image(
             "lingua/dispatcher",
-            "services/dispatcher/Dockerfile",
+            SERVICE_DOCKERFILE,
             "lingua-dispatcher",
             "services/dispatcher",
             "lingua_dispatcher",
             True,
+            (("SERVICE", "dispatcher"), ("PORT", "5030")),
         ),
         Image(
             "lingua/stats",
-            "services/stats/Dockerfile",
+            SERVICE_DOCKERFILE,
             "lingua-stats",
             "services/stats",
             "lingua_stats",
             True,
+            (("SERVICE", "stats"), ("PORT", "5040")),
         ),
         Image(
             "lingua/node-agent",
@@ -87,14 +96,117 @@ class DockerfileError(ValueError):
 
 
 # -- Dockerfiles ---------------------------------------------------------------------------
+# Variables are read as Docker reads them. Build args (ARG) and ENV values are substituted
+# when the image is built in the instructions that take them (COPY, ENV, EXPOSE, USER,
+# FROM...); RUN sees the ARG and ENV values as its shell's environment; CMD, ENTRYPOINT and
+# HEALTHCHECK in shell form see the image's ENV when the container runs. Exec form (a JSON
+# array) is never expanded. A variable the Dockerfile does not set (one of the base image,
+# such as $PATH) is left as written.
+BUILD_TIME = frozenset(
+    {"ADD", "COPY", "ENV", "EXPOSE", "FROM", "LABEL", "STOPSIGNAL", "USER", "VOLUME", "WORKDIR"}
+)
+RUN_TIME = frozenset({"CMD", "ENTRYPOINT", "HEALTHCHECK"})
+VARIABLE = re.compile(
+    r"\$(?:\{(?P<braced>[A-Za-z_]\w*)(?P<modifier>[^}]*)\}|(?P<plain>[A-Za-z_]\w*))"
+)
+
+
+def _variable(text: str, i: int, env: dict[str, str | None], where: str) -> tuple[str, int]:
+    """The expansion of the ``$`` at ``text[i]`` and the index after it."""
+    m = VARIABLE.match(text, i)
+    if m is None:
+        return "$", i + 1
+    name = m.group("braced") or m.group("plain")
+    if m.group("modifier"):
+        raise DockerfileError(f"{where}: ${{{name}{m.group('modifier')}}} is not supported here")
+    if name not in env:
+        return m.group(0), m.end()  # not the Dockerfile's (the base image's): left as written
+    value = env[name]
+    if value is None:
+        raise DockerfileError(f"{where}: ${name} has no value (build with --build-arg {name}=...)")
+    return value, m.end()
+
+
+def substitute(text: str, env: dict[str, str | None], where: str = "") -> str:
+    """Docker's build-time substitution: ``$NAME`` / ``${NAME}`` replaced, quotes kept,
+    nothing replaced inside single quotes."""
+    out: list[str] = []
+    quote = ""
+    i = 0
+    while i < len(text):
+        c = text[i]
+        if c == "\\" and i + 1 < len(text):
+            out.append(text[i : i + 2])
+            i += 2
+            continue
+        if c in "'\"" and quote in ("", c):
+            quote = "" if quote else c
+        elif c == "$" and quote != "'":
+            value, i = _variable(text, i, env, where)
+            out.append(value)
+            continue
+        out.append(c)
+        i += 1
+    return "".join(out)
+
+
+def shell_words(text: str, env: dict[str, str | None], where: str = "") -> list[str]:
+    """The words ``sh`` makes of ``text``: quotes and backslashes as sh reads them,
+    variables of ``env`` expanded (not inside single quotes)."""
+    words: list[str] = []
+    word: list[str] = []
+    in_word = False
+    quote = ""
+    i = 0
+    while i < len(text):
+        c = text[i]
+        if quote == "'":
+            if c == "'":
+                quote = ""
+            else:
+                word.append(c)
+        elif c == "\\" and i + 1 < len(text) and (not quote or text[i + 1] in '"\\$`'):
+            word.append(text[i + 1])
+            in_word = True
+            i += 1
+        elif c == "$":
+            value, i = _variable(text, i, env, where)
+            word.append(value)
+            in_word = True
+            continue
+        elif quote == '"':
+            if c == '"':
+                quote = ""
+            else:
+                word.append(c)
+        elif c.isspace():
+            if in_word:
+                words.append("".join(word))
+                word, in_word = [], False
+        elif c in "'\"":
+            quote, in_word = c, True
+        else:
+            word.append(c)
+            in_word = True
+        i += 1
+    if quote:
+        raise DockerfileError(f"{where}: unterminated {quote}")
+    if in_word:
+        words.append("".join(word))
+    return words
+
+
 @dataclass
 class Instruction:
     keyword: str  # upper case
-    args: str  # the rest of the (joined) line
+    args: str  # the rest of the (joined) line, build-time variables substituted
     line: int  # first line number, for messages
+    # what a shell running it sees (RUN: the ARG and ENV values; CMD, ENTRYPOINT and
+    # HEALTHCHECK: the image's ENV); for other instructions, already substituted: nothing
+    shell_env: dict[str, str | None] = field(default_factory=dict)
 
     def words(self) -> list[str]:
-        """Exec form (a JSON array) or shell words."""
+        """Exec form (a JSON array, as written) or shell words (variables expanded)."""
         text = self.args.strip()
         if text.startswith("["):
             try:
@@ -104,7 +216,7 @@ class Instruction:
             if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
                 raise DockerfileError(f"line {self.line}: exec form must list strings")
             return value
-        return shlex.split(text)
+        return shell_words(text, self.shell_env, f"line {self.line}")
 
     def split_flags(self) -> tuple[dict[str, str], str]:
         """Leading ``--name=value`` flags (COPY, RUN, HEALTHCHECK...) and the rest, as text."""
@@ -118,7 +230,7 @@ class Instruction:
     def flags(self) -> tuple[dict[str, str], list[str]]:
         """The flags and the remaining words (exec or shell form)."""
         flags, rest = self.split_flags()
-        return flags, Instruction(self.keyword, rest, self.line).words()
+        return flags, Instruction(self.keyword, rest, self.line, self.shell_env).words()
 
     def healthcheck_command(self) -> list[str] | None:
         """HEALTHCHECK's command (None for ``HEALTHCHECK NONE``)."""
@@ -128,7 +240,14 @@ class Instruction:
             return None
         if kind.upper() != "CMD":
             raise DockerfileError(f"line {self.line}: HEALTHCHECK needs CMD or NONE")
-        return Instruction("CMD", command, self.line).words()
+        return Instruction("CMD", command, self.line, self.shell_env).words()
+
+    def shell_form(self) -> bool:
+        """Run by ``/bin/sh -c`` (not a JSON array)."""
+        _, rest = self.split_flags()
+        if self.keyword == "HEALTHCHECK":
+            rest = rest.partition(" ")[2]
+        return not rest.strip().startswith("[")
 
 
 FLAG = re.compile(r"--([\w-]+)(?:=(\S*))?\s*")
@@ -139,24 +258,15 @@ class Stage:
     base: str
     name: str | None
     instructions: list[Instruction] = field(default_factory=list)
+    # the image's ENV once the stage is built (inherited from a stage it is FROM)
+    env_values: dict[str, str] = field(default_factory=dict)
 
     def all(self, keyword: str) -> list[Instruction]:
         return [i for i in self.instructions if i.keyword == keyword]
 
     def env(self) -> dict[str, str]:
-        """Every ``ENV key=value`` of the stage (later ones win)."""
-        out: dict[str, str] = {}
-        for ins in self.all("ENV"):
-            words = shlex.split(ins.args)
-            if len(words) == 2 and "=" not in words[0]:  # legacy `ENV key value`
-                out[words[0]] = words[1]
-                continue
-            for word in words:
-                key, sep, value = word.partition("=")
-                if not sep:
-                    raise DockerfileError(f"line {ins.line}: ENV word without '=': {word}")
-                out[key] = value
-        return out
+        """Every ``ENV key=value`` of the stage (later ones win), variables substituted."""
+        return dict(self.env_values)
 
 
 @dataclass
@@ -172,8 +282,8 @@ class Dockerfile:
         return {s.name for s in self.stages if s.name}
 
 
-def parse_dockerfile_text(text: str, path: Path = Path("Dockerfile")) -> Dockerfile:
-    """Instructions with continuations joined and comments dropped, grouped by stage."""
+def _logical_lines(text: str, path: Path) -> list[tuple[int, str]]:
+    """Instructions with continuations joined and comments dropped: (first line, text)."""
     logical: list[tuple[int, str]] = []
     pending: list[str] = []
     start = 0
@@ -193,33 +303,98 @@ def parse_dockerfile_text(text: str, path: Path = Path("Dockerfile")) -> Dockerf
         pending = []
     if pending:
         raise DockerfileError(f"{path}: line continuation at end of file")
+    return logical
+
+
+def _env_pairs(words: list[str], where: str) -> list[tuple[str, str]]:
+    if len(words) == 2 and "=" not in words[0]:  # legacy `ENV key value`
+        return [(words[0], words[1])]
+    pairs = []
+    for word in words:
+        key, sep, value = word.partition("=")
+        if not sep:
+            raise DockerfileError(f"{where}: ENV word without '=': {word}")
+        pairs.append((key, value))
+    return pairs
+
+
+def parse_dockerfile_text(
+    text: str, path: Path = Path("Dockerfile"), build_args: dict[str, str] | None = None
+) -> Dockerfile:
+    """The instructions grouped by stage, as ``docker build`` with ``build_args`` reads them
+    (see the variable rules above). A build arg no ARG declares, or an ARG a variable needs
+    that has neither a value nor a default, is an error, as is anything this parser cannot
+    read (so the checks never vouch for a file they did not understand)."""
+    given = dict(build_args or {})
+    used: set[str] = set()
+    global_args: dict[str, str | None] = {}
+    build_vars: dict[str, str | None] = {}  # what build-time substitution sees in the stage
     stages: list[Stage] = []
-    for number, line in logical:
+    for number, line in _logical_lines(text, path):
+        where = f"{path}:{number}"
         keyword, _, args = line.partition(" ")
-        ins = Instruction(keyword.upper(), args.strip(), number)
-        if ins.keyword == "FROM":
-            _, words = ins.flags()
-            if len(words) == 3 and words[1].lower() == "as":
-                stages.append(Stage(words[0], words[2]))
-            elif len(words) == 1:
-                stages.append(Stage(words[0], None))
+        keyword, args = keyword.upper(), args.strip()
+        if keyword == "ARG":
+            scope = build_vars if stages else global_args
+            name, sep, default = args.partition("=")
+            if not re.fullmatch(r"[A-Za-z_]\w*", name):
+                raise DockerfileError(f"{where}: cannot read ARG {args}")
+            if name in given:
+                scope[name] = given[name]
+                used.add(name)
+            elif sep:
+                scope[name] = substitute(default, scope, where)
             else:
-                raise DockerfileError(f"{path}:{number}: cannot read FROM {args}")
+                scope[name] = global_args.get(name) if stages else None
+            if stages:
+                stages[-1].instructions.append(Instruction(keyword, args, number))
+            continue
+        if keyword == "FROM":
+            words = Instruction(keyword, substitute(args, global_args, where), number).flags()[1]
+            if len(words) == 3 and words[1].lower() == "as":
+                stage = Stage(words[0], words[2])
+            elif len(words) == 1:
+                stage = Stage(words[0], None)
+            else:
+                raise DockerfileError(f"{where}: cannot read FROM {args}")
+            parent = next((s for s in stages if s.name == stage.base), None)
+            stage.env_values = dict(parent.env_values) if parent else {}
+            build_vars = dict(stage.env_values)
+            stages.append(stage)
             continue
         if not stages:
-            if ins.keyword == "ARG":
-                continue
-            raise DockerfileError(f"{path}:{number}: {ins.keyword} before the first FROM")
-        stages[-1].instructions.append(ins)
+            raise DockerfileError(f"{where}: {keyword} before the first FROM")
+        stage = stages[-1]
+        if keyword in BUILD_TIME:
+            args = substitute(args, build_vars, where)
+        ins = Instruction(keyword, args, number)
+        if keyword == "RUN":
+            ins.shell_env = dict(build_vars)
+        elif keyword == "ENV":
+            for key, value in _env_pairs(shell_words(args, {}, where), where):
+                stage.env_values[key] = value
+                build_vars[key] = value
+        stage.instructions.append(ins)
     if not stages:
         raise DockerfileError(f"{path}: no FROM")
+    for stage in stages:  # CMD, ENTRYPOINT and HEALTHCHECK run with the image's ENV
+        for ins in stage.instructions:
+            if ins.keyword in RUN_TIME:
+                ins.shell_env = dict(stage.env_values)
+    if unused := sorted(set(given) - used):
+        raise DockerfileError(f"{path}: no ARG declares the build args {unused}")
     return Dockerfile(path, stages)
 
 
 @cache
-def parse_dockerfile(relpath: str) -> Dockerfile:
+def parse_dockerfile(relpath: str, build_args: tuple[tuple[str, str], ...] = ()) -> Dockerfile:
     path = REPO / relpath
-    return parse_dockerfile_text(path.read_text(), path)
+    return parse_dockerfile_text(path.read_text(), path, dict(build_args))
+
+
+def image_dockerfile(img: Image) -> Dockerfile:
+    """``img``'s Dockerfile as ``docker build`` reads it with ``img``'s build args."""
+    return parse_dockerfile(img.dockerfile, img.build_args)
 
 
 IMAGE_REF = re.compile(

@@ -19,9 +19,9 @@ from tests.deploy.parsing import (
     IMAGES,
     REPO,
     SERVICE_REQUIRED_SETTINGS,
+    image_dockerfile,
     image_pin_problem,
     node_agent_config,
-    parse_dockerfile,
     settings_default,
     settings_env_names,
 )
@@ -60,7 +60,14 @@ def _env(svc: dict[str, Any]) -> dict[str, str]:
 def _effective_env(svc: dict[str, Any]) -> dict[str, str]:
     """The image's ENV overlaid with the compose environment: what the process sees."""
     image = IMAGES[_image_of(svc)[0]]
-    return {**parse_dockerfile(image.dockerfile).final.env(), **_env(svc)}
+    return {**image_dockerfile(image).final.env(), **_env(svc)}
+
+
+def _build_args(build: dict[str, Any]) -> dict[str, str]:
+    args = build.get("args") or {}
+    if isinstance(args, list):
+        args = dict(item.split("=", 1) for item in args)
+    return {k: str(v) for k, v in args.items()}
 
 
 def _command(svc: dict[str, Any]) -> list[str]:
@@ -118,8 +125,10 @@ def test_builds_come_from_our_dockerfiles(compose: dict[str, Any]) -> None:
         assert context == REPO, f"{name}: the context must be the repository root"
         dockerfile = (context / build["dockerfile"]).resolve()
         assert dockerfile.is_file(), f"{name}: {dockerfile} missing"
-        expected = REPO / IMAGES[_image_of(svc)[0]].dockerfile
-        assert dockerfile == expected, f"{name}: image and Dockerfile disagree"
+        image = IMAGES[_image_of(svc)[0]]
+        assert dockerfile == REPO / image.dockerfile, f"{name}: image and Dockerfile disagree"
+        # the build args name the image's service (services/Dockerfile serves all four)
+        assert _build_args(build) == image.args, f"{name}: build args are not {image.name}'s"
 
 
 def test_no_floating_tags(compose: dict[str, Any]) -> None:
@@ -179,7 +188,7 @@ def test_health_checks_use_each_services_port(compose: dict[str, Any]) -> None:
         port = _effective_env(svc).get("LINGUA_PORT")
         assert port, f"{name}: LINGUA_PORT not set"
         exposed = {
-            w for ins in parse_dockerfile(image.dockerfile).final.all("EXPOSE")
+            w for ins in image_dockerfile(image).final.all("EXPOSE")
             for w in ins.args.split()
         }  # fmt: skip
         assert exposed == {port}
@@ -324,7 +333,7 @@ def test_simulated_nodes_run_the_simulator_through_the_balancer(compose: dict[st
 
 
 def test_node_agent_image_default_command_is_valid() -> None:
-    df = parse_dockerfile(IMAGES["lingua/node-agent"].dockerfile)
+    df = image_dockerfile(IMAGES["lingua/node-agent"])
     node_agent_config(df.final.all("CMD")[-1].words())
 
 

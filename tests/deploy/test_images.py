@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import json
 import re
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -19,13 +21,16 @@ from tests.deploy.parsing import (
     REPO,
     SERVICE_IMAGES,
     Dockerfile,
+    DockerfileError,
     Image,
     dockerignore_rules,
+    image_dockerfile,
     image_pin_problem,
     is_ignored,
-    parse_dockerfile,
     parse_dockerfile_text,
     settings_env_names,
+    shell_words,
+    substitute,
     workspace_closure,
     workspace_members,
 )
@@ -69,11 +74,18 @@ def _package_of(words: list[str]) -> str | None:
 
 
 def _command(df: Dockerfile) -> list[str]:
-    """What the final stage runs: ENTRYPOINT + CMD (exec form)."""
+    """What the final stage runs: ENTRYPOINT + CMD (exec form, or the words of a shell
+    form with the image's ENV expanded)."""
     entry = df.final.all("ENTRYPOINT")
     cmd = df.final.all("CMD")
     words = entry[-1].words() if entry else []
     return words + (cmd[-1].words() if cmd and not entry else [])
+
+
+def _scripts(img: Image) -> dict[str, str]:
+    """The commands ``img``'s package installs: name -> ``module:function``."""
+    project = tomllib.loads((REPO / img.package_dir / "pyproject.toml").read_text())
+    return project.get("project", {}).get("scripts", {})
 
 
 # -- the checks --------------------------------------------------------------------------
@@ -165,11 +177,23 @@ def pin_problems(df: Dockerfile) -> list[str]:
 
 
 def module_problems(df: Dockerfile, img: Image) -> list[str]:
+    """It runs ``python -m <img.module>``, or the package's own script for it (whose entry
+    point is ``<img.module>.__main__``); a shell-form command ``exec``s it, so that the
+    service, not the shell, is PID 1 and gets SIGTERM (its graceful drain)."""
     words = _command(df)
-    if len(words) < 3 or Path(words[0]).name not in ("python", "python3") or words[1] != "-m":
-        return [f"runs {words}, not `python -m {img.module}`"]
-    module = words[2]
+    run = (df.final.all("ENTRYPOINT") or df.final.all("CMD"))[-1:]
     problems = []
+    if run and run[0].shell_form():
+        if words[:1] != ["exec"]:
+            problems.append(f"runs {words} through a shell without `exec`: SIGTERM goes to sh")
+        words = words[1:]
+    scripts = _scripts(img)
+    if len(words) >= 3 and Path(words[0]).name in ("python", "python3") and words[1] == "-m":
+        module = words[2]
+    elif words and words[0] in scripts:
+        module = scripts[words[0]].partition(":")[0].removesuffix(".__main__")
+    else:
+        return [*problems, f"runs {words}, not `python -m {img.module}` or its script"]
     if module != img.module:
         problems.append(f"runs {module}, expected {img.module}")
     if not (REPO / img.package_dir / "src" / module / "__main__.py").is_file():
@@ -182,40 +206,40 @@ def module_problems(df: Dockerfile, img: Image) -> list[str]:
 # -- on the real Dockerfiles --------------------------------------------------------------
 @pytest.mark.parametrize("img", ALL, ids=IDS)
 def test_dockerfile_exists_and_parses(img: Image) -> None:
-    df = parse_dockerfile(img.dockerfile)
+    df = image_dockerfile(img)
     assert df.stages
 
 
 @pytest.mark.parametrize("img", ALL, ids=IDS)
 def test_multi_stage_uv_build(img: Image) -> None:
-    assert build_problems(parse_dockerfile(img.dockerfile), img) == []
+    assert build_problems(image_dockerfile(img), img) == []
 
 
 @pytest.mark.parametrize("img", ALL, ids=IDS)
 def test_runs_as_numeric_non_root_user(img: Image) -> None:
-    assert user_problems(parse_dockerfile(img.dockerfile)) == []
+    assert user_problems(image_dockerfile(img)) == []
 
 
 @pytest.mark.parametrize("img", ALL, ids=IDS)
 def test_copies_only_its_own_code(img: Image) -> None:
-    assert copy_problems(parse_dockerfile(img.dockerfile), img) == []
+    assert copy_problems(image_dockerfile(img), img) == []
 
 
 @pytest.mark.parametrize("img", ALL, ids=IDS)
 def test_base_images_pinned(img: Image) -> None:
-    assert pin_problems(parse_dockerfile(img.dockerfile)) == []
+    assert pin_problems(image_dockerfile(img)) == []
 
 
 @pytest.mark.parametrize("img", ALL, ids=IDS)
 def test_runs_the_packaged_module(img: Image) -> None:
-    assert module_problems(parse_dockerfile(img.dockerfile), img) == []
+    assert module_problems(image_dockerfile(img), img) == []
 
 
 @pytest.mark.parametrize("img", ALL, ids=IDS)
 def test_builder_has_every_workspace_member_it_installs(img: Image) -> None:
     """uv builds each workspace member the package depends on from source: the builder
     must hold its pyproject.toml and its src/ (lingua-shared for every image)."""
-    df = parse_dockerfile(img.dockerfile)
+    df = image_dockerfile(img)
     copied = {
         src.rstrip("/") for _, frm, sources, _ in _copies(df) if frm is None for src in sources
     }
@@ -230,7 +254,7 @@ def test_service_port_host_and_healthcheck(img: Image) -> None:
     """EXPOSE the port the service listens on by default, listen on every interface, and
     check health on /healthz of that port."""
     port = importlib.import_module(f"{img.module}.app").DEFAULT_PORT
-    df = parse_dockerfile(img.dockerfile)
+    df = image_dockerfile(img)
     exposed = {w.split("/")[0] for ins in df.final.all("EXPOSE") for w in ins.args.split()}
     assert exposed == {str(port)}
     assert df.final.env().get("LINGUA_HOST") == "0.0.0.0"
@@ -244,7 +268,7 @@ def test_service_port_host_and_healthcheck(img: Image) -> None:
 def test_service_finds_its_lua_scripts(img: Image) -> None:
     """The venv holds the package, not the repository's lua/: LINGUA_LUA_DIR must name
     where the image copied lua/, and that must be what find_lua_dir accepts."""
-    df = parse_dockerfile(img.dockerfile)
+    df = image_dockerfile(img)
     lua_dir = df.final.env().get("LINGUA_LUA_DIR")
     assert lua_dir, "LINGUA_LUA_DIR not set"
     targets = [
@@ -259,7 +283,7 @@ def test_service_finds_its_lua_scripts(img: Image) -> None:
 @pytest.mark.parametrize("img", ALL, ids=IDS)
 def test_env_names_are_settings(img: Image) -> None:
     """A LINGUA_* variable the image sets must be one Settings reads (a typo is silent)."""
-    env = parse_dockerfile(img.dockerfile).final.env()
+    env = image_dockerfile(img).final.env()
     unknown = {k for k in env if k.startswith("LINGUA_")} - settings_env_names()
     assert unknown == set()
 
@@ -268,15 +292,15 @@ def test_images_carry_no_deployment_settings() -> None:
     """The images set what depends on the image (listen address, lua dir); where Redis and
     RabbitMQ are, with their credentials, comes from the deployment, never the image."""
     for img in SERVICE_IMAGES:
-        env = parse_dockerfile(img.dockerfile).final.env()
+        env = image_dockerfile(img).final.env()
         assert {"LINGUA_HOST", "LINGUA_LUA_DIR"} <= set(env)
     for img in ALL:
-        env = parse_dockerfile(img.dockerfile).final.env()
+        env = image_dockerfile(img).final.env()
         assert not {"LINGUA_REDIS_URL", "LINGUA_AMQP_URL"} & set(env)
 
 
 def test_node_agent_healthcheck_script_is_in_the_image() -> None:
-    df = parse_dockerfile(IMAGES["lingua/node-agent"].dockerfile)
+    df = image_dockerfile(IMAGES["lingua/node-agent"])
     command = df.final.all("HEALTHCHECK")[-1].healthcheck_command() or []
     script = command[-1]
     copied = {
@@ -292,7 +316,7 @@ def test_node_agent_healthcheck_script_is_in_the_image() -> None:
 def test_dockerignore_keeps_what_images_copy_and_drops_the_rest() -> None:
     rules = dockerignore_rules((REPO / ".dockerignore").read_text())
     for img in ALL:
-        df = parse_dockerfile(img.dockerfile)
+        df = image_dockerfile(img)
         for _, frm, sources, _ in _copies(df):
             if frm is not None:
                 continue
@@ -348,17 +372,82 @@ def test_checks_catch_a_broken_dockerfile() -> None:
 def test_checks_catch_subtler_mistakes() -> None:
     img = IMAGES["lingua/dispatcher"]
     text = (REPO / img.dockerfile).read_text()
-    wrong_package = text.replace("--package lingua-dispatcher", "--package lingua-gateway")
-    problems = build_problems(parse_dockerfile_text(wrong_package), img)
+
+    def parsed(text: str) -> Dockerfile:
+        return parse_dockerfile_text(text, build_args=img.args)
+
+    wrong_package = text.replace("--package lingua-${SERVICE}", "--package lingua-gateway")
+    problems = build_problems(parsed(wrong_package), img)
     assert any("not --package" in p for p in problems)
     unlocked = text.replace("--frozen ", "")
-    assert any("--frozen" in p for p in build_problems(parse_dockerfile_text(unlocked), img))
+    assert any("--frozen" in p for p in build_problems(parsed(unlocked), img))
     other_code = text.replace("COPY lua/ /app/lua/", "COPY services/gateway/src /app/gw")
-    assert any("not one of" in p for p in copy_problems(parse_dockerfile_text(other_code), img))
+    assert any("not one of" in p for p in copy_problems(parsed(other_code), img))
     floating = text.replace("ghcr.io/astral-sh/uv:0.13.9", "ghcr.io/astral-sh/uv")
-    assert any("no tag" in p for p in pin_problems(parse_dockerfile_text(floating)))
+    assert any("no tag" in p for p in pin_problems(parsed(floating)))
     as_root = text.replace("USER 10001:10001", "USER 0")
-    assert user_problems(parse_dockerfile_text(as_root)) == ["USER 0 is root"]
+    assert user_problems(parsed(as_root)) == ["USER 0 is root"]
+
+
+def test_checks_catch_a_service_image_built_with_the_wrong_args() -> None:
+    """services/Dockerfile is one file for four images: the build args decide what an image
+    holds, so args naming another service, missing or unknown ones, and variables Docker
+    does not expand where they are written are all found."""
+    img = IMAGES["lingua/dispatcher"]
+    text = (REPO / img.dockerfile).read_text()
+
+    def parsed(text: str) -> Dockerfile:
+        return parse_dockerfile_text(text, build_args=img.args)
+
+    other = parse_dockerfile_text(text, build_args=IMAGES["lingua/gateway"].args)
+    assert any("not --package lingua-dispatcher" in p for p in build_problems(other, img))
+    assert any("not one of" in p for p in copy_problems(other, img))
+    assert module_problems(other, img) == [
+        "runs ['lingua-gateway'], not `python -m lingua_dispatcher` or its script"
+    ]
+    with pytest.raises(DockerfileError, match="SERVICE has no value"):
+        parse_dockerfile_text(text, build_args={"PORT": "5030"})
+    with pytest.raises(DockerfileError, match="no ARG declares the build args"):
+        parse_dockerfile_text(text, build_args={**img.args, "SERVCE": "dispatcher"})
+    # exec form is never expanded: it would run a command named `lingua-$SERVICE`
+    exec_form = text.replace('CMD exec "lingua-$SERVICE"', 'CMD ["lingua-$SERVICE"]')
+    assert any("not `python -m" in p for p in module_problems(parsed(exec_form), img))
+    no_exec = text.replace('CMD exec "lingua-$SERVICE"', 'CMD "lingua-$SERVICE"')
+    assert any("without `exec`" in p for p in module_problems(parsed(no_exec), img))
+    # nor in an exec-form health check: the port is not the service's
+    check = parsed(
+        re.sub(
+            r'CMD python -c "(.*)"\n',
+            lambda m: f"CMD {json.dumps(['python', '-c', m.group(1)])}\n",
+            text,
+        )
+    )
+    (hc,) = check.final.all("HEALTHCHECK")
+    assert not hc.shell_form()
+    command = " ".join(hc.healthcheck_command() or [])
+    assert "${LINGUA_PORT}" in command and "5030" not in command
+
+
+def test_variables_read_as_docker_and_sh_read_them() -> None:
+    env: dict[str, str | None] = {"A": "x", "NONE": None}
+    words = shell_words("exec \"lingua-$A\" '$A' \\$A ${A}y $PATH", env)
+    assert words == ["exec", "lingua-x", "$A", "$A", "xy", "$PATH"]
+    assert shell_words("python -c \"print('${A}')\"", env) == ["python", "-c", "print('x')"]
+    assert substitute("services/${A}/src '$A' \"$A\" $PATH", env) == (
+        "services/x/src '$A' \"x\" $PATH"
+    )
+    with pytest.raises(DockerfileError, match="NONE has no value"):
+        substitute("$NONE", env)
+    with pytest.raises(DockerfileError, match="not supported"):
+        shell_words("${A:-default}", env)
+    stages = parse_dockerfile_text(
+        "ARG V=1\nFROM base:${V}.0 AS a\nARG V\nENV P=/p:$PATH Q=$V\n"
+        "FROM a\nENV R=${Q}2\nCMD echo $R\n"
+    ).stages
+    assert stages[0].base == "base:1.0"
+    assert stages[0].env() == {"P": "/p:$PATH", "Q": "1"}
+    assert stages[1].env() == {"P": "/p:$PATH", "Q": "1", "R": "12"}  # inherited
+    assert stages[1].all("CMD")[0].words() == ["echo", "12"]
 
 
 def test_image_pins() -> None:

@@ -25,9 +25,9 @@ from tests.deploy.parsing import (
     IMAGES,
     REPO,
     SERVICE_REQUIRED_SETTINGS,
+    image_dockerfile,
     image_pin_problem,
     node_agent_config,
-    parse_dockerfile,
     settings_default,
     settings_env_names,
 )
@@ -147,7 +147,7 @@ def env_of(docs: list[dict[str, Any]], container: dict[str, Any]) -> dict[str, s
     then env."""
     out: dict[str, str | None] = {}
     if name := our_image(container):
-        out.update(parse_dockerfile(IMAGES[name].dockerfile).final.env())
+        out.update(image_dockerfile(IMAGES[name]).final.env())
     for source in container.get("envFrom", []):
         if "configMapRef" in source:
             cm = named(docs, "ConfigMap", source["configMapRef"]["name"])
@@ -326,7 +326,7 @@ def test_security_contexts_are_restrictive(rendered: tuple[str, list[dict[str, A
                 assert sc.get("readOnlyRootFilesystem") is True, where
                 assert spec.get("automountServiceAccountToken") is False, where
                 # the UID the pod runs as is the one the image was built for
-                user = parse_dockerfile(IMAGES[img].dockerfile).final.all("USER")[-1]
+                user = image_dockerfile(IMAGES[img]).final.all("USER")[-1]
                 uid = int(user.args.split(":")[0])
                 assert sc.get("runAsUser", pod.get("runAsUser")) == uid, where
 

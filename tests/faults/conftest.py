@@ -2,7 +2,8 @@
 by the recipes that kill them), the fault proxy, and the services as real processes.
 
 Timings are short (heartbeats 200 ms, node TTL 1 s, ack timeout 1 s) so that every recipe runs
-in seconds; the code paths are the production ones.
+in seconds; the code paths are the production ones. What the recipes call (``start_all``,
+``wait_ready``, sessions, node processes) is in ``tests/support`` and ``workload.py``.
 """
 
 from __future__ import annotations
@@ -19,27 +20,10 @@ from redis.asyncio import Redis
 
 from tests.faults.proxy import FaultProxy
 from tests.faults.servers import OwnRabbit, OwnRedis
-from tests.integration.conftest import Stack, started_stack
+from tests.support.stack import JOB_ENV, STACK_ENV, Stack, started_stack
 
-FAULT_ENV = {
-    "LINGUA_CELL": "it",
-    "LINGUA_SWEEP_INTERVAL_S": "0.2",
-    "LINGUA_RECONCILE_INTERVAL_S": "0.5",
-    "LINGUA_NODE_MIN_TTL_MS": "1000",
-    "LINGUA_NODE_TTL_INTERVALS": "3",
-    "LINGUA_HEARTBEAT_BATCH_MS": "50",
-    "LINGUA_GATEWAY_LIVENESS_TTL_MS": "1500",
-    "LINGUA_WS_PING_INTERVAL_S": "0.5",
-    "LINGUA_WS_PING_TIMEOUT_S": "0.5",
-    "LINGUA_WS_MAX_FRAME_BYTES": "65536",
-    "LINGUA_ACK_TIMEOUT_MS": "1000",
-    "LINGUA_JOB_DEADLINE_MS": "3000",
-    "LINGUA_GAP_TIMEOUT_MS": "4000",
-    "LINGUA_NO_NODE_WAIT_MS": "300",
-    "LINGUA_MAX_ATTEMPTS": "3",
-    "LINGUA_AMQP_CONNECT_TIMEOUT_S": "2",
-    "LINGUA_LOG_LEVEL": "INFO",
-}
+# Every stack's short timings and the job path's timers; AMQP connects give up after 2 s.
+FAULT_ENV = {**STACK_ENV, **JOB_ENV, "LINGUA_AMQP_CONNECT_TIMEOUT_S": "2"}
 
 
 @pytest.fixture(scope="session")
@@ -154,28 +138,3 @@ def fstack(
     Processes a recipe killed are not asked to exit cleanly; the others are."""
     with started_stack(fault_env, tmp_path, request, killed_ok=True) as s:
         yield s
-
-
-def start_all(stack: Stack, *specs: tuple[str, str], **env: str) -> None:
-    """Start several services at once and wait until each is ready."""
-    procs = [stack.start(name, service, **env) for name, service in specs]
-    for p in procs:
-        p.wait_ready(60)
-
-
-async def wait_ready(proc, timeout: float = 30.0) -> float:  # type: ignore[no-untyped-def]
-    """Seconds until ``/readyz`` answers 200 (the service consumes again)."""
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        if await asyncio.to_thread(proc.ready):
-            return time.monotonic() - t0
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{proc.name} not ready within {timeout}s")
-
-
-@pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
-    outcome = yield
-    rep = outcome.get_result()
-    if rep.when == "call":
-        item.rep_call_failed = rep.failed  # type: ignore[attr-defined]

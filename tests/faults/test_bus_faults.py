@@ -11,85 +11,31 @@ exactly one job record.
 
 from __future__ import annotations
 
-import asyncio
 import signal
 import time
-import uuid
 
 import aio_pika
 import pytest
 
-from lingua_shared.bus import Publisher, Topology
-from lingua_shared.errors import DependencyDown
-from lingua_shared.events import JobRequest, NodeJobEvent
-from tests.faults.conftest import start_all
+from lingua_shared.events import NodeJobEvent
 from tests.faults.slot_load import duplicate_jobs
-from tests.faults.test_job_faults import JOB_SERVICES, nodes
 from tests.faults.workload import (
     Session,
+    ended_jobs,
     job_records,
+    jobs_ended,
     log_count,
     metric,
-    session_url,
+    open_publisher,
+    request,
 )
-from tests.integration.helpers import eventually
-from tests.integration.invariants import settle_idle
+from tests.support.agents import NodeProcess, node_processes, node_url
+from tests.support.helpers import eventually, node_ready
+from tests.support.invariants import settle_idle
+from tests.support.sessions import session_url
+from tests.support.stack import JOB_SERVICES, start_all
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
-
-
-def request(i: int, run: str) -> JobRequest:
-    return JobRequest(
-        request_key=f"{run}:{i}",
-        session_id=f"s-{run}",
-        utterance_index=i,
-        gateway_id="gw-none",
-        conn_id="c-none",
-        mode="one_way",
-        src_lang="fr",  # no node serves fr->de: NO_AVAILABLE_NODE at once
-        tgt_lang="de",
-        audio="AQABAAEAAQA=",
-        audio_format="pcm16",
-        sample_rate=16000,
-        trace_id=uuid.uuid4().hex,
-        received_at_ms=int(time.time() * 1000),
-    )
-
-
-async def open_publisher(stack):  # type: ignore[no-untyped-def]
-    conn = await aio_pika.connect_robust(
-        stack.env["LINGUA_AMQP_URL"], timeout=5, reconnect_interval=0.5
-    )
-    topo = Topology(stack.env["LINGUA_BUS_PREFIX"], 5)
-    return conn, await Publisher.open(conn, topo, confirm_timeout=5)
-
-
-async def ended_jobs(fredis, keys) -> int:  # type: ignore[no-untyped-def]
-    return sum(1 for j in (await job_records(fredis, keys)).values() if j["state"] == "failed")
-
-
-async def publish_confirmed(publisher: Publisher, ev, give_up_s: float = 60) -> int:  # type: ignore[no-untyped-def]
-    """Publish until the broker confirms; returns how many tries it took (a producer that
-    retries what was not confirmed: the cause of duplicates that consumers absorb)."""
-    deadline = time.monotonic() + give_up_s
-    tries = 0
-    while True:
-        tries += 1
-        try:
-            await publisher.event("job.request", ev)
-            return tries
-        except DependencyDown:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.2)
-
-
-async def _at_least(s: set[int], k: int) -> bool:
-    return len(s) >= k
-
-
-async def _ended(fredis, keys, n: int) -> bool:  # type: ignore[no-untyped-def]
-    return await ended_jobs(fredis, keys) >= n
 
 
 async def test_r2_a_consumer_crash_loses_nothing(fstack, fredis):
@@ -113,7 +59,7 @@ async def test_r2_a_consumer_crash_loses_nothing(fstack, fredis):
     first.proc.wait(10)
     done_by_first = await ended_jobs(fredis, fstack.keys)
     start_all(fstack, ("disp-2", "dispatcher"))
-    await eventually(lambda: _ended(fredis, fstack.keys, n), timeout=60, what="every request")
+    await eventually(lambda: jobs_ended(fredis, fstack.keys, n), timeout=60, what="every request")
     jobs, duplicated = await duplicate_jobs(fredis, fstack.keys)
     absorbed = metric(fstack, "disp-2", "lingua_job_duplicates_total")
     print(
@@ -150,7 +96,7 @@ async def test_r3_a_poison_message_does_not_loop(fstack, fredis):
             await publisher.event("job.request", request(i, run))
     finally:
         await conn.close()
-    await eventually(lambda: _ended(fredis, fstack.keys, good), timeout=30, what="good ones")
+    await eventually(lambda: jobs_ended(fredis, fstack.keys, good), timeout=30, what="good ones")
     dead = await eventually(lambda: _dead(fstack), timeout=15, what="the poison dead-lettered")
     deliveries = log_count(fstack, "disp-1", '"bus.handler_failed"')
     print(
@@ -179,13 +125,11 @@ async def test_r4_a_job_for_a_gateway_that_is_gone_is_redispatched(fstack, fredi
     queue, by the ack timeout) and redispatched; every utterance answered once."""
     total = 4
     start_all(fstack, *JOB_SERVICES)
-    async with nodes(
+    async with node_processes(
         fstack, fredis, ("node-a-on-gw-a", {"capacity": 4}), ("node-z-on-gw-b", {"capacity": 4})
     ) as (_, other):
         # node-z moves to gw-b: a node-agent process per gateway is simplest; restart it there
         other.stop()
-        from tests.faults.workload import NodeProcess, node_ready, node_url
-
         moved = NodeProcess(
             node_url(fstack, "gw-b"), "node-z-on-gw-b", fstack.log_dir / "node-z-b.log", capacity=4
         )

@@ -15,10 +15,11 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.faults.conftest import start_all
-from tests.faults.test_job_faults import JOB_SERVICES, nodes
-from tests.faults.workload import Session, metric, node_url, session_url
-from tests.integration.invariants import settle_idle
+from tests.faults.workload import Session, metric
+from tests.support.agents import node_processes, node_url
+from tests.support.invariants import settle_idle
+from tests.support.sessions import session_url
+from tests.support.stack import JOB_SERVICES, start_all
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
@@ -104,7 +105,7 @@ async def test_w4_slow_readers_cannot_pin_the_gateway(fstack, fredis):
     normal clients with and without the slow ones printed (timings are not asserted)."""
     send_timeout_s = 1.0
     start_all(fstack, *JOB_SERVICES, LINGUA_WS_SEND_TIMEOUT_S=str(send_timeout_s))
-    async with nodes(
+    async with node_processes(
         fstack, fredis, ("node-w4a", {"capacity": 16}), ("node-w4b", {"capacity": 16})
     ):
         url = session_url(fstack, "gw-b")

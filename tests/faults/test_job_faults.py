@@ -17,48 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults.conftest import start_all
-from tests.faults.workload import (
-    NodeProcess,
-    Session,
-    job_records,
-    metric,
-    node_ready,
-    node_url,
-    session_url,
-)
-from tests.integration.helpers import eventually
-from tests.integration.invariants import settle_idle
+from tests.faults.workload import Session, job_records, metric
+from tests.support.agents import node_processes
+from tests.support.helpers import eventually
+from tests.support.invariants import settle_idle
+from tests.support.sessions import session_url
+from tests.support.stack import JOB_SERVICES, start_all
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
-
-JOB_SERVICES = (
-    ("nm-1", "node-manager"),
-    ("disp-1", "dispatcher"),
-    ("disp-2", "dispatcher"),
-    ("gw-a", "gateway"),
-    ("gw-b", "gateway"),
-)
-
-
-@contextlib.asynccontextmanager
-async def nodes(stack, fredis, *specs: tuple[str, dict]):  # type: ignore[no-untyped-def]
-    """Simulated nodes as processes on gw-a, each registered and ready before the body."""
-    procs = [
-        NodeProcess(node_url(stack, "gw-a"), prefix, stack.log_dir / f"{prefix}.log", **kw)
-        for prefix, kw in specs
-    ]
-    try:
-        for p in procs:
-            await eventually(
-                lambda p=p: node_ready(fredis, stack.keys, p.node_id),
-                timeout=20,
-                what=f"{p.node_id} ready",
-            )
-        yield procs
-    finally:
-        for p in procs:
-            p.stop()
 
 
 async def slots(fredis, keys, node_id: str) -> tuple[int, int]:  # type: ignore[no-untyped-def]
@@ -69,7 +35,7 @@ async def slots(fredis, keys, node_id: str) -> tuple[int, int]:  # type: ignore[
 async def test_j4_a_retried_request_makes_one_job(fstack, fredis):
     """J4: the same utterance sent 3 times -> exactly 1 job, 1 reservation, 1 result."""
     start_all(fstack, *JOB_SERVICES)
-    async with nodes(fstack, fredis, ("node-j4", {"processing_ms": 300})):
+    async with node_processes(fstack, fredis, ("node-j4", {"processing_ms": 300})):
         s = await Session.open(session_url(fstack, "gw-b"))
         for _ in range(3):  # a client retrying: same request id, no index
             await s.utterance(0, request_id="req-j4")
@@ -94,7 +60,7 @@ async def test_j1_a_killed_node_has_its_jobs_redispatched_and_slots_freed(fstack
     each job is redispatched (or failed with a typed error); no silent hang."""
     keys, k = fstack.keys, 3
     start_all(fstack, *JOB_SERVICES)
-    async with nodes(
+    async with node_processes(
         fstack, fredis, ("node-a-doomed", {"processing_ms": 60_000, "capacity": k})
     ) as (doomed,):
         s = await Session.open(session_url(fstack, "gw-b"))
@@ -105,7 +71,7 @@ async def test_j1_a_killed_node_has_its_jobs_redispatched_and_slots_freed(fstack
             timeout=10,
             what="k jobs running on the doomed node",
         )
-        async with nodes(fstack, fredis, ("node-z-healthy", {"capacity": k})):
+        async with node_processes(fstack, fredis, ("node-z-healthy", {"capacity": k})):
             t0 = time.monotonic()
             doomed.signal(signal.SIGKILL)
             await eventually(
@@ -139,14 +105,16 @@ async def test_j2_a_zombie_node_cannot_deliver_stale_results(fstack, fredis):
     keys = fstack.keys
     # long pings: the zombie's connection survives the stop, so its late result does arrive
     start_all(fstack, *JOB_SERVICES, LINGUA_WS_PING_INTERVAL_S="30", LINGUA_WS_PING_TIMEOUT_S="30")
-    async with nodes(fstack, fredis, ("node-a-zombie", {"processing_ms": 1500})) as (zombie,):
+    async with node_processes(fstack, fredis, ("node-a-zombie", {"processing_ms": 1500})) as (
+        zombie,
+    ):
         s = await Session.open(session_url(fstack, "gw-b"))
         await s.utterance(0)
         await eventually(
             lambda: _is(slots(fredis, keys, zombie.node_id), (0, 1)), what="the job acked"
         )
         zombie.signal(signal.SIGSTOP)
-        async with nodes(fstack, fredis, ("node-z-healthy", {})):
+        async with node_processes(fstack, fredis, ("node-z-healthy", {})):
             await s.collect(1, timeout=10)  # deadline (3 s) -> attempt 2 on the healthy node
             assert [a["type"] for a in s.answers] == ["translation_result"], s.answers
             zombie.signal(signal.SIGCONT)
@@ -183,7 +151,7 @@ async def test_j3_a_dispatcher_killed_between_reserve_and_send_leaks_nothing(fst
     keys, ack_timeout_s = fstack.keys, 1.0
     start_all(fstack, *JOB_SERVICES)
     # a second node: the first, having "failed" to ack, is not tried again for this job
-    async with nodes(fstack, fredis, ("node-j3", {}), ("node-j3-other", {})) as (node, _):
+    async with node_processes(fstack, fredis, ("node-j3", {}), ("node-j3-other", {})) as (node, _):
         s = await Session.open(session_url(fstack, "gw-b"))
         helper = subprocess.Popen(
             [
@@ -240,7 +208,7 @@ async def test_j5_results_reach_the_client_once_in_order_across_a_gateway_kill(f
     total = 8
     # jobs queue for a slot rather than fail fast: the recipe is about delivery, not capacity
     start_all(fstack, *JOB_SERVICES, ("gw-c", "gateway"), LINGUA_NO_NODE_WAIT_MS="10000")
-    async with nodes(fstack, fredis, ("node-j5", {"processing_ms": 250, "capacity": 2})):
+    async with node_processes(fstack, fredis, ("node-j5", {"processing_ms": 250, "capacity": 2})):
         first = await Session.open(session_url(fstack, "gw-b"))
         for i in range(total):
             await first.utterance(i)

@@ -18,12 +18,13 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from lingua_shared.keys import Keys
 from lingua_shared.scripts import Scripts
-from tests.faults.conftest import start_all
 from tests.faults.slot_load import LoadResult, add_nodes, duplicate_jobs, end_state, run_load
-from tests.faults.test_job_faults import JOB_SERVICES, nodes
-from tests.faults.workload import Session, log_count, metric, node_ready, session_url
-from tests.integration.helpers import eventually
-from tests.integration.invariants import settle_idle
+from tests.faults.workload import Session, log_count, metric
+from tests.support.agents import node_processes
+from tests.support.helpers import eventually, node_ready
+from tests.support.invariants import settle_idle
+from tests.support.sessions import session_url
+from tests.support.stack import JOB_SERVICES, start_all
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
@@ -139,7 +140,7 @@ async def test_s3_services_survive_script_flush_and_a_redis_restart(fstack, fred
     admin = Redis.from_url(live_redis.url)
     total = 12
     try:
-        async with nodes(fstack, fredis, ("node-s3a", {"capacity": 4}), ("node-s3b", {})):
+        async with node_processes(fstack, fredis, ("node-s3a", {"capacity": 4}), ("node-s3b", {})):
             s = await Session.open(session_url(fstack, "gw-b"))
             for i in range(total):
                 for _ in range(4):
@@ -172,7 +173,7 @@ async def test_s6_a_redis_outage_does_not_evict_healthy_nodes(fstack, fredis, li
     reaches its client once."""
     keys, ttl_s = fstack.keys, 1.0
     start_all(fstack, *JOB_SERVICES, LINGUA_JOB_DEADLINE_MS="30000")
-    async with nodes(
+    async with node_processes(
         fstack, fredis, ("node-s6a", {"processing_ms": 1500}), ("node-s6b", {})
     ) as procs:
         s = await Session.open(session_url(fstack, "gw-b"))

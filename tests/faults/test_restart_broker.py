@@ -13,19 +13,22 @@ import time
 import aio_pika
 import pytest
 
-from tests.faults.conftest import start_all, wait_ready
 from tests.faults.slot_load import duplicate_jobs
-from tests.faults.test_bus_faults import (
-    _at_least,
-    _ended,
+from tests.faults.workload import (
+    Session,
+    at_least,
+    job_records,
+    jobs_ended,
+    metric,
     open_publisher,
     publish_confirmed,
     request,
 )
-from tests.faults.test_job_faults import JOB_SERVICES, nodes
-from tests.faults.workload import Session, job_records, metric, session_url
-from tests.integration.helpers import eventually
-from tests.integration.invariants import settle_idle
+from tests.support.agents import node_processes
+from tests.support.helpers import eventually
+from tests.support.invariants import settle_idle
+from tests.support.sessions import session_url
+from tests.support.stack import JOB_SERVICES, start_all, wait_ready
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
@@ -58,13 +61,13 @@ async def test_r1_confirmed_events_survive_a_broker_crash(aged, fredis, live_rab
                 confirmed.add(i)
 
         tasks = [asyncio.create_task(producer(range(k, n, 4))) for k in range(4)]
-        await eventually(lambda: _at_least(confirmed, n // 2), timeout=60, what="half published")
+        await eventually(lambda: at_least(confirmed, n // 2), timeout=60, what="half published")
         restart_s = await asyncio.to_thread(live_rabbit.restart)  # SIGKILL, then start
         await asyncio.gather(*tasks)
     finally:
         await conn.close()
     await wait_ready(fstack.procs["disp-1"], 60)
-    await eventually(lambda: _ended(fredis, fstack.keys, n), timeout=60, what="every request")
+    await eventually(lambda: jobs_ended(fredis, fstack.keys, n), timeout=60, what="every request")
     jobs, duplicated = await duplicate_jobs(fredis, fstack.keys)
     handled = {int(j["utterance_index"]) for j in (await job_records(fredis, fstack.keys)).values()}
     lost = len(confirmed - handled)
@@ -95,7 +98,7 @@ async def consumer_counts(stack) -> dict[str, int]:  # type: ignore[no-untyped-d
 
 
 async def one_job_round_trip(stack, fredis, node_prefix: str) -> str:  # type: ignore[no-untyped-def]
-    async with nodes(stack, fredis, (node_prefix, {})):
+    async with node_processes(stack, fredis, (node_prefix, {})):
         s = await Session.open(session_url(stack, "gw-b"))
         await s.utterance(0)
         await s.collect(1, timeout=15)

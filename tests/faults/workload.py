@@ -1,81 +1,29 @@
-"""Clients, nodes and counts the recipes share: a simulated node as its own process (so it can
-be SIGKILLed / SIGSTOPped), a session that remembers every answer, and Prometheus readings."""
+"""Clients and counts the recipes share: a session that remembers every answer, job requests
+published straight to the bus, job records and Prometheus readings. (Nodes as processes a
+recipe can SIGKILL are ``tests.support.agents.node_processes``.)"""
 
 from __future__ import annotations
 
 import asyncio
 import base64
 import json
-import os
 import re
-import signal
-import subprocess
-import sys
 import time
 import urllib.request
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 
+import aio_pika
 from redis.asyncio import Redis
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import ClientConnection
 
+from lingua_shared.bus import Publisher, Topology
+from lingua_shared.errors import DependencyDown
+from lingua_shared.events import JobRequest
 from lingua_shared.keys import Keys
-from tests.integration.conftest import Stack
-
-PCM = b"\x01\x00" * 1600  # 100 ms of PCM16 at 16 kHz
-ANSWER_TYPES = ("translation_result", "missing_result", "error")
-
-
-def session_url(stack: Stack, gw: str) -> str:
-    return f"ws://127.0.0.1:{stack.procs[gw].port}/ws/session"
-
-
-def node_url(stack: Stack, gw: str) -> str:
-    return f"ws://127.0.0.1:{stack.procs[gw].port}/ws/node"
-
-
-class NodeProcess:
-    """``lingua-node-agent simulate --count 1`` as a child process: a node we may kill."""
-
-    def __init__(
-        self,
-        gateway: str,
-        node_prefix: str,
-        log: Path,
-        *,
-        processing_ms: int = 20,
-        capacity: int = 2,
-    ) -> None:
-        self.node_id = f"{node_prefix}-00000"
-        argv = [
-            sys.executable, "-m", "lingua_node_agent", "simulate",
-            "--count", "1", "--gateway", gateway, "--id-prefix", node_prefix,
-            "--regions", "eu", "--gpu-tiers", "a100", "--lang-sets", "en,ja,zh",
-            "--processing-ms", str(processing_ms), "--capacity", str(capacity),
-            "--heartbeat-interval-ms", "200", "--status-interval-s", "3600",
-            "--drain-timeout-s", "1",
-        ]  # fmt: skip
-        out = open(log, "ab")
-        self.proc = subprocess.Popen(
-            argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        out.close()
-
-    def signal(self, sig: int) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, sig)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.signal(signal.SIGCONT)
-            self.signal(signal.SIGKILL)
-            self.proc.wait(10)
-
-
-async def node_ready(redis: Redis, keys: Keys, node_id: str) -> bool:
-    h = await redis.hmget(keys.node(node_id), "status", "connected")
-    return h[0] == b"ready" and h[1] == b"1"
+from tests.support.sessions import ANSWER_TYPES, PCM, open_session
+from tests.support.stack import Stack
 
 
 @dataclass
@@ -89,25 +37,11 @@ class Session:
 
     @classmethod
     async def open(cls, url: str, src: str = "zh", tgt: str = "en") -> Session:
-        ws = await connect(url, max_queue=None)
-        await ws.send(
-            json.dumps(
-                {
-                    "type": "session_init",
-                    "client_version": "faults",
-                    "platform": "test",
-                    "mode": "one_way",
-                    "src_lang": src,
-                    "tgt_lang": tgt,
-                    "audio_format": "pcm16",
-                    # the recipes check the order of answers on each connection
-                    "result_delivery": "ordered",
-                }
-            )
+        # results in order: the recipes check the order of answers on each connection
+        ws, sid = await open_session(
+            url, src, tgt, "ordered", client_version="faults", timeout=10, max_queue=None
         )
-        ack = json.loads(await asyncio.wait_for(ws.recv(), 10))
-        assert ack["type"] == "session_init_ack", ack
-        return cls(ws, ack["session_id"])
+        return cls(ws, sid)
 
     async def utterance(self, index: int, request_id: str | None = None) -> None:
         msg = {
@@ -187,3 +121,59 @@ def log_count(stack: Stack, name: str, event: str) -> int:
     if path is None or not path.exists():
         return 0
     return sum(1 for line in path.read_text().splitlines() if event in line)
+
+
+# -- job requests straight to the bus (the recipes that play the gateway) --------------------
+def request(i: int, run: str) -> JobRequest:
+    return JobRequest(
+        request_key=f"{run}:{i}",
+        session_id=f"s-{run}",
+        utterance_index=i,
+        gateway_id="gw-none",
+        conn_id="c-none",
+        mode="one_way",
+        src_lang="fr",  # no node serves fr->de: NO_AVAILABLE_NODE at once
+        tgt_lang="de",
+        audio="AQABAAEAAQA=",
+        audio_format="pcm16",
+        sample_rate=16000,
+        trace_id=uuid.uuid4().hex,
+        received_at_ms=int(time.time() * 1000),
+    )
+
+
+async def open_publisher(stack):  # type: ignore[no-untyped-def]
+    conn = await aio_pika.connect_robust(
+        stack.env["LINGUA_AMQP_URL"], timeout=5, reconnect_interval=0.5
+    )
+    topo = Topology(stack.env["LINGUA_BUS_PREFIX"], 5)
+    return conn, await Publisher.open(conn, topo, confirm_timeout=5)
+
+
+async def publish_confirmed(publisher: Publisher, ev, give_up_s: float = 60) -> int:  # type: ignore[no-untyped-def]
+    """Publish until the broker confirms; returns how many tries it took (a producer that
+    retries what was not confirmed: the cause of duplicates that consumers absorb)."""
+    deadline = time.monotonic() + give_up_s
+    tries = 0
+    while True:
+        tries += 1
+        try:
+            await publisher.event("job.request", ev)
+            return tries
+        except DependencyDown:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.2)
+
+
+async def ended_jobs(fredis, keys) -> int:  # type: ignore[no-untyped-def]
+    """How many requests have ended (their job failed at once: no node serves fr->de)."""
+    return sum(1 for j in (await job_records(fredis, keys)).values() if j["state"] == "failed")
+
+
+async def jobs_ended(fredis, keys, n: int) -> bool:  # type: ignore[no-untyped-def]
+    return await ended_jobs(fredis, keys) >= n
+
+
+async def at_least(s: set[int], k: int) -> bool:
+    return len(s) >= k

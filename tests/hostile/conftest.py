@@ -1,7 +1,7 @@
 """Fixtures of the hostile-input suite: the integration stack (real processes, real Redis and
 RabbitMQ) with limits low enough that fuzzed frames cross them.
 
-``stack_env`` and the report hook come from ``tests/integration/conftest.py``.
+``stack_env`` and the report hook come from ``tests.support.fixtures``.
 """
 
 from __future__ import annotations
@@ -11,15 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import (  # noqa: F401  (fixtures and hook re-exported)
-    Stack,
-    pytest_runtest_makereport,
-    stack_env,
-    started_stack,
-)
+from tests.hostile.harness import HARD_FRAME_LIMIT, SESSION_FRAME_LIMIT
+from tests.support.stack import Stack, started_stack
 
-SESSION_FRAME_LIMIT = 16_384  # over it: MESSAGE_TOO_LARGE, the connection stays open
-HARD_FRAME_LIMIT = 65_536  # over it: close 1009 (websockets' max_size)
 HOSTILE_ENV = {
     "LINGUA_WS_SESSION_MAX_FRAME_BYTES": str(SESSION_FRAME_LIMIT),
     "LINGUA_WS_MAX_FRAME_BYTES": str(HARD_FRAME_LIMIT),
@@ -38,13 +32,13 @@ def _start(
 
 
 @pytest.fixture
-def node_stack(redis, stack_env, tmp_path, request) -> Iterator[Stack]:  # noqa: F811
+def node_stack(redis, stack_env, tmp_path, request) -> Iterator[Stack]:
     """node-manager + gateway: registrations are real RPCs, heartbeats reach Redis."""
     yield from _start(stack_env, tmp_path, request, [("nm-1", "node-manager"), ("gw-a", "gateway")])
 
 
 @pytest.fixture
-def session_stack(redis, stack_env, tmp_path, request) -> Iterator[Stack]:  # noqa: F811
+def session_stack(redis, stack_env, tmp_path, request) -> Iterator[Stack]:
     """node-manager + dispatcher + gateway: every utterance gets its answer (no node runs,
     so the answer is NO_AVAILABLE_NODE, typed, at once)."""
     yield from _start(

@@ -24,6 +24,9 @@ from websockets.exceptions import ConnectionClosed
 from lingua_shared.protocol import ErrorCode
 
 REPLY_TIMEOUT_S = 5.0
+# The suite's frame limits (its stacks run with them: see the conftest)
+SESSION_FRAME_LIMIT = 16_384  # over it: MESSAGE_TOO_LARGE, the connection stays open
+HARD_FRAME_LIMIT = 65_536  # over it: close 1009 (websockets' max_size)
 PROTOCOL_CODES = frozenset(c.value for c in ErrorCode) - {ErrorCode.INTERNAL_ERROR.value}
 
 

@@ -25,8 +25,14 @@ from lingua_shared.errors import InvalidMessage
 from lingua_shared.protocol import NODE_INBOUND
 from lingua_shared.protocol.node import NODE_ID_RE
 from tests.hostile import strategies as hs
-from tests.hostile.conftest import HARD_FRAME_LIMIT
-from tests.hostile.harness import Frame, Outcome, assert_services_sound, check_typed, exchange
+from tests.hostile.harness import (
+    HARD_FRAME_LIMIT,
+    Frame,
+    Outcome,
+    assert_services_sound,
+    check_typed,
+    exchange,
+)
 
 pytestmark = pytest.mark.integration
 JOB_TYPES = frozenset({"job_ack", "job_started", "job_result", "asr_partial", "node_error"})

@@ -31,9 +31,10 @@ from lingua_gateway.session_frames import parse_client_frame
 from lingua_shared.errors import InvalidMessage
 from lingua_shared.protocol.session import FRAME_PING, FRAME_PONG, SESSION_INBOUND
 from tests.hostile import strategies as hs
-from tests.hostile.conftest import HARD_FRAME_LIMIT, SESSION_FRAME_LIMIT
 from tests.hostile.harness import (
+    HARD_FRAME_LIMIT,
     PROTOCOL_CODES,
+    SESSION_FRAME_LIMIT,
     Frame,
     Outcome,
     assert_services_sound,

@@ -14,7 +14,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
 from lingua_shared.auth import mint
-from tests.integration.helpers import eventually, metric, register_frame
+from tests.support.helpers import eventually, metric, register_frame
 
 pytestmark = pytest.mark.integration
 

@@ -10,7 +10,7 @@ import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed
 
-from tests.integration.helpers import (
+from tests.support.helpers import (
     eventually,
     lingua_keys,
     node_pools,

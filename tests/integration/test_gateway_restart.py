@@ -28,9 +28,9 @@ from websockets.exceptions import ConnectionClosed
 
 from lingua_node_agent import NodeAgent
 from lingua_shared.devstack import free_port
-from tests.integration.conftest import started_stack
-from tests.integration.helpers import eventually, node_state, register_frame
-from tests.integration.test_job_path import node
+from tests.support.agents import agent_task, node
+from tests.support.helpers import eventually, node_state, register_frame
+from tests.support.stack import started_stack
 
 pytestmark = pytest.mark.integration
 
@@ -51,17 +51,6 @@ def _load(name: str) -> ModuleType:
 
 probe_mod = _load("restart_probe")
 stack_mod = _load("stack")
-
-
-@contextlib.asynccontextmanager
-async def running(agent: NodeAgent):
-    task = asyncio.create_task(agent.run())
-    try:
-        yield task
-    finally:
-        agent.stop(drain=False)
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(task, 5)
 
 
 async def one_shot_agent(
@@ -106,7 +95,7 @@ async def test_gateway_restart_refuses_nothing_and_nodes_come_back(
         url = stack.gateway_url("gw-a")
         agent = node(stack, "restart-node-1")
         oneshot_registered = asyncio.Event()
-        async with running(agent):
+        async with agent_task(agent):
             await asyncio.wait_for(agent.registered.wait(), 10)
             oneshot = asyncio.create_task(
                 one_shot_agent(url, "restart-oneshot-1", oneshot_registered, redis, stack.keys)

@@ -32,10 +32,10 @@ from lingua_shared.protocol.session import (
     build_binary_frame,
     parse_binary_frame,
 )
-from tests.integration.helpers import eventually, register_frame
+from tests.support.helpers import eventually, register_frame
+from tests.support.sessions import PCM, audio_chunk, init_session, session_url
 
 pytestmark = pytest.mark.integration
-PCM = b"\x01\x00" * 1600  # 100 ms of PCM16 at 16 kHz
 
 
 class BusTap:
@@ -81,10 +81,6 @@ async def bus(stack, amqp_url: str, bus_prefix: str) -> AsyncIterator[tuple[BusT
         await conn.close()
 
 
-def session_url(stack, gw: str = "gw-a") -> str:
-    return stack.gateway_url(gw).replace("/ws/node", "/ws/session")
-
-
 async def recv(ws: ClientConnection, timeout: float = 5.0) -> Any:
     raw = await asyncio.wait_for(ws.recv(), timeout)
     return parse_binary_frame(raw) if isinstance(raw, bytes) else json.loads(raw)
@@ -92,27 +88,6 @@ async def recv(ws: ClientConnection, timeout: float = 5.0) -> Any:
 
 async def send(ws: ClientConnection, **msg: Any) -> None:
     await ws.send(json.dumps(msg))
-
-
-async def open_session(ws: ClientConnection, **fields: Any) -> dict:
-    init = {"client_version": "it", "platform": "test", "src_lang": "zh", "tgt_lang": "en"}
-    await send(ws, type="session_init", **{**init, **fields})
-    ack = await recv(ws)
-    assert ack["type"] == "session_init_ack", ack
-    return ack
-
-
-def chunk(sid: str, seq: int, audio: bytes = b"", final: bool = False) -> str:
-    payload = base64.b64encode(audio).decode()
-    return json.dumps(
-        {
-            "type": "audio_chunk",
-            "session_id": sid,
-            "seq": seq,
-            "is_final": final,
-            "payload": payload,
-        }
-    )
 
 
 def frame(ftype: int, sid: str, audio: bytes = b"", seq: int = 0, final: bool = False) -> bytes:
@@ -131,8 +106,8 @@ async def record(redis, stack, sid: str) -> dict[str, str]:
 
 
 async def test_sessions_one_way_and_two_way_are_acked_and_recorded(stack, redis, bus):
-    async with connect(session_url(stack)) as ws:
-        ack = await open_session(ws, mode="one_way", audio_format="pcm16", trace_id="trace-1")
+    async with connect(session_url(stack, "gw-a")) as ws:
+        ack = await init_session(ws, mode="one_way", audio_format="pcm16", trace_id="trace-1")
         sid = ack["session_id"]
         assert sid.startswith("s-") and len(sid) == 18
         assert ack["trace_id"] == "trace-1" and ack["use_binary_frame"] is False
@@ -151,8 +126,8 @@ async def test_sessions_one_way_and_two_way_are_acked_and_recorded(stack, redis,
         }
         assert len(rec["conn_id"]) == 32 and int(rec["created_at_ms"]) > 0
         assert 590_000 < await redis.pttl(stack.keys.session(sid)) <= 600_000
-    async with connect(session_url(stack)) as ws:  # as lingua's web client opens one
-        ack = await open_session(
+    async with connect(session_url(stack, "gw-a")) as ws:  # as lingua's web client opens one
+        ack = await init_session(
             ws,
             mode="two_way_auto",
             src_lang="auto",
@@ -176,8 +151,8 @@ async def test_sessions_one_way_and_two_way_are_acked_and_recorded(stack, redis,
 async def test_invalid_inits_and_early_messages_get_typed_errors_and_the_connection_stays_open(
     stack, redis, bus
 ):
-    async with connect(session_url(stack)) as ws:
-        await ws.send(chunk("s-0123456789abcdef", 0, PCM, final=True))
+    async with connect(session_url(stack, "gw-a")) as ws:
+        await ws.send(audio_chunk("s-0123456789abcdef", 0, PCM, final=True))
         assert (await recv(ws))["code"] == "INVALID_SESSION"
         await send(ws, type="client_heartbeat", timestamp=1)
         hb = await recv(ws)
@@ -196,7 +171,7 @@ async def test_invalid_inits_and_early_messages_get_typed_errors_and_the_connect
             assert err["type"] == "error" and err["code"] == code, (fields, err)
         await ws.send("{not json")
         assert (await recv(ws))["code"] == "INVALID_MESSAGE"
-        sid = (await open_session(ws))["session_id"]
+        sid = (await init_session(ws))["session_id"]
         await send(ws, type="session_init", src_lang="zh", tgt_lang="en")
         err = await recv(ws)
         assert err["code"] == "INVALID_MESSAGE" and "one session per connection" in err["message"]
@@ -206,14 +181,14 @@ async def test_invalid_inits_and_early_messages_get_typed_errors_and_the_connect
 
 async def test_chunks_and_binary_frames_become_job_requests_numbered_in_order(stack, redis, bus):
     tap, _ = bus
-    async with connect(session_url(stack)) as ws:
-        ack = await open_session(ws, audio_format="pcm16")
+    async with connect(session_url(stack, "gw-a")) as ws:
+        ack = await init_session(ws, audio_format="pcm16")
         sid = ack["session_id"]
         a, b, c, d = (bytes([i, 0]) * 800 for i in range(1, 5))
-        await ws.send(chunk(sid, 0, a))  # utterance 0: two JSON chunks and an empty final
-        await ws.send(chunk(sid, 1, b))
-        await ws.send(chunk(sid, 2, final=True))
-        await ws.send(chunk(sid, 3, final=True))  # empty utterance: no job, no index
+        await ws.send(audio_chunk(sid, 0, a))  # utterance 0: two JSON chunks and an empty final
+        await ws.send(audio_chunk(sid, 1, b))
+        await ws.send(audio_chunk(sid, 2, final=True))
+        await ws.send(audio_chunk(sid, 3, final=True))  # empty utterance: no job, no index
         await ws.send(frame(FRAME_AUDIO, sid, c, seq=4))  # utterance 1: binary audio + final
         await ws.send(frame(FRAME_FINAL, sid, seq=5))
         await ws.send(frame(FRAME_AUDIO, "", d, seq=6, final=True))  # utterance 2
@@ -231,21 +206,21 @@ async def test_chunks_and_binary_frames_become_job_requests_numbered_in_order(st
         await send(ws, type="audio_chunk", session_id=sid, seq=7, payload="@@not base64@@")
         err = await recv(ws)
         assert err["code"] == "INVALID_MESSAGE" and "base64" in err["message"]
-        await ws.send(chunk(sid, 8, PCM, final=True))
+        await ws.send(audio_chunk(sid, 8, PCM, final=True))
         (req,) = await tap.requests(1)
         assert req.utterance_index == 3 and base64.b64decode(req.audio) == PCM
 
 
 async def test_an_opus_stream_longer_than_the_maximum_is_cut_between_packets(stack, bus):
     tap, _ = bus
-    async with connect(session_url(stack)) as ws:
-        ack = await open_session(ws, mode="two_way_auto", src_lang="auto", lang_a="zh", lang_b="en")
+    async with connect(session_url(stack, "gw-a")) as ws:
+        ack = await init_session(ws, mode="two_way_auto", src_lang="auto", lang_a="zh", lang_b="en")
         sid = ack["session_id"]
         stream = opus(1300)  # 26 s of 20 ms packets; LINGUA_MAX_UTTERANCE_MS is 20 s
         step = 13 * 5  # 13 packets per chunk, as lingua's web client sends them
         for seq, i in enumerate(range(0, len(stream), step)):
-            await ws.send(chunk(sid, seq, stream[i : i + step]))
-        await ws.send(chunk(sid, 999, final=True))
+            await ws.send(audio_chunk(sid, seq, stream[i : i + step]))
+        await ws.send(audio_chunk(sid, 999, final=True))
         first, second = await tap.requests(2)
         assert (first.utterance_index, second.utterance_index) == (0, 1)
         assert base64.b64decode(first.audio) == opus(1000)  # exactly 20 s, bytes untouched
@@ -256,12 +231,12 @@ async def test_an_opus_stream_longer_than_the_maximum_is_cut_between_packets(sta
 
 async def test_whole_utterances_keep_their_index_and_request_id(stack, bus):
     tap, _ = bus
-    async with connect(session_url(stack)) as ws:
-        sid = (await open_session(ws, audio_format="pcm16"))["session_id"]
+    async with connect(session_url(stack, "gw-a")) as ws:
+        sid = (await init_session(ws, audio_format="pcm16"))["session_id"]
         audio = base64.b64encode(PCM).decode()
         await send(ws, type="utterance", session_id=sid, audio=audio, request_id="req-abc")
         await send(ws, type="utterance", session_id=sid, utterance_index=5, audio=audio)
-        await ws.send(chunk(sid, 0, PCM, final=True))
+        await ws.send(audio_chunk(sid, 0, PCM, final=True))
         # a retry of req-abc keeps its index 0 (the dispatcher absorbs the copy)
         await send(ws, type="utterance", session_id=sid, audio=audio, request_id="req-abc")
         reqs = await tap.requests(4)
@@ -277,8 +252,8 @@ async def test_whole_utterances_keep_their_index_and_request_id(stack, bus):
 
 
 async def test_ping_heartbeat_and_close(stack, redis, bus):
-    async with connect(session_url(stack)) as ws:
-        sid = (await open_session(ws))["session_id"]
+    async with connect(session_url(stack, "gw-a")) as ws:
+        sid = (await init_session(ws))["session_id"]
         await ws.send(frame(FRAME_PING, sid, seq=41))
         pong = await recv(ws)
         assert (pong.frame_type, pong.session_id, pong.seq, pong.timestamp) == (
@@ -312,11 +287,11 @@ async def _unbound(redis, stack, sid):
 
 async def test_a_client_only_touches_its_own_session(stack, redis, bus):
     tap, _ = bus
-    async with connect(session_url(stack)) as a, connect(session_url(stack)) as b:
-        sid_a = (await open_session(a))["session_id"]
-        sid_b = (await open_session(b))["session_id"]
+    async with connect(session_url(stack, "gw-a")) as a, connect(session_url(stack, "gw-a")) as b:
+        sid_a = (await init_session(a))["session_id"]
+        sid_b = (await init_session(b))["session_id"]
         for msg in (
-            chunk(sid_b, 0, PCM, final=True),
+            audio_chunk(sid_b, 0, PCM, final=True),
             json.dumps({"type": "session_close", "session_id": sid_b}),
             json.dumps({"type": "client_heartbeat", "session_id": sid_b}),
             frame(FRAME_AUDIO, sid_b, PCM, final=True),
@@ -326,15 +301,15 @@ async def test_a_client_only_touches_its_own_session(stack, redis, bus):
             assert err["type"] == "error" and err["code"] == "INVALID_SESSION", err
         await tap.nothing()
         assert (await record(redis, stack, sid_b))["gateway_id"] == "gw-a"
-        await a.send(chunk(sid_a, 1, PCM, final=True))
+        await a.send(audio_chunk(sid_a, 1, PCM, final=True))
         (req,) = await tap.requests(1)
         assert req.session_id == sid_a
 
 
 async def test_answers_reach_the_client_in_index_order_exactly_once(stack, redis, bus):
     _, deliver = bus
-    async with connect(session_url(stack)) as ws:
-        sid = (await open_session(ws, result_delivery="ordered"))["session_id"]
+    async with connect(session_url(stack, "gw-a")) as ws:
+        sid = (await init_session(ws, result_delivery="ordered"))["session_id"]
         conn_id = (await record(redis, stack, sid))["conn_id"]
 
         async def publish(index: int, ordered: bool = True, kind: str = "translation_result"):
@@ -420,15 +395,15 @@ async def test_session_limits_answer_message_too_large_and_keep_the_session(stac
         LINGUA_SESSION_BUFFER_BYTES="12000",
     ).wait_ready()
     async with connect(session_url(stack, "gw-lim")) as ws:
-        sid = (await open_session(ws, audio_format="pcm16"))["session_id"]
-        await ws.send(chunk(sid, 0, b"\x00" * 16_000))  # ~21 kB of JSON
+        sid = (await init_session(ws, audio_format="pcm16"))["session_id"]
+        await ws.send(audio_chunk(sid, 0, b"\x00" * 16_000))  # ~21 kB of JSON
         err = await recv(ws)
         assert err["code"] == "MESSAGE_TOO_LARGE" and err["details"]["limit"] == 20000
-        await ws.send(chunk(sid, 1, b"\x01" * 8000))
-        await ws.send(chunk(sid, 2, b"\x02" * 8000))  # 16 kB buffered > 12 kB: cut
+        await ws.send(audio_chunk(sid, 1, b"\x01" * 8000))
+        await ws.send(audio_chunk(sid, 2, b"\x02" * 8000))  # 16 kB buffered > 12 kB: cut
         err = await recv(ws)
         assert err["code"] == "MESSAGE_TOO_LARGE"
-        await ws.send(chunk(sid, 3, final=True))
+        await ws.send(audio_chunk(sid, 3, final=True))
         first, second = await tap.requests(2)
         assert base64.b64decode(first.audio) == b"\x01" * 8000
         assert base64.b64decode(second.audio) == b"\x02" * 8000

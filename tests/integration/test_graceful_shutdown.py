@@ -22,19 +22,21 @@ import pytest
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from lingua_node_agent import AgentConfig, JobContext, JobOutcome, NodeAgent, SimulatedHandler
+from lingua_node_agent import JobContext, JobOutcome, SimulatedHandler
 from lingua_shared.devstack import ServiceProcess, free_port
 from lingua_shared.protocol import JobAssign
-from tests.integration.conftest import Stack, started_stack
-from tests.integration.helpers import eventually, node_pools, node_state, running
-from tests.integration.invariants import settle_idle
-from tests.integration.test_job_path import JOB_ENV, answers, open_session, send_utterance
+from tests.support.agents import agent, running
+from tests.support.helpers import eventually, node_pools, node_state
+from tests.support.invariants import settle_idle
+from tests.support.sessions import ANSWER_TYPES, answers, open_session, send_utterance
+from tests.support.stack import JOB_ENV, Stack, start_all, started_stack
 
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
 DRAIN_ENV = {**JOB_ENV, "LINGUA_DRAIN_TIMEOUT_S": "5"}
-ANSWER_TYPES = ("translation_result", "missing_result", "error")
+# this suite's nodes: four slots, jobs of 50 ms, back on another replica within 0.3 s
+DRAIN_NODE = {"capacity": 4, "backoff_cap_s": 0.3, "processing_ms": 50}
 
 
 @pytest.fixture
@@ -43,12 +45,6 @@ def stack(redis, stack_env, tmp_path, request) -> Iterator[Stack]:
     whatever is left is stopped at the end and must exit 0 too."""
     with started_stack({**stack_env, **DRAIN_ENV}, tmp_path, request) as s:
         yield s
-
-
-def start_ready(stack: Stack, *specs: tuple[str, str] | tuple[str, str, int]) -> None:
-    procs = [stack.start(*spec) for spec in specs]
-    for p in procs:
-        p.wait_ready()
 
 
 async def sigterm_and_wait(p: ServiceProcess, timeout: float = 20.0) -> int:
@@ -60,22 +56,6 @@ async def sigterm_and_wait(p: ServiceProcess, timeout: float = 20.0) -> int:
 
 def ws_url(port: int, path: str = "/ws/node") -> str:
     return f"ws://127.0.0.1:{port}{path}"
-
-
-def agent(urls: list[str], node_id: str, handler=None, **kw) -> NodeAgent:
-    cfg = dict(
-        gateway=",".join(urls),
-        node_id=node_id,
-        region="eu",
-        gpu_tier="a100",
-        lang_sets=[["en", "ja", "zh"]],
-        heartbeat_interval_ms=200,
-        backoff_base_s=0.05,
-        backoff_cap_s=0.3,
-        capacity=4,
-    )
-    cfg.update(kw)
-    return NodeAgent(AgentConfig(**cfg), handler or SimulatedHandler(processing_ms=50))
 
 
 class Gated:
@@ -106,10 +86,10 @@ async def close_code(ws: ClientConnection, timeout: float = 15) -> int | None:
 async def test_a_draining_gateway_answers_what_it_took_moves_its_peers_and_exits_0(stack, redis):
     keys = stack.keys
     a_port, b_port = free_port(), free_port()
-    start_ready(stack, ("nm-1", "node-manager"), ("disp-1", "dispatcher"))
-    start_ready(stack, ("gw-a", "gateway", a_port), ("gw-b", "gateway", b_port))
+    start_all(stack, ("nm-1", "node-manager"), ("disp-1", "dispatcher"))
+    start_all(stack, ("gw-a", "gateway", a_port), ("gw-b", "gateway", b_port))
     gated = Gated()
-    node = agent([ws_url(a_port), ws_url(b_port)], "node-move", gated)
+    node = agent([ws_url(a_port), ws_url(b_port)], "node-move", gated, **DRAIN_NODE)
     async with running(node):
         pools_before = await node_pools(redis, keys, "node-move")
         assert pools_before
@@ -157,10 +137,13 @@ async def test_a_draining_gateway_answers_what_it_took_moves_its_peers_and_exits
 
 
 async def test_a_dispatcher_stopped_mid_stream_loses_no_utterance(stack, redis):
-    start_ready(stack, ("nm-1", "node-manager"), ("disp-1", "dispatcher"), ("disp-2", "dispatcher"))
-    start_ready(stack, ("gw-a", "gateway"))
+    start_all(stack, ("nm-1", "node-manager"), ("disp-1", "dispatcher"), ("disp-2", "dispatcher"))
+    start_all(stack, ("gw-a", "gateway"))
     url = stack.gateway_url("gw-a")
-    nodes = [agent([url], f"node-d{i}", SimulatedHandler(processing_ms=80)) for i in range(2)]
+    nodes = [
+        agent([url], f"node-d{i}", SimulatedHandler(processing_ms=80), **DRAIN_NODE)
+        for i in range(2)
+    ]
     total = 24
     async with running(*nodes):
         ws, sid = await open_session(url.replace("/ws/node", "/ws/session"))
@@ -186,10 +169,10 @@ async def test_a_dispatcher_stopped_mid_stream_loses_no_utterance(stack, redis):
 
 async def test_a_node_manager_stopped_during_registrations_loses_no_node(stack, redis):
     keys = stack.keys
-    start_ready(stack, ("nm-1", "node-manager"), ("nm-2", "node-manager"), ("gw-a", "gateway"))
+    start_all(stack, ("nm-1", "node-manager"), ("nm-2", "node-manager"), ("gw-a", "gateway"))
     url = stack.gateway_url("gw-a")
-    first = [agent([url], f"node-m{i}") for i in range(4)]
-    later = [agent([url], f"node-n{i}") for i in range(4)]
+    first = [agent([url], f"node-m{i}", **DRAIN_NODE) for i in range(4)]
+    later = [agent([url], f"node-n{i}", **DRAIN_NODE) for i in range(4)]
     async with running(*first):
         code = asyncio.create_task(sigterm_and_wait(stack.procs["nm-1"]))
         async with running(*later):  # registrations while nm-1 drains
@@ -217,7 +200,7 @@ async def test_a_node_manager_stopped_during_registrations_loses_no_node(stack, 
 
 async def test_a_node_agent_process_drains_on_sigterm_and_exits_0(stack, redis, tmp_path):
     keys = stack.keys
-    start_ready(stack, ("nm-1", "node-manager"), ("disp-1", "dispatcher"), ("gw-a", "gateway"))
+    start_all(stack, ("nm-1", "node-manager"), ("disp-1", "dispatcher"), ("gw-a", "gateway"))
     url = stack.gateway_url("gw-a")
     log_path = tmp_path / "agent.log"
     with open(log_path, "wb") as out:
@@ -250,7 +233,7 @@ async def test_a_node_agent_process_drains_on_sigterm_and_exits_0(stack, redis, 
                 return (await node_state(redis, keys, "node-proc")).get("status") == "draining"
 
             await eventually(draining, timeout=5, what="node-proc draining in Redis")
-            healthy = agent([url], "node-ok")
+            healthy = agent([url], "node-ok", **DRAIN_NODE)
             async with running(healthy):
                 for i in range(2, 5):  # while node-proc finishes: these go elsewhere
                     await send_utterance(ws, sid, i * 2)
@@ -363,15 +346,15 @@ class FailoverClient:
 async def test_a_rolling_restart_of_every_service_loses_no_utterance(stack, redis):
     ports = {name: free_port() for name in ("gw-a", "gw-b", "gw-a2", "gw-b2")}
     node_urls = [ws_url(p) for p in ports.values()]
-    start_ready(
+    start_all(
         stack,
         ("nm-1", "node-manager"),
         ("disp-1", "dispatcher"),
         ("disp-2", "dispatcher"),
         ("stats-1", "stats"),
     )
-    start_ready(stack, ("gw-a", "gateway", ports["gw-a"]), ("gw-b", "gateway", ports["gw-b"]))
-    nodes = [agent(node_urls, f"node-r{i}") for i in range(3)]
+    start_all(stack, ("gw-a", "gateway", ports["gw-a"]), ("gw-b", "gateway", ports["gw-b"]))
+    nodes = [agent(node_urls, f"node-r{i}", **DRAIN_NODE) for i in range(3)]
     # the client starts on gw-a and moves to gw-b, then gw-a2: both drain under it
     client = FailoverClient([ws_url(p, "/ws/session") for p in ports.values()])
     restarts = [

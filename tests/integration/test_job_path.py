@@ -10,123 +10,23 @@ import json
 import time
 
 import pytest
-from websockets.asyncio.client import ClientConnection, connect
 
-from lingua_node_agent import AgentConfig, JobContext, JobOutcome, NodeAgent, SimulatedHandler
+from lingua_node_agent import JobContext, JobOutcome
 from lingua_shared.bus import delete_bus
 from lingua_shared.protocol import JobAssign
-from tests.integration.conftest import started_stack, unique
-from tests.integration.helpers import eventually, metric, running
-from tests.integration.invariants import settle_idle
+from tests.support.agents import node, running
+from tests.support.helpers import eventually, metric
+from tests.support.invariants import settle_idle
+from tests.support.sessions import PCM, answers, open_session, send_utterance, session_url
+from tests.support.stack import JOB_ENV, JOB_SERVICES, started_stack, unique
 
 pytestmark = pytest.mark.integration
-
-JOB_ENV = {
-    "LINGUA_ACK_TIMEOUT_MS": "1000",
-    "LINGUA_JOB_DEADLINE_MS": "3000",
-    "LINGUA_GAP_TIMEOUT_MS": "4000",
-    "LINGUA_NO_NODE_WAIT_MS": "300",
-    "LINGUA_MAX_ATTEMPTS": "3",
-}
-PCM = b"\x01\x00" * 1600  # 100 ms of PCM16 at 16 kHz
 
 
 @pytest.fixture
 def job_stack(redis, stack_env, tmp_path, request):
-    services = [
-        ("nm-1", "node-manager"),
-        ("disp-1", "dispatcher"),
-        ("disp-2", "dispatcher"),
-        ("gw-a", "gateway"),
-        ("gw-b", "gateway"),
-    ]
-    with started_stack({**stack_env, **JOB_ENV}, tmp_path, request, services) as s:
+    with started_stack({**stack_env, **JOB_ENV}, tmp_path, request, JOB_SERVICES) as s:
         yield s
-
-
-def session_url(stack, gw: str = "gw-b") -> str:
-    return stack.gateway_url(gw).replace("/ws/node", "/ws/session")
-
-
-def node(stack, node_id: str, handler=None, **kw) -> NodeAgent:
-    cfg = dict(
-        gateway=stack.gateway_url("gw-a"),
-        node_id=node_id,
-        region="eu",
-        gpu_tier="a100",
-        lang_sets=[["en", "ja", "zh"]],
-        heartbeat_interval_ms=200,
-        backoff_base_s=0.05,
-        backoff_cap_s=0.5,
-        capacity=2,
-    )
-    cfg.update(kw)
-    return NodeAgent(AgentConfig(**cfg), handler or SimulatedHandler(processing_ms=20))
-
-
-async def open_session(
-    url: str, src: str = "zh", tgt: str = "en", delivery: str = "ordered"
-) -> tuple[ClientConnection, str]:
-    ws = await connect(url)
-    await ws.send(
-        json.dumps(
-            {
-                "type": "session_init",
-                "client_version": "it",
-                "platform": "test",
-                "mode": "one_way",
-                "src_lang": src,
-                "tgt_lang": tgt,
-                "audio_format": "pcm16",
-                "result_delivery": delivery,
-            }
-        )
-    )
-    ack = json.loads(await asyncio.wait_for(ws.recv(), 5))
-    assert ack["type"] == "session_init_ack", ack
-    return ws, ack["session_id"]
-
-
-async def send_utterance(ws: ClientConnection, sid: str, seq: int, audio: bytes = PCM) -> None:
-    await ws.send(
-        json.dumps(
-            {
-                "type": "audio_chunk",
-                "session_id": sid,
-                "seq": seq,
-                "is_final": False,
-                "payload": base64.b64encode(audio).decode(),
-            }
-        )
-    )
-    await ws.send(
-        json.dumps(
-            {
-                "type": "audio_chunk",
-                "session_id": sid,
-                "seq": seq + 1,
-                "is_final": True,
-                "payload": "",
-            }
-        )
-    )
-
-
-async def answers(
-    ws: ClientConnection, count: int, timeout: float = 15, events: list[dict] | None = None
-) -> list[dict]:
-    """The next ``count`` messages that answer an utterance (result, missing, error);
-    ``ui_event`` messages seen meanwhile go to ``events``."""
-    out: list[dict] = []
-    deadline = time.monotonic() + timeout
-    while len(out) < count:
-        raw = await asyncio.wait_for(ws.recv(), max(0.1, deadline - time.monotonic()))
-        msg = json.loads(raw)
-        if msg["type"] in ("translation_result", "missing_result", "error"):
-            out.append(msg)
-        elif msg["type"] == "ui_event" and events is not None:
-            events.append(msg)
-    return out
 
 
 class SlowFirst:

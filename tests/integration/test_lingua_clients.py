@@ -15,10 +15,11 @@ import time
 import pytest
 
 from lingua_node_agent import AgentConfig, NodeAgent
-from tests.integration.conftest import started_stack
-from tests.integration.helpers import eventually, metric, node_pools, node_state, running
-from tests.integration.invariants import settle_idle
-from tests.integration.lingua import ScriptedHandler, WebClient, lingua_node
+from tests.support.agents import ScriptedHandler, lingua_node, running
+from tests.support.helpers import eventually, metric, node_pools, node_state
+from tests.support.invariants import settle_idle
+from tests.support.sessions import WebClient, session_url
+from tests.support.stack import JOB_SERVICES, started_stack
 
 pytestmark = pytest.mark.integration
 
@@ -32,19 +33,9 @@ LINGUA_ENV = {
 
 @pytest.fixture
 def lingua_stack(redis, stack_env, tmp_path, request):
-    services = [
-        ("nm-1", "node-manager"),
-        ("disp-1", "dispatcher"),
-        ("disp-2", "dispatcher"),
-        ("gw-a", "gateway"),  # nodes
-        ("gw-b", "gateway"),  # web clients
-    ]
-    with started_stack({**stack_env, **LINGUA_ENV}, tmp_path, request, services) as s:
+    # nodes on gw-a, web clients on gw-b
+    with started_stack({**stack_env, **LINGUA_ENV}, tmp_path, request, JOB_SERVICES) as s:
         yield s
-
-
-def session_url(stack, gw: str = "gw-b") -> str:
-    return stack.gateway_url(gw).replace("/ws/node", "/ws/session")
 
 
 def redispatched(stack) -> float:
@@ -132,6 +123,8 @@ async def test_a_node_whose_record_redis_lost_is_schedulable_again_without_a_rec
         await eventually(schedulable, timeout=10, what="the node registered again")
         back_after = time.monotonic() - lost_at
         assert back_after < 1.0 + 3.0, back_after  # a beat (1 s here) plus the round trips
+        # the ack follows the Redis write by a round trip
+        await eventually(lambda: _value(node.registrations == 2), what="the new ack")
         assert node.connections == 1 and node.registrations == 2  # no reconnect: a new ack
         async with WebClient(session_url(lingua_stack)) as client:
             await client.speak(0.5)
@@ -238,7 +231,7 @@ async def test_a_gateway_restart_is_survived_by_the_one_retry_agent(
         node = lingua_node(s.gateway_url("gw-a"), "node-survivor", handler)
         async with running(node):
             new = s.start("gw-a2", "gateway", port=old.port)
-            await asyncio.to_thread(new.wait_ready)
+            await asyncio.to_thread(new.wait_ready, 30.0, True)  # its own socket, not the old
             assert await asyncio.to_thread(old.stop) == 0  # drains: 1012 to the node
             await eventually(
                 lambda: _value(node.registrations == 2), timeout=10, what="registered again"

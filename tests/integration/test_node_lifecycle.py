@@ -17,8 +17,9 @@ import urllib.request
 import pytest
 from websockets.asyncio.client import connect
 
-from lingua_node_agent import AgentConfig, NodeAgent
-from tests.integration.helpers import (
+from lingua_node_agent import NodeAgent
+from tests.support.agents import agent_config, agent_task
+from tests.support.helpers import (
     eventually,
     metric,
     node_pools,
@@ -30,36 +31,13 @@ from tests.integration.helpers import (
 pytestmark = pytest.mark.integration
 
 
-def agent_config(stack, node_id: str, **kw) -> AgentConfig:
-    base = dict(
-        gateway=stack.gateway_url(),
-        node_id=node_id,
-        region="eu",
-        gpu_tier="a100",
-        lang_sets=[["en", "ja", "zh"], ["en", "zh"]],
-        heartbeat_interval_ms=200,
-        backoff_base_s=0.05,
-        backoff_cap_s=0.5,
-    )
-    base.update(kw)
-    return AgentConfig(**base)
-
-
-@contextlib.asynccontextmanager
-async def running(agent: NodeAgent):
-    task = asyncio.create_task(agent.run())
-    try:
-        yield task
-    finally:
-        agent.stop(drain=False)
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(task, 5)
+LANG_SETS = [["en", "ja", "zh"], ["en", "zh"]]  # two pools per node
 
 
 async def test_register_heartbeat_pools_drop_reconnect_and_goodbye(stack, redis):
     keys = stack.keys
-    agent = NodeAgent(agent_config(stack, "node-life-1"))
-    async with running(agent) as task:
+    agent = NodeAgent(agent_config(stack.gateway_url(), "node-life-1", lang_sets=LANG_SETS))
+    async with agent_task(agent) as task:
         await asyncio.wait_for(agent.registered.wait(), 10)
         want_pools = {"en_ja_zh:eu:a100:0", "en_zh:eu:a100:0"}
         await eventually(
@@ -179,10 +157,13 @@ async def test_silent_death_expires_and_the_sweeper_cleans_the_pools(stack, redi
 
 async def test_redis_flush_makes_nodes_reregister(stack, redis):
     keys = stack.keys
-    agents = [NodeAgent(agent_config(stack, f"node-flush-{i}")) for i in range(3)]
+    agents = [
+        NodeAgent(agent_config(stack.gateway_url(), f"node-flush-{i}", lang_sets=LANG_SETS))
+        for i in range(3)
+    ]
     async with contextlib.AsyncExitStack() as es:
         for a in agents:
-            await es.enter_async_context(running(a))
+            await es.enter_async_context(agent_task(a))
         for a in agents:
             await asyncio.wait_for(a.registered.wait(), 10)
         await eventually(

@@ -1,13 +1,13 @@
-"""Small helpers shared by the integration tests (polling Redis, raw node frames)."""
+"""Small helpers of the suites: polling, a hand-made node's register frame, what Redis and a
+service's /metrics say."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from redis.asyncio import Redis
@@ -62,6 +62,12 @@ async def node_state(redis: Redis, keys: Keys, node_id: str) -> dict[str, str]:
     return {k.decode(): v.decode() for k, v in raw.items()}
 
 
+async def node_ready(redis: Redis, keys: Keys, node_id: str) -> bool:
+    """The node is registered, connected and ready (schedulable)."""
+    h = await redis.hmget(keys.node(node_id), "status", "connected")
+    return h[0] == b"ready" and h[1] == b"1"
+
+
 async def node_pools(redis: Redis, keys: Keys, node_id: str) -> set[str]:
     return {m.decode() for m in await redis.smembers(keys.node_pools(node_id))}
 
@@ -91,17 +97,3 @@ def metric(stack: Any, proc: str, name: str, **labels: str) -> float:
         if line.startswith(f"{name}{{{want}}}") or (not labels and line.startswith(name + " ")):
             return float(line.rsplit(" ", 1)[1])
     return 0.0
-
-
-@contextlib.asynccontextmanager
-async def running(*agents: Any, register_timeout: float = 15.0) -> AsyncIterator[None]:
-    """Node agents (``lingua_node_agent.NodeAgent``) running, each registered, then stopped."""
-    tasks = [asyncio.create_task(a.run()) for a in agents]
-    try:
-        for a in agents:
-            await asyncio.wait_for(a.registered.wait(), register_timeout)
-        yield
-    finally:
-        for a in agents:
-            a.stop(drain=False)
-        await asyncio.gather(*tasks, return_exceptions=True)

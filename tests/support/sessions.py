@@ -1,11 +1,14 @@
-"""Clients that behave as lingua_1's real ones, for the integration tests.
+"""Clients of ``/ws/session``.
+
+``open_session`` / ``send_utterance`` / ``answers``: a one-way PCM session, an utterance as
+two ``audio_chunk`` messages (the audio, then the empty final one), and the answers that come
+back. ``init_session`` sends a ``session_init`` of any fields on an open connection.
 
 ``WebClient`` opens and feeds a session the way lingua's web client does (seen on the wire):
 a two-way ``session_init`` (``src_lang: "auto"``, ``auto_langs``, ``tenant_id: null``, ...), one
 ``audio_chunk`` of 13 Opus packets about every 256 ms, an empty final chunk, never an
 ``utterance_index``. It records every message; ``alerts`` are the ``error`` messages, each of
-which the real client shows as a modal alert. ``lingua_node`` builds our node agent in its
-``lingua`` profile (no acks, no ``node_control``, one reconnect, a 1005 goodbye).
+which the real client shows as a modal alert.
 """
 
 from __future__ import annotations
@@ -22,9 +25,94 @@ from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
 
-from lingua_node_agent import AgentConfig, JobContext, JobOutcome, NodeAgent
-from lingua_shared.protocol import JobAssign
+PCM = b"\x01\x00" * 1600  # 100 ms of PCM16 at 16 kHz
+ANSWER_TYPES = ("translation_result", "missing_result", "error")  # what answers an utterance
+# the fields every session_init carries (a test's fields replace them)
+MINIMAL_INIT = {
+    "type": "session_init",
+    "client_version": "it",
+    "platform": "test",
+    "src_lang": "zh",
+    "tgt_lang": "en",
+}
 
+
+def session_url(stack: Any, gw: str = "gw-b") -> str:
+    """Where clients connect: ``gw``'s /ws/session (gw-b, when nodes are on gw-a)."""
+    return stack.gateway_url(gw).replace("/ws/node", "/ws/session")
+
+
+def audio_chunk(sid: str, seq: int, audio: bytes = b"", final: bool = False) -> str:
+    """One ``audio_chunk`` message (an empty final one ends the utterance)."""
+    return json.dumps(
+        {
+            "type": "audio_chunk",
+            "session_id": sid,
+            "seq": seq,
+            "is_final": final,
+            "payload": base64.b64encode(audio).decode(),
+        }
+    )
+
+
+async def init_session(ws: ClientConnection, timeout: float = 5.0, **fields: Any) -> dict:
+    """Send a ``session_init`` (``MINIMAL_INIT`` with ``fields`` over it) on ``ws``; its ack."""
+    await ws.send(json.dumps({**MINIMAL_INIT, **fields}))
+    ack = json.loads(await asyncio.wait_for(ws.recv(), timeout))
+    assert ack["type"] == "session_init_ack", ack
+    return ack
+
+
+async def open_session(
+    url: str,
+    src: str = "zh",
+    tgt: str = "en",
+    delivery: str = "ordered",
+    *,
+    client_version: str = "it",
+    timeout: float = 5.0,
+    **connect_kw: Any,
+) -> tuple[ClientConnection, str]:
+    """A new connection with a one-way PCM session on it, results in ``delivery`` order;
+    the connection and the session id."""
+    ws = await connect(url, **connect_kw)
+    ack = await init_session(
+        ws,
+        timeout,
+        client_version=client_version,
+        mode="one_way",
+        src_lang=src,
+        tgt_lang=tgt,
+        audio_format="pcm16",
+        result_delivery=delivery,
+    )
+    return ws, ack["session_id"]
+
+
+async def send_utterance(ws: ClientConnection, sid: str, seq: int, audio: bytes = PCM) -> None:
+    """One utterance: ``audio`` as chunk ``seq``, then the empty final chunk ``seq + 1``."""
+    await ws.send(audio_chunk(sid, seq, audio))
+    await ws.send(audio_chunk(sid, seq + 1, final=True))
+
+
+async def answers(
+    ws: ClientConnection, count: int, timeout: float = 15, events: list[dict] | None = None
+) -> list[dict]:
+    """The next ``count`` messages that answer an utterance (result, missing, error);
+    ``ui_event`` messages seen meanwhile go to ``events``."""
+    out: list[dict] = []
+    deadline = time.monotonic() + timeout
+    while len(out) < count:
+        raw = await asyncio.wait_for(ws.recv(), max(0.1, deadline - time.monotonic()))
+        msg = json.loads(raw)
+        if msg["type"] in ANSWER_TYPES:
+            out.append(msg)
+        elif msg["type"] == "ui_event" and events is not None:
+            events.append(msg)
+    return out
+
+
+# -- lingua's web client -------------------------------------------------------------------
 CHUNK_INTERVAL_S = 0.256  # lingua's web client sends a chunk about this often
 PACKETS_PER_CHUNK = 13  # 20 ms Opus packets per chunk
 
@@ -40,6 +128,8 @@ def opus_chunk(rng: random.Random, silent: bool = False) -> bytes:
 
 
 class WebClient:
+    """A session opened and fed as lingua's web client does (see the module's docstring)."""
+
     def __init__(self, url: str, lang_a: str = "zh", lang_b: str = "en", **init: Any) -> None:
         self.url = url
         self.init = {
@@ -69,9 +159,7 @@ class WebClient:
 
     async def __aenter__(self) -> WebClient:
         self.ws = await connect(self.url)
-        await self.ws.send(json.dumps(self.init))
-        ack = json.loads(await asyncio.wait_for(self.ws.recv(), 10))
-        assert ack["type"] == "session_init_ack", ack
+        ack = await init_session(self.ws, timeout=10, **self.init)
         self.session_id = ack["session_id"]
         self._reader = asyncio.create_task(self._read())
         return self
@@ -106,15 +194,9 @@ class WebClient:
 
     async def _chunk(self, audio: bytes, final: bool = False) -> None:
         assert self.ws is not None
-        msg = {
-            "type": "audio_chunk",
-            "session_id": self.session_id,
-            "seq": self.seq,
-            "is_final": final,
-            "payload": base64.b64encode(audio).decode(),
-        }
+        msg = audio_chunk(self.session_id, self.seq, audio, final)
         self.seq += 1
-        await self.ws.send(json.dumps(msg))
+        await self.ws.send(msg)
 
     # -- what arrived ---------------------------------------------------------------------
     def of_type(self, kind: str) -> list[dict[str, Any]]:
@@ -154,39 +236,3 @@ class WebClient:
             timeout,
             f"answers to {indices}",
         )
-
-
-class ScriptedHandler:
-    """A node's engine for the tests: each job takes ``delay_s`` and its text is
-    ``texts(index)``; records when each job started and finished."""
-
-    def __init__(self, delay_s: float = 0.2, texts: Callable[[int], str] | None = None) -> None:
-        self.delay_s = delay_s
-        self.texts = texts or (lambda i: f"utterance {i}")
-        self.calls: list[int] = []
-        self.finished: dict[int, float] = {}
-        self.started = asyncio.Event()
-
-    async def handle(self, job: JobAssign, ctx: JobContext) -> JobOutcome:
-        self.calls.append(job.utterance_index)
-        self.started.set()
-        await asyncio.sleep(self.delay_s)
-        self.finished[job.utterance_index] = time.monotonic()
-        text = self.texts(job.utterance_index)
-        return JobOutcome(text_asr=text, text_translated=f"[en] {text}")
-
-
-def lingua_node(gateway_url: str, node_id: str, handler: Any, **over: Any) -> NodeAgent:
-    """Our agent as lingua's: no acks, ignores node_control and errors, one reconnect."""
-    cfg: dict[str, Any] = {
-        "gateway": gateway_url,
-        "node_id": node_id,
-        "profile": "lingua",
-        "asr_langs": ["en", "zh"],
-        "semantic_langs": ["en", "zh"],
-        "tts_langs": ["en", "zh"],
-        "heartbeat_interval_ms": 1000,  # lingua beats every 15 s; the tests cannot wait so long
-        "reconnect_delay_s": 1.0,  # lingua waits 5 s
-    }
-    cfg.update(over)
-    return NodeAgent(AgentConfig(**cfg), handler)
