@@ -1,4 +1,4 @@
-"""Fuzz the binary frame parser of ``/ws/session`` (PROTOCOL.md, "Binary audio frames").
+"""Fuzz the binary frame parser of ``/ws/session`` (docs/protocol.md, "Binary audio frames").
 
 Property: any bytes either parse into a frame that rebuilds to the same bytes (the reserved
 header byte aside) or are refused with ``InvalidMessage``; any other exception is a crash.

@@ -1,5 +1,5 @@
 """The bus helpers against the real RabbitMQ: confirms, unroutable detection, dead letters
-and the delivery limit (RELIABILITY.md: 3.10 has no default limit; R3, R4)."""
+and the delivery limit (docs/reliability.md: 3.10 has no default limit; R3, R4)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The key schema (MISSION N9): what the scripts create is exactly what ``Keys`` builds.
+"""The key schema (requirement N9): what the scripts create is exactly what ``Keys`` builds.
 
 Every key lives under ``lingua:v1:`` and carries one ``{cell}`` hash tag, so all the keys one
 script touches hash to one Redis Cluster slot (computed here with redis-py's ``key_slot``, the

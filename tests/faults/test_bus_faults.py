@@ -1,4 +1,4 @@
-"""RabbitMQ recipes of RELIABILITY.md: R1 (broker crash), R2 (consumer crash), R3 (poison
+"""RabbitMQ recipes of docs/reliability.md: R1 (broker crash), R2 (consumer crash), R3 (poison
 message), R4 (a gateway replica gone), R5 (broker restart and a half-open link).
 
 The broker is our own (``own_rabbit``): R1 and R5 SIGKILL it and start it again on the same

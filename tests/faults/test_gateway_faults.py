@@ -1,4 +1,4 @@
-"""Gateway recipes of RELIABILITY.md: W1 (oversize frames) and W4 (slow readers).
+"""Gateway recipes of docs/reliability.md: W1 (oversize frames) and W4 (slow readers).
 
 (W2, W3, W5 and W6 belong to the authentication, limits and hostile-input work.)
 """

@@ -1,7 +1,7 @@
-"""Job-path recipes of RELIABILITY.md: J1-J5 (J6, graceful drain, has its own suite).
+"""Job-path recipes of docs/reliability.md: J1-J5 (J6, graceful drain, has its own suite).
 
 Nodes connect to gw-a, clients to gw-b, two dispatcher replicas. Each recipe prints its figure
-and ends with the invariants of ARCHITECTURE.md: every accepted utterance answered exactly
+and ends with the invariants of docs/architecture.md: every accepted utterance answered exactly
 once, and no reservation left once the system is idle.
 """
 

@@ -1,4 +1,4 @@
-"""Redis recipes of RELIABILITY.md: S1 (capacity under concurrency), S2 (lost script replies),
+"""Redis recipes of docs/reliability.md: S1 (capacity under concurrency), S2 (lost script replies),
 S3 (script cache flushed, Redis killed and restarted), S6 (a Redis outage evicts no node).
 
 S1-S3 drive the real scripts directly from 32 concurrent tasks against our own Redis; S3 and

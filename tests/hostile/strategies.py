@@ -14,7 +14,7 @@ field added to a model is fuzzed without touching this file. From each model we 
   ``session_id_len`` past the end, ``is_final`` not 0/1, a session id that is not UTF-8),
 - frames over the session limit and over the gateway's hard frame limit.
 
-Plus semantically valid messages (a registration MISSION N1 accepts, a ``session_init`` the
+Plus semantically valid messages (a registration requirement N1 accepts, a ``session_init`` the
 gateway accepts, audio) so the fuzzed streams also walk the paths valid input takes.
 """
 
@@ -239,7 +239,7 @@ LANGS = ["en", "zh", "ja", "de", "pt-br"]
 
 @st.composite
 def valid_registers(draw: st.DrawFn, node_id: str) -> dict[str, Any]:
-    """A ``node_register`` MISSION N1 accepts (ASR + Semantic ready, >= 2 shared languages)."""
+    """A ``node_register`` requirement N1 accepts (ASR + Semantic ready, >= 2 shared languages)."""
     langs = draw(st.lists(st.sampled_from(LANGS), min_size=2, max_size=4, unique=True))
     msg: dict[str, Any] = {
         "type": "node_register",

@@ -1,4 +1,4 @@
-"""The operator dashboard (MISSION S4) in a real headless Chromium (Debian's, driven by
+"""The operator dashboard (requirement S4) in a real headless Chromium (Debian's, driven by
 Playwright) against the real stats process and Redis: the page loads without console errors
 or outside requests, shows the nodes registered by the real Lua scripts with both meanings of
 online (N5), and follows them live when one goes offline gracefully and another drops.

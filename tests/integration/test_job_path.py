@@ -1,5 +1,5 @@
 """The job path end to end with every service as real processes, two gateway replicas and two
-dispatcher replicas: nodes connect to gw-a, clients to gw-b (MISSION J1-J7)."""
+dispatcher replicas: nodes connect to gw-a, clients to gw-b (requirement J1-J7)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The invariants of ARCHITECTURE.md, checked against Redis at the end of a test."""
+"""The invariants of docs/architecture.md, checked against Redis at the end of a test."""
 
 from __future__ import annotations
 

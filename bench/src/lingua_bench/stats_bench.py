@@ -1,4 +1,4 @@
-"""Stats snapshot figures (MISSION S1): snapshot build time and ``GET /api/v1/stats`` latency.
+"""Stats snapshot figures (requirement S1): snapshot build time and ``GET /api/v1/stats`` latency.
 
 Registers nodes (register + heartbeat scripts, pipelined) in a cell of its own, then times
 :func:`build_snapshot` (median and max of 5) and ``GET /api/v1/stats`` through

@@ -1,6 +1,6 @@
 """A fake gateway for the client's tests: a real WebSocket server on 127.0.0.1:0.
 
-It plays the gateway side of ``/ws/session`` (PROTOCOL.md) just enough to drive the client:
+It plays the gateway side of ``/ws/session`` (docs/protocol.md) just enough to drive the client:
 it acks ``session_init``, numbers utterances from 0 per connection (one per final frame or
 ``utterance`` message, as the real gateway does), reassembles each utterance's audio from
 whatever encoding the client used, and answers through a per-test policy that can delay,

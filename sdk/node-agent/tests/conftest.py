@@ -1,6 +1,6 @@
 """A fake gateway for the node agent's tests: a real WebSocket server on 127.0.0.1:0.
 
-It speaks the gateway side of PROTOCOL.md just enough to drive the agent (ack or refuse
+It speaks the gateway side of docs/protocol.md just enough to drive the agent (ack or refuse
 registrations, push controls and jobs, drop or close connections) and records every frame
 the agent sends, so the tests assert on what actually crossed the wire.
 """

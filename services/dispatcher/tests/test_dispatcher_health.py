@@ -1,4 +1,4 @@
-"""The dispatcher skeleton: its lifespan opens the real infrastructure and reports readiness."""
+"""The dispatcher's lifespan opens the real infrastructure and reports readiness."""
 
 from __future__ import annotations
 

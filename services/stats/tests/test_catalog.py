@@ -1,4 +1,4 @@
-"""The catalog cache (MISSION S2) against a local model hub that misbehaves on demand.
+"""The catalog cache (requirement S2) against a local model hub that misbehaves on demand.
 
 The hub is a tiny hand-written HTTP/1.1 responder on 127.0.0.1 (no aiohttp here), switched
 between good answers and every failure the real hub could produce: slow, 500, garbage, the

@@ -114,7 +114,7 @@ class ToNode(BusModel):
 
 
 class JobRequest(BusModel):
-    """gateway -> dispatcher: one utterance of a session to translate (MISSION J1/J2).
+    """gateway -> dispatcher: one utterance of a session to translate (requirement J1/J2).
 
     ``request_key`` is the idempotency key (J2): the client's ``request_id`` when it sent one,
     else ``<session_id>:<utterance_index>``. ``audio`` is base64, forwarded untouched (J9).

@@ -1,4 +1,4 @@
-"""Every Redis key of the scheduler, built in one place (MISSION N9).
+"""Every Redis key of the scheduler, built in one place (requirement N9).
 
 All keys live under ``lingua:v1:`` and carry one hash tag, ``{<cell>}``, so every key a Lua
 script touches is in one Redis Cluster slot. A *cell* is one scheduling domain (default

@@ -1,4 +1,4 @@
-"""Structured JSON logs, one event name per line, carrying the flow ids (MISSION N10).
+"""Structured JSON logs, one event name per line, carrying the flow ids (requirement N10).
 
 Use ``log = get_logger(__name__)`` then ``log.info("node.register", node_id=..., ...)``.
 Never pass tokens, audio or whole payloads.

@@ -1,4 +1,4 @@
-"""The live PoolView and node list, read straight from Redis at each call (MISSION N8, S3).
+"""The live PoolView and node list, read straight from Redis at each call (requirement N8, S3).
 
 Nothing here is cached: every call reads the key schema of :mod:`lingua_shared.keys` as it
 is now, so what an operator sees is what selection would see. Reads are batched in pipelines

@@ -1,4 +1,4 @@
-"""What the client puts on the wire for one utterance, as pure functions (PROTOCOL.md).
+"""What the client puts on the wire for one utterance, as pure functions (docs/protocol.md).
 
 Three encodings of the same audio, all of which the gateway accepts on ``/ws/session``:
 

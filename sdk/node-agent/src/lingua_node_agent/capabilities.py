@@ -1,6 +1,6 @@
 """The ``node_register`` message of an agent, and the self-check it must pass before connecting.
 
-The gateway validates every registration with ``derive_capabilities`` (MISSION N1). Running
+The gateway validates every registration with ``derive_capabilities`` (requirement N1). Running
 the same function here turns a misconfigured node into a clear error at start-up instead of a
 reconnect loop against a gateway that keeps saying no.
 """

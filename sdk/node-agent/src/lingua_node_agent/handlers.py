@@ -32,7 +32,7 @@ class SimulatedHandler:
     """Waits ``processing_ms`` (with +-20 % spread) and fails with ``failure_rate``.
 
     The spread keeps thousands of simulated jobs from finishing in lock-step; the failures
-    exercise the scheduler's retry path (MISSION J5) with a realistic error shape
+    exercise the scheduler's retry path (requirement J5) with a realistic error shape
     (``failure_code``: ``INTERNAL_ERROR``, or lingua's ``PROCESSING_ERROR``). With
     ``processing_max_ms`` each job takes a time uniform in ``[processing_ms,
     processing_max_ms]`` instead. With ``withhold_rate`` that share of results repeats the

@@ -1,6 +1,6 @@
 """Pacing and content of one node's ``node_heartbeat`` messages.
 
-Heartbeats are what keep a node schedulable (its Redis TTL, MISSION N3/N5), so they must go
+Heartbeats are what keep a node schedulable (its Redis TTL, requirement N3/N5), so they must go
 out on time even while the agent is busy, must never pile up behind a slow socket, and must
 say ``draining`` the moment a shutdown begins so the scheduler stops choosing the node.
 """

@@ -1,6 +1,6 @@
 """Admission, deduplication, ordering and execution of jobs on one node.
 
-The scheduler may redispatch a job (MISSION J5) and the network may replay a frame, so the
+The scheduler may redispatch a job (requirement J5) and the network may replay a frame, so the
 node must never run the same attempt twice nor two jobs for one utterance at once: like the
 original lingua agent it answers those with a failed ``job_result`` (``INVALID_MESSAGE``). It
 also enforces ``max_concurrent_jobs`` and refuses new work while draining. The runner outlives

@@ -1,6 +1,6 @@
 """JSON-lines logging to stderr, every line carrying the ``node_id`` it concerns.
 
-Flow logs must let an operator follow one node across services (MISSION N10), and with a
+Flow logs must let an operator follow one node across services (requirement N10), and with a
 simulator one process speaks for thousands of nodes, so the node id is a field of every
 record rather than a property of the process.
 """

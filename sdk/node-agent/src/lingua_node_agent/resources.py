@@ -1,6 +1,6 @@
 """Load figures for heartbeats: real ones from psutil, cheap fake ones for the simulator.
 
-Selection prefers the least loaded node (MISSION J4), so a real agent must report real
+Selection prefers the least loaded node (requirement J4), so a real agent must report real
 numbers; a simulator of thousands of nodes must not call psutil thousands of times a second
 for numbers that would all be the same machine's anyway.
 """

@@ -4,7 +4,7 @@ Each simulated node is a real :class:`NodeAgent` with its own WebSocket, so the 
 exactly what real nodes send; what is shared is everything that would otherwise cost per
 node: one heartbeat timer (:class:`HeartbeatTicker`), one fake load sampler, one fake
 hardware description and one simulated handler. Nodes are spread round-robin over regions,
-GPU tiers and language sets so that a run of N nodes fills many pools at once (MISSION N8).
+GPU tiers and language sets so that a run of N nodes fills many pools at once (requirement N8).
 
 With ``profile="lingua"`` every node behaves as lingua's own agent (no acks, one reconnect,
 withheld repeats...; see the README), and ``withhold_rate`` makes that share of results

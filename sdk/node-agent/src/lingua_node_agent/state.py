@@ -1,7 +1,7 @@
 """Persistence of the node id that the scheduler assigned, across agent restarts.
 
 A node that comes back with the same id inside its TTL grace keeps its pool membership
-(MISSION N6); one that forgets its id registers as a new node and leaves the old one to
+(requirement N6); one that forgets its id registers as a new node and leaves the old one to
 expire. So the id is written to a small JSON file as soon as an ack carries it.
 """
 

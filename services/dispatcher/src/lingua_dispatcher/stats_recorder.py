@@ -1,4 +1,4 @@
-"""Per-second job counters for the stats snapshot (MISSION S1), kept off the hot path (P5).
+"""Per-second job counters for the stats snapshot (requirement S1), kept off the hot path (P5).
 
 The dispatcher only bumps in-process counters while it handles a job; a background task
 flushes them every ``stats_flush_s`` in ONE pipelined round trip. Each epoch second is a

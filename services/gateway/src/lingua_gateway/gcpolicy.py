@@ -3,9 +3,9 @@
 Each open WebSocket is ~100 objects the cyclic collector tracks (connection, protocol,
 reader, tasks, futures, our NodeConnection and its outbound queue). CPython runs a full pass
 whenever the objects promoted since the last one exceed a quarter of the survivors, and a
-full pass walks every tracked object with the event loop stopped: 140-730 ms at 4,000 nodes
-on the benchmark machine, seconds at 10,000, repeated as the fleet grows. During such a pause
-no frame is read, heartbeat batches wait past a 1 Hz node's 3 s TTL, and nodes expire.
+full pass walks every tracked object with the event loop stopped, for a time that grows with
+the fleet (hundreds of ms at thousands of nodes). During such a pause no frame is read, and
+heartbeat batches can wait past a 1 Hz node's 3 s TTL: nodes would expire.
 
 So the long-lived objects are moved out of the collector's sight: ``gc.freeze()`` every
 ``freeze_every_s`` puts what exists into the permanent generation, and automatic passes then

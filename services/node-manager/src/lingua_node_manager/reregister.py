@@ -4,8 +4,8 @@ A node whose record is gone (TTL passed, Redis flushed) keeps beating until its 
 registration lands; every one of those beats comes back ``-2 not registered``. Asking the node
 to re-register on each of them turns one expiry into one registration per beat, and under
 load (registration slower than the beat interval) into thousands of extra registrations on an
-already saturated gateway: the collapse measured by the heartbeat benchmark. One request per
-connection per window is enough; if it was lost, the next beat after the window asks again.
+already saturated gateway. One request per connection per window is enough; if it was lost,
+the next beat after the window asks again.
 
 The memory is per replica: with N node-manager replicas a connection is asked at most N times
 per window, still bounded. Entries older than the window are dropped as time passes, so the

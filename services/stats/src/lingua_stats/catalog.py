@@ -1,4 +1,4 @@
-"""The model hub's service catalog, refreshed in the background (MISSION S2, P5).
+"""The model hub's service catalog, refreshed in the background (requirement S2, P5).
 
 The hub is an outside HTTP endpoint we do not control: it may be slow, down, or answer with
 anything. So the catalog is fetched by one background task, every ``interval_s``, with a hard

@@ -1,4 +1,4 @@
-"""The operator dashboard (MISSION S4): one HTML page plus its script and style sheet.
+"""The operator dashboard (requirement S4): one HTML page plus its script and style sheet.
 
 Everything the page needs is packaged in ``static/`` and read once at start-up; nothing is
 fetched from elsewhere (no CDN), and a Content-Security-Policy of ``'self'`` makes the browser

@@ -1,4 +1,4 @@
-"""Build the dashboard snapshot (MISSION S1) from Redis alone.
+"""Build the dashboard snapshot (requirement S1) from Redis alone.
 
 :func:`build_snapshot` is the only place that walks the state for the dashboard; it runs in
 the background (:class:`~lingua_stats.snapshot_service.SnapshotService`), never per request

@@ -1,4 +1,4 @@
-"""The dashboard snapshot (MISSION S1): its shape, shared by the builder, the API and the page.
+"""The dashboard snapshot (requirement S1): its shape, shared by the builder, the API and the page.
 
 Built in the background every ``LINGUA_STATS_INTERVAL_S`` from Redis; ``GET /api/v1/stats``
 returns the latest one and never walks the state.
@@ -80,7 +80,7 @@ class RecentError(BaseModel):
 
 
 class CatalogView(BaseModel):
-    """The model hub's service catalog as last fetched (MISSION S2)."""
+    """The model hub's service catalog as last fetched (requirement S2)."""
 
     url: str | None = None
     ok: bool = False
