@@ -10,6 +10,7 @@
 --          {0, ""} nothing to do: no hole, or its deadline has not passed
 --          {-1, field} invalid input, nothing written
 --@include common
+--@include delivery
 
 local prefix = KEYS[1]
 local session_id = ARGV[1]

@@ -26,6 +26,7 @@
 --          {-2, ""} node not registered (no live key): the node must re-register
 --          {-3, ""} stale: this connection was already reported dropped; ignored
 --@include common
+--@include pools
 
 local node_key, pools_key, expiry_key, connected_key, prefix = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local node_id, conn_id, gateway_id = ARGV[1], ARGV[2], ARGV[3]

@@ -11,6 +11,8 @@
 --          {-5, reason} stale: another attempt or another node (dropped and counted)
 --          {-6, ""} no such job; {-1, field} invalid input, nothing written
 --@include common
+--@include pools
+--@include slots
 
 local prefix = KEYS[1]
 local job_id, node_id = ARGV[1], ARGV[3]

@@ -27,6 +27,9 @@
 --          {-5, reason} stale: another attempt or another node; nothing written
 --          {-6, ""} no such job; {-1, field} invalid input, nothing written
 --@include common
+--@include pools
+--@include slots
+--@include delivery
 
 local prefix = KEYS[1]
 local job_id, node_id, outcome = ARGV[1], ARGV[3], ARGV[5]

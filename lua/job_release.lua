@@ -17,6 +17,8 @@
 --          {0, state} nothing to do: that attempt is no longer current (a replay or a race)
 --          {-6, ""} no such job; {-1, field} invalid input, nothing written
 --@include common
+--@include pools
+--@include slots
 
 local RESCUE_MS = 1000
 

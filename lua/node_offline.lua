@@ -21,6 +21,7 @@
 --          {-2, 0} stale: a newer connection owns the node; nothing written
 --          {-3, 0} not expired: the node is alive; nothing written
 --@include common
+--@include pools
 
 local node_key, pools_key, all_key, expiry_key, connected_key, prefix =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]

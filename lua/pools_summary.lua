@@ -10,6 +10,7 @@
 --          score below UNSCHEDULABLE
 --          {-1, field} invalid input
 --@include common
+--@include pools
 
 local prefix = KEYS[1]
 local ok_s, shards = pcall(cjson.decode, ARGV[1])

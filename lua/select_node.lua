@@ -33,6 +33,8 @@
 --          {-6, ""} no such job
 --          {-1, field} invalid input, nothing written
 --@include common
+--@include pools
+--@include slots
 
 local prefix = KEYS[1]
 local job_id = ARGV[1]

@@ -16,6 +16,7 @@
 --          {-6, ""} no such session: nothing written
 --          {-1, field} invalid input, nothing written
 --@include common
+--@include delivery
 
 local prefix = KEYS[1]
 local session_id = ARGV[1]
