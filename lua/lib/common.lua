@@ -28,6 +28,9 @@ local function is_node_id(v)
   return type(v) == 'string' and #v >= 1 and #v <= 64 and string.match(v, '^[A-Za-z0-9][A-Za-z0-9_.-]*$') ~= nil
 end
 
+-- A language code as stored (docs/protocol.md §2.3; lingua_shared.protocol.langs is the
+-- same rule): 2-3 letters, then subtags of 2-8 letters or digits joined by '-', at most 35
+-- bytes, lowercase ASCII ('yue', 'pt-br', 'zh-hant', 'es-419'). Never '_' ':' '{' '}'.
 local function is_lang(v)
   if type(v) ~= 'string' or #v < 2 or #v > 35 then return false end
   local first = true
@@ -42,7 +45,17 @@ local function is_lang(v)
   return true
 end
 
--- Decode and validate a JSON list of language sets; returns sorted sets or nil.
+-- Byte order, as Python's sorted() orders the same ASCII codes: Lua's '<' compares strings
+-- with strcoll, and Redis takes LC_COLLATE from its environment ('pt-br' > 'ptb' in en_US).
+local function byte_less(a, b)
+  for i = 1, math.min(#a, #b) do
+    local x, y = string.byte(a, i), string.byte(b, i)
+    if x ~= y then return x < y end
+  end
+  return #a < #b
+end
+
+-- Decode and validate a JSON list of language sets; returns sets sorted in byte order or nil.
 local function parse_lang_sets(raw)
   local ok, sets = pcall(cjson.decode, raw)
   if not ok or type(sets) ~= 'table' or #sets < 1 or #sets > 16 then return nil end
@@ -54,7 +67,7 @@ local function parse_lang_sets(raw)
       if not is_lang(l) then return nil end
       langs[#langs + 1] = l
     end
-    table.sort(langs)
+    table.sort(langs, byte_less)
     for i = 2, #langs do if langs[i] == langs[i - 1] then return nil end end
     out[#out + 1] = langs
   end
@@ -65,4 +78,34 @@ local function split(s, sep)
   local out = {}
   for part in string.gmatch(s, '([^' .. sep .. ']+)') do out[#out + 1] = part end
   return out
+end
+
+-- A pool shard id '<langset>:<region>:<gpu_tier>:<n>' (lingua_shared.keys.parse_shard_id is
+-- the same rule): 2 to 8 language codes joined by '_', two labels, a shard number without
+-- leading zeros. A read-only script skips anything else rather than build a key from it.
+local function is_shard_id(v)
+  if type(v) ~= 'string' or #v > 512 then return false end
+  local langset, region, gpu, n = string.match(v, '^([^:]*):([^:]*):([^:]*):([^:]*)$')
+  if not langset or not is_label(region) or not is_label(gpu) then return false end
+  if not string.match(n, '^[0-9]+$') or #n > 9 or (#n > 1 and string.sub(n, 1, 1) == '0') then
+    return false
+  end
+  local count = 0
+  for lang in string.gmatch(langset .. '_', '([^_]*)_') do
+    if not is_lang(lang) then return false end
+    count = count + 1
+  end
+  return count >= 2 and count <= 8
+end
+
+-- A node record's fields as register_node_v2 writes them (false: absent): capacity, running
+-- and reserved non-negative integers (running, reserved may be absent), region and gpu tier
+-- labels, lang_sets a list of language sets. The read-only summaries leave any other record
+-- out of their totals, so one corrupt record never stops a snapshot.
+local function is_node_record(capacity, running, reserved, region, gpu, lang_sets)
+  for _, v in ipairs({capacity, running or 0, reserved or 0}) do
+    local n = is_int(v)
+    if not n or n < 0 then return false end
+  end
+  return is_label(region) and is_label(gpu) and parse_lang_sets(lang_sets or '') ~= nil
 end

@@ -233,8 +233,8 @@ JOB_REPLIES: dict[str, Any] = {
         [c, b"gw", b"c1", 3, b'{"type": "missing_result"}'] if c == 1 else [c, b""]
     ),
     "utterance_fail": lambda c: [c, b"gw", b"c1", 3, b'{"type": "error"}'] if c == 1 else [c, b""],
-    "nodes_summary": lambda c: [c, 2, 1, 8, 1, 2, [b"eu", 2], [b"a100", 2], [b"n2"]],
-    "pools_summary": lambda c: [c, [3, 2, 12, 1, 1]],
+    "nodes_summary": lambda c: [c, 2, 1, 8, 1, 2, [b"eu", 2], [b"a100", 2], [b"n2"], [b"n9"]],
+    "pools_summary": lambda c: [c, [3, 2, 12, 1, 1], []],
 }
 
 
@@ -262,9 +262,11 @@ def test_wrapper_handles_every_documented_code(name: str, offline_scripts: Scrip
         result = parse(reply)
         if name == "nodes_summary":
             assert result.by_region == {"eu": 2} and result.unschedulable == ["n2"]
+            assert result.invalid == ["n9"]
             continue
         if name == "pools_summary":
             assert result[0].members == 3 and result[0].reserved == 1
+            assert not result[0].skipped and result[1].skipped
             continue
         if name == "register_node_v2":
             assert result.created is (code == 1)

@@ -111,11 +111,10 @@ async def test_a_missing_shard_and_an_empty_batch(scripts):
 @pytest.mark.parametrize(
     ("script", "kw", "field"),
     [
-        ("nodes_summary", {"node_ids": ["ok", "bad id"]}, "node_ids"),
         ("nodes_summary", {"node_ids": ["x"] * 1001}, "node_ids"),
         ("nodes_summary", {"node_ids": [7]}, "node_ids"),
-        ("pools_summary", {"shard_ids": ["en_zh:eu:a100"]}, "shard_ids"),
-        ("pools_summary", {"shard_ids": ["en_zh:eu:a100:0}"]}, "shard_ids"),
+        ("nodes_summary", {"node_ids": ["ok", ["nested"]]}, "node_ids"),
+        ("pools_summary", {"shard_ids": [None]}, "shard_ids"),
         ("pools_summary", {"shard_ids": ["en_zh:eu:a100:0"] * 65}, "shard_ids"),
     ],
 )
@@ -123,3 +122,20 @@ async def test_bad_input_is_rejected_by_name(scripts, script, kw, field):
     with pytest.raises(ScriptRejected) as exc:
         await getattr(scripts, script)(**kw)
     assert exc.value.details == {"field": field}
+
+
+async def test_an_entry_that_is_no_id_is_skipped_not_an_error(scripts):
+    """The ids come from nodes:all and pools:index: one corrupt entry must not fail the batch
+    (it used to reject the whole call, and with it every stats snapshot)."""
+    await scripts.register_node_v2(
+        node_id="ok", now_ms=1, ttl_ms=60_000, region="eu", gpu_tier="a100",
+        lang_sets=[["en", "pt-br"]], capacity=4, services={}, gateway_id="gw", conn_id="c",
+    )  # fmt: skip
+    await scripts.heartbeat_with_pool_assign(node_id="ok", conn_id="c", gateway_id="gw", now_ms=2)
+    nodes = await scripts.nodes_summary(node_ids=["ok", "bad id", "a}b"])
+    assert (nodes.alive, nodes.capacity, nodes.invalid) == (1, 4, ["bad id", "a}b"])
+    rows = await scripts.pools_summary(
+        shard_ids=["en_zh:eu:a100", "en_pt-br:eu:a100:0", "en_zh:eu:a100:0}", "EN_zh:eu:a100:0"]
+    )
+    assert [r.skipped for r in rows] == [True, False, True, True]
+    assert (rows[1].members, rows[1].capacity) == (1, 4)

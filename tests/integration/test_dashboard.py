@@ -21,6 +21,8 @@ from playwright.async_api import ConsoleMessage, Request, Route, async_playwrigh
 from lingua_dispatcher.stats_recorder import StatsRecorder
 from lingua_shared.devstack import ServiceProcess, free_port
 from lingua_shared.keys import Keys
+from lingua_shared.protocol.capabilities import derive_capabilities
+from lingua_shared.protocol.node import CapabilityByType, LanguageCapabilities, NodeRegister
 from lingua_shared.scripts import Scripts
 from lingua_stats import dashboard
 
@@ -207,6 +209,87 @@ async def test_dashboard_shows_nodes_and_follows_them_offline(
             if not DOCS_SCREENSHOT.exists() or os.environ.get("LINGUA_UPDATE_SCREENSHOT") == "1":
                 DOCS_SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(shot, DOCS_SCREENSHOT)
+        finally:
+            await browser.close()
+    assert problems == []
+
+
+async def test_dashboard_shows_pools_of_subtagged_language_codes(
+    chromium: str, redis, keys: Keys, scripts: Scripts, stats_service: ServiceProcess
+):
+    """Regression (issue: a ``pt-br`` node froze the dashboard): nodes declaring ``pt-BR``,
+    ``zh-Hant``, ``sr-Latn``, ``yue`` and ``es-419`` as lingua's agents may spell them are
+    pooled under the lowercased codes (docs/protocol.md §2.3), and the page shows their pools
+    and rows from the snapshot. Before the fix no snapshot was ever built, so the stats
+    process never became ready."""
+    now = wall_ms()
+    declared = {
+        "gpu-br": ["en", "pt-BR"],
+        "gpu-hant": ["zh_Hant", "yue", "sr-Latn"],
+        "gpu-419": ["es-419", "en"],
+    }
+    for node_id, langs in declared.items():
+        caps = derive_capabilities(
+            NodeRegister(
+                node_id=node_id,
+                region="eu",
+                gpu_tier="a100",
+                capability_by_type=[
+                    CapabilityByType(type="asr", ready=True),
+                    CapabilityByType(type="semantic", ready=True),
+                ],
+                language_capabilities=LanguageCapabilities(
+                    asr_languages=langs, semantic_languages=langs
+                ),
+            )
+        )
+        reg = await scripts.register_node_v2(
+            node_id=node_id,
+            now_ms=now,
+            ttl_ms=TTL_MS,
+            region=caps.region,
+            gpu_tier=caps.gpu_tier,
+            lang_sets=caps.lang_sets,
+            capacity=caps.capacity,
+            services=caps.services,
+            gateway_id="gw-dash",
+            conn_id=f"c-{node_id}",
+        )
+        assert reg.created
+        beat = await scripts.heartbeat_with_pool_assign(
+            node_id=node_id, conn_id=f"c-{node_id}", gateway_id="gw-dash", now_ms=now + 1
+        )
+        assert beat.alive
+    problems: list[str] = []
+    async with async_playwright() as pw:
+        browser = await pw.chromium.launch(
+            executable_path=chromium, args=CHROMIUM_ARGS, headless=True
+        )
+        try:
+            page = await browser.new_page(viewport={"width": 1280, "height": 900})
+            page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
+            await page.goto(stats_service.base_url + "/")
+            await expect(page.get_by_test_id("status")).to_have_attribute(
+                "data-state", "live", timeout=10_000
+            )
+            await expect(page.get_by_test_id("count-schedulable")).to_have_text("3")
+            cells = page.locator('[data-testid="pool-cell"]')
+            await expect(cells).to_have_count(3)
+            assert sorted(await cells.evaluate_all("cs => cs.map(c => c.dataset.pool)")) == [
+                "en_es-419:eu:a100",
+                "en_pt-br:eu:a100",
+                "sr-latn_yue_zh-hant:eu:a100",
+            ]
+            heads = page.locator("#heatmap th[scope=row]")
+            assert sorted(await heads.all_inner_texts()) == [
+                "en+es-419",
+                "en+pt-br",
+                "sr-latn+yue+zh-hant",
+            ]
+            live = page.locator('[data-testid="node-row"][data-schedulable="yes"]')
+            await expect(live).to_have_count(3)
+            row = page.locator('[data-testid="node-row"][data-node-id="gpu-hant"]')
+            await expect(row).to_contain_text("sr-latn+yue+zh-hant")
         finally:
             await browser.close()
     assert problems == []

@@ -39,13 +39,32 @@ Layout (``P`` = ``lingua:v1:{cell}:``)::
 
 A *pool shard id* is ``<langset>:<region>:<gpu>:<shard>`` where ``langset`` is the sorted
 languages joined by ``_`` (``en_ja_zh``; codes such as ``pt-br`` keep their ``-``).
+:meth:`Keys.parse_shard_id` reads one by the rule ``is_shard_id`` in ``lua/lib/common.lua``
+applies (``shared/tests/test_lang_rule.py`` checks they agree): 2 to 8 language codes
+(``lingua_shared.protocol.langs``) joined by ``_``, region and gpu tier labels of 1 to 64
+``[a-z0-9_.-]`` starting with a letter or digit, and a shard number without leading zeros.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
+from lingua_shared.protocol.langs import MAX_LANGS_PER_SET, is_lang
+
 ROOT = "lingua:v1:"
+KEY_LABEL_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")  # is_label in lua/lib/common.lua
+SHARD_NO_RE = re.compile(r"0|[1-9][0-9]{0,8}")
+
+
+class InvalidShardId(ValueError):
+    """A string that is not a pool shard id (a corrupt ``pools:index`` entry, say)."""
+
+
+def is_langset_id(value: str) -> bool:
+    """2 to 8 language codes joined by ``_`` (what ``is_shard_id`` accepts as a set)."""
+    langs = value.split("_")
+    return 2 <= len(langs) <= MAX_LANGS_PER_SET and all(is_lang(x) for x in langs)
 
 
 def langset_id(langs: list[str]) -> str:
@@ -149,5 +168,15 @@ class Keys:
 
     @staticmethod
     def parse_shard_id(shard_id: str) -> tuple[str, str, str, int]:
-        langset, region, gpu, shard = shard_id.split(":")
-        return langset, region, gpu, int(shard)
+        """``(langset, region, gpu_tier, shard)``; :class:`InvalidShardId` for anything else."""
+        parts = shard_id.split(":")
+        if len(parts) == 4:
+            langset, region, gpu, shard = parts
+            if (
+                is_langset_id(langset)
+                and KEY_LABEL_RE.fullmatch(region)
+                and KEY_LABEL_RE.fullmatch(gpu)
+                and SHARD_NO_RE.fullmatch(shard)
+            ):
+                return langset, region, gpu, int(shard)
+        raise InvalidShardId(f"not a pool shard id: {shard_id[:80]!r}")

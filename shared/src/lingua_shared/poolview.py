@@ -11,6 +11,11 @@ Both meanings of "online" (N5) are shown side by side:
 * ``schedulable`` is what selection trusts: the node key exists (TTL alive), its record says
   ``connected == "1"`` and ``status == "ready"``. A pool member is schedulable when its node is
   and its load score is below :data:`UNSCHEDULABLE` (``lua/lib/common.lua``).
+
+A corrupt entry never fails a view: a ``pools:index`` entry that is not a shard id
+(:meth:`Keys.parse_shard_id`) or whose pool is not a sorted set is skipped and counted
+(``invalid_records``); a node key of another type reads as no record; language sets that
+are not a JSON list of code lists read as none.
 """
 
 from __future__ import annotations
@@ -21,8 +26,10 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
-from lingua_shared.keys import Keys
+from lingua_shared.keys import InvalidShardId, Keys
+from lingua_shared.protocol.langs import is_lang
 
 BATCH = 500
 UNSCHEDULABLE = 1000.0  # load_score() in lua/lib/common.lua adds this to unschedulable nodes
@@ -65,6 +72,11 @@ class PoolView(BaseModel):
     generated_at_ms: int
     groups: list[PoolGroup]
     nodes: NodeCounts
+    invalid_records: int = Field(
+        0,
+        description="pools:index entries skipped: not a shard id, or a pool key that is not a "
+        "sorted set",
+    )
 
 
 class NodeView(BaseModel):
@@ -86,7 +98,7 @@ class NodeView(BaseModel):
 
 
 def _s(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
+    return v.decode(errors="replace") if isinstance(v, bytes) else str(v)
 
 
 def _int(v: Any, default: int = 0) -> int:
@@ -94,8 +106,30 @@ def _int(v: Any, default: int = 0) -> int:
         return default
     try:
         return int(float(_s(v)))
-    except ValueError:
+    except (ValueError, OverflowError):  # 'abc', 'nan', 'inf'
         return default
+
+
+def wrong_type(reply: Any) -> bool:
+    """A pipelined reply (``raise_on_error=False``) that read a key holding another type; any
+    other error reply is raised."""
+    if isinstance(reply, ResponseError):
+        if str(reply).startswith("WRONGTYPE"):
+            return True
+        raise reply
+    return False
+
+
+def lang_sets_of(raw: Any) -> list[list[str]]:
+    """A record's ``lang_sets``, or [] when it is not a JSON list of language code lists."""
+    try:
+        sets = json.loads(raw) if raw else []
+    except ValueError:  # not JSON, or bytes that are not UTF-8
+        return []
+    ok = isinstance(sets, list) and all(
+        isinstance(s, list) and all(is_lang(x) for x in s) for s in sets
+    )
+    return sets if ok else []
 
 
 def _chunks(items: Sequence[Any], size: int = BATCH) -> Iterable[Sequence[Any]]:
@@ -114,9 +148,9 @@ async def _pool_records(redis: Redis, keys: Keys, ids: Sequence[str]) -> dict[st
         async with redis.pipeline(transaction=False) as pipe:
             for node_id in chunk:
                 pipe.hmget(keys.node(node_id), *_POOL_FIELDS)
-            replies = await pipe.execute()
+            replies = await pipe.execute(raise_on_error=False)
         for node_id, values in zip(chunk, replies, strict=True):
-            if any(v is not None for v in values):
+            if not wrong_type(values) and any(v is not None for v in values):
                 out[node_id] = {
                     f: _s(v) for f, v in zip(_POOL_FIELDS, values, strict=True) if v is not None
                 }
@@ -130,25 +164,34 @@ async def read_pool_view(redis: Redis, keys: Keys, now_ms: int) -> PoolView:
         pipe.smembers(keys.nodes_all)
         pipe.zrange(keys.nodes_connected, 0, -1)
         index, all_raw, connected_raw = await pipe.execute()
-    shard_ids = sorted(_s(x) for x in index)
+    parsed: dict[str, tuple[str, str, str, int]] = {}
+    skipped = 0
+    for entry in sorted(_s(x) for x in index):
+        try:
+            parsed[entry] = Keys.parse_shard_id(entry)
+        except InvalidShardId:
+            skipped += 1
     registered = {_s(x) for x in all_raw}
     connected = {_s(x) for x in connected_raw}
 
     members_of: dict[str, list[tuple[str, float]]] = {}
-    for chunk in _chunks(shard_ids):
+    for chunk in _chunks(list(parsed)):
         async with redis.pipeline(transaction=False) as pipe:
             for shard_id in chunk:
                 pipe.zrange(keys.pool(shard_id), 0, -1, withscores=True)
-            replies = await pipe.execute()
+            replies = await pipe.execute(raise_on_error=False)
         for shard_id, reply in zip(chunk, replies, strict=True):
+            if wrong_type(reply):
+                skipped += 1
+                del parsed[shard_id]
+                continue
             members_of[shard_id] = [(_s(m), float(score)) for m, score in reply]
 
     in_pools = {m for members in members_of.values() for m, _ in members}
     records = await _pool_records(redis, keys, sorted(registered | connected | in_pools))
 
     groups: dict[tuple[str, str, str], list[PoolShard]] = {}
-    for shard_id in shard_ids:
-        langset, region, gpu, shard = Keys.parse_shard_id(shard_id)
+    for shard_id, (langset, region, gpu, shard) in parsed.items():
         members: list[PoolMember] = []
         capacity = running = reserved = free = 0
         for node_id, score in members_of[shard_id]:
@@ -191,6 +234,7 @@ async def read_pool_view(redis: Redis, keys: Keys, now_ms: int) -> PoolView:
             schedulable=sum(1 for r in records.values() if _schedulable(r)),
             in_pools=len(in_pools),
         ),
+        invalid_records=skipped,
     )
 
 
@@ -210,9 +254,11 @@ async def read_nodes(redis: Redis, keys: Keys, now_ms: int) -> list[NodeView]:
                 pipe.hgetall(keys.node(node_id))
                 pipe.pttl(keys.node(node_id))
                 pipe.smembers(keys.node_pools(node_id))
-            replies = await pipe.execute()
+            replies = await pipe.execute(raise_on_error=False)
         for i, node_id in enumerate(chunk):
             raw, pttl, pools = replies[3 * i : 3 * i + 3]
+            raw = {} if wrong_type(raw) else raw  # a key of another type: no record
+            pools = set() if wrong_type(pools) else pools
             rec = {_s(k): _s(v) for k, v in raw.items()}
             alive = bool(rec)
             last_hb = rec.get("last_heartbeat_ts")
@@ -222,7 +268,7 @@ async def read_nodes(redis: Redis, keys: Keys, now_ms: int) -> list[NodeView]:
                     alive=alive,
                     region=rec.get("region"),
                     gpu_tier=rec.get("gpu_tier"),
-                    lang_sets=json.loads(rec["lang_sets"]) if "lang_sets" in rec else [],
+                    lang_sets=lang_sets_of(rec.get("lang_sets")),
                     capacity=_int(rec.get("capacity")),
                     running=_int(rec.get("running")),
                     reserved=_int(rec.get("reserved")),

@@ -15,7 +15,8 @@ from typing import Any
 from lingua_gateway.utterance import AUDIO_FORMATS, OPUS
 from lingua_shared.errors import InvalidMessage, UnsupportedFeature
 from lingua_shared.protocol import MAX_TRACE_ID, SAMPLE_RATE
-from lingua_shared.protocol.capabilities import LANG_RE, NODE_ID_RE
+from lingua_shared.protocol.capabilities import NODE_ID_RE
+from lingua_shared.protocol.langs import norm_lang
 from lingua_shared.protocol.session import SessionInit
 
 ONE_WAY = "one_way"
@@ -65,13 +66,15 @@ class SessionSpec:
 
 
 def lang_code(value: str | None, field: str) -> str:
-    """A language code as nodes declare them (``protocol/node.py``): lowercase, ``-``."""
+    """A language code by the rule nodes declare theirs with (``protocol/langs.py``):
+    normalised (lowercase, ``-``), or INVALID_MESSAGE naming the field."""
     if value is None or value == "":
         raise InvalidMessage(f"session_init needs {field}", {"field": field})
-    code = value.strip().lower().replace("_", "-")
-    if len(code) > 35 or not LANG_RE.fullmatch(code):
+    code = norm_lang(value)
+    if code is None:
         raise InvalidMessage(
-            f"invalid {field} {value[:40]!r} (expected a code such as 'en', 'zh', 'pt-br')",
+            f"invalid {field} {str(value)[:40]!r} (expected a code such as 'en', 'yue', "
+            "'pt-br', 'zh-hant')",
             {"field": field},
         )
     return code

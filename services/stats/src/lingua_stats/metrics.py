@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
 class Metrics:
@@ -32,5 +32,12 @@ class Metrics:
             "lingua_stats_snapshot_build_seconds",
             "Time to build one dashboard snapshot from Redis",
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1, 2.5, 5),
+            registry=r,
+        )
+        self.invalid_records = Gauge(
+            "lingua_stats_invalid_records",
+            "Records the last snapshot build skipped as malformed (kind: nodes, pool_shards, "
+            "counters)",
+            ["kind"],
             registry=r,
         )

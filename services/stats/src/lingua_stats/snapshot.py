@@ -9,6 +9,11 @@ trip: the last ``stats_window_s`` per-second hashes the dispatchers flush
 (``lingua_dispatcher.stats_recorder``), the selection counters, the recent errors and the
 active-session index. :class:`SnapshotService` rebuilds it every ``stats_interval_s`` and
 keeps the latest good one, already serialized, so a request only copies bytes.
+
+No single bad record stops a build: a node record, pool index entry or counter that does not
+hold what the scripts write is skipped, counted in ``invalid_records`` (and the
+``lingua_stats_invalid_records`` gauge) and named among its examples; only Redis itself
+failing fails a build.
 """
 
 from __future__ import annotations
@@ -23,12 +28,14 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from lingua_shared.logs import get_logger
+from lingua_shared.poolview import wrong_type
 from lingua_shared.runtime import now_ms as wall_ms
 from lingua_shared.scripts import Scripts
 from lingua_shared.settings import Settings
 from lingua_stats.metrics import Metrics
 from lingua_stats.snapshot_model import (
     CatalogView,
+    InvalidRecords,
     LatencySummary,
     RecentError,
     SeriesPoint,
@@ -39,12 +46,39 @@ from lingua_stats.snapshot_read import read_node_rows, read_pool_summaries
 log = get_logger(__name__)
 
 
+MAX_EXAMPLES = 10
+
+
 def _s(v: Any) -> str:
-    return v.decode() if isinstance(v, bytes) else str(v)
+    return v.decode(errors="replace") if isinstance(v, bytes) else str(v)
 
 
-def _counts(raw: Mapping[Any, Any]) -> dict[str, int]:
-    return {_s(k): int(v) for k, v in raw.items()}
+def _counts(raw: Any, key: str, bad: list[str]) -> dict[str, int]:
+    """A counter hash; a field that is not an integer, or a key of another type, is skipped
+    and named in ``bad``."""
+    if wrong_type(raw):
+        bad.append(key)
+        return {}
+    out: dict[str, int] = {}
+    for k, v in raw.items():
+        try:
+            out[_s(k)] = int(v)
+        except ValueError:
+            bad.append(f"{key}/{_s(k)}")
+    return out
+
+
+def _invalid(nodes: list[str], shards: list[str], counters: list[str]) -> InvalidRecords:
+    # examples of every kind: taken in turn from each list
+    kinds = [[f"node:{n}" for n in nodes], [f"pool:{s}" for s in shards], counters]
+    named = [k[i] for i in range(MAX_EXAMPLES) for k in kinds if i < len(k)]
+    return InvalidRecords(
+        total=len(nodes) + len(shards) + len(counters),
+        nodes=len(nodes),
+        pool_shards=len(shards),
+        counters=len(counters),
+        examples=[n[:120] for n in named[:MAX_EXAMPLES]],
+    )
 
 
 def percentile(buckets: Mapping[int, int], q: float) -> float | None:
@@ -96,10 +130,10 @@ async def build_snapshot(
     """One snapshot of the state at ``now_ms`` (Redis errors propagate to the caller)."""
     start = time.perf_counter()
     redis, keys = scripts.redis, scripts.keys
-    rows, node_summary = await read_node_rows(
+    rows, node_summary, bad_nodes = await read_node_rows(
         redis, keys, scripts, now_ms, settings.stats_node_list_max
     )
-    pools = await read_pool_summaries(redis, keys, scripts)
+    pools, bad_shards = await read_pool_summaries(redis, keys, scripts)
 
     window = max(1, int(settings.stats_window_s))
     now_s = now_ms // 1000
@@ -113,9 +147,18 @@ async def build_snapshot(
         pipe.lrange(keys.recent_errors, 0, 49)
         pipe.zremrangebyscore(keys.sessions_active, "-inf", active_after)
         pipe.zcount(keys.sessions_active, f"({active_after}", "+inf")
-        replies = await pipe.execute()
-    per_second = [_counts(r) for r in replies[:window]]
+        replies = await pipe.execute(raise_on_error=False)
+    bad: list[str] = []
+    per_second = [
+        _counts(r, keys.stats_second(s), bad) for s, r in zip(seconds, replies, strict=False)
+    ]
     exclusions, unserved, recent, _, sessions = replies[window:]
+    exclusions = _counts(exclusions, keys.exclusions, bad)
+    unserved = _counts(unserved, keys.unserved, bad)
+    if wrong_type(recent):
+        recent, bad = [], [*bad, keys.recent_errors]
+    if wrong_type(sessions):
+        sessions, bad = 0, [*bad, keys.sessions_active]
 
     totals: Counter[str] = Counter()
     series: list[SeriesPoint] = []
@@ -148,10 +191,11 @@ async def build_snapshot(
         roundtrip_latency=latency(_buckets(totals, "r:")),
         errors_by_code=dict(sorted(errors.items(), key=lambda kv: (-kv[1], kv[0]))),
         recent_errors=_recent(recent),
-        exclusions=dict(sorted(_counts(exclusions).items())),
-        unserved=dict(sorted(_counts(unserved).items())),
+        exclusions=dict(sorted(exclusions.items())),
+        unserved=dict(sorted(unserved.items())),
         series=series,
         catalog=catalog_view,
+        invalid_records=_invalid(bad_nodes, bad_shards, bad),
     )
     snapshot.build_ms = round((time.perf_counter() - start) * 1000, 2)
     return snapshot
@@ -173,6 +217,7 @@ class SnapshotService:
         self.latest: Snapshot | None = None
         self.latest_json: bytes | None = None  # serialized once per build, not per request
         self._task: asyncio.Task[None] | None = None
+        self._invalid_total = 0
 
     async def build_once(self) -> bool:
         """Build and publish one snapshot; False (logged, counted) when the build failed."""
@@ -184,6 +229,12 @@ class SnapshotService:
             log.warning("stats.snapshot_failed", error=repr(exc), have_last=self.latest is not None)
             return False
         self.latest, self.latest_json = snap, body
+        inv = snap.invalid_records
+        for kind in ("nodes", "pool_shards", "counters"):
+            self.metrics.invalid_records.labels(kind).set(getattr(inv, kind))
+        if inv.total != self._invalid_total:  # logged when it changes, not every build
+            log.warning("stats.invalid_records", total=inv.total, examples=inv.examples)
+            self._invalid_total = inv.total
         self.metrics.snapshot_builds.labels("ok").inc()
         self.metrics.snapshot_build_seconds.observe(snap.build_ms / 1000)
         return True

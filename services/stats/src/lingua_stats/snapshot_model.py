@@ -37,6 +37,9 @@ class NodeRow(BaseModel):
     running: int
     reserved: int
     last_heartbeat_age_ms: int | None = None
+    invalid: bool = Field(
+        False, description="skipped as malformed (invalid_records): shown as far as it reads"
+    )
 
 
 class PoolSummary(BaseModel):
@@ -90,6 +93,32 @@ class CatalogView(BaseModel):
     services: list[dict[str, object]] = Field(default_factory=list)
 
 
+class InvalidRecords(BaseModel):
+    """Records the build skipped because a field does not hold what the scripts write
+    (written behind their back, or by an older version): reported here, never an error, so
+    one corrupt record cannot stop the snapshot (S1)."""
+
+    total: int = 0
+    nodes: int = Field(
+        0,
+        description="nodes:all entries skipped: not a node id, a key that is not a hash, or a "
+        "malformed field (capacity, running, reserved, region, gpu_tier, lang_sets); left out "
+        "of every count, listed first in node_list",
+    )
+    pool_shards: int = Field(
+        0,
+        description="pools:index entries skipped: not a shard id (docs/architecture.md), or a "
+        "pool key that is not a sorted set",
+    )
+    counters: int = Field(
+        0, description="counter fields that are not integers (stats:sec:*, exclusions, unserved)"
+    )
+    examples: list[str] = Field(
+        default_factory=list,
+        description="at most 10 of them: node:<id>, pool:<entry>, <key>/<field>",
+    )
+
+
 class Snapshot(BaseModel):
     generated_at_ms: int
     build_ms: float
@@ -114,3 +143,4 @@ class Snapshot(BaseModel):
     )
     series: list[SeriesPoint] = Field(default_factory=list)
     catalog: CatalogView = Field(default_factory=CatalogView)
+    invalid_records: InvalidRecords = Field(default_factory=InvalidRecords)

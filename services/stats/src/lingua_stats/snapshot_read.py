@@ -12,17 +12,22 @@ calls of one build go out pipelined in one round trip. Only the listed rows (at 
 Definitions are the live views': *connected* is the display view ``nodes:connected``;
 *schedulable* is "the record exists, ``connected = 1`` and status ``ready``" (what selection
 trusts).
+
+A corrupt entry never fails a read: an index entry that is not an id (``Keys.parse_shard_id``,
+the scripts' ``is_shard_id`` / ``is_node_id``), a key of another type or a record with a
+malformed field is skipped by the scripts and returned here by name, for the snapshot to
+count (``invalid_records``).
 """
 
 from __future__ import annotations
 
-import json
 from collections import Counter, defaultdict
 from collections.abc import Sequence
 
 from redis.asyncio import Redis
 
-from lingua_shared.keys import Keys
+from lingua_shared.keys import InvalidShardId, Keys
+from lingua_shared.poolview import lang_sets_of
 from lingua_shared.scripts import NodesSummary, Scripts, ShardSummary, nodes_summary, pools_summary
 from lingua_stats.snapshot_model import LoadSummary, NodeRow, NodeSummary, PoolSummary
 
@@ -42,7 +47,7 @@ SHARD_BATCH = 4  # pool shards (at most 256 members each) per pools_summary call
 
 
 def _str(v: bytes | None) -> str:
-    return v.decode() if v is not None else ""
+    return v.decode(errors="replace") if v is not None else ""
 
 
 def _int(v: bytes | None) -> int:
@@ -50,16 +55,6 @@ def _int(v: bytes | None) -> int:
         return int(v) if v is not None else 0
     except ValueError:
         return 0
-
-
-def _parse_lang_sets(v: bytes | None) -> list[list[str]]:
-    try:
-        sets = json.loads(v) if v else []
-    except ValueError:
-        return []
-    return (
-        [[str(x) for x in s] for s in sets if isinstance(s, list)] if isinstance(sets, list) else []
-    )
 
 
 def _chunks(items: Sequence[str], size: int) -> list[list[str]]:
@@ -83,16 +78,17 @@ def _least_healthy(
 
 async def read_node_rows(
     redis: Redis, keys: Keys, scripts: Scripts, now_ms: int, list_max: int = 500
-) -> tuple[list[NodeRow], NodeSummary]:
+) -> tuple[list[NodeRow], NodeSummary, list[str]]:
     """Counts and load over every node; rows for at most ``list_max`` of them, the least
     healthy first: the rows an operator looks for, without shipping every healthy node of a
-    large fleet on each poll (the live ``/api/v1/nodes`` lists them all)."""
+    large fleet on each poll (the live ``/api/v1/nodes`` lists them all). Also the ids
+    skipped as malformed (in no count; listed first)."""
     async with redis.pipeline(transaction=False) as pipe:
         pipe.smembers(keys.nodes_all)
         pipe.zrange(keys.nodes_connected, 0, -1)
         all_raw, connected_raw = await pipe.execute()
-    connected_view = {m.decode() for m in connected_raw}
-    ids = sorted({m.decode() for m in all_raw} | connected_view)
+    connected_view = {_str(m) for m in connected_raw}
+    ids = sorted({_str(m) for m in all_raw} | connected_view)
     # one round trip of nodes_summary calls (each its own EVALSHA: other clients run between)
     batches: list[NodesSummary] = await scripts.run_all(
         nodes_summary, [{"node_ids": c} for c in _chunks(ids, NODE_BATCH)], return_exceptions=False
@@ -100,29 +96,34 @@ async def read_node_rows(
     by_region: Counter[str] = Counter()
     by_tier: Counter[str] = Counter()
     unschedulable: set[str] = set()
+    invalid: list[str] = []
     for b in batches:
         by_region.update(b.by_region)
         by_tier.update(b.by_gpu_tier)
         unschedulable.update(b.unschedulable)
+        invalid += b.invalid
     cap_sum = sum(b.capacity for b in batches)
     run_sum = sum(b.running for b in batches)
     res_sum = sum(b.reserved for b in batches)
 
-    listed = _least_healthy(ids, unschedulable, connected_view, list_max)
+    listed = _least_healthy(ids, unschedulable | set(invalid), connected_view, list_max)
     records: list[list[bytes | None]] = []
     for chunk in _chunks(listed, NODE_BATCH):
         records += await scripts.nodes_read(field_names=list(ROW_FIELDS), node_ids=chunk)
     rows = []
+    bad = set(invalid)
     for node_id, rec in zip(listed, records, strict=True):
         region, tier, cap, run, res, conn, status, lang_sets, last_hb = rec
+        ok = node_id not in bad
         rows.append(
             NodeRow.model_construct(
                 node_id=node_id,
                 region=_str(region),
                 gpu_tier=_str(tier),
-                lang_sets=_parse_lang_sets(lang_sets),
+                lang_sets=lang_sets_of(lang_sets),
                 connected=node_id in connected_view,
-                schedulable=cap is not None and conn == b"1" and status == b"ready",
+                schedulable=ok and cap is not None and conn == b"1" and status == b"ready",
+                invalid=not ok,
                 capacity=_int(cap),
                 running=_int(run),
                 reserved=_int(res),
@@ -143,11 +144,24 @@ async def read_node_rows(
             utilization=_load(cap_sum, run_sum, res_sum),
         ),
     )
-    return rows, summary
+    return rows, summary, invalid
 
 
-async def read_pool_summaries(redis: Redis, keys: Keys, scripts: Scripts) -> list[PoolSummary]:
-    shard_ids = sorted(m.decode() for m in await redis.smembers(keys.pools_index))
+async def read_pool_summaries(
+    redis: Redis, keys: Keys, scripts: Scripts
+) -> tuple[list[PoolSummary], list[str]]:
+    """One summary per pool group, and the ``pools:index`` entries skipped (not a shard id,
+    or a pool key the script could not read as a sorted set)."""
+    groups_of: dict[str, tuple[str, str, str]] = {}
+    skipped: list[str] = []
+    for entry in sorted(_str(m) for m in await redis.smembers(keys.pools_index)):
+        try:
+            langset, region, gpu, _ = Keys.parse_shard_id(entry)
+        except InvalidShardId:
+            skipped.append(entry)  # never sent: the script would skip it too
+            continue
+        groups_of[entry] = (langset, region, gpu)
+    shard_ids = list(groups_of)
     batches: list[list[ShardSummary]] = await scripts.run_all(
         pools_summary,
         [{"shard_ids": c} for c in _chunks(shard_ids, SHARD_BATCH)],
@@ -156,8 +170,10 @@ async def read_pool_summaries(redis: Redis, keys: Keys, scripts: Scripts) -> lis
     shards = [s for batch in batches for s in batch]
     groups: dict[tuple[str, str, str], list[ShardSummary]] = defaultdict(list)
     for shard_id, shard in zip(shard_ids, shards, strict=True):
-        langset, region, gpu, _ = Keys.parse_shard_id(shard_id)
-        groups[(langset, region, gpu)].append(shard)
+        if shard.skipped:
+            skipped.append(shard_id)
+        else:
+            groups[groups_of[shard_id]].append(shard)
     out: list[PoolSummary] = []
     for (langset, region, gpu), group in sorted(groups.items()):
         cap = sum(s.capacity for s in group)
@@ -177,7 +193,7 @@ async def read_pool_summaries(redis: Redis, keys: Keys, scripts: Scripts) -> lis
                 load=_load(cap, run, res),
             )
         )
-    return out
+    return out, skipped
 
 
 def _load(capacity: int, running: int, reserved: int) -> float:

@@ -12,12 +12,13 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+# the language code rule lives in protocol.langs (LANG_RE re-exported for older imports)
+from lingua_shared.protocol.langs import LANG_RE as LANG_RE
+from lingua_shared.protocol.langs import MAX_LANGS_PER_SET, norm_lang
 from lingua_shared.protocol.registration import LanguageCapabilities, NodeRegister
 
-LANG_RE = re.compile(r"^[a-z]{2,3}(-[a-z0-9]{2,8})*$")
 LABEL_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,31}$")
 NODE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-MAX_LANGS_PER_SET = 8
 MAX_LANG_SETS = 16
 MAX_CAPACITY = 256
 
@@ -49,9 +50,11 @@ class NodeCapabilities:
 def _norm_lang(lang: Any) -> str:
     if not isinstance(lang, str):
         raise CapabilityError(f"language codes must be strings, got {lang!r}")
-    code = lang.strip().lower().replace("_", "-")
-    if len(code) > 35 or not LANG_RE.fullmatch(code):
-        raise CapabilityError(f"invalid language code {lang!r} (expected e.g. 'en', 'zh', 'pt-br')")
+    code = norm_lang(lang)
+    if code is None:
+        raise CapabilityError(
+            f"invalid language code {lang[:40]!r} (expected e.g. 'en', 'yue', 'pt-br', 'zh-hant')"
+        )
     return code
 
 

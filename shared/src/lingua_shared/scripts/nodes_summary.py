@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from lingua_shared.keys import Keys
@@ -25,6 +25,7 @@ class NodesSummary:
     by_region: dict[str, int]
     by_gpu_tier: dict[str, int]
     unschedulable: list[str]
+    invalid: list[str] = field(default_factory=list)  # skipped: bad id, key or record
 
 
 Result = NodesSummary
@@ -36,7 +37,7 @@ def args(keys: Keys, *, node_ids: list[str]) -> tuple[list[str], list[Any]]:
 
 def parse(reply: list[Any]) -> NodesSummary:
     check(NAME, reply)
-    _, alive, sched, cap, run, res, regions, tiers, unsched = reply
+    _, alive, sched, cap, run, res, regions, tiers, unsched, invalid = reply
     return NodesSummary(
         alive=int(alive),
         schedulable=int(sched),
@@ -46,4 +47,6 @@ def parse(reply: list[Any]) -> NodesSummary:
         by_region=flat_counts(regions),
         by_gpu_tier=flat_counts(tiers),
         unschedulable=[text(n) for n in unsched],
+        # as the caller sent them; bytes that are not UTF-8 must not fail the summary
+        invalid=[n.decode(errors="replace") if isinstance(n, bytes) else str(n) for n in invalid],
     )

@@ -14,16 +14,20 @@ NAME = "pools_summary"
 
 @dataclass(frozen=True)
 class ShardSummary:
-    """One pool shard's members and load."""
+    """One pool shard's members and load; ``skipped`` (all zeros) when the entry is not a
+    shard id or its pool key is not a sorted set (the script's empty row)."""
 
     members: int
     schedulable: int
     capacity: int
     running: int
     reserved: int
+    skipped: bool = False
 
 
 Result = list[ShardSummary]  # one per shard id, in order
+
+SKIPPED = ShardSummary(0, 0, 0, 0, 0, skipped=True)
 
 
 def args(keys: Keys, *, shard_ids: list[str]) -> tuple[list[str], list[Any]]:
@@ -32,4 +36,4 @@ def args(keys: Keys, *, shard_ids: list[str]) -> tuple[list[str], list[Any]]:
 
 def parse(reply: list[Any]) -> list[ShardSummary]:
     check(NAME, reply)
-    return [ShardSummary(*(int(v) for v in entry)) for entry in reply[1:]]
+    return [ShardSummary(*(int(v) for v in entry)) if entry else SKIPPED for entry in reply[1:]]
