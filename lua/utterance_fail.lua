@@ -3,7 +3,8 @@
 -- in the session's delivery, and release what is then due (J6: exactly one answer per
 -- index; no gap left to time out).
 -- KEYS[1] prefix             lingua:v1:{cell}:
---   built from KEYS[1]: session:<sid>, session:<sid>:results, session:<sid>:sent, gaps
+--   built from KEYS[1]: session:<sid>, session:<sid>:results, session:<sid>:sent,
+--     session:<sid>:waiting, session:<sid>:outbox, outbox, gaps
 -- ARGV[1] session_id
 -- ARGV[2] utterance_index
 -- ARGV[3] now_ms

@@ -43,6 +43,22 @@ class Session:
         )
         return cls(ws, sid)
 
+    @classmethod
+    async def resume(cls, url: str, session_id: str, received: list[int]) -> Session:
+        """Take ``session_id`` up on a new connection to ``url``, saying what it already has."""
+        from websockets.asyncio.client import connect
+
+        ws = await connect(url, max_queue=None)
+        await ws.send(
+            json.dumps(
+                {"type": "session_init", "client_version": "faults",
+                 "resume_session_id": session_id, "resume_received": received}
+            )
+        )  # fmt: skip
+        ack = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        assert ack["type"] == "session_init_ack" and ack.get("resumed") is True, ack
+        return cls(ws, session_id)
+
     async def utterance(self, index: int, request_id: str | None = None) -> None:
         msg = {
             "type": "utterance",

@@ -62,6 +62,7 @@ class FakeStore:
     def __init__(self) -> None:
         self.records: dict[str, dict[str, str]] = {}
         self.unbound: list[str] = []
+        self.acked: list[tuple[str, int]] = []  # answers written to the client
 
     async def create(self, session_id: str, fields: dict[str, str]) -> None:
         self.records[session_id] = fields
@@ -69,8 +70,14 @@ class FakeStore:
     async def touch(self, session_id: str, fields: dict[str, str]) -> bool:
         return False
 
-    async def unbind(self, session_id: str) -> None:
+    async def unbind(self, session_id: str, conn_id: str) -> None:
         self.unbound.append(session_id)
+
+    async def resume(self, session_id: str, conn_id: str, client: str) -> Any:
+        raise DependencyDown("redis unreachable")
+
+    def written(self, session_id: str, index: int) -> None:
+        self.acked.append((session_id, index))
 
 
 @pytest.fixture
@@ -286,3 +293,18 @@ async def test_close_unbinds_the_session_and_forgets_it(conn):
     await conn.closed()
     assert conn.store.unbound == [sid] and sid not in conn.gw.sessions
     assert not conn.deliver(ToSession(session_id=sid, utterance_index=0, payload={}))
+
+
+async def test_an_answer_leaves_the_outbox_only_once_written_and_a_copy_is_acked_again(conn):
+    """Acknowledged (outbox_ack) when the socket took it, not when queued; a copy published
+    again by the outbox is dropped and acknowledged again, so it is not published for ever."""
+    sid = await open_session(conn, result_delivery="ordered")
+    for i in (0, 1):
+        payload = {"type": "translation_result", "session_id": sid, "utterance_index": i}
+        conn.deliver(ToSession(session_id=sid, utterance_index=i, payload=payload))
+    assert conn.store.acked == []  # queued, not written yet
+    assert [m["utterance_index"] for m in await out(conn)] == [0, 1]
+    assert conn.store.acked == [(sid, 0), (sid, 1)]
+    conn.deliver(ToSession(session_id=sid, utterance_index=1, payload=payload))
+    assert await out(conn) == []
+    assert conn.store.acked == [(sid, 0), (sid, 1), (sid, 1)]

@@ -2,7 +2,7 @@
 
 The lifespan opens :class:`~lingua_shared.runtime.Infra` (a missing Redis, RabbitMQ or a
 broken Lua script fails start-up), attaches the consumer of job requests, node job messages
-and node disconnections, and runs the job-timer and result-gap loops.
+and node disconnections, and runs the job-timer, result-gap and outbox loops.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from fastapi import FastAPI
 from lingua_dispatcher.jobs import Jobs
 from lingua_dispatcher.metrics import Metrics
 from lingua_dispatcher.node_events import NodeEvents
-from lingua_dispatcher.timers import expire_gaps, fire_timers, loop
+from lingua_dispatcher.timers import expire_gaps, fire_timers, loop, republish_outbox
 from lingua_shared.bus import consume, declare_queue
 from lingua_shared.events import DISPATCHER_EVENT, DispatcherEvent, JobRequest, NodeJobEvent
 from lingua_shared.httpserve import add_health_routes
@@ -67,6 +67,7 @@ def create_app(settings: Settings) -> FastAPI:
                     loop(settings.timer_interval_s, "timers", fire_timers, jobs, stop)
                 ),
                 asyncio.create_task(loop(0.2, "gaps", expire_gaps, jobs, stop)),
+                asyncio.create_task(loop(0.25, "outbox", republish_outbox, jobs, stop)),
             ]
             log.info(
                 "dispatcher.started",

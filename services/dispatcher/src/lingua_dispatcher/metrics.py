@@ -71,6 +71,13 @@ class Metrics:
         )
         self.delivery_dropped = Counter(
             "lingua_deliveries_dropped_total",
-            "Client messages whose gateway was gone",
+            "Client answers whose publish failed (gateway gone, bus down); they stay in the "
+            "session's outbox and are published again",
+            registry=r,
+        )
+        self.outbox_republished = Counter(
+            "lingua_outbox_republished_total",
+            "Answers published again: unacknowledged by a gateway after LINGUA_OUTBOX_RETRY_MS, "
+            "or released by a replayed job_finish",
             registry=r,
         )

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 from typing import Any
 
 from lingua_dispatcher.metrics import Metrics
@@ -17,10 +19,13 @@ from lingua_shared.logs import get_logger
 from lingua_shared.protocol import ErrorCode
 from lingua_shared.protocol.session import MissingResult, UiEvent
 from lingua_shared.runtime import Infra, now_ms
-from lingua_shared.scripts import Delivery, ScriptCode
+from lingua_shared.scripts import Delivery, Pending, ScriptCode
 from lingua_shared.settings import Settings
 
 log = get_logger(__name__)
+# Fault tests only: ``after_job_finish`` SIGKILLs this process between a job_finish that
+# released outcomes and their publish (tests/faults). Unset in every deployment.
+CRASH_AT = os.environ.get("LINGUA_TEST_CRASH_AT", "")
 
 
 def no_node_outcome(
@@ -155,46 +160,80 @@ class Outcomes:
         await self.deliver(job["session_id"], delivery)
 
     async def deliver(self, session_id: str, delivery: Delivery) -> None:
-        """Send the results a script released, in order; they go out together (one
-        coalesced message to the session's gateway), so a failure drops them together."""
-        if not delivery.released or not delivery.items:
+        """Publish the results a script released, in order; they go out together (one
+        coalesced message to the session's gateway). Each stays in the session's outbox until
+        that gateway has written it to the client (``outbox_ack``): a publish that fails, or is
+        lost with this process or the gateway, is published again by :meth:`republish` (a
+        replayed ``job_finish`` hands back the same outcomes, published here again)."""
+        if not delivery.items:
             return
-        for _, payload in delivery.items:
-            if payload.get("reason") == "no_result" and payload.get("type") == "missing_result":
-                self.metrics.no_result.inc()
-                log.info(
-                    "job.finished_without_result",
-                    job_id=payload.get("job_id"),
-                    session_id=session_id,
-                    utterance_index=payload.get("utterance_index"),
-                )
+        replay = delivery.code == ScriptCode.ALREADY_FINISHED
+        if replay:
+            self.metrics.outbox_republished.inc(len(delivery.items))
+        else:
+            for _, payload in delivery.items:
+                if payload.get("reason") == "no_result" and payload.get("type") == "missing_result":
+                    self.metrics.no_result.inc()
+                    log.info(
+                        "job.finished_without_result",
+                        job_id=payload.get("job_id"),
+                        session_id=session_id,
+                        utterance_index=payload.get("utterance_index"),
+                    )
         if not delivery.gateway_id:
-            return
+            return  # no connection holds the session: its outbox waits for a resume
+        if CRASH_AT == "after_job_finish" and delivery.code == ScriptCode.FINISHED:
+            os.kill(os.getpid(), signal.SIGKILL)  # fault tests: die between script and publish
+        await self.publish(session_id, delivery.gateway_id, delivery.conn_id, delivery.items)
+
+    async def republish(self, pending: list[Pending]) -> None:
+        """Publish again what sessions' outboxes held unacknowledged (``outbox_claim``)."""
+        for p in pending:
+            if not p.items:
+                continue
+            self.metrics.outbox_republished.inc(len(p.items))
+            log.info(
+                "session.outbox_republished",
+                session_id=p.session_id,
+                gateway_id=p.gateway_id,
+                utterance_indices=[i for i, _ in p.items][:32],
+            )
+            await self.publish(p.session_id, p.gateway_id, p.conn_id, p.items)
+
+    async def publish(
+        self,
+        session_id: str,
+        gateway_id: str,
+        conn_id: str,
+        items: list[tuple[int, dict[str, Any]]],
+    ) -> None:
         sent = await asyncio.gather(
             *(
                 self.infra.publisher.to_gateway(
-                    delivery.gateway_id,
+                    gateway_id,
                     ToSession(
                         session_id=session_id,
-                        conn_id=delivery.conn_id,
+                        conn_id=conn_id,
                         utterance_index=index,
                         ordered=True,
                         payload=payload,
                     ),
                     batch=True,
                 )
-                for index, payload in delivery.items
+                for index, payload in items
             ),
             return_exceptions=True,
         )
-        for (index, _), outcome in zip(delivery.items, sent, strict=True):
+        for (index, _), outcome in zip(items, sent, strict=True):
             if isinstance(outcome, (Unroutable, DependencyDown)):
+                # still in the outbox: published again after LINGUA_OUTBOX_RETRY_MS, or
+                # replayed to the client when it resumes the session on another gateway
                 self.metrics.delivery_dropped.inc()
                 log.warning(
-                    "job.delivery_dropped",
+                    "job.delivery_deferred",
                     session_id=session_id,
                     utterance_index=index,
-                    gateway_id=delivery.gateway_id,
+                    gateway_id=gateway_id,
                     error=repr(outcome),
                 )
             elif isinstance(outcome, BaseException):

@@ -1,4 +1,5 @@
-"""Background loops of every dispatcher replica: job timers and result-gap timeouts.
+"""Background loops of every dispatcher replica: job timers, result-gap timeouts and the
+sessions' outboxes (answers no gateway has acknowledged, published again).
 
 Timers are claimed atomically (``timers_claim``), so each due timer is handled by one
 replica; a claim only pushes the timer forward, so a replica that dies mid-way leaves the
@@ -32,6 +33,10 @@ async def fire_timers(jobs: Jobs) -> int:
             await jobs.redispatch(job_id, attempt, "ack_timeout")
         elif state == "acked":
             await jobs.redispatch(job_id, attempt, "deadline")
+        elif state == "exhausted":  # taken back with no attempt left; its taker died
+            reason = job.get("release_reason") or "node_lost"
+            node = job.get("node_id") or ""
+            await jobs.takeback.fail_exhausted(job_id, attempt, reason, node, job)
         else:  # waiting for a slot, or released by a replica that died before dispatching
             await jobs.dispatch(job_id, attempt + 1, job=job)
     return len(due)
@@ -58,6 +63,16 @@ async def expire_gaps(jobs: Jobs) -> int:
             )
             await jobs.outcomes.deliver(session_id, delivery)
     return len(sessions)
+
+
+async def republish_outbox(jobs: Jobs) -> int:
+    """Publish again the answers that sessions' outboxes held unacknowledged for
+    ``outbox_retry_ms`` (``outbox_claim``: one replica per session and round)."""
+    pending = await jobs.s.outbox_claim(
+        now_ms=now_ms(), retry_ms=jobs.settings.outbox_retry_ms, limit=BATCH
+    )
+    await jobs.outcomes.republish(pending)
+    return len(pending)
 
 
 async def loop(interval_s: float, name: str, fn, jobs: Jobs, stop: asyncio.Event) -> None:  # type: ignore[no-untyped-def]

@@ -37,7 +37,7 @@ from lingua_shared.errors import Unauthorized
 from lingua_shared.events import GATEWAY_INBOUND
 from lingua_shared.logs import get_logger
 from lingua_shared.protocol import CloseCode
-from lingua_shared.runtime import Infra, render_metrics
+from lingua_shared.runtime import Infra, bounded, render_metrics
 from lingua_shared.settings import Settings
 
 log = get_logger(__name__)
@@ -98,11 +98,14 @@ class GatewayApp:
                 register=rpc,
                 connections=self.connections,
             )
+            store = SessionStore(
+                infra.redis, infra.keys, s.session_ttl_s, infra.scripts, s.instance_id
+            )
             self.session_deps = SessionDeps(
                 settings=s,
                 metrics=self.metrics,
                 publisher=infra.publisher,
-                store=SessionStore(infra.redis, infra.keys, s.session_ttl_s),
+                store=store,
                 scripts=infra.scripts,
                 connections=self.connections,
             )
@@ -132,6 +135,7 @@ class GatewayApp:
             finally:
                 if not self.draining:
                     await self.drain()
+                await bounded(store.close(), "outbox.acks")  # what was written is acked
                 liveness.cancel()
                 with contextlib.suppress(BaseException):
                     await liveness

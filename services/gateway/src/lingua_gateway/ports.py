@@ -52,7 +52,13 @@ class SessionRecords(Protocol):
 
     async def touch(self, session_id: str, fields: dict[str, str]) -> bool: ...
 
-    async def unbind(self, session_id: str) -> None: ...
+    async def unbind(self, session_id: str, conn_id: str) -> None: ...
+
+    async def resume(self, session_id: str, conn_id: str, client: str) -> Any:
+        """Bind an existing session to this connection (a ``session_bind`` ``Binding``)."""
+
+    def written(self, session_id: str, index: int) -> None:
+        """The answer to ``index`` was written to the client (its outbox entry goes)."""
 
 
 class UtteranceFail(Protocol):

@@ -4,6 +4,8 @@ The gateway numbers a session's utterances from 0 (lingua's web client never sen
 index), cuts them (``is_final``, or the duration / size bounds), and publishes one
 ``job.request`` per utterance with its audio untouched (J9). Answers come back through
 :meth:`deliver`, each index once, as they arrive or in index order (the session's delivery).
+A client that lost its connection may resume its session on any replica (``session_init``
+with ``resume_session_id``): what it was owed comes again, what it already has does not.
 A recoverable error is a typed ``error`` and the connection stays open; the connection ends
 with ``session_close`` (1000), a slow reader (4008), a drain (1012), or a close code a refused
 frame carries (docs/protocol.md lists them).
@@ -12,6 +14,7 @@ frame carries (docs/protocol.md lists them).
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from typing import Any
 
@@ -30,9 +33,10 @@ from lingua_gateway.session_frames import (
     parse_client_frame,
     pong_for,
 )
+from lingua_gateway.session_resume import check_resume, plan_resume, spec_from_record
 from lingua_gateway.session_spec import ARRIVAL, SessionSpec, spec_from_init
 from lingua_shared.auth import Principal
-from lingua_shared.errors import DependencyDown, InvalidMessage, InvalidSession
+from lingua_shared.errors import DependencyDown, InvalidMessage, InvalidSession, ScriptRejected
 from lingua_shared.events import ToSession
 from lingua_shared.logs import get_logger
 from lingua_shared.protocol import GRACEFUL_SESSION_CLOSES, CloseCode, ErrorMessage
@@ -53,6 +57,7 @@ from lingua_shared.protocol.session import (
     Utterance,
 )
 from lingua_shared.runtime import now_ms
+from lingua_shared.scripts import ScriptCode
 
 log = get_logger(__name__)
 ENDPOINT = "session"
@@ -161,22 +166,16 @@ class SessionConnection(EndpointConnection):
                 "this connection already holds a session (one session per connection)",
                 {"session_id": self.session_id},
             )
+        if msg.resume_session_id is not None:
+            await self.on_resume(msg.resume_session_id, msg.resume_received)
+            return
         s = self.settings
         spec = spec_from_init(msg, s.result_delivery)
         session_id = f"s-{uuid.uuid4().hex[:16]}"
         record = self.record(spec, next_deliver=0)
         await self.store.create(session_id, record)  # DependencyDown -> typed error
         self.touched_at = asyncio.get_running_loop().time()
-        self.session_id, self.spec = session_id, spec
-        self.sender = (
-            ArrivalSender(self.out, self.metrics, session_id, spec.trace_id)
-            if spec.delivery == ARRIVAL
-            else OrderedSender(
-                self.out, s.result_reorder_timeout_s, self.metrics, session_id, spec.trace_id
-            )
-        )
-        self.audio = SessionAudio(self, session_id, spec, self.deps)
-        self.sessions[session_id] = self
+        self.start(session_id, spec)
         self.metrics.sessions.inc()
         log.info(
             "gateway.session_opened",
@@ -201,11 +200,96 @@ class SessionConnection(EndpointConnection):
             ).to_wire()
         )
 
+    def start(self, session_id: str, spec: SessionSpec) -> None:
+        """The session is this connection's: its delivery, its audio, its routing entry."""
+        s = self.settings
+        store = self.store
+
+        def written(index: int) -> None:
+            store.written(session_id, index)
+
+        self.session_id, self.spec = session_id, spec
+        # an answer lost on its way waits in the outbox until it is published again: wait for
+        # that rather than skip its index
+        reorder_s = max(s.result_reorder_timeout_s, s.outbox_retry_ms / 1000 + 1.0)
+        self.sender = (
+            ArrivalSender(self.out, self.metrics, session_id, spec.trace_id, written)
+            if spec.delivery == ARRIVAL
+            else OrderedSender(
+                self.out, reorder_s, self.metrics, session_id, spec.trace_id, written
+            )
+        )
+        self.audio = SessionAudio(self, session_id, spec, self.deps)
+        self.sessions[session_id] = self
+
+    async def on_resume(self, session_id: str, received: list[int] | None) -> None:
+        """Take up an existing session: bind it here, then send what it is owed (its outbox,
+        less what the client says it has), in its delivery."""
+        have = check_resume(session_id, received)
+        client = self.principal.subject if self.principal else ""
+        try:
+            b = await self.store.resume(session_id, self.conn_id, client)
+        except ScriptRejected as exc:
+            raise InvalidSession("resume_session_id is not a session id") from exc
+        if b.code == ScriptCode.FOREIGN_SESSION:
+            raise InvalidSession("that session was opened by another client")
+        if b.code != ScriptCode.RESUMED:
+            raise InvalidSession(
+                "no such session to resume (it expired or was never opened): open a new one",
+                {"session_id": session_id[:64]},
+            )
+        spec = spec_from_record(b.record)
+        plan = plan_resume(b.record, b.sent, b.outbox, have)
+        self.touched_at = asyncio.get_running_loop().time()
+        self.start(session_id, spec)
+        assert self.sender is not None and self.audio is not None
+        if isinstance(self.sender, ArrivalSender):
+            self.sender.resume(plan.next_index, plan.answered)
+        else:
+            self.sender.resume(plan.next_index)
+        self.audio.next_index = max(self.audio.next_index, plan.next_utterance)
+        self.metrics.sessions.inc()
+        log.info(
+            "gateway.session_resumed",
+            session_id=session_id,
+            conn_id=self.conn_id,
+            old_gateway_id=b.old_gateway_id,
+            old_conn_id=b.old_conn_id,
+            replayed=len(plan.send),
+            already_received=len(plan.already),
+            next_utterance_index=plan.next_utterance,
+        )
+        self.out.send(
+            SessionInitAck(
+                session_id=session_id,
+                message="session resumed",
+                trace_id=spec.trace_id or None,
+                use_binary_frame=False,
+                negotiated_codec=spec.audio_format,
+                negotiated_audio_format=spec.audio_format,
+                negotiated_sample_rate=spec.sample_rate,
+                resumed=True,
+                next_utterance_index=plan.next_utterance,
+            ).to_wire()
+        )
+        for index in plan.already:
+            self.store.written(session_id, index)
+        for index, payload in plan.send:
+            if isinstance(self.sender, OrderedSender) and self.sender.next_index < index:
+                self.sender.resume(index)  # what lies between was written before
+            self.sender.deliver(
+                ToSession(session_id=session_id, conn_id=self.conn_id, utterance_index=index,
+                          payload=payload)
+            )  # fmt: skip
+
     def record(self, spec: SessionSpec, next_deliver: int) -> dict[str, str]:
         return {
             "gateway_id": self.settings.instance_id,
             "conn_id": self.conn_id,
             **spec.record(),
+            # kept for a resume on another connection
+            "trace_id": spec.trace_id,
+            "options": json.dumps(spec.options, separators=(",", ":")),
             "created_at_ms": str(now_ms()),
             "next_deliver": str(next_deliver),
             # who opened it (audit); the session itself is bound to this connection
@@ -318,7 +402,7 @@ class SessionConnection(EndpointConnection):
             discarded_bytes=discarded,
         )
         try:
-            await self.store.unbind(self.session_id)
+            await self.store.unbind(self.session_id, self.conn_id)
         except DependencyDown as exc:
             # the TTL ends the record anyway; until then answers reach a gateway that drops them
             self.metrics.session_store_errors.labels("unbind").inc()

@@ -37,6 +37,11 @@ class SessionInit(WireModel):
     sample_rate: int | None = None
     # ours: "arrival" (each answer as soon as it is ready) or "ordered" (by utterance index)
     result_delivery: str | None = None
+    # ours, optional: take up this session (its connection was lost) instead of opening one;
+    # the other fields are then ignored (the session keeps its own)
+    resume_session_id: str | None = None
+    # with resume_session_id: indices the client already has an answer for (not sent again)
+    resume_received: list[int] | None = None
 
 
 class SessionInitAck(WireModel):
@@ -50,6 +55,9 @@ class SessionInitAck(WireModel):
     negotiated_audio_format: str = "opus"
     negotiated_sample_rate: int = SAMPLE_RATE
     negotiated_channel_count: int = 1
+    resumed: bool | None = None  # ours: true when session_init resumed an existing session
+    # ours, on a resume: the index the server gives the next utterance it numbers
+    next_utterance_index: int | None = None
 
 
 class AudioChunk(WireModel):

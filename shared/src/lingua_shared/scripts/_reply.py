@@ -31,7 +31,10 @@ class CodeResult:
 class Delivery:
     """What ``job_finish``, ``gap_expire`` and ``utterance_fail`` release for one session:
     the outcomes now due, in the order they leave (index, client message), and the
-    session's connection. ``reason`` says why a stale ``job_finish`` was dropped."""
+    session's connection. ``reason`` says why a stale ``job_finish`` was dropped. Every
+    outcome listed is also in the session's outbox until a gateway has written it to the
+    client (``outbox_ack``); a replayed ``job_finish`` (``ALREADY_FINISHED``) lists those of
+    its outcomes that are still there, to publish again."""
 
     code: ScriptCode
     gateway_id: str = ""
@@ -46,8 +49,9 @@ class Delivery:
 
 
 def delivery(code: ScriptCode, reply: list[Any]) -> Delivery:
-    """``{1, gateway_id, conn_id, idx1, payload1, ...}``, or a code with no outcomes."""
-    if int(code) != 1:
+    """``{code, gateway_id, conn_id, idx1, payload1, ...}``, or ``{code, ""}`` with no outcomes
+    (a replayed ``job_finish`` answers ``0`` with the outcomes still to publish)."""
+    if len(reply) < 3:
         return Delivery(code)
     flat = reply[3:]
     items = [(int(flat[i]), json.loads(flat[i + 1])) for i in range(0, len(flat), 2)]
