@@ -11,7 +11,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from lingua_shared.keys import Keys
-from lingua_shared.scripts import Scripts, ScriptCode
+from lingua_shared.scripts import ScriptCode, Scripts
 from lingua_shared.testing import node_registration
 
 NOW = 1_700_000_000_000
@@ -63,7 +63,8 @@ def finish_kw(job_id: str, node_id: str, now: int) -> dict[str, Any]:
 
 
 async def ordered_session(redis: Redis, keys: Keys, sid: str = "s1") -> None:
-    await redis.hset(keys.session(sid), mapping={"gateway_id": "gw-s", "conn_id": "c1", "mode": "one_way"})
+    record = {"gateway_id": "gw-s", "conn_id": "c1", "mode": "one_way"}
+    await redis.hset(keys.session(sid), mapping=record)
     await redis.set(keys.gateway("gw-s"), "1")
 
 
@@ -126,8 +127,10 @@ async def test_an_outbox_no_live_gateway_holds_waits_for_a_resume(
     (p,) = await scripts.outbox_claim(now_ms=NOW + 2 * RETRY, retry_ms=RETRY, limit=10)
     assert (p.gateway_id, p.conn_id) == ("gw-2", "c2")
     # the old connection's late close leaves the new binding alone
-    r = await scripts.session_bind(session_id="s1", mode="unbind", gateway_id="gw-s",
-                                   conn_id="c1", client="", now_ms=NOW, session_ttl_ms=SESSION_TTL)  # fmt: skip
+    r = await scripts.session_bind(
+        session_id="s1", mode="unbind", gateway_id="gw-s", conn_id="c1", client="",
+        now_ms=NOW, session_ttl_ms=SESSION_TTL,
+    )  # fmt: skip
     assert r.code == ScriptCode.NOT_BOUND
     assert await redis.hget(keys.session("s1"), "conn_id") == b"c2"
 

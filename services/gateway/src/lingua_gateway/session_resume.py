@@ -26,7 +26,9 @@ SESSION_ID_RE = re.compile(r"[A-Za-z0-9_.-]{1,128}")  # what session_bind accept
 def check_resume(session_id: str, received: list[int] | None) -> set[int]:
     """The resume request's fields, or a typed error; the indices the client already has."""
     if not SESSION_ID_RE.fullmatch(session_id):
-        raise InvalidSession("resume_session_id is not a session id", {"field": "resume_session_id"})
+        raise InvalidSession(
+            "resume_session_id is not a session id", {"field": "resume_session_id"}
+        )
     got = received or []
     if len(got) > MAX_RESUME_RECEIVED or any(not 0 <= i <= MAX_INDEX for i in got):
         raise InvalidMessage(

@@ -168,10 +168,7 @@ class SessionStore:
         batch, self._acks = self._acks, {}
         scripts = self.scripts
         results = await asyncio.gather(
-            *(
-                scripts.outbox_ack(session_id=sid, indices=sorted(ix))
-                for sid, ix in batch.items()
-            ),
+            *(scripts.outbox_ack(session_id=sid, indices=sorted(ix)) for sid, ix in batch.items()),
             return_exceptions=True,
         )
         ok = True
