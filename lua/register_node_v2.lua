@@ -20,8 +20,11 @@
 -- ARGV[14] tenant            the node's tenant ('' = none)
 -- Returns: {1, "", ""} created; {2, old_gateway_id, old_conn_id} refreshed an existing node
 --          (old_* are those of the connection it replaces, "" when none or the same);
+--          {-3, "", ""} stale: a newer connection replaced this one (a late or repeated
+--          registration of a connection already gone); nothing written
 --          {-1, field} invalid input, nothing written (field names the bad argument)
 --@include common
+--@include fence
 
 local node_key, all_key, expiry_key, connected_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local node_id = ARGV[1]
@@ -52,10 +55,13 @@ if tenant == nil or (tenant ~= '' and not is_node_id(tenant)) then return {-1, '
 
 local existed = redis.call('EXISTS', node_key) == 1
 local old_gw, old_conn = '', ''
+local retired = nil
 if existed then
   local prev = redis.call('HMGET', node_key, 'gateway_id', 'conn_id', 'connected')
-  if prev[2] and prev[2] ~= conn_id and prev[3] == '1' then
-    old_gw, old_conn = prev[1] or '', prev[2]
+  if prev[2] and prev[2] ~= conn_id then
+    if is_retired(node_key, conn_id) then return {-3, '', ''} end
+    retired = retired_with(node_key, prev[2])
+    if prev[3] == '1' then old_gw, old_conn = prev[1] or '', prev[2] end
   end
 end
 
@@ -76,6 +82,7 @@ redis.call('HSET', node_key,
   'acks', acks,
   'public', public,
   'tenant', tenant)
+if retired then redis.call('HSET', node_key, 'retired_conns', retired) end
 if not existed then
   -- slot accounting starts at zero; a re-registration keeps it (leases still count).
   -- reg_id names this registration for the jobs' fencing (node_reg): the time alone is not

@@ -23,12 +23,12 @@ from lingua_dispatcher.job_record import (
 from lingua_dispatcher.metrics import Metrics
 from lingua_dispatcher.outcomes import Outcomes, no_node_outcome
 from lingua_dispatcher.stats_recorder import StatsRecorder
-from lingua_dispatcher.takeback import TakeBack
+from lingua_dispatcher.takeback import EXHAUSTED_CODE, TakeBack
 from lingua_shared.bus import Unroutable
 from lingua_shared.errors import DependencyDown
 from lingua_shared.events import JobRequest, ToNode
 from lingua_shared.logs import get_logger
-from lingua_shared.protocol import JobAssign, Pipeline
+from lingua_shared.protocol import ErrorCode, JobAssign, Pipeline
 from lingua_shared.runtime import Infra, now_ms
 from lingua_shared.scripts import ScriptCode, Selection
 
@@ -156,6 +156,8 @@ class Jobs:
         cause = cause or job.get("release_reason")
         pipeline = pipeline_of(job)
         while True:
+            if attempt > 1 and first is None and await self.fail_if_no_window(job_id, job, cause):
+                return
             sel, first = first or await self.select(job_id, attempt, job), None
             now = now_ms()
             if sel.code == ScriptCode.NO_NODE:
@@ -225,6 +227,25 @@ class Jobs:
                 trace_id=job["trace_id"],
             )
             return
+
+    async def fail_if_no_window(self, job_id: str, job: dict[str, Any], cause: str | None) -> bool:
+        """Before a failover: when the session's gap window cannot hold another attempt, the
+        utterance fails now with what happened (see ``TakeBack.window_too_short``)."""
+        left = await self.takeback.window_too_short(job, now_ms())
+        if left is None:
+            return False
+        _, why = no_node_outcome(self.settings, job, 2, "no_free_slot", cause)
+        code = EXHAUSTED_CODE.get(cause or "", ErrorCode.NODE_UNAVAILABLE)
+        head = why.split(", and ", 1)[0]
+        self.metrics.no_node.labels("gap_window").inc()
+        await self.outcomes.fail(
+            job_id,
+            job,
+            code,
+            f"{head}, and its place in the session's order times out in {left / 1000:g} s, "
+            "too soon for another attempt",
+        )
+        return True
 
     async def redispatch(self, job_id: str, attempt: int, reason: str) -> None:
         """Take ``attempt`` back and dispatch the next one (or fail the job: see TakeBack)."""

@@ -55,16 +55,50 @@ class TakeBack:
         if rel.code == ScriptCode.RELEASED:
             log.info("job.taken_back", job_id=job_id, attempt=attempt, reason=reason)
             return rel.attempt
-        if job is not None:
-            code = EXHAUSTED_CODE.get(reason, ErrorCode.NODE_UNAVAILABLE)
-            await self.outcomes.fail(
-                job_id,
-                job,
-                code,
-                f"no node completed utterance {job['utterance_index']} in {attempt} attempts "
-                f"(the last one: {reason} on node {rel.node_id})",
-            )
+        await self.fail_exhausted(job_id, attempt, reason, rel.node_id, job)
         return None
+
+    async def fail_exhausted(
+        self,
+        job_id: str,
+        attempt: int,
+        reason: str,
+        node_id: str,
+        job: dict[str, Any] | None = None,
+    ) -> None:
+        """A job taken back with no attempt left ('exhausted': never dispatched again) fails
+        with a typed error. Also what its rescue timer does when the replica that took it
+        back died before this."""
+        job = job or await read_job(self.infra, job_id)
+        if job is None:
+            return
+        code = EXHAUSTED_CODE.get(reason, ErrorCode.NODE_UNAVAILABLE)
+        await self.outcomes.fail(
+            job_id,
+            job,
+            code,
+            f"no node completed utterance {job['utterance_index']} in {attempt} attempts "
+            f"(the last one: {reason} on node {node_id or 'unknown'})",
+        )
+
+    async def window_too_short(self, job: dict[str, Any], now: int) -> int | None:
+        """A job's whole life fits inside its session's gap window, or its client is told at
+        once: when the job is a hole of an ``ordered`` session that holds later answers (its
+        deadline in ``gaps`` runs), and what is left of that window cannot hold another
+        whole attempt (ack lease + job deadline), the ms left; else None. The gap would
+        answer the hole with ``gap_timeout`` before such an attempt could end."""
+        r, k = self.infra.redis, self.infra.keys
+        session_id, index = job["session_id"], int(job["utterance_index"])
+        deadline = await r.zscore(k.gaps, session_id)
+        if deadline is None:
+            return None
+        left = int(deadline) - now
+        if left >= self.settings.ack_timeout_ms + self.settings.job_deadline_ms:
+            return None
+        waiting = await r.hkeys(k.session_results(session_id))
+        if not any(_index(raw) > index for raw in waiting):
+            return None  # nothing waits behind this utterance: no hole, no window
+        return max(0, left)
 
     async def cancel_on_node(
         self, job_id: str, rel: Release, reason: str, job: dict[str, Any] | None
@@ -82,3 +116,11 @@ class TakeBack:
             self.metrics.cancels.labels(reason).inc()
         except (Unroutable, DependencyDown) as exc:
             log.info("job.cancel_unroutable", job_id=job_id, node_id=rel.node_id, error=repr(exc))
+
+
+def _index(raw: bytes | str) -> int:
+    """An utterance index of a session's results hash (-1 for a field that is none)."""
+    try:
+        return int(raw)
+    except ValueError:
+        return -1

@@ -10,7 +10,7 @@ from fastapi import FastAPI
 
 from lingua_node_manager.handlers import NodeEventHandler
 from lingua_node_manager.metrics import Metrics
-from lingua_node_manager.sweeper import reconcile_once, run_every, sweep_once
+from lingua_node_manager.sweeper import SlotRecount, reconcile_once, run_every, sweep_once
 from lingua_shared.bus import consume, declare_queue
 from lingua_shared.events import NODE_EVENT
 from lingua_shared.httpserve import add_health_routes
@@ -47,6 +47,11 @@ def create_app(settings: Settings) -> FastAPI:
             loops = [
                 asyncio.create_task(
                     run_every(settings.sweep_interval_s, "sweep", stop, sweep_once, infra, metrics)
+                ),
+                asyncio.create_task(
+                    run_every(
+                        settings.sweep_interval_s, "slots", stop, SlotRecount(infra, metrics).tick
+                    )
                 ),
                 asyncio.create_task(
                     run_every(

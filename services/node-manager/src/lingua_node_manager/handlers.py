@@ -65,6 +65,9 @@ class NodeEventHandler:
                 public=ev.accept_public_jobs,
                 tenant=ev.tenant,
             )
+            if result.code == ScriptCode.CONN_REPLACED:
+                await self.replaced_registration(ev, message)
+                return
             # Pools right away, so the ack means "you are in your pools" (heartbeat script).
             hb = await s.heartbeat_with_pool_assign(
                 node_id=ev.node_id,
@@ -131,6 +134,40 @@ class NodeEventHandler:
                     close_reason="replaced by a newer connection",
                 ),
             )
+
+    async def replaced_registration(
+        self, ev: NodeRegisterEvent, message: AbstractIncomingMessage
+    ) -> None:
+        """A registration from a connection a newer one already replaced (a late or
+        republished request): nothing was written; that connection, if still open, is
+        refused and closed as replaced, so it never takes the node from the live one."""
+        self.metrics.events.labels("node.register", "replaced_conn").inc()
+        log.info(
+            "node.register_stale_conn",
+            node_id=ev.node_id,
+            conn_id=ev.conn_id,
+            gateway_id=ev.gateway_id,
+        )
+        await self._reply(
+            ev,
+            message,
+            RegisterReply(
+                node_id=ev.node_id,
+                conn_id=ev.conn_id,
+                ok=False,
+                error_code="NODE_REPLACED",
+                message="this connection was replaced by a newer one",
+            ),
+        )
+        await self._send(
+            ev.gateway_id,
+            ToNode(
+                node_id=ev.node_id,
+                conn_id=ev.conn_id,
+                close_code=REPLACED_CLOSE_CODE,
+                close_reason="replaced by a newer connection",
+            ),
+        )
 
     async def _reply(
         self, ev: NodeRegisterEvent, message: AbstractIncomingMessage, reply: RegisterReply

@@ -1,8 +1,11 @@
-"""Background loops: the expiry sweeper (N6) and the connected-view reconciliation (N7).
+"""Background loops: the expiry sweeper (N6), the slot recount and the connected-view
+reconciliation (N7).
 
-Every replica runs both; the scripts are idempotent, so concurrent sweeps are harmless.
+Every replica runs them; the scripts are idempotent, so concurrent sweeps are harmless.
 The sweeper reads ``nodes:expiry`` (a zset of logical deadlines), so its cost is the number
-of expired nodes, never the number of nodes.
+of expired nodes, never the number of nodes. The slot recount walks ``nodes:all`` a bounded
+batch per tick (``SLOT_BATCH`` nodes), so a whole pass over N nodes takes N / SLOT_BATCH
+sweep intervals.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from lingua_shared.scripts import ScriptCode, node_offline
 
 log = get_logger(__name__)
 SWEEP_BATCH = 500
+SLOT_BATCH = 200  # nodes recounted per tick
 
 
 async def sweep_once(infra: Infra, metrics: Metrics, now: int | None = None) -> int:
@@ -46,6 +50,43 @@ async def sweep_once(infra: Infra, metrics: Metrics, now: int | None = None) -> 
         metrics.swept.inc(batch_removed)
         if len(due) < SWEEP_BATCH or batch_removed == 0:
             return removed
+
+
+class SlotRecount:
+    """Recount nodes' ``reserved`` / ``running`` from their live jobs (``slots_reconcile``),
+    ``SLOT_BATCH`` nodes per tick, walking ``nodes:all`` with SSCAN: a slot whose job record
+    expired while it held it (a dispatcher outage longer than the job TTL, say) comes back
+    within one pass instead of shrinking the node's capacity for good."""
+
+    def __init__(self, infra: Infra, metrics: Metrics, batch: int = SLOT_BATCH) -> None:
+        self.infra = infra
+        self.metrics = metrics
+        self.batch = batch
+        self.cursor = 0
+
+    async def tick(self) -> int:
+        """One bounded step of the walk; returns how many nodes had their counts fixed."""
+        r, k = self.infra.redis, self.infra.keys
+        self.cursor, raw = await r.sscan(k.nodes_all, self.cursor, count=self.batch)
+        ids = sorted({m.decode() for m in raw})
+        fixed = dropped = 0
+        for i in range(0, len(ids), 500):
+            result = await self.infra.scripts.slots_reconcile(node_ids=ids[i : i + 500])
+            fixed += result.fixed
+            dropped += result.dropped
+        if fixed:
+            self.metrics.reconciled.labels("slots").inc(fixed)
+            log.info("node.slots_recounted", nodes=fixed, jobs_dropped=dropped)
+        if dropped:
+            self.metrics.reconciled.labels("slot_jobs_dropped").inc(dropped)
+        return fixed
+
+    async def full_pass(self) -> int:
+        """Every node once (tests, tools): ticks until the walk is back at its start."""
+        fixed = await self.tick()
+        while self.cursor != 0:
+            fixed += await self.tick()
+        return fixed
 
 
 async def reconcile_once(infra: Infra, metrics: Metrics) -> dict[str, int]:
