@@ -115,7 +115,8 @@ def build_problems(df: Dockerfile, img: Image) -> list[str]:
     final_froms = [frm for stage, frm, _, _ in _copies(df) if stage == (df.final.name or "")]
     if not any(frm in builder_names for frm in final_froms):
         problems.append("the runtime stage copies nothing from the builder")
-    if any(frm and "astral-sh/uv" in frm for frm in final_froms):
+    bases = {stage.name: stage.base for stage in df.stages if stage.name}
+    if any(frm and "astral-sh/uv" in bases.get(frm, frm) for frm in final_froms):
         problems.append("uv copied into the runtime stage")
     return problems
 
@@ -387,6 +388,58 @@ def test_checks_catch_subtler_mistakes() -> None:
     assert any("no tag" in p for p in pin_problems(parsed(floating)))
     as_root = text.replace("USER 10001:10001", "USER 0")
     assert user_problems(parsed(as_root)) == ["USER 0 is root"]
+    uv_at_runtime = text.replace(
+        "COPY --from=builder /opt/venv /opt/venv",
+        "COPY --from=builder /opt/venv /opt/venv\nCOPY --from=uv /uv /usr/local/bin/uv",
+    )
+    assert "uv copied into the runtime stage" in build_problems(parsed(uv_at_runtime), img)
+
+
+# -- base images as build args (scripts/images.py passes local ones) -----------------------
+OFFICIAL_BASES = {
+    "PYTHON_IMAGE": "python:3.11.11-slim-bookworm",
+    "UV_IMAGE": "ghcr.io/astral-sh/uv:0.13.9",
+}
+
+
+@pytest.mark.parametrize("img", ALL, ids=IDS)
+def test_base_images_are_build_args_defaulting_to_the_official_ones(img: Image) -> None:
+    """Every FROM that is not a stage of the file is a build arg whose default is the
+    official image; passing others (the local Debian equivalents) changes every base."""
+    text = (REPO / img.dockerfile).read_text()
+    for name, default in OFFICIAL_BASES.items():
+        assert re.search(rf"^ARG {name}={re.escape(default)}$", text, re.M), name
+    raw_froms = re.findall(r"^FROM\s+(\S+)", text, re.M)
+    assert set(raw_froms) == {"${PYTHON_IMAGE}", "${UV_IMAGE}"}, raw_froms
+    official = image_dockerfile(img)
+    stages = official.stage_names()
+    assert {s.base for s in official.stages if s.base not in stages} == set(OFFICIAL_BASES.values())
+    local = {"PYTHON_IMAGE": "localhost/x/python:3.11", "UV_IMAGE": "localhost/x/uv:1"}
+    df = parse_dockerfile_text(text, build_args={**img.args, **local})
+    assert {s.base for s in df.stages if s.base not in stages} == set(local.values())
+    # the runtime stage never takes uv, whichever image provides it
+    assert build_problems(df, img) == []
+
+
+def test_images_script_builds_what_compose_and_the_manifests_name() -> None:
+    """scripts/images.py (make images) builds each image of IMAGES, tagged as compose and
+    Kubernetes name it, from its Dockerfile with its build args; its default bases are the
+    Dockerfiles' own."""
+    spec = importlib.util.spec_from_file_location("_images_script", REPO / "scripts/images.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    import sys
+
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    built = {t.tag.rpartition(":")[0]: t for t in mod.TARGETS}
+    assert set(built) == set(IMAGES)
+    for name, img in IMAGES.items():
+        assert built[name].dockerfile == img.dockerfile
+        assert dict(built[name].args) == img.args
+    assert mod.default_arg("PYTHON_IMAGE") == OFFICIAL_BASES["PYTHON_IMAGE"]
+    assert mod.default_arg("UV_IMAGE", "sdk/node-agent/Dockerfile") == OFFICIAL_BASES["UV_IMAGE"]
+    assert mod.local_bases()["uv"].endswith(":0.13.9")
 
 
 def test_checks_catch_a_service_image_built_with_the_wrong_args() -> None:
