@@ -1,7 +1,8 @@
 -- job_ack: the node took the job: commit the reservation into a running slot, and remember
 -- that the node acks (its later jobs wait for its ack under a lease).
 -- KEYS[1] prefix             lingua:v1:{cell}:
---   built from KEYS[1]: job:<job_id>, node:<id>, node:<id>:pools, pool:<shard>, timers
+--   built from KEYS[1]: job:<job_id>, node:<id>, node:<id>:pools, pool:<shard>,
+--     pairbest:<a>:<b>, timers
 -- ARGV[1] job_id
 -- ARGV[2] attempt            the attempt the node acknowledges
 -- ARGV[3] node_id            the node the acknowledgement came from (its connection's id)

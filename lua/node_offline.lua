@@ -5,7 +5,8 @@
 -- KEYS[4] nodes:expiry
 -- KEYS[5] nodes:connected
 -- KEYS[6] prefix             lingua:v1:{cell}:
---   built from KEYS[6]: pool:<shard>, poolgroup:<group>, pools:index, pair:<a>:<b>
+--   built from KEYS[6]: pool:<shard>, poolgroup:<group>, pools:index, pair:<a>:<b>,
+--     pairbest:<a>:<b>
 -- ARGV[1] node_id
 -- ARGV[2] mode               graceful | dropped | expired
 --                            graceful: clean close or drain -> remove the node and its pools now
@@ -60,6 +61,6 @@ redis.call('HSET', node_key, 'connected', '0', 'disconnected_at', now)
 redis.call('ZREM', connected_key, node_id)
 local score = load_score(h[3], h[4], h[5], '0', h[6])
 for _, shard_id in ipairs(redis.call('SMEMBERS', pools_key)) do
-  redis.call('ZADD', prefix .. 'pool:' .. shard_id, 'XX', score, node_id)
+  set_score(prefix, shard_id, node_id, score)
 end
 return {1, 0}

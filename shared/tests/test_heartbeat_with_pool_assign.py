@@ -616,7 +616,8 @@ class PoolMachine(RuleBasedStateMachine):
     def everyone_leaves(self) -> None:
         for node in list(self.nodes):
             self.do_offline(node, "graceful", "")
-        assert self.r.keys(MINE) == [], "nothing outlives the last node"
+        left = [k for k in self.r.keys(MINE) if k != self.k.bands]  # the bands' registry stays
+        assert left == [], "nothing outlives the last node"
 
     # -- invariants -----------------------------------------------------------------------
     def read_state(self) -> dict[str, Any]:
@@ -625,10 +626,12 @@ class PoolMachine(RuleBasedStateMachine):
         pipe = self.r.pipeline(transaction=False)
         for name in names:
             rest = name[len(self.k.prefix) :]
-            if rest.startswith(("pool:", "nodes:expiry", "nodes:connected")):
+            if rest.startswith(("pool:", "pairbest:", "nodes:expiry", "nodes:connected")):
                 pipe.zrange(name, 0, -1, withscores=True)
-            elif rest.startswith("poolgroup:") or (
-                rest.startswith("node:") and not rest.endswith(":pools")
+            elif (
+                rest.startswith("poolgroup:")
+                or rest == "bands"
+                or (rest.startswith("node:") and not rest.endswith(":pools"))
             ):
                 pipe.hgetall(name)
             else:
@@ -665,6 +668,15 @@ class PoolMachine(RuleBasedStateMachine):
             for shard in shards:
                 assert shard in index, (pair, shard)
                 assert {a, b} <= set(shard.split(":")[0].split("_")), (pair, shard)
+
+        # the pair index: every shard of a pair, at its lowest band-0 free score (none: 1e9)
+        best = {key: dict(z) for key, z in scan("pairbest:").items()}
+        assert set(best) == set(pairs), "a pair index for every pair, none left over"
+        for pair, shards in pairs.items():
+            assert set(best[pair]) == shards, pair
+            for shard in shards:
+                free = [x for x in pools[shard].values() if x < 1]
+                assert best[pair][shard] == (min(free) if free else 1e9), (pair, shard)
 
         # nodes
         assert st_.get("nodes:all", set()) == set(self.nodes)

@@ -264,9 +264,7 @@ async def test_every_exclusion_reason_is_counted(redis: Redis, keys: Keys, scrip
     await scripts.register_node_v2(**reg("d-full", capacity=1))
     await redis.delete(keys.node("a-expired"))  # its TTL passed
     await redis.hset(keys.node("b-unconnected"), "connected", "0")  # record ahead of score
-    assert (
-        await scripts.service_cooldown(node_id="e-cooling", service="asr", until_ms=NOW + 60_000)
-    ).code == 1
+    await redis.hset(keys.node("e-cooling"), "unavail:asr", NOW + 60_000)  # likewise
 
     r = await select(scripts, "j1", attempt=2)
     assert (r.code, r.node_id) == (1, "z-free")
@@ -281,6 +279,14 @@ async def test_every_exclusion_reason_is_counted(redis: Redis, keys: Keys, scrip
     # the expired member was taken out of the shard on the way, with the shard's count
     assert "a-expired" not in await zmembers(redis, keys.pool(ZH_EN))
     assert await counts(redis, keys.pool_group("en_zh", "eu", "a100")) == {"0": 5}
+    # the records ahead of their scores were scored again: read past once, never again
+    scores = await zmembers(redis, keys.pool(ZH_EN))
+    assert scores["b-unconnected"] >= 1000 and 1 <= scores["d-full"] < 2
+    assert 2 <= scores["e-cooling"] < 3  # the band of nodes cooling asr
+    await redis.delete(keys.exclusions)
+    await new_job(scripts, "j2", index=1)
+    assert (await select(scripts, "j2")).node_id == "c-tried"  # idle, and new to j2
+    assert await counts(redis, keys.exclusions) == {}
 
 
 async def test_expired_member_is_removed_lazily_and_the_sweep_agrees(
@@ -340,13 +346,18 @@ async def test_service_in_cooldown_is_skipped_until_the_cooldown_ends(
     await scripts.service_cooldown(node_id="n1", service="tts", until_ms=NOW + 1_000)
 
     needs_tts = ["asr", "semantic", "tts"]
+    # n1 sits in the band of nodes cooling tts: unrestricted nodes go first, and a job
+    # needing tts never reads n1 at all
     assert (await select(scripts, "j0", services=needs_tts)).node_id == "n2"
-    assert (await select(scripts, "j1", services=["asr"])).node_id == "n1"  # tts not needed
-    assert await counts(redis, keys.exclusions) == {"service_unavailable": 1}
+    assert (await select(scripts, "j1", services=["asr"])).node_id == "n2"  # n2 now full
+    assert (await select(scripts, "j2", services=needs_tts)).code == -4
+    assert (await select(scripts, "j2", services=["asr"])).node_id == "n1"  # tts not needed
+    # no unrestricted node free (counted as pool_full), and nothing cooling was read
+    assert await counts(redis, keys.exclusions) == {"pool_full": 2}
     # the cool-down ends at until_ms: from then on n1 serves tts again
-    r = await select(scripts, "j2", services=needs_tts, now_ms=NOW + 1_000)
+    r = await select(scripts, "j3", services=needs_tts, now_ms=NOW + 1_000)
     assert r.node_id == "n1"
-    assert await counts(redis, keys.exclusions) == {"service_unavailable": 1}
+    assert await counts(redis, keys.exclusions) == {"pool_full": 3}
 
 
 async def test_redispatch_skips_nodes_already_tried(redis: Redis, keys: Keys, scripts: Scripts):
@@ -418,20 +429,19 @@ async def test_pack_stops_at_an_idle_node_and_reads_no_further_shard(
     """Nothing beats an idle node (score 0), so pack reads no other shard once it has one:
     its cost stays that of one shard however many shards cover the pair."""
     regions = ("eu", "us", "ap", "sa")
+    tried = ",".join(f"a-tried-{region}" for region in regions)
     for region in regions:
-        # in every shard a cooling node sorts before an idle one: each shard read counts one
-        # service_unavailable exclusion
-        await join(scripts, f"a-cool-{region}", capacity=4, region=region)
+        # in every shard a node the job already tried sorts before an idle one: each shard
+        # read counts one already_tried exclusion
+        await join(scripts, f"a-tried-{region}", capacity=4, region=region)
         await join(scripts, f"b-idle-{region}", capacity=4, region=region)
-        await scripts.service_cooldown(
-            node_id=f"a-cool-{region}", service="asr", until_ms=NOW + 60_000
-        )
     assert await redis.scard(keys.pair("zh", "en")) == len(regions)
     await new_job(scripts, "j0", "s-none")  # no session record: no preferred shard
+    await redis.hset(keys.job("j0"), "tried", tried)
     r = await select(scripts, "j0")
     assert r.code == 1
     assert r.node_id == f"b-idle-{r.shard_id.split(':')[1]}"
-    assert await counts(redis, keys.exclusions) == {"service_unavailable": 1}
+    assert await counts(redis, keys.exclusions) == {"already_tried": 1}
 
     # a loaded best is no reason to stop: every other shard is read for a lower score
     await release(scripts, "j0", 1)
@@ -440,8 +450,9 @@ async def test_pack_stops_at_an_idle_node_and_reads_no_further_shard(
     await set_load(redis, keys, scripts, "b-idle-sa", running=1)  # 0.25: the least loaded
     await redis.delete(keys.exclusions)
     await new_job(scripts, "j1", "s-none", index=1)
+    await redis.hset(keys.job("j1"), "tried", tried)
     assert (await select(scripts, "j1")).node_id == "b-idle-sa"
-    assert await counts(redis, keys.exclusions) == {"service_unavailable": len(regions)}
+    assert await counts(redis, keys.exclusions) == {"already_tried": len(regions)}
 
 
 async def test_spread_ignores_affinity_and_balances_equal_nodes(
@@ -480,7 +491,7 @@ async def test_spread_rotates_among_equally_loaded_nodes(
     for policy in chosen:
         for i in range(12):
             job = f"{policy}-{i}"
-            await new_job(scripts, job, policy, i)
+            await new_job(scripts, job, job, 0)  # spread takes turns by session
             r = await select(scripts, job, policy=policy)
             chosen[policy].add(r.node_id)
             await release(scripts, job, 1)  # every node is idle again for the next job
@@ -573,7 +584,8 @@ async def pipelined(scripts: Scripts, name: str, calls: list[dict[str, Any]]) ->
 async def test_only_candidates_members_per_shard_are_examined(
     redis: Redis, keys: Keys, scripts: Scripts
 ):
-    """Selection reads at most ``candidates`` members of a shard, however large it is (J4)."""
+    """Selection reads a page of ``candidates`` members of a shard, however large it is (J4),
+    and nodes that cannot take the job never hide free ones behind them."""
     nodes = [f"n{i:04d}" for i in range(1_000)]
     await pipelined(scripts, "register_node_v2", [reg(n) for n in nodes])
     beats = [
@@ -596,19 +608,26 @@ async def test_only_candidates_members_per_shard_are_examined(
     # all but the last three (in the shard's order) cannot take a job needing asr
     cool = [{"node_id": n, "service": "asr", "until_ms": NOW + 60_000} for n in nodes[:-3]]
     await pipelined(scripts, "service_cooldown", cool)
+    await redis.delete(keys.exclusions)
     for i, candidates in enumerate((8, 64)):
-        await redis.delete(keys.exclusions)
+        # the cooling nodes sit in their own band: the free ones are the first read
         await new_job(scripts, f"pack{i}", index=10 + i)
         r = await select(scripts, f"pack{i}", candidates=candidates)
-        # bounded work: the free nodes lie past the examined window, so none is found
-        assert (r.code, r.reason) == (-4, "no_free_slot")
-        assert await counts(redis, keys.exclusions) == {"service_unavailable": candidates}
+        assert r.code == 1 and r.node_id in nodes[-3:]
         await new_job(scripts, f"spread{i}", index=20 + i)
         r = await select(scripts, f"spread{i}", candidates=candidates, policy="spread")
-        assert (r.code, r.reason) == (-4, "no_free_slot")
-        assert await counts(redis, keys.exclusions) == {"service_unavailable": 2 * candidates}
+        assert r.code == 1 and r.node_id in nodes[-3:]
+    assert not await redis.exists(keys.exclusions)  # not one node read past
+    # the three hold 4 of their 6 slots; a job not needing asr takes a free one of them first
+    # (unrestricted nodes go first), then the cooling band
     await new_job(scripts, "j9", index=9)
     r = await select(scripts, "j9", services=["semantic"])
+    assert r.code == 1 and r.node_id in nodes[-3:]
+    await new_job(scripts, "j8", index=8)
+    r = await select(scripts, "j8", services=["semantic"])
+    assert r.code == 1 and r.node_id in nodes[-3:]
+    await new_job(scripts, "j7", index=7)
+    r = await select(scripts, "j7", services=["semantic"])
     assert (r.code, r.node_id) == (1, "n0000")
 
 
@@ -670,3 +689,23 @@ async def test_invalid_input_is_rejected_before_any_write(
         await scripts.select_node(**kw)
     assert exc.value.details == {"field": field}
     assert await snapshot(redis) == before
+
+
+async def test_a_missing_pair_index_is_rebuilt_by_the_first_select(
+    redis: Redis, keys: Keys, scripts: Scripts
+):
+    """Pools written before the pair index existed (or an index a shard left) are indexed by
+    the first select of the pair, once; from then on every score write keeps the index."""
+    await join(scripts, "n1")
+    await join(scripts, "n2", region="us")
+    await set_load(redis, keys, scripts, "n1", running=1)
+    index = keys.pair_best("zh", "en")
+    await redis.delete(index)
+    await redis.zadd(index, {"en_zh:gone:a100:0": 0})  # a shard that no longer exists
+    await new_job(scripts, "j1")
+    r = await select(scripts, "j1")
+    assert (r.code, r.node_id) == (1, "n2")  # the idle one: the index was right at once
+    assert await zmembers(redis, index) == {
+        "en_zh:eu:a100:0": 0.5,
+        "en_zh:us:a100:0": 0.5,  # n2 now holds one slot of two
+    }

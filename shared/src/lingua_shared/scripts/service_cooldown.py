@@ -25,8 +25,10 @@ class Cooldown(CodeResult):
 Result = Cooldown
 
 
-def args(keys: Keys, *, node_id: str, service: str, until_ms: int) -> tuple[list[str], list[Any]]:
-    return [keys.node(node_id)], [node_id, service, until_ms]
+def args(
+    keys: Keys, *, node_id: str, service: str, until_ms: int, now_ms: int = 0
+) -> tuple[list[str], list[Any]]:
+    return [keys.node(node_id), keys.prefix], [node_id, service, until_ms, now_ms]
 
 
 def parse(reply: list[Any]) -> Cooldown:
