@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 from lingua_gateway.session_resume import plan_resume
 from lingua_gateway.session_store import SessionStore
 from lingua_shared.keys import Keys
-from lingua_shared.scripts import Scripts, ScriptCode
+from lingua_shared.scripts import ScriptCode, Scripts
 
 
 class RacingRedis:
@@ -84,3 +84,18 @@ async def test_resume_binds_here_and_hands_back_the_outbox_until_written(
     assert await redis.hlen(keys.session_outbox("s1")) == 0  # flushed before the unbind
     await new.unbind("s1", "c2")
     assert await redis.hget(keys.session("s1"), "conn_id") is None
+
+
+async def test_a_long_backlog_of_acks_goes_in_calls_the_script_accepts(
+    redis: Redis, keys: Keys, scripts: Scripts
+):
+    """After an outage one session may owe more acknowledgements than one outbox_ack takes
+    (1,024): they go in several calls, none refused for good."""
+    box = keys.session_outbox("s1")
+    await redis.hset(box, mapping={str(i): "{}" for i in range(2_500)})
+    store = SessionStore(redis, keys, 60, scripts, "gw-1")
+    for i in range(2_500):
+        store.written("s1", i)
+    assert await store.flush_acks() is True
+    assert await redis.hlen(box) == 0
+    await store.close()

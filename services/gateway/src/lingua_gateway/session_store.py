@@ -28,7 +28,7 @@ from typing import Any, Protocol
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from lingua_shared.errors import DependencyDown
+from lingua_shared.errors import DependencyDown, ScriptRejected
 from lingua_shared.keys import Keys
 from lingua_shared.logs import get_logger
 from lingua_shared.runtime import now_ms
@@ -38,6 +38,7 @@ log = get_logger(__name__)
 ACK_BATCH_S = 0.05  # written answers are acknowledged to their outboxes this often
 ACK_RETRY_S = 1.0  # after a failed acknowledgement (Redis down)
 MAX_ACK_SESSIONS = 10_000  # beyond this, unacknowledged answers are published again instead
+MAX_ACK_INDICES = 1_000  # per outbox_ack call (the script takes at most 1,024)
 CURSOR = "next_deliver"
 
 
@@ -166,17 +167,24 @@ class SessionStore:
         if not self._acks or self.scripts is None:
             return True
         batch, self._acks = self._acks, {}
+        calls = [
+            (sid, chunk)
+            for sid, ix in batch.items()
+            for chunk in _chunks(sorted(ix), MAX_ACK_INDICES)
+        ]
         scripts = self.scripts
         results = await asyncio.gather(
-            *(scripts.outbox_ack(session_id=sid, indices=sorted(ix)) for sid, ix in batch.items()),
+            *(scripts.outbox_ack(session_id=sid, indices=chunk) for sid, chunk in calls),
             return_exceptions=True,
         )
         ok = True
-        for (sid, ix), r in zip(batch.items(), results, strict=True):
+        for (sid, chunk), r in zip(calls, results, strict=True):
+            if isinstance(r, ScriptRejected):
+                continue  # never valid: retrying would not make it so
             if isinstance(r, BaseException):
                 ok = False
                 if len(self._acks) < MAX_ACK_SESSIONS or sid in self._acks:
-                    self._acks.setdefault(sid, set()).update(ix)
+                    self._acks.setdefault(sid, set()).update(chunk)
         if not ok:
             log.warning("gateway.outbox_ack_failed", sessions=len(batch))
         return ok
@@ -189,3 +197,7 @@ class SessionStore:
                 await self._flusher
         with contextlib.suppress(Exception):
             await self.flush_acks()
+
+
+def _chunks(items: list[int], size: int) -> list[list[int]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
