@@ -4,7 +4,7 @@ PY := .venv/bin/python
 NODES ?= 12
 SERVICE ?= gateway
 
-.PHONY: install services up down status restart restart-probe demo test test-unit test-integration bench bench-quick bench-scripts lint
+.PHONY: install services up down status restart restart-probe demo test test-unit test-integration bench bench-quick bench-scripts lint images
 
 install:            ## uv + the workspace in .venv
 	@bash scripts/bootstrap.sh
@@ -47,6 +47,9 @@ bench-quick: install services ## the same scenarios for a few seconds each (smok
 
 bench-scripts: install services ## node-script and stats-snapshot figures: bench/results/scripts.json
 	@$(PY) scripts/bench.py
+
+images:             ## every image (podman or docker; local Debian bases where no registry answers): sizes, build times
+	@python3 scripts/images.py
 
 lint: install
 	@.venv/bin/ruff check . && .venv/bin/ruff format --check .

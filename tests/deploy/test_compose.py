@@ -4,10 +4,12 @@ Dockerfiles, and given every setting the code needs, with names the code reads."
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -363,3 +365,49 @@ def test_docker_compose_config_when_the_plugin_exists() -> None:
         cwd=REPO,
     )
     assert result.returncode == 0, result.stderr
+
+
+# -- deploy/compose/offline.yml: the same stack without registry access --------------------
+def _offline() -> dict[str, Any]:
+    class Loader(yaml.SafeLoader):
+        pass
+
+    def tagged(tag: str):
+        def construct(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
+            if isinstance(node, yaml.SequenceNode):
+                return {tag: loader.construct_sequence(node)}
+            return {tag: loader.construct_object(node)}
+
+        return construct
+
+    for tag in ("!reset", "!override"):
+        Loader.add_constructor(tag, tagged(tag))
+    return yaml.load((REPO / "deploy" / "compose" / "offline.yml").read_text(), Loader=Loader)
+
+
+def test_offline_override_swaps_every_base_and_publishes_only_haproxy(
+    compose: dict[str, Any],
+) -> None:
+    """Every image compose pulls gets a local one scripts/images.py builds, every image we
+    build gets the local bases, and only HAProxy keeps a host port, on loopback."""
+    spec = importlib.util.spec_from_file_location("_images_script2", REPO / "scripts/images.py")
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod
+    spec.loader.exec_module(mod)
+    local = mod.local_bases()
+    offline = _offline()["services"]
+    for name, svc in _services(compose).items():
+        over = offline.get(name, {})
+        if "build" in svc:
+            assert over["build"]["args"] == {
+                "PYTHON_IMAGE": local["python"],
+                "UV_IMAGE": local["uv"],
+            }, name
+        else:
+            assert over.get("image") in local.values(), name
+        if name == "lb":
+            (published,) = over["ports"]["!override"]
+            assert published.startswith("127.0.0.1:") and published.endswith(":5010")
+        elif svc.get("ports"):
+            assert over.get("ports") == {"!reset": []}, name
