@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from tests.faults.workload import Session, metric
+from tests.faults.workload import Session, job_records, metric
 from tests.support.agents import node_processes
 from tests.support.helpers import eventually
 from tests.support.invariants import settle_idle
@@ -22,9 +22,7 @@ pytestmark = [pytest.mark.faults, pytest.mark.integration]
 RETRY_MS = "1000"  # an unacknowledged answer is published again after 1 s
 
 
-async def test_o1_a_dispatcher_killed_between_job_finish_and_publish_loses_nothing(
-    fstack, fredis
-):
+async def test_o1_a_dispatcher_killed_between_job_finish_and_publish_loses_nothing(fstack, fredis):
     """The only dispatcher dies (SIGKILL, at the point where job_finish has released the
     answer and nothing is published); a new replica takes the redelivered result, whose
     replayed job_finish hands the answer back (or the outbox claim publishes it)."""
@@ -73,6 +71,57 @@ async def _outbox_empty(fredis, keys) -> bool:  # type: ignore[no-untyped-def]
     return await fredis.zcard(keys.outbox) == 0 and not await fredis.keys(
         keys.prefix + "session:*:outbox"
     )
+
+
+async def test_o2_answers_a_killed_gateway_never_wrote_come_from_the_outbox_on_resume(
+    fstack, fredis
+):
+    """The client's gateway is frozen (SIGSTOP) while every job of the session finishes, so
+    their answers are published to it and never written, then SIGKILLed. The client resumes
+    the session on another replica and sends nothing again: what it is owed comes from the
+    session's outbox alone, once each, in order."""
+    total = 5
+    start_all(
+        fstack, ("nm-1", "node-manager"), ("disp-1", "dispatcher"), ("disp-2", "dispatcher"),
+        ("gw-a", "gateway"), ("gw-b", "gateway"), ("gw-c", "gateway"),
+        LINGUA_OUTBOX_RETRY_MS=RETRY_MS, LINGUA_NO_NODE_WAIT_MS="10000",
+    )  # fmt: skip
+    keys = fstack.keys
+    async with node_processes(fstack, fredis, ("node-o2", {"processing_ms": 300, "capacity": 2})):
+        s = await Session.open(session_url(fstack, "gw-b"))
+        for i in range(total):
+            await s.utterance(i)
+        await s.collect(1, timeout=15)
+        fstack.procs["gw-b"].signal(signal.SIGSTOP)
+
+        async def all_done() -> bool:
+            jobs = await job_records(fredis, keys)
+            return len(jobs) == total and all(j.get("state") == "done" for j in jobs.values())
+
+        await eventually(all_done, timeout=20, what="every job finished")
+        owed = sorted(int(i) for i in await fredis.hkeys(keys.session_outbox(s.session_id)))
+        fstack.procs["gw-b"].signal(signal.SIGKILL)
+        fstack.procs["gw-b"].signal(signal.SIGCONT)
+        got = s.indexes()
+        assert got == list(range(len(got))), got
+        t0 = time.monotonic()
+        second = await Session.resume(session_url(fstack, "gw-c"), s.session_id, got)
+        rest = [i for i in range(total) if i not in got]
+        await second.collect(len(rest), timeout=10)
+        replay_s = time.monotonic() - t0
+        await second.collect(len(rest) + 1, timeout=1.5)  # nothing more may come
+        print(
+            f"O2 written_before_kill={got} owed_in_outbox={owed} "
+            f"replayed={second.indexes()} after={replay_s:.2f}s duplicates=0"
+        )
+        assert owed and set(rest) <= set(owed), (owed, rest)
+        assert second.indexes() == rest, second.answers
+        assert all(a["type"] == "translation_result" for a in second.answers)
+        jobs = await job_records(fredis, keys)
+        assert len(jobs) == total  # nothing ran twice: every answer came from the outbox
+        await eventually(lambda: _outbox_empty(fredis, keys), timeout=5, what="every answer acked")
+        await second.close()
+    await settle_idle(fredis, keys)
 
 
 async def test_j5_the_same_session_resumes_on_another_gateway_without_gaps_or_copies(
