@@ -11,7 +11,8 @@ can be changed at any time from the test's thread:
 - ``reset``: abort every connection with a TCP RST, and every new one at once;
 - ``drop_replies``: forward, but drop whole server->client replies. For Redis (RESP) the
   commands are parsed as well, so only replies to the commands named in ``commands`` (e.g.
-  ``EVALSHA``) are dropped, with probability ``fraction`` (seeded) or every ``every``-th one.
+  ``EVALSHA``) are dropped, with probability ``fraction`` (seeded) or every ``every``-th one;
+  with ``match``, only replies to requests holding those bytes (a script's SHA, say).
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ class Mode:
     fraction: float = 0.0
     every: int = 0
     commands: frozenset[str] = frozenset()
+    match: bytes = b""
 
 
 @dataclass
@@ -94,7 +96,8 @@ class _Link:
         self.proxy = proxy
         self.cr, self.cw, self.sr, self.sw = cr, cw, sr, sw
         self.dead = False  # saw a blackhole: swallow everything from now on
-        self.pending: list[str] = []  # RESP: commands awaiting replies, in order
+        # RESP: commands awaiting replies, in order, and whether the request held mode.match
+        self.pending: list[tuple[str, bool]] = []
         self.cbuf = bytearray()
         self.sbuf = bytearray()
 
@@ -145,14 +148,14 @@ class _Link:
             frame = bytes(buf[:end])
             del buf[:end]
             if upstream:
-                self.pending.append(resp_command_name(frame))
+                self.pending.append((resp_command_name(frame), mode.match in frame))
                 out += frame
                 continue
             if frame.startswith(b">"):  # RESP3 push: not a reply
                 out += frame
                 continue
-            command = self.pending.pop(0) if self.pending else "?"
-            if self._drop(command, mode):
+            command, matched = self.pending.pop(0) if self.pending else ("?", False)
+            if matched and self._drop(command, mode):
                 continue
             out += frame
         return bytes(out)

@@ -76,6 +76,21 @@ async def test_w1_oversize_frames_are_cheap_to_refuse(fstack, fredis):
 
 SLOW, NORMAL, WAVE = 20, 200, 25
 HEARTBEATS = 2_000
+W4_CLOSE_BOUND_S = 10.0  # every slow reader closed this long after it stopped reading
+W4_WATCH_S = 20.0
+
+
+async def _slow_ones_closed(stack, t0: float, watch_s: float) -> float:  # type: ignore[no-untyped-def]
+    """Seconds from ``t0`` until the gateway holds only the normal clients (nan: not within
+    ``watch_s``)."""
+    while time.monotonic() - t0 < watch_s:
+        open_ = await asyncio.to_thread(
+            metric, stack, "gw-b", "lingua_gateway_connections", {"endpoint": "session"}
+        )
+        if open_ <= NORMAL:
+            return time.monotonic() - t0
+        await asyncio.sleep(0.1)
+    return float("nan")
 
 
 async def _round(sessions: list[Session], index: int) -> list[float]:
@@ -101,8 +116,9 @@ def p99(xs: list[float]) -> float:
 
 async def test_w4_slow_readers_cannot_pin_the_gateway(fstack, fredis):
     """W4: 20 clients that never read among 200 normal ones -> the slow ones are closed
-    within the send timeout / keepalive bound; every normal client answered; p99 of the
-    normal clients with and without the slow ones printed (timings are not asserted)."""
+    within the send timeout / keepalive bound (asserted generously); every normal client
+    answered; p99 of the normal clients with and without the slow ones printed (latencies
+    are not asserted)."""
     send_timeout_s = 1.0
     start_all(fstack, *JOB_SERVICES, LINGUA_WS_SEND_TIMEOUT_S=str(send_timeout_s))
     async with node_processes(
@@ -125,23 +141,21 @@ async def test_w4_slow_readers_cannot_pin_the_gateway(fstack, fredis):
                     # ping timeout, and the *normal* clients (same loop) would miss pongs
                     await asyncio.sleep(0)
         t_slow = time.monotonic()
+        # watched from now, while the normal clients' loaded round runs
+        watch = asyncio.create_task(_slow_ones_closed(fstack, t_slow, W4_WATCH_S))
         loaded = await _round(normal, 1)
-        closed_after = float("nan")
-        while time.monotonic() - t_slow < 15:
-            open_ = metric(fstack, "gw-b", "lingua_gateway_connections", {"endpoint": "session"})
-            if open_ <= NORMAL:
-                closed_after = time.monotonic() - t_slow
-                break
-            await asyncio.sleep(0.1)
+        closed_after = await watch
         print(
-            f"W4 normal={NORMAL} slow={SLOW} slow_closed_by={closed_after:.1f}s "
-            "(first look: after the loaded round) "
+            f"W4 normal={NORMAL} slow={SLOW} slow_closed_after={closed_after:.1f}s "
             f"(send timeout {send_timeout_s}s, keepalive 0.5+0.5 s) "
             f"p99_without={p99(base) * 1000:.0f}ms p99_with={p99(loaded) * 1000:.0f}ms "
             f"normal_answered={sum(len(s.answers) for s in normal)}/{2 * NORMAL}"
         )
         assert all(len(s.answers) == 2 and s.duplicates() == 0 for s in normal)
-        assert not math.isnan(closed_after), "slow readers still open after 15 s"
+        assert not math.isnan(closed_after), f"slow readers still open after {W4_WATCH_S} s"
+        # the bound: send timeout 1 s or keepalive 0.5 + 0.5 s; 10 s is noise-proof, and a
+        # gateway that waits on a slow reader without a timeout fails it
+        assert closed_after <= W4_CLOSE_BOUND_S, closed_after
         for s in normal:
             await s.close()
         for s in slow:

@@ -50,6 +50,19 @@ async def test_drop_replies_drops_only_the_named_commands(live_redis, proxy_fact
         await client.aclose()
 
 
+async def test_drop_replies_with_match_drops_only_requests_holding_it(live_redis, proxy_factory):
+    proxy = proxy_factory(live_redis.port, resp=True)
+    client = Redis(port=proxy.port, socket_timeout=0.3, retry=None)
+    try:
+        proxy.set("drop_replies", every=1, commands=["ECHO"], match=b"withheld")
+        assert await client.echo("kept") == b"kept"
+        with pytest.raises((RedisTimeoutError, RedisConnectionError)):
+            await client.echo("withheld")
+        assert proxy.counters.dropped == 1
+    finally:
+        await client.aclose()
+
+
 async def test_blackhole_then_reset(live_redis, proxy_factory):
     proxy = proxy_factory(live_redis.port)
     client = Redis(port=proxy.port, socket_timeout=0.3, socket_connect_timeout=0.3, retry=None)

@@ -30,6 +30,8 @@ pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
 KEYS = Keys("faults")
 N_NODES, CAPACITY = 50, 4
+S1_SELECTS = 10_000  # S1's load; S2 runs the same one through the proxy
+S6_BACK_BOUND_S = 2.0  # nodes schedulable again after Redis came back
 
 
 async def test_s1_capacity_is_never_exceeded_by_32_concurrent_dispatchers(fredis):
@@ -37,13 +39,13 @@ async def test_s1_capacity_is_never_exceeded_by_32_concurrent_dispatchers(fredis
     reserved + running <= capacity; the sum of reservations is 0 when idle."""
     scripts = await Scripts.load(fredis, KEYS)
     ids = await add_nodes(scripts, N_NODES, CAPACITY)
-    res = await run_load(scripts, fredis, KEYS, ids, selects=10_000, n_tasks=32)
+    res = await run_load(scripts, fredis, KEYS, ids, selects=S1_SELECTS, n_tasks=32)
     end = await end_state(fredis, KEYS, ids)
     print(
         f"S1 selects={res.selects} reserved={res.reserved} no_slot={res.no_slot} "
         f"samples={res.samples} violations={res.violations} end={end} in {res.seconds:.1f}s"
     )
-    assert res.selects == 10_000 and res.reserved > 0 and res.samples > 0
+    assert res.selects == S1_SELECTS and res.reserved > 0 and res.samples > 0
     assert res.violations == 0
     assert end == {"reserved": 0, "running": 0, "leases": 0}
     await settle_idle(fredis, KEYS)
@@ -59,7 +61,7 @@ async def test_s2_replayed_scripts_do_not_double_apply(fredis, live_redis, proxy
         ids = await add_nodes(scripts, N_NODES, CAPACITY)
         proxy.set("drop_replies", fraction=0.03, commands=["EVALSHA"])
         res = await run_load(
-            scripts, fredis, KEYS, ids, selects=2_000, n_tasks=32,
+            scripts, fredis, KEYS, ids, selects=S1_SELECTS, n_tasks=32,
             retry_errors=(RedisTimeoutError, RedisConnectionError),
         )  # fmt: skip
         proxy.set("pass")
@@ -204,6 +206,9 @@ async def test_s6_a_redis_outage_does_not_evict_healthy_nodes(fstack, fredis, li
         )
         assert [a["type"] for a in s.answers] == ["translation_result"], s.answers
         assert redispatched == 0
+        # promised: within a heartbeat (0.2 s) of Redis; measured ~0.05 s. 2 s (ten
+        # heartbeats) is noise-proof; nodes left out until some later repair fail it
+        assert back_s <= S6_BACK_BOUND_S, back_s
         await s.close()
     await settle_idle(fredis, keys)
 

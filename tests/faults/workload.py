@@ -140,7 +140,15 @@ def log_count(stack: Stack, name: str, event: str) -> int:
 
 
 # -- job requests straight to the bus (the recipes that play the gateway) --------------------
-def request(i: int, run: str) -> JobRequest:
+# nodes for the requests that really go to nodes (zh->en): two simulated nodes of 64 slots
+# (20 ms a job), so that hundreds of requests are answered in seconds
+ASSIGN_NODES = (("node-r-a", {"capacity": 64}), ("node-r-b", {"capacity": 64}))
+
+
+def request(i: int, run: str, src: str = "fr", tgt: str = "de") -> JobRequest:
+    """Request ``i`` of ``run``; by default for fr->de, which no node serves (the job fails at
+    once with NO_AVAILABLE_NODE); zh->en is what the suites' nodes serve. Its session's
+    gateway ``gw-none`` does not exist: its outcome is never delivered."""
     return JobRequest(
         request_key=f"{run}:{i}",
         session_id=f"s-{run}",
@@ -148,8 +156,8 @@ def request(i: int, run: str) -> JobRequest:
         gateway_id="gw-none",
         conn_id="c-none",
         mode="one_way",
-        src_lang="fr",  # no node serves fr->de: NO_AVAILABLE_NODE at once
-        tgt_lang="de",
+        src_lang=src,
+        tgt_lang=tgt,
         audio="AQABAAEAAQA=",
         audio_format="pcm16",
         sample_rate=16000,
@@ -183,8 +191,25 @@ async def publish_confirmed(publisher: Publisher, ev, give_up_s: float = 60) -> 
 
 
 async def ended_jobs(fredis, keys) -> int:  # type: ignore[no-untyped-def]
-    """How many requests have ended (their job failed at once: no node serves fr->de)."""
-    return sum(1 for j in (await job_records(fredis, keys)).values() if j["state"] == "failed")
+    """How many requests have ended: their job is done (a node answered) or failed (for
+    fr->de at once: no node serves it)."""
+    return sum(
+        1 for j in (await job_records(fredis, keys)).values() if j["state"] in ("done", "failed")
+    )
+
+
+async def failure_codes(fredis, keys, session_id: str) -> dict[str, int]:  # type: ignore[no-untyped-def]
+    """Error code -> how many failed answers wait in the outbox of ``session_id`` (a session
+    of ``request()``: its gateway does not exist, so nothing leaves the outbox)."""
+    outcomes = (await fredis.hgetall(keys.session_outbox(session_id))).values()
+    return dict(Counter(c for c in (json.loads(v).get("error_code") for v in outcomes) if c))
+
+
+async def assigned_jobs(fredis, keys) -> tuple[int, int]:  # type: ignore[no-untyped-def]
+    """(jobs a node answered, jobs dispatched more than once), over every job record."""
+    jobs = (await job_records(fredis, keys)).values()
+    done = sum(1 for j in jobs if j["state"] == "done" and j.get("node_id"))
+    return done, sum(1 for j in jobs if int(j.get("attempt") or 0) > 1)
 
 
 async def jobs_ended(fredis, keys, n: int) -> bool:  # type: ignore[no-untyped-def]
