@@ -165,7 +165,7 @@ async def test_gateway_sessions_index_feeds_sessions_active(redis, keys, scripts
     await store.create("s1", {"gateway_id": "gw", "conn_id": "c1"})
     await store.create("s2", {"gateway_id": "gw", "conn_id": "c2"})
     assert await store.touch("s1", {"gateway_id": "gw", "conn_id": "c1"}) is False
-    await store.unbind("s2")
+    await store.unbind("s2", "c2")
     assert await redis.zrange(keys.sessions_active, 0, -1) == [b"s1"]
     snap = await build_snapshot(scripts, Settings(cell="test"), CatalogView(), now_ms())
     assert snap.sessions_active == 1
