@@ -9,7 +9,7 @@
 --                            <langset>:<region>:<gpu_tier>:<n> (is_shard_id in lib/common)
 -- Returns: {1, row, ...} one row per entry, in order: {members, schedulable, capacity,
 --          running, reserved} (a missing shard: all zeros; a member without a record, or
---          whose id or record is malformed (is_node_record), counts as a member only);
+--          whose slot counts are malformed (is_node_counts), counts as a member only);
 --          schedulable as in the live pool view: record connected and ready, and a score
 --          below UNSCHEDULABLE; an empty row for an entry skipped as above
 --          {-1, field} invalid input: not a JSON list of at most 64 strings
@@ -33,10 +33,11 @@ for i, shard_id in ipairs(shards) do
   else
     local sched, cap, run, res = 0, 0, 0, 0
     for j = 1, #flat, 2 do
-      local r = is_node_id(flat[j]) and redis.pcall('HMGET', prefix .. 'node:' .. flat[j],
-        'capacity', 'running', 'reserved', 'connected', 'status', 'region', 'gpu_tier',
-        'lang_sets')
-      if r and not r.err and r[1] and is_node_record(r[1], r[2], r[3], r[6], r[7], r[8]) then
+      -- any member names a key of the cell (its hash tag comes first); pcall: a key of
+      -- another type answers an error table instead of raising
+      local r = redis.pcall('HMGET', prefix .. 'node:' .. flat[j],
+        'capacity', 'running', 'reserved', 'connected', 'status')
+      if r and not r.err and r[1] and is_node_counts(r[1], r[2], r[3]) then
         cap = cap + tonumber(r[1])
         run = run + (tonumber(r[2]) or 0)
         res = res + (tonumber(r[3]) or 0)

@@ -98,14 +98,39 @@ local function is_shard_id(v)
   return count >= 2 and count <= 8
 end
 
--- A node record's fields as register_node_v2 writes them (false: absent): capacity, running
--- and reserved non-negative integers (running, reserved may be absent), region and gpu tier
--- labels, lang_sets a list of language sets. The read-only summaries leave any other record
--- out of their totals, so one corrupt record never stops a snapshot.
-local function is_node_record(capacity, running, reserved, region, gpu, lang_sets)
-  for _, v in ipairs({capacity, running or 0, reserved or 0}) do
-    local n = is_int(v)
-    if not n or n < 0 then return false end
+-- A node record's slot counts as the scripts write them (false: absent): capacity a
+-- non-negative integer, running and reserved absent or non-negative integers. What
+-- pools_summary checks before it sums a member (selection reads nothing else of it).
+local floor = math.floor
+local function is_count(v)
+  local n = tonumber(v)
+  return n ~= nil and n >= 0 and n <= MAX_INT and n == floor(n)
+end
+local function is_node_counts(capacity, running, reserved)
+  return is_count(capacity) and (not running or is_count(running))
+    and (not reserved or is_count(reserved))
+end
+
+-- A node record's fields as register_node_v2 writes them: the slot counts above, region and
+-- gpu tier labels, lang_sets a list of language sets. nodes_summary leaves any other record
+-- out of its totals, so one corrupt record never stops a snapshot. The text fields are
+-- judged once per distinct value in a call (a fleet shares a few of them): decoding every
+-- record's lang_sets would make a summary of thousands of records several times slower.
+local text_ok = {label = {}, lang_sets = {}}
+local function judged(kind, v, check)
+  local ok = text_ok[kind][v]
+  if ok == nil then
+    ok = check(v)
+    text_ok[kind][v] = ok
   end
-  return is_label(region) and is_label(gpu) and parse_lang_sets(lang_sets or '') ~= nil
+  return ok
+end
+local function is_lang_sets(v)
+  return parse_lang_sets(v) ~= nil
+end
+local function is_node_record(capacity, running, reserved, region, gpu, lang_sets)
+  return is_node_counts(capacity, running, reserved)
+    and type(region) == 'string' and type(gpu) == 'string' and type(lang_sets) == 'string'
+    and judged('label', region, is_label) and judged('label', gpu, is_label)
+    and judged('lang_sets', lang_sets, is_lang_sets)
 end

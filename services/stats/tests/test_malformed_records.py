@@ -84,8 +84,9 @@ def check(snap: Snapshot) -> None:
     assert len(inv.examples) == 10
     by_set = {tuple(p.langset): p for p in snap.pools}
     assert set(by_set) == {("en", "zh"), ("en", "pt-br")}
-    # the spoiled nodes are still members of en_zh; only the good one is totalled
-    assert (by_set["en", "zh"].members, by_set["en", "zh"].capacity) == (6, 4)
+    # the spoiled nodes are still members of en_zh; the pool totals every member whose slot
+    # counts read (good-1, bad-json, bad-langs, bad-region), as selection would see them
+    assert (by_set["en", "zh"].members, by_set["en", "zh"].capacity) == (6, 16)
     # listed first, as the least healthy, as far as they can be read
     listed = {r.node_id: r for r in snap.node_list}
     assert set(SPOILED) | set(BAD_NODE_IDS) <= set(listed)
