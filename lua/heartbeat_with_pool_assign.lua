@@ -4,7 +4,8 @@
 -- KEYS[3] nodes:expiry       zset node id -> logical expiry ms
 -- KEYS[4] nodes:connected    zset display view of "connected"
 -- KEYS[5] prefix             lingua:v1:{cell}:
---   built from KEYS[5]: pool:<shard>, poolgroup:<group>, pools:index, pair:<a>:<b>
+--   built from KEYS[5]: pool:<shard>, poolgroup:<group>, pools:index, pair:<a>:<b>,
+--     pairbest:<a>:<b>, bands
 -- ARGV[1] node_id
 -- ARGV[2] conn_id            connection the heartbeat came on
 -- ARGV[3] gateway_id         gateway replica holding that connection
@@ -24,9 +25,11 @@
 -- Returns: {1, changed} alive; changed = 1 when pool membership changed
 --          {-1, field} invalid input, nothing written (field names the bad argument)
 --          {-2, ""} node not registered (no live key): the node must re-register
---          {-3, ""} stale: this connection was already reported dropped; ignored
+--          {-3, ""} stale: this connection was already reported dropped, or a newer
+--          connection replaced it (lib/fence); ignored, nothing written
 --@include common
 --@include pools
+--@include fence
 
 local node_key, pools_key, expiry_key, connected_key, prefix = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local node_id, conn_id, gateway_id = ARGV[1], ARGV[2], ARGV[3]
@@ -64,6 +67,13 @@ local h = redis.call('HMGET', node_key, 'conn_id', 'connected', 'ttl_ms', 'lang_
   'gpu_tier', 'pool_sig', 'running', 'reserved', 'capacity', 'status', 'last_heartbeat_ts')
 if not h[4] then return {-2, ''} end
 if h[1] == conn_id and h[2] == '0' then return {-3, ''} end
+-- another connection: a newer one adopts the node (the one it names is replaced); a late beat
+-- of a connection already replaced must not take the node back from the live one
+local replaced = nil
+if h[1] and h[1] ~= conn_id then
+  if is_retired(node_key, conn_id) then return {-3, ''} end
+  replaced = h[1]
+end
 
 local ttl = ttl_arg
 if ttl == 0 then ttl = tonumber(h[3]) or 45000 end
@@ -92,6 +102,10 @@ if ARGV[13] ~= '' then
   fields[#fields + 1] = 'services'
   fields[#fields + 1] = ARGV[13]
 end
+if replaced then
+  fields[#fields + 1] = 'retired_conns'
+  fields[#fields + 1] = retired_with(node_key, replaced)
+end
 local status = h[11]
 if status_arg ~= '' then
   status = status_arg
@@ -103,7 +117,8 @@ redis.call('PEXPIRE', node_key, ttl)
 redis.call('ZADD', expiry_key, now + ttl, node_id)
 redis.call('ZADD', connected_key, now, node_id)
 
-local score = load_score(h[8], h[9], h[10], '1', status)
+-- its score from the record just written: load, band (restrictions at now), connection
+local score = node_score(prefix, node_id, now)
 local region, gpu = h[5], h[6]
 local sig = h[4] .. '|' .. region .. '|' .. gpu
 local changed = 0
@@ -161,8 +176,9 @@ if sig ~= h[7] then
   redis.call('HSET', node_key, 'pool_sig', sig)
 end
 
--- Refresh the load score in every shard (XX: never re-add a shard a sweep just removed).
+-- Refresh the load score in every shard (XX: never re-add a shard a sweep just removed), and
+-- the pair index of each.
 for _, shard_id in ipairs(redis.call('SMEMBERS', pools_key)) do
-  redis.call('ZADD', prefix .. 'pool:' .. shard_id, 'XX', score, node_id)
+  set_score(prefix, shard_id, node_id, score)
 end
 return {1, changed}

@@ -6,8 +6,8 @@
 -- the client gets missing_result reason no_result).
 -- KEYS[1] prefix             lingua:v1:{cell}:
 --   built from KEYS[1]: job:<job_id>, job:<job_id>:audio, node:<id>, node:<id>:jobs,
---     node:<id>:pools, pool:<shard>, timers, session:<sid>, session:<sid>:results,
---     session:<sid>:sent, gaps
+--     node:<id>:pools, pool:<shard>, pairbest:<a>:<b>, timers, session:<sid>, session:<sid>:results,
+--     session:<sid>:sent, session:<sid>:waiting, session:<sid>:outbox, outbox, gaps
 -- ARGV[1] job_id
 -- ARGV[2] attempt            the attempt that ends (0 = the scheduler ends it: no fencing)
 -- ARGV[3] node_id            the node reporting ("" when the scheduler ends it)
@@ -22,7 +22,9 @@
 -- Returns: {1, gateway_id, conn_id, idx1, payload1, ...} finished; the list holds the
 --          outcomes now due for the session (maybe none: an earlier one is missing), those of
 --          the earlier jobs ended without a result included
---          {0, ""} already finished (a replay or a duplicate result): nothing written
+--          {0, gateway_id, conn_id, idx1, payload1, ...} already finished (a replay or a
+--          duplicate result): nothing written; the outcomes its finish released that are still
+--          in the session's outbox (none: {0, ""}), for the caller to publish again
 --          {3, ""} finished, but its index was already answered by a missing_result
 --          {-5, reason} stale: another attempt or another node; nothing written
 --          {-6, ""} no such job; {-1, field} invalid input, nothing written
@@ -58,7 +60,13 @@ local job_key = prefix .. 'job:' .. job_id
 local job = redis.call('HMGET', job_key, 'state', 'attempt', 'node_id', 'session_id',
   'utterance_index', 'gateway_id', 'conn_id', 'node_reg')
 if not job[1] then return {-6, ''} end
-if job[1] == 'done' or job[1] == 'failed' then return {0, ''} end
+if job[1] == 'done' or job[1] == 'failed' then
+  -- a replay (its caller died before publishing?): the same deliveries, while unacknowledged
+  local again = outbox_get(prefix, job[4], split(redis.call('HGET', job_key, 'released') or '', ','))
+  if #again == 0 then return {0, ''} end
+  local s = redis.call('HMGET', prefix .. 'session:' .. job[4], 'gateway_id', 'conn_id')
+  return {0, s[1] or '', s[2] or '', unpack(again)}
+end
 if node_id ~= '' then
   if tonumber(job[2]) ~= attempt then return {-5, 'stale_attempt'} end
   if job[3] ~= node_id then return {-5, 'wrong_node'} end
@@ -105,6 +113,12 @@ items[#items + 1] = ARGV[6]
 
 local due, taken = deliver_outcomes(prefix, session_id, items, now, gap, session_ttl)
 if #due == 0 and not taken[own_idx] then return {3, ''} end
+if #due > 0 then
+  -- what this finish released, so that a replay of it returns the same deliveries
+  local released = {}
+  for i = 1, #due, 2 do released[#released + 1] = due[i] end
+  redis.call('HSET', job_key, 'released', table.concat(released, ','))
+end
 local s = redis.call('HMGET', prefix .. 'session:' .. session_id, 'gateway_id', 'conn_id')
 -- a closed session has no gateway binding: nothing to publish (the gateway holds no one)
 return {1, s[1] or '', s[2] or '', unpack(due)}

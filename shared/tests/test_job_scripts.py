@@ -401,9 +401,11 @@ async def test_results_finished_in_any_order_are_delivered_once_in_order(
     assert not await redis.exists(keys.gaps)
 
 
-async def test_a_new_hole_gets_a_fresh_deadline_an_old_one_keeps_its_own(
+async def test_a_holes_deadline_runs_from_the_oldest_outcome_it_holds(
     redis: Redis, keys: Keys, scripts: Scripts
 ):
+    """Not a fresh gap per hole: the outcome of 2, ready at +1 s, waits one gap in all,
+    whether 0 or 1 (or both, one after the other) hold it."""
     await join_single_slot(scripts, 4)
     await open_session(redis, keys)
     for i in range(4):
@@ -414,7 +416,11 @@ async def test_a_new_hole_gets_a_fresh_deadline_an_old_one_keeps_its_own(
     assert await zmembers(redis, keys.gaps) == {"s1": NOW + 1_000 + GAP}  # same hole (0)
     d = await scripts.job_finish(**finish_kw("j0", "n1", now_ms=NOW + 3_000))
     assert indexes(d) == [0]
-    assert await zmembers(redis, keys.gaps) == {"s1": NOW + 3_000 + GAP}  # hole 1 is new
+    assert await zmembers(redis, keys.gaps) == {"s1": NOW + 1_000 + GAP}  # 2 still waits
+    assert await zmembers(redis, keys.session_waiting("s1")) == {
+        "2": NOW + 1_000,
+        "3": NOW + 2_000,
+    }
 
 
 async def test_duplicate_stale_and_unknown_finishes_write_nothing(
@@ -636,8 +642,8 @@ async def test_gap_expire_answers_an_overdue_hole_and_a_late_result_is_refused(
         "created_at_ms": t1 + GAP,
     }
     assert d.items[1][1]["job_id"] == "j1"
-    # the next hole (2) gets its own deadline from now
-    assert await zmembers(redis, keys.gaps) == {"s1": t1 + 2 * GAP}
+    # the next hole (2) holds 3, ready since t1 + 1: its deadline runs from then
+    assert await zmembers(redis, keys.gaps) == {"s1": t1 + 1 + GAP}
     assert (await hash_of(redis, keys.session("s1")))["next_deliver"] == "2"
 
     # the late result of 0 ends its job and frees its slot, but is not delivered again
@@ -648,8 +654,8 @@ async def test_gap_expire_answers_an_overdue_hole_and_a_late_result_is_refused(
     assert await smembers(redis, keys.node_jobs("n3")) == {"j2"}
     assert (await hash_of(redis, keys.session("s1")))["next_deliver"] == "2"
 
-    assert (await scripts.gap_expire(**gap_kw(t1 + 2 * GAP - 1))).code == 0
-    d = await scripts.gap_expire(**gap_kw(t1 + 2 * GAP))
+    assert (await scripts.gap_expire(**gap_kw(t1 + GAP))).code == 0
+    d = await scripts.gap_expire(**gap_kw(t1 + 1 + GAP))
     assert [(i, p["type"]) for i, p in d.items] == [
         (2, "missing_result"),
         (3, "translation_result"),
@@ -1042,7 +1048,9 @@ class JobMachine(RuleBasedStateMachine):
         for j in earlier:
             self.jobs[j]["state"] = "done"
         if replay:
-            assert self.call("job_finish", **kw) == [0, ""]
+            # a replay writes nothing and answers the same deliveries (still in the outbox)
+            again = self.call("job_finish", **kw)
+            assert again[0] == 0 and again[3:] == (reply[3:] if reply[0] == 1 else []), again
 
     @precondition(lambda self: self.live())
     @rule(pick=pick_st, reason=st.sampled_from(["refused", "unroutable", "node_lost"]))

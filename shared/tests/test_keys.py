@@ -73,6 +73,9 @@ def all_builder_keys(
         k.gateway(f"gw-{region}"),
         k.session(f"s-{node_id}"),
         k.session_results(f"s-{node_id}"),
+        k.session_waiting(f"s-{node_id}"),
+        k.session_outbox(f"s-{node_id}"),
+        k.outbox,
         k.job(f"j-{node_id}"),
         k.job_audio(f"j-{node_id}"),
         k.idem(f"s-{node_id}:{len(langs)}"),
@@ -88,10 +91,11 @@ def all_builder_keys(
 
 
 def test_layout_docstring_is_parsed() -> None:
-    # node, node pools, nodes x3, pool, poolgroup, index, pair, gateway; then the job path:
-    # session, session results, job, job audio, idem, node jobs, timers, gaps, stats x2;
-    # then display stats: stats second, recent errors, active sessions
-    assert len(LAYOUT) == 23
+    # node, node pools, nodes x3, pool, poolgroup, index, pair, pair index, bands, gateway;
+    # then the job path: session, session results, waiting, outbox, the outbox index, job,
+    # job audio, idem, node jobs, timers, gaps, stats x2; then display stats: stats second,
+    # recent errors, active sessions
+    assert len(LAYOUT) == 28
 
 
 def test_langset_id_is_the_scripts_group_naming() -> None:
@@ -191,6 +195,7 @@ async def test_keys_the_scripts_create_are_exactly_the_built_ones(
             expected.add(keys.pool_group(ls, region, gpu))
             expected.add(keys.pool(Keys.shard_id(ls, region, gpu, 0)))
             expected |= {keys.pair(a, b) for a, b in permutations(langs, 2)}
+            expected |= {keys.pair_best(a, b) for a, b in permutations(langs, 2)}
     expected.add(keys.pool(Keys.shard_id("en_zh", "eu", "a100", 1)))
 
     created = {x.decode() for x in await redis.keys(keys.prefix + "*")}

@@ -100,6 +100,8 @@ SAMPLES: dict[str, Any] = {
     "public": False,
     "tenant": "tenant-3",
     "earlier": [["j-1", 1], ["j-2", 3]],
+    "indices": [2, 4],
+    "client": "alice",
 }
 
 
@@ -233,8 +235,17 @@ JOB_REPLIES: dict[str, Any] = {
         [c, b"gw", b"c1", 3, b'{"type": "missing_result"}'] if c == 1 else [c, b""]
     ),
     "utterance_fail": lambda c: [c, b"gw", b"c1", 3, b'{"type": "error"}'] if c == 1 else [c, b""],
+    "outbox_ack": lambda c: [c, 2],
+    "outbox_claim": lambda c: [c, [b"s-1", b"gw", b"c1", [3, b'{"type": "x"}']]],
+    "session_bind": lambda c: (
+        [c, b"gw", b"c0", [b"mode", b"one_way"], [b"5"], [3, b'{"type": "x"}']]
+        if c == 1
+        else [c, b""]
+    ),
     "nodes_summary": lambda c: [c, 2, 1, 8, 1, 2, [b"eu", 2], [b"a100", 2], [b"n2"], [b"n9"]],
     "pools_summary": lambda c: [c, [3, 2, 12, 1, 1], []],
+    "node_lost": lambda c: [c, b"j-1", 1, 2, b"j-2", 2, 3] if c == 1 else [c, b"c2"],
+    "slots_reconcile": lambda c: [c, 2, 1],
 }
 
 
@@ -264,6 +275,11 @@ def test_wrapper_handles_every_documented_code(name: str, offline_scripts: Scrip
             assert result.by_region == {"eu": 2} and result.unschedulable == ["n2"]
             assert result.invalid == ["n9"]
             continue
+        if name == "outbox_claim":
+            assert [(p.session_id, p.gateway_id, p.items) for p in result] == [
+                ("s-1", "gw", [(3, {"type": "x"})])
+            ]
+            continue
         if name == "pools_summary":
             assert result[0].members == 3 and result[0].reserved == 1
             assert not result[0].skipped and result[1].skipped
@@ -274,6 +290,13 @@ def test_wrapper_handles_every_documented_code(name: str, offline_scripts: Scrip
             assert result.code == code
         if name in ("job_finish", "gap_expire", "utterance_fail") and code == 1:
             assert result.items and result.gateway_id == "gw"
+        if name == "session_bind" and code == 1:
+            assert (result.old_conn_id, result.record, result.sent) == (
+                "c0",
+                {"mode": "one_way"},
+                {5},
+            )
+            assert result.outbox == [(3, {"type": "x"})]
 
 
 # --- one module per script, one enum of outcomes, one call path --------------------------------
@@ -348,9 +371,16 @@ def sample_keys(keys: Keys) -> list[str]:
         keys.pool_group("en_ja_zh", "eu-west", "a100"),
         keys.pools_index,
         keys.pair("zh", "en"),
+        keys.pair_best("zh", "en"),
+        keys.bands,
         keys.session("s-1"),
         keys.session_results("s-1"),
         keys.session_sent("s-1"),
+        keys.session_waiting("s-1"),
+        keys.session_outbox("s-1"),
+        keys.outbox,
+        keys.gateway("gw-1"),
+        keys.sessions_active,
         keys.job("j-9"),
         keys.job_audio("j-9"),
         keys.idem("s-1:4"),

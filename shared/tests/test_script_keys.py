@@ -195,6 +195,9 @@ async def node_scenarios(call: Call) -> None:
     assert (await call("heartbeat_with_pool_assign", **beat("n1"))).pools_changed
     r = await call("register_node_v2", **reg("n1", conn_id="c2"))
     assert (r.code, r.replaced_conn_id) == (ScriptCode.REFRESHED, "c-n1")
+    # the replaced connection's late registration and beat are fenced off
+    assert (await call("register_node_v2", **reg("n1"))).code == ScriptCode.CONN_REPLACED
+    assert (await call("heartbeat_with_pool_assign", **beat("n1"))).code == ScriptCode.STALE
     # new language sets: leaves (and empties) its shard, joins another
     r = await call(
         "heartbeat_with_pool_assign", **beat("n1", conn_id="c2", lang_sets=[["en", "ja"]])
@@ -287,6 +290,19 @@ async def job_scenarios(call: Call, redis: Redis, keys: Keys) -> None:
     await call("select_node", **select("j8", ("de", "fr")))
     assert (await call("job_release", **release("j8", max_attempts=1))).code == 2
     assert (await call("job_release", **release("no"))).code == ScriptCode.NO_SUCH_JOB
+    assert (await call("job_release", **release("j8", max_attempts=1))).code == 2  # a replay
+
+    # a node's connection ends: its jobs are taken back in one call, fenced by connection
+    await call("job_create", **create("j10", "s-b", 6))
+    assert (await call("select_node", **select("j10", ("de", "fr")))).node_id == "b"
+    lost = {"node_id": "b", "now_ms": NOW + 600, "max_attempts": 3}
+    assert (await call("node_lost", conn_id="c-x", **lost)).code == ScriptCode.NEWER_CONNECTION
+    assert [t.job_id for t in (await call("node_lost", conn_id="c-b", **lost)).jobs] == ["j10"]
+    # counts that drifted from the node's live jobs are recounted
+    await call("job_create", **create("j11", "s-b", 7))
+    await call("select_node", **select("j11", ("de", "fr")))
+    await redis.hset(keys.node("b"), "running", 3)
+    assert (await call("slots_reconcile", node_ids=["b", "a"])).fixed == 1
 
     # no pool covers the pair; a member whose record expired is taken out of its shard
     await call("job_create", **create("j9", "s-b", 4))
@@ -296,12 +312,49 @@ async def job_scenarios(call: Call, redis: Redis, keys: Keys) -> None:
     await redis.delete(keys.node("e"))
     assert (await call("select_node", **select("j9", ("it", "pt")))).code == ScriptCode.NO_NODE
     assert not await redis.exists(keys.pool("it_pt:eu:a100:0"))
+    # a private node is scored in the band of its tenant (the registry of bands)
+    await call("register_node_v2", **reg("p", public=False, tenant="t1", lang_sets=[["it", "pt"]]))
+    await call("heartbeat_with_pool_assign", **beat("p"))
 
     # utterances that never became jobs
     assert (await call("utterance_fail", **fail("s-ord", 9))).code == ScriptCode.ANSWERED
     assert (await call("utterance_fail", **fail("s-arr", 5))).code == ScriptCode.ANSWERED
     assert (await call("utterance_fail", **fail("s-ord", 0))).code == 0
     assert (await call("utterance_fail", **fail("gone", 0))).code == ScriptCode.NO_SUCH_SESSION
+
+    # the outbox: claimed while a live gateway holds the session, parked when none does,
+    # acknowledged by the gateway once written to the client
+    await redis.set(keys.gateway("gw-s"), "1")
+    await redis.hdel(keys.session("s-b"), "gateway_id")
+    claim = {"retry_ms": 1_000, "limit": 10}
+    claimed = await call("outbox_claim", now_ms=NOW + 10 * GAP, **claim)
+    assert {p.session_id for p in claimed} == {"s-ord", "s-arr"}
+    assert not await redis.zscore(keys.outbox, "s-b")  # parked: waits for a resume
+    arr = next(p for p in claimed if p.session_id == "s-arr")
+    indices = [i for i, _ in arr.items]
+    assert (await call("outbox_ack", session_id="s-arr", indices=indices)).value == "0"
+    assert (await call("outbox_ack", session_id="s-ord", indices=[0])).code == ScriptCode.ACKED
+
+    # a session resumed on another connection; the old connection's unbind changes nothing
+    await redis.hset(keys.session("s-arr"), mapping={"mode": "one_way", "client": "alice"})
+    await redis.hset(keys.session_outbox("s-arr"), "9", "{}")  # owed: the resume replays it
+    bind = {"now_ms": NOW, "session_ttl_ms": SESSION_TTL, "client": "alice"}
+    r = await call("session_bind", session_id="s-arr", mode="resume", gateway_id="gw-2",
+                   conn_id="c2", **bind)  # fmt: skip
+    assert (r.code, r.old_gateway_id, r.record["mode"]) == (ScriptCode.RESUMED, "gw-s", "one_way")
+    foreign = {**bind, "client": "mallory"}
+    r = await call("session_bind", session_id="s-arr", mode="resume", gateway_id="gw-3",
+                   conn_id="c3", **foreign)  # fmt: skip
+    assert r.code == ScriptCode.FOREIGN_SESSION
+    r = await call("session_bind", session_id="s-arr", mode="unbind", gateway_id="gw-s",
+                   conn_id="cs", **bind)  # fmt: skip
+    assert r.code == ScriptCode.NOT_BOUND
+    r = await call("session_bind", session_id="s-arr", mode="unbind", gateway_id="gw-2",
+                   conn_id="c2", **bind)  # fmt: skip
+    assert r.code == ScriptCode.UNBOUND
+    r = await call("session_bind", session_id="gone", mode="resume", gateway_id="gw-2",
+                   conn_id="c2", **bind)  # fmt: skip
+    assert r.code == ScriptCode.NO_SUCH_SESSION
 
     # timers, cool-downs, display reads
     assert await call("timers_claim", now_ms=NOW + TTL, claim_ms=5_000, limit=100)

@@ -18,6 +18,11 @@ Layout (``P`` = ``lingua:v1:{cell}:``)::
     P poolgroup:<langset>:<region>:<gpu>      hash  shard id -> member count
     P pools:index                     set   every pool shard id in use
     P pair:<src>:<tgt>                set   pool shard ids whose language set covers src->tgt
+    P pairbest:<src>:<tgt>            zset  the shards of pair:<src>:<tgt> by their lowest free
+                                            band-0 score (1e9 = none free): the best shard is
+                                            one lookup
+    P bands                           hash  restriction class -> score band (c:<class>), band ->
+                                            class (b:<n>), latest cool-down end (u:<n>), count n
     P gateway:<instance>              string liveness of a gateway replica (TTL)
 
     job path:
@@ -25,6 +30,12 @@ Layout (``P`` = ``lingua:v1:{cell}:``)::
     P session:<sid>:results           hash  utterance index -> outcome waiting for its turn
       (first-come sessions: session:<sid>:sent, a set of the answered indices above
       next_deliver)
+    P session:<sid>:waiting           zset  utterance index -> when its outcome became ready
+                                            (ordered: a hole's deadline runs from the oldest)
+    P session:<sid>:outbox            hash  utterance index -> outcome due to the client, kept
+                                            until a gateway wrote it to the client (TTL)
+    P outbox                          zset  session id -> when its oldest unacknowledged
+                                            outcomes were (last) published
     P job:<job_id>                    hash  job record and state machine (TTL)
     P job:<job_id>:audio              string the utterance audio, kept for redispatch (TTL)
     P idem:<request_key>              string job id of a request key (J2, TTL)
@@ -111,6 +122,13 @@ class Keys:
     def pair(self, src: str, tgt: str) -> str:
         return f"{self.prefix}pair:{src}:{tgt}"
 
+    def pair_best(self, src: str, tgt: str) -> str:
+        return f"{self.prefix}pairbest:{src}:{tgt}"
+
+    @property
+    def bands(self) -> str:
+        return f"{self.prefix}bands"
+
     def gateway(self, instance_id: str) -> str:
         return f"{self.prefix}gateway:{instance_id}"
 
@@ -122,6 +140,16 @@ class Keys:
 
     def session_sent(self, session_id: str) -> str:
         return f"{self.prefix}session:{session_id}:sent"
+
+    def session_waiting(self, session_id: str) -> str:
+        return f"{self.prefix}session:{session_id}:waiting"
+
+    def session_outbox(self, session_id: str) -> str:
+        return f"{self.prefix}session:{session_id}:outbox"
+
+    @property
+    def outbox(self) -> str:
+        return f"{self.prefix}outbox"
 
     def job(self, job_id: str) -> str:
         return f"{self.prefix}job:{job_id}"

@@ -10,7 +10,7 @@ import os
 import socket
 import uuid
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from lingua_shared.protocol.codes import MAX_UTTERANCE_MS, SESSION_MAX_FRAME_BYTES
@@ -143,8 +143,19 @@ class Settings(BaseSettings):
     gap_timeout_ms: int = Field(
         35_000, description="a missing result blocks later ones at most this long"
     )
+    outbox_retry_ms: int = Field(
+        5_000,
+        description="an answer its gateway has not acknowledged (written to the client) this "
+        "long after its publish is published again",
+        gt=0,
+    )
     model_cooldown_ms: int = Field(30_000, description="MODEL_NOT_AVAILABLE: skip the service")
-    job_ttl_s: int = Field(600, description="job records and audio live this long")
+    job_ttl_s: int = Field(
+        600,
+        description="job records and audio live this long; at least a job's whole life "
+        "(max_attempts x (no_node_wait + ack_timeout + job_deadline + 1 s)), so no record "
+        "expires while a lease or timer on it runs",
+    )
     timer_interval_s: float = 0.05
 
     # stats (display only: nothing here is read by scheduling)
@@ -218,6 +229,22 @@ class Settings(BaseSettings):
     amqp_batch_max_bytes: int = Field(
         1 << 20, ge=1024, description="and at most this many bytes (one message may exceed it)"
     )
+
+    @model_validator(mode="after")
+    def _job_ttl_outlives_every_lease(self) -> Settings:
+        """A job record must outlive every lease and timer on it: an expired record leaves
+        its timer nothing to take back (its slot only comes back at the sweeper's recount)."""
+        life_ms = self.max_attempts * (
+            self.no_node_wait_ms + self.ack_timeout_ms + self.job_deadline_ms + 1_000
+        )
+        if self.job_ttl_s * 1000 < life_ms:
+            raise ValueError(
+                f"LINGUA_JOB_TTL_S={self.job_ttl_s} is shorter than a job's whole life: "
+                f"LINGUA_MAX_ATTEMPTS x (LINGUA_NO_NODE_WAIT_MS + LINGUA_ACK_TIMEOUT_MS + "
+                f"LINGUA_JOB_DEADLINE_MS + 1000) = {life_ms} ms; raise it to at least "
+                f"{-(-life_ms // 1000)}"
+            )
+        return self
 
     @property
     def auth_enabled(self) -> bool:

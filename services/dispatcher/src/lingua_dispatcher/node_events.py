@@ -161,6 +161,9 @@ class NodeEvents:
                 "job_result",
                 "duplicate" if delivery.code == ScriptCode.ALREADY_FINISHED else "after_gap",
             ).inc()
+            # a replay (this delivery again, its handler died before publishing): what the
+            # first finish released and no gateway has acknowledged yet goes out again
+            await self.jobs.outcomes.deliver(job["session_id"], delivery)
             return
         self.metrics.jobs.labels("done").inc()
         received = int(job.get("received_at_ms") or 0)
@@ -264,8 +267,11 @@ class NodeEvents:
                 service_id=str(details.get("service_id"))[:64],
             )
             return
-        until = now_ms() + self.settings.model_cooldown_ms
-        res = await self.s.service_cooldown(node_id=node_id, service=service, until_ms=until)
+        now = now_ms()
+        until = now + self.settings.model_cooldown_ms
+        res = await self.s.service_cooldown(
+            node_id=node_id, service=service, until_ms=until, now_ms=now
+        )
         if res.code == ScriptCode.COOLING:
             self.metrics.cooldowns.inc()
 
@@ -282,15 +288,28 @@ class NodeEvents:
             self.metrics.redispatch_skipped.inc()
             log.info("node.gateway_restart_jobs_kept", node_id=ev.node_id, conn_id=ev.conn_id)
             return
-        r, k = self.jobs.infra.redis, self.jobs.infra.keys
-        current = await r.hget(k.node(ev.node_id), "conn_id")
-        if current is not None and current.decode() != ev.conn_id:
-            return  # the node is back on a newer connection; its jobs are fine
-        for raw in await r.smembers(k.node_jobs(ev.node_id)):
-            job_id = raw.decode()
-            attempt = await r.hget(k.job(job_id), "attempt")
-            if attempt is not None:
-                await self.jobs.redispatch(job_id, int(attempt), "node_lost")
+        # one script reads the connection, the job set and the attempts and takes the jobs
+        # back, fenced by connection: a drop of a connection that was replaced changes nothing
+        lost = await self.s.node_lost(
+            node_id=ev.node_id,
+            conn_id=ev.conn_id,
+            now_ms=now_ms(),
+            max_attempts=self.settings.max_attempts,
+        )
+        if lost.code == ScriptCode.NEWER_CONNECTION:
+            log.info(
+                "node.lost_stale_conn", node_id=ev.node_id, conn_id=ev.conn_id, current=lost.conn_id
+            )
+            return
+        for taken in lost.jobs:
+            self.metrics.redispatch.labels("node_lost").inc()
+            if taken.code == ScriptCode.RELEASED:
+                log.info("job.taken_back", job_id=taken.job_id, reason="node_lost")
+                await self.jobs.dispatch(taken.job_id, taken.attempt, cause="node_lost")
+            else:
+                await self.jobs.takeback.fail_exhausted(
+                    taken.job_id, taken.attempt, "node_lost", ev.node_id
+                )
 
 
 def _why(code: ScriptCode, value: str) -> str:

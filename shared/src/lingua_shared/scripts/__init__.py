@@ -35,15 +35,18 @@ from lingua_shared.scripts.loader import (
 )
 from lingua_shared.scripts.node_offline import OfflineResult
 from lingua_shared.scripts.nodes_summary import NodesSummary
+from lingua_shared.scripts.outbox_claim import Pending
 from lingua_shared.scripts.pools_summary import ShardSummary
 from lingua_shared.scripts.register_node_v2 import RegisterResult
 from lingua_shared.scripts.select_node import Selection
 from lingua_shared.scripts.service_cooldown import Cooldown
+from lingua_shared.scripts.session_bind import Binding
 
 __all__ = [
     "INCLUDE_RE",
     "MODULES",
     "Ack",
+    "Binding",
     "CachedScript",
     "CodeResult",
     "Cooldown",
@@ -52,6 +55,7 @@ __all__ = [
     "HeartbeatResult",
     "NodesSummary",
     "OfflineResult",
+    "Pending",
     "RegisterResult",
     "Release",
     "ScriptCode",

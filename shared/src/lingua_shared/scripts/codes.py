@@ -39,6 +39,11 @@ ALL = (
     "timers_claim",
     "service_cooldown",
     "utterance_fail",
+    "outbox_ack",
+    "outbox_claim",
+    "session_bind",
+    "node_lost",
+    "slots_reconcile",
 )
 JOB_SCRIPTS = ("select_node", "job_ack", "job_finish", "job_release")
 
@@ -89,6 +94,12 @@ class ScriptCode(IntEnum):
         ("register_node_v2",),
         "an existing record was refreshed; the reply names the connection it replaced",
     )
+    CONN_REPLACED = (
+        -3,
+        ("register_node_v2",),
+        "a newer connection replaced this one (a late registration of a connection already "
+        "gone): nothing written",
+    )
     # -- heartbeat_with_pool_assign ------------------------------------------------------------
     ALIVE = (
         1,
@@ -104,7 +115,8 @@ class ScriptCode(IntEnum):
     STALE = (
         -3,
         ("heartbeat_with_pool_assign",),
-        "a beat on a connection already reported dropped: ignored",
+        "a beat on a connection already reported dropped, or replaced by a newer one: "
+        "ignored, nothing written",
     )
     # -- node_offline ----------------------------------------------------------------------------
     OFFLINE = (
@@ -173,6 +185,23 @@ class ScriptCode(IntEnum):
         ("job_release",),
         "that attempt is no longer current (a replay or a race): nothing to do",
     )
+    # -- node_lost -------------------------------------------------------------------------------
+    JOBS_TAKEN = (
+        1,
+        ("node_lost",),
+        "the node's jobs were taken back; each with its next attempt, or its last (fail it)",
+    )
+    NEWER_CONNECTION = (
+        0,
+        ("node_lost",),
+        "the node's record names a newer connection: its jobs stay, nothing written",
+    )
+    # -- slots_reconcile -------------------------------------------------------------------------
+    RECOUNTED = (
+        1,
+        ("slots_reconcile",),
+        "the nodes' counts match their live jobs; the reply says how many were rewritten",
+    )
     # -- shared by the job scripts --------------------------------------------------------------
     STALE_JOB = (
         -5,
@@ -201,7 +230,40 @@ class ScriptCode(IntEnum):
         ("utterance_fail",),
         "the index is answered already, or an answer waits for it: nothing written",
     )
-    NO_SUCH_SESSION = (-6, ("utterance_fail",), "the session record is gone: nothing written")
+    NO_SUCH_SESSION = (
+        -6,
+        ("utterance_fail", "session_bind"),
+        "the session record is gone: nothing written",
+    )
+    # -- outbox_ack / outbox_claim -------------------------------------------------------------
+    ACKED = (
+        1,
+        ("outbox_ack",),
+        "those outcomes left the session's outbox; the reply says how many are left",
+    )
+    CLAIMED = (
+        1,
+        ("outbox_claim",),
+        "the claimed sessions follow (maybe none), each with its unacknowledged outcomes",
+    )
+    # -- session_bind ----------------------------------------------------------------------------
+    RESUMED = (
+        1,
+        ("session_bind",),
+        "bound to the new connection; the old binding, the record, the answered set and the "
+        "outbox follow",
+    )
+    UNBOUND = (2, ("session_bind",), "the connection's binding is removed")
+    NOT_BOUND = (
+        0,
+        ("session_bind",),
+        "unbind: the session is bound to another connection (or none): nothing written",
+    )
+    FOREIGN_SESSION = (
+        -5,
+        ("session_bind",),
+        "resume: another client opened the session: nothing written",
+    )
 
     @classmethod
     def of(cls, script: str, code: int) -> ScriptCode:

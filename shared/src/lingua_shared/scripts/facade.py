@@ -25,13 +25,18 @@ from lingua_shared.scripts import (
     job_create,
     job_finish,
     job_release,
+    node_lost,
     node_offline,
     nodes_read,
     nodes_summary,
+    outbox_ack,
+    outbox_claim,
     pools_summary,
     register_node_v2,
     select_node,
     service_cooldown,
+    session_bind,
+    slots_reconcile,
     timers_claim,
     utterance_fail,
 )
@@ -56,6 +61,11 @@ MODULES: dict[str, ModuleType] = {
         timers_claim,
         service_cooldown,
         utterance_fail,
+        outbox_ack,
+        outbox_claim,
+        session_bind,
+        node_lost,
+        slots_reconcile,
     )
 }
 
@@ -136,6 +146,11 @@ class Scripts:
     timers_claim_args = _builder(timers_claim)
     service_cooldown_args = _builder(service_cooldown)
     utterance_fail_args = _builder(utterance_fail)
+    outbox_ack_args = _builder(outbox_ack)
+    outbox_claim_args = _builder(outbox_claim)
+    session_bind_args = _builder(session_bind)
+    node_lost_args = _builder(node_lost)
+    slots_reconcile_args = _builder(slots_reconcile)
 
     # -- calls, one per script ------------------------------------------------------------------
     async def register_node_v2(self, **kw: Any) -> register_node_v2.RegisterResult:
@@ -184,3 +199,18 @@ class Scripts:
 
     async def utterance_fail(self, **kw: Any) -> utterance_fail.Result:
         return await self.run(utterance_fail, **kw)  # type: ignore[no-any-return]
+
+    async def outbox_ack(self, **kw: Any) -> outbox_ack.Result:
+        return await self.run(outbox_ack, **kw)  # type: ignore[no-any-return]
+
+    async def outbox_claim(self, **kw: Any) -> outbox_claim.Result:
+        return await self.run(outbox_claim, **kw)  # type: ignore[no-any-return]
+
+    async def session_bind(self, **kw: Any) -> session_bind.Result:
+        return await self.run(session_bind, **kw)  # type: ignore[no-any-return]
+
+    async def node_lost(self, **kw: Any) -> node_lost.Result:
+        return await self.run(node_lost, **kw)  # type: ignore[no-any-return]
+
+    async def slots_reconcile(self, **kw: Any) -> slots_reconcile.Result:
+        return await self.run(slots_reconcile, **kw)  # type: ignore[no-any-return]

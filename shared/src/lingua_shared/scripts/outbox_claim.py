@@ -36,8 +36,6 @@ def parse(reply: list[Any]) -> list[Pending]:
     check(NAME, reply)
     out = []
     for sid, gateway, conn, flat in reply[1:]:
-        items = sorted(
-            (int(flat[i]), json.loads(flat[i + 1])) for i in range(0, len(flat), 2)
-        )
+        items = sorted((int(flat[i]), json.loads(flat[i + 1])) for i in range(0, len(flat), 2))
         out.append(Pending(text(sid), text(gateway), text(conn), items))
     return out

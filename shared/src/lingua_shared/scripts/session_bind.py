@@ -54,6 +54,4 @@ def parse(reply: list[Any]) -> Binding:
     _, old_gateway, old_conn, flat, sent, box = reply
     record = {text(flat[i]): text(flat[i + 1]) for i in range(0, len(flat), 2)}
     outbox = sorted((int(box[i]), json.loads(box[i + 1])) for i in range(0, len(box), 2))
-    return Binding(
-        code, text(old_gateway), text(old_conn), record, {int(x) for x in sent}, outbox
-    )
+    return Binding(code, text(old_gateway), text(old_conn), record, {int(x) for x in sent}, outbox)
