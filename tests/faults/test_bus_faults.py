@@ -185,9 +185,15 @@ async def test_r4_a_job_for_a_gateway_that_is_gone_is_redispatched(fstack, fredi
                 f"kinds={sorted({a['type'] for a in s.answers})} duplicates={s.duplicates()}"
             )
             assert sent_to_gone >= 1, "no job went to the gone replica: the recipe proved nothing"
-            # detected at once when the replica's queue is gone (mandatory publish comes back);
-            # routed just before the broker dropped that queue, by the ack timeout instead
-            assert reasons["unroutable"] >= 1
+            publish_failed = sum(
+                metric(fstack, d, "lingua_assign_publish_failed_total")
+                for d in ("disp-1", "disp-2")
+            )
+            print(f"R4 assign_publishes_failed={publish_failed:.0f}")
+            # detected: the mandatory publish comes back (tried again while the reservation
+            # holds, then taken back, or the lease ran out meanwhile); an assign the broker
+            # routed just before it dropped that queue, by the ack timeout instead
+            assert publish_failed >= 1 or reasons["ack_timeout"] >= 1, reasons
             assert sum(reasons.values()) == sent_to_gone
             assert sorted(s.indexes()) == list(range(total)) and s.duplicates() == 0
             assert all(a["type"] == "translation_result" for a in s.answers), s.answers

@@ -100,9 +100,9 @@ async def test_r1_confirmed_events_survive_a_broker_crash(aged, fredis, live_rab
     )
     assert len(confirmed) == n and lost == 0
     assert jobs == n and duplicated == 0
-    # really assigned: jobs are answered by nodes; those the outage cut off (assigns to a
-    # gateway whose queue is not back yet come back unroutable at once, and use up their
-    # attempts) end with a typed error, never silently
+    # really assigned: jobs are answered by nodes (an assign that cannot be published while
+    # the broker or the gateway's queue is away is tried again while its reservation holds);
+    # any the outage still cut off end with a typed error, never silently
     assert answered > 0
     assert answered + sum(failed.values()) == n, failed
     await settle_idle(fredis, fstack.keys)

@@ -23,6 +23,7 @@ prints a table (p50 / mean, microseconds) and the before/after ratio, and the fi
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import statistics
 import subprocess
@@ -145,6 +146,7 @@ def main() -> None:
     ap.add_argument("--redis-url", default="redis://127.0.0.1:6379/10")
     ap.add_argument("--samples", type=int, default=300)
     ap.add_argument("--before-rev", default="HEAD")
+    ap.add_argument("--out", type=Path, help="also write the figures here (JSON, with meta)")
     a = ap.parse_args()
 
     r = Redis.from_url(a.redis_url)
@@ -190,6 +192,27 @@ def main() -> None:
             print(f"{nodes:>7} {shards:>6} {policy:>6} {b['p50_us']:>9}us {f['p50_us']:>8}us "
                   f"{b['mean_us']:>10}us {f['mean_us']:>9}us {ratio:>8.2f}x")  # fmt: skip
     emit(figures)
+    if a.out:
+        meta = {
+            "utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "cpu": cpu_model(),
+            "before_rev": a.before_rev,
+            "after_rev": subprocess.run(["git", "rev-parse", "--short", "HEAD"], text=True,
+                                        capture_output=True).stdout.strip(),
+            "samples": a.samples,
+            "method": "Redis slow log duration of each EVALSHA (Redis-side time per call)",
+        }  # fmt: skip
+        a.out.write_text(json.dumps({"meta": meta, "select": figures}, indent=2) + "\n")
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
 
 
 if __name__ == "__main__":

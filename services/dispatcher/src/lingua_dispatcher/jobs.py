@@ -35,6 +35,9 @@ from lingua_shared.scripts import ScriptCode, Selection
 log = get_logger(__name__)
 CANDIDATES_PER_SHARD = 8
 RETRY_WAIT_MS = 100
+# a failed job_assign publish is tried again after these waits (5.75 s: more than a
+# gateway's reconnect interval), while its reservation holds
+ASSIGN_RETRY_DELAYS_S = (0.25, 0.5, 1.0, 2.0, 2.0)
 
 
 class Jobs:
@@ -192,21 +195,7 @@ class Jobs:
                 lang_a=job.get("lang_a") or None,
                 lang_b=job.get("lang_b") or None,
             )
-            try:
-                await self.infra.publisher.to_gateway(
-                    sel.gateway_id,
-                    ToNode(node_id=sel.node_id, conn_id=sel.conn_id, payload=assign.to_wire()),
-                    batch=True,
-                )
-            except (Unroutable, DependencyDown) as exc:
-                log.warning(
-                    "job.assign_unroutable",
-                    job_id=job_id,
-                    attempt=attempt,
-                    node_id=sel.node_id,
-                    gateway_id=sel.gateway_id,
-                    error=repr(exc),
-                )
+            if not await self.send_assign(job_id, attempt, sel, assign):
                 nxt = await self.takeback.take_back(job_id, attempt, "unroutable", job)
                 if nxt is None:
                     return
@@ -227,6 +216,46 @@ class Jobs:
                 trace_id=job["trace_id"],
             )
             return
+
+    async def send_assign(
+        self, job_id: str, attempt: int, sel: Selection, assign: JobAssign
+    ) -> bool:
+        """Publish ``assign`` to the node's gateway. A publish that fails (the broker down or not
+        confirming, or the gateway's queue not there: a broker restart, a gateway reconnecting)
+        is tried again while the reservation holds, after ``ASSIGN_RETRY_DELAYS_S``: a broker
+        restart must not burn a job's attempts in milliseconds. False: it never left (or the
+        attempt was taken back meanwhile by its lease or a lost node), the caller takes it back."""
+        msg = ToNode(node_id=sel.node_id, conn_id=sel.conn_id, payload=assign.to_wire())
+        for delay in (0.0, *ASSIGN_RETRY_DELAYS_S):
+            if delay:
+                await asyncio.sleep(delay)
+                if not await self.still_reserved(job_id, attempt, sel.node_id):
+                    return False
+            try:
+                await self.infra.publisher.to_gateway(sel.gateway_id, msg, batch=True)
+                return True
+            except (Unroutable, DependencyDown) as exc:
+                self.metrics.assign_publish_failed.inc()
+                log.warning(
+                    "job.assign_unroutable",
+                    job_id=job_id,
+                    attempt=attempt,
+                    node_id=sel.node_id,
+                    gateway_id=sel.gateway_id,
+                    error=repr(exc),
+                )
+        return False
+
+    async def still_reserved(self, job_id: str, attempt: int, node_id: str) -> bool:
+        """The attempt still holds its node (no lease or lost node took it back meanwhile)."""
+        try:
+            state, att, node = await self.infra.redis.hmget(
+                self.infra.keys.job(job_id), "state", "attempt", "node_id"
+            )
+        except Exception:  # Redis away too: keep the reservation, its timer still runs
+            return True
+        state, node = (v.decode() if isinstance(v, bytes) else v for v in (state, node))
+        return state in ("assigned", "acked") and int(att or 0) == attempt and node == node_id
 
     async def fail_if_no_window(self, job_id: str, job: dict[str, Any], cause: str | None) -> bool:
         """Before a failover: when the session's gap window cannot hold another attempt, the

@@ -32,6 +32,12 @@ class Metrics:
         self.redispatch = Counter(
             "lingua_job_redispatch_total", "Attempts taken back, by reason", ["reason"], registry=r
         )
+        self.assign_publish_failed = Counter(
+            "lingua_assign_publish_failed_total",
+            "job_assign publishes that failed (broker down, gateway queue gone); tried again "
+            "while the reservation holds",
+            registry=r,
+        )
         self.redispatch_skipped = Counter(
             "lingua_job_redispatch_skipped_total",
             "Node disconnections whose jobs were kept: a draining gateway's 1012",
