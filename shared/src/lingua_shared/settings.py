@@ -77,6 +77,12 @@ class Settings(BaseSettings):
     register_republish_s: float = Field(
         30.0, gt=0, description="a registration still unconfirmed is published again this often"
     )
+    register_max_inflight: int = Field(
+        200,
+        gt=0,
+        description="registrations a gateway has on the bus at once; the rest wait their turn "
+        "(held, never refused), so a storm never buries heartbeat batches in node-manager's queue",
+    )
     gateway_gc_freeze_interval_s: float = Field(
         1.0,
         description="gc.freeze() this often, so automatic collections skip long-lived "

@@ -3,6 +3,12 @@
 At 10,000 nodes at 1 Hz a message per heartbeat costs more CPU than two cores have; a batch
 every ~100 ms is ~10 messages/s per gateway, applied by node-manager in one pipelined round
 trip. A node's newer beat in the same window replaces its older one.
+
+No batch is dropped: one whose publish fails (a confirm timeout of a slow broker, a broker
+down) goes back into the next window, each beat merged with the node's newer one if it beat
+again meanwhile (the newer wins; a status or capabilities change only the older one carried
+is kept). A node's TTL is refreshed late then, never lost to a batch that was not confirmed.
+Batches leave one at a time, so a beat put back is never older than one already confirmed.
 """
 
 from __future__ import annotations
@@ -64,15 +70,17 @@ class HeartbeatCoalescer:
                 await self.publisher.event("node.heartbeat.batch", batch, persistent=False)
                 self.metrics.heartbeat_batches.observe(len(chunk))
             except Exception as exc:
-                # A lost batch costs only freshness (the next beat refreshes the same TTL),
-                # except for news a later beat does not repeat: a changed status or changed
-                # capabilities go back into the next window.
+                # not confirmed: every beat goes back into the next window (see above)
                 self.metrics.publish_failures.labels("heartbeat_batch").inc()
-                log.warning("gateway.heartbeat_batch_lost", beats=len(chunk), error=repr(exc))
-                for b in chunk:
-                    if has_news(b):
-                        newer = self.pending.get(b.node_id)
-                        self.pending[b.node_id] = carry_news(b, newer) if newer else b
+                log.warning("gateway.heartbeat_batch_retried", beats=len(chunk), error=repr(exc))
+                self.put_back(chunk)
+
+    def put_back(self, beats: list[Beat]) -> None:
+        """Beats of a batch that was not confirmed: into the next window, under the node's
+        newer beat if there is one."""
+        for b in beats:
+            newer = self.pending.get(b.node_id)
+            self.pending[b.node_id] = carry_news(b, newer) if newer is not None else b
 
     async def stop(self) -> None:
         if self._task is not None:

@@ -84,6 +84,11 @@ class Metrics:
             "Registrations not confirmed within LINGUA_REGISTER_TIMEOUT_S (the node keeps waiting)",
             registry=r,
         )
+        self.registrations_queued = Gauge(
+            "lingua_gateway_registrations_queued",
+            "Registrations waiting for a slot (LINGUA_REGISTER_MAX_INFLIGHT on the bus at once)",
+            registry=r,
+        )
         self.reregistrations = Counter(
             "lingua_gateway_reregistrations_total",
             "Nodes registered again by the gateway after Redis lost their record",

@@ -2,6 +2,12 @@
 
 A node must not get its ack (and start expecting jobs) before Redis holds its record, so the
 gateway waits for node-manager's reply (``RegisterReply``, matched by correlation id).
+
+The queue is bounded: at most ``register_max_inflight`` registrations of this replica are on
+the bus at once, the others wait for a slot in arrival order. A storm (thousands of nodes
+reconnecting) then never puts thousands of registrations in node-manager's queue ahead of the
+heartbeat batches that keep the registered nodes alive; it is served at node-manager's pace.
+Nothing is refused for slowness: a registration waits for its slot, then for its reply.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ class RegisterRpc:
         self.settings = settings
         self.metrics = metrics
         self.pending: dict[str, asyncio.Future[RegisterReply]] = {}
+        self.slots = asyncio.Semaphore(settings.register_max_inflight)
 
     def resolve(self, correlation_id: str, reply: RegisterReply) -> None:
         """node-manager's reply: it answers the call waiting for it, if any."""
@@ -32,14 +39,30 @@ class RegisterRpc:
             fut.set_result(reply)
 
     async def __call__(self, event: NodeRegisterEvent, correlation_id: str) -> RegisterReply:
+        """Wait for a slot (see the module docstring), then :meth:`call`."""
+        if self.slots.locked():
+            self.metrics.registrations_queued.inc()
+            try:
+                await self.slots.acquire()
+            finally:
+                self.metrics.registrations_queued.dec()
+        else:
+            await self.slots.acquire()
+        try:
+            return await self.call(event, correlation_id)
+        finally:
+            self.slots.release()
+
+    async def call(self, event: NodeRegisterEvent, correlation_id: str) -> RegisterReply:
         """Publish a registration and wait for node-manager's reply, however long it takes.
 
         A registering node is held, never refused for slowness: lingua's agent has no timeout
         on its ack and retries a closed socket only once, so a registration storm must queue.
         The request is published again every ``register_republish_s`` (the reply to any copy
         answers; node-manager's script makes a copy a refresh) and again after a failed
-        publish (broker down), with a growing pause. The caller cancels it (the socket
-        closed)."""
+        publish (a confirm timeout of a slow broker, or a broker down), with a growing
+        pause: the node's ack comes later, it is never refused. The caller cancels it (the
+        socket closed)."""
         s = self.settings
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[RegisterReply] = loop.create_future()
