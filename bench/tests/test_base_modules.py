@@ -15,6 +15,7 @@ import pytest
 from redis import Redis
 
 from lingua_bench import floor, peer_celery, select_bench, stats_bench
+from lingua_bench.rules import QUICK_SEARCH
 
 pytestmark = pytest.mark.integration
 
@@ -115,13 +116,17 @@ def test_stats_bench_reports_build_and_get(
 def test_floor_reports_low_load_and_a_rate(
     redis_url: str, amqp_url: str, captured_prefixes: list[str]
 ):
-    out = floor.run(duration_s=2.0, redis_url=redis_url, amqp_url=amqp_url, connections=2)
+    out = floor.run(
+        duration_s=2.0, redis_url=redis_url, amqp_url=amqp_url, connections=2, search=QUICK_SEARCH
+    )
     low = out["low_load"]
     assert positive(low["p50_ms"]) and low["p50_ms"] <= low["p99_ms"]
     assert low["samples"] > 10
     assert out["steps"], "no rate step ran"
-    assert out["steps"][0]["rate_per_s"] == floor.FIRST_RATE
+    assert out["steps"][0]["rate_per_s"] == float(QUICK_SEARCH.split(":")[0])
     assert all(s["sent"] > 0 for s in out["steps"])
+    # the rulebook: a step holds only with every message answered
+    assert all(s["received"] == s["sent"] for s in out["steps"] if s["held"])
     # the rate is one a step held, or 0 when none did: never a made-up figure
     held = [s["rate_per_s"] for s in out["steps"] if s["held"]]
     assert out["max_sustained_per_s"] == (max(held) if held else 0)

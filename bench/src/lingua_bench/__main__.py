@@ -21,6 +21,7 @@ from typing import Any
 from lingua_bench import scenarios
 from lingua_bench.guard import NotLoopback, require_loopback
 from lingua_bench.plots import plot_cdfs, plot_timeline
+from lingua_bench.rules import heartbeat_errors
 from lingua_bench.scenarios import FULL, QUICK, ModuleMissing, Sizes
 from lingua_bench.targets import compute
 
@@ -95,9 +96,11 @@ class Runner:
     def do_floor(self) -> None:
         r = scenarios.module_scenario(
             "floor",
-            duration_s=self.sizes.floor_s,
+            duration_s=self.sizes.low_load_s,
             redis_url=self.args.redis_url,
             amqp_url=self.args.amqp_url,
+            search=self.sizes.step,  # the dispatch scenario's search (lingua_bench.rules)
+            budget_s=max(60.0, self.left() - 10),
         )
         self.doc["floor"] = {
             "low_load": _pct(r["low_load"]),
@@ -177,6 +180,10 @@ class Runner:
             "attempts": [{k: v for k, v in a.items() if k != "apply_lag"} for a in r["attempts"]],
         }
         self.hb_attempts = [a for a in r["attempts"] if "apply_lag" in a]
+        # a crash, or a fall-back below the count it must hold, is an error (rulebook)
+        errs = heartbeat_errors(r["attempts"], self.sizes.hb_counts[0])
+        if errs:
+            self.errors["heartbeats"] = "; ".join(errs)
 
     def do_select(self) -> None:
         r = scenarios.module_scenario("select_bench", redis_url=self.args.redis_url)

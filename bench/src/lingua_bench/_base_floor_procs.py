@@ -2,12 +2,14 @@
 with no logic, on the same libraries, settings and bus code as the services.
 
 ``server`` is the gateway's shape: a ``websockets`` server (same ``serve`` options) whose read
-loop awaits one confirmed, mandatory publish per frame to the events exchange, and a consumer
-of its own queue on the deliver exchange that sends each reply back on the WebSocket.
-``worker`` is the dispatcher's shape: a consumer of the dispatcher's quorum queue that runs
-one Lua call on a 1,000-member sorted set and publishes the reply, confirmed, to the deliver
-exchange keyed by the server's id. Both start through ``Infra.open`` like every service,
-print ``ready`` on stdout, and stop cleanly on SIGTERM.
+loop awaits one confirmed, mandatory publish per frame to the events exchange, coalesced with
+the other publishes of the same loop tick as the services' job path is
+(``Publisher.publish_batched``), and a consumer of its own queue on the deliver exchange that
+sends each reply back on the WebSocket. ``worker`` is the dispatcher's shape: a consumer of
+the dispatcher's work queue that runs one Lua call on a 1,000-member sorted set and publishes
+the reply, confirmed and coalesced likewise, to the deliver exchange keyed by the server's
+id. Both start through ``Infra.open`` like every service, print ``ready`` on stdout, and stop
+cleanly on SIGTERM.
 
 ``python -m lingua_bench._base_floor_procs {server|worker} --prefix P ...``
 """
@@ -90,12 +92,16 @@ async def worker(args: argparse.Namespace) -> None:
         async def handle(req: FloorRequest, message: AbstractIncomingMessage) -> None:
             member = await select(keys=[key])
             await infra.publisher.to_gateway(
-                req.gateway_id, FloorReply(id=req.id, conn_id=req.conn_id, member=member.decode())
+                req.gateway_id,
+                FloorReply(id=req.id, conn_id=req.conn_id, member=member.decode()),
+                batch=True,
             )
 
         channel = await infra.consume_channel()
         queue = await channel.get_queue(infra.topo.dispatcher_queue, ensure=False)
-        tag = await consume(queue, TypeAdapter(FloorRequest), handle, name="floor")
+        tag = await consume(
+            queue, TypeAdapter(FloorRequest), handle, name="floor", publisher=infra.publisher
+        )
         print("ready", flush=True)
         await wait_for_sigterm()
         with contextlib.suppress(Exception):
@@ -115,7 +121,9 @@ async def server(args: argparse.Namespace) -> None:
 
         channel = await infra.consume_channel()
         queue = await declare_queue(channel, infra.topo.gateway_queue_spec(settings.instance_id))
-        await consume(queue, TypeAdapter(FloorReply), on_reply, name="deliver")
+        await consume(
+            queue, TypeAdapter(FloorReply), on_reply, name="deliver", publisher=infra.publisher
+        )
 
         async def handler(ws: ServerConnection) -> None:
             conn_id = uuid.uuid4().hex[:12]
@@ -128,6 +136,7 @@ async def server(args: argparse.Namespace) -> None:
                         FloorRequest(
                             id=int(frame["id"]), gateway_id=settings.instance_id, conn_id=conn_id
                         ),
+                        batch=True,
                     )
             except ConnectionClosed:
                 pass

@@ -6,13 +6,14 @@ client --ws--> server (gateway's shape) --confirmed publish, topic exchange--> w
 publish, direct exchange keyed by the server's id--> server --ws--> client.
 The two processes are :mod:`lingua_bench._base_floor_procs`; this module is the client.
 
-``low_load``: one message in flight, p50/p99 of client send -> client receive.
-``max_sustained_per_s``: the highest open-loop rate (100, 200, 400, ... then two halvings
-of the gap between the last rate that held and the first that failed; a failing rate is
-tried once more, as in the dispatch scenario) at which every message came back and
-p99 <= 50 ms. Latency is taken from each message's *scheduled* send
-time, so a client falling behind counts against the rate instead of hiding it.
-The whole run takes about ``duration_s`` plus start-up.
+Both processes publish coalesced (``Publisher.publish_batched``), as the services do.
+
+``low_load``: one message in flight for ``duration_s``, p50/p99 of client send -> client
+receive. ``max_sustained_per_s``: the highest open-loop rate that holds, found by the rate
+search of the dispatch scenario with the same steps (``search``, START:FACTOR:MAX:SECONDS)
+and the same rules (:mod:`lingua_bench.rules`): latency from each message's *scheduled* send
+time, every message answered (one still unanswered after the drain fails its step and adds
+the time it waited as a sample), p99 <= 50 ms, a failing rate tried once more.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import argparse
 import asyncio
 import contextlib
 import itertools
+import math
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -43,14 +45,17 @@ from lingua_bench._base_common import (
     run_async,
     unique_prefix,
 )
-from lingua_bench.phases import Phase, search_max_rate
+from lingua_bench.phases import parse_phase, search_max_rate
+from lingua_bench.rules import (
+    DRAIN_S,
+    FULL_SEARCH,
+    P99_LIMIT_MS,
+    SEARCH_SPLITS,
+    scheduled_ns,
+    step_holds,
+)
 from lingua_shared.bus import Topology
 
-P99_LIMIT_MS = 50.0
-FIRST_RATE = 100
-MAX_RATE = 100_000
-REFINEMENTS = 2
-DRAIN_S = 1.0  # after a step, how long its last messages may take to come back
 PROCS = "lingua_bench._base_floor_procs"
 
 
@@ -59,10 +64,8 @@ class Step:
     rate: float
     lat: Latency = field(default_factory=Latency)
     sent: int = 0
-
-    @property
-    def received(self) -> int:
-        return self.lat.count
+    received: int = 0
+    unanswered: int = 0  # still unanswered after the drain: a sample of the time waited
 
 
 class Client:
@@ -87,6 +90,7 @@ class Client:
             if entry is None:
                 continue
             t0, step, fut = entry
+            step.received += 1
             step.lat.record_ns(now - t0)
             if fut is not None and not fut.done():
                 fut.set_result(None)
@@ -99,6 +103,15 @@ class Client:
         await ws.send(orjson.dumps({"id": i}).decode())
         if fut is not None:
             await asyncio.wait_for(fut, 10)
+
+    def give_up(self, step: Step) -> None:
+        """What ``step`` still waits for is unanswered: each adds the time it waited."""
+        now = time.perf_counter_ns()
+        stale = [i for i, (_, s, _) in self.pending.items() if s is step]
+        for i in stale:
+            t0, _, _ = self.pending.pop(i)
+            step.lat.record_ns(now - t0)
+        step.unanswered += len(stale)
 
     async def close(self) -> None:
         for ws in self.conns:
@@ -125,45 +138,50 @@ async def open_loop(client: Client, rate: float, seconds: float) -> Step:
     """Send at ``rate`` per second on schedule, whatever comes back, round robin over the
     connections; then wait a little for the last replies."""
     step = Step(rate)
-    interval_ns = int(1e9 / rate)
     total = max(1, int(rate * seconds))
     start = time.perf_counter_ns()
     conns = client.conns
     i = 0
     while i < total:
         now = time.perf_counter_ns()
-        due = min(total, (now - start) // interval_ns + 1)
         sends = []
-        while i < due:
-            sends.append(client.send(conns[i % len(conns)], start + i * interval_ns, step, False))
+        while i < total and scheduled_ns(start, i, rate) <= now:
+            sends.append(
+                client.send(conns[i % len(conns)], scheduled_ns(start, i, rate), step, False)
+            )
             i += 1
         if sends:
             await asyncio.gather(*sends)
-        await asyncio.sleep(max(0.0, (start + i * interval_ns - time.perf_counter_ns()) / 1e9))
+        await asyncio.sleep(max(0.0, (scheduled_ns(start, i, rate) - time.perf_counter_ns()) / 1e9))
     deadline = time.perf_counter() + DRAIN_S
     while step.received < step.sent and time.perf_counter() < deadline:
         await asyncio.sleep(0.01)
+    client.give_up(step)
     return step
 
 
 def holds(step: Step) -> bool:
-    return step.received == step.sent and step.lat.ms(99) <= P99_LIMIT_MS
+    return step_holds(
+        sent=step.sent, answered=step.received, p99_ms=step.lat.ms(99), limit_ms=P99_LIMIT_MS
+    )
 
 
 async def find_max_rate(
-    client: Client, budget_s: float, step_s: float
+    client: Client, budget_s: float, search: str = FULL_SEARCH
 ) -> tuple[float, list[dict[str, Any]]]:
-    """The same search as the dispatch scenario's (:func:`search_max_rate`), doubling."""
+    """The dispatch scenario's search (:func:`search_max_rate`), with its steps."""
     steps: list[dict[str, Any]] = []
+    phase = parse_phase(f"floor=step:{search}")
 
     async def measure(rate: float) -> bool:
-        step = await open_loop(client, rate, step_s)
+        step = await open_loop(client, rate, phase.seconds)
         ok = holds(step)
         steps.append(
             {
                 "rate_per_s": round(step.rate, 1),
                 "sent": step.sent,
                 "received": step.received,
+                "unanswered": step.unanswered,
                 "p50_ms": step.lat.ms(50),
                 "p99_ms": step.lat.ms(99),
                 "held": ok,
@@ -172,9 +190,8 @@ async def find_max_rate(
         log("floor step", **steps[-1])
         return ok
 
-    phase = Phase("floor", "step", step_s, start_rate=FIRST_RATE, factor=2, max_rate=MAX_RATE)
     deadline = time.monotonic() + budget_s
-    best, _ = await search_max_rate(measure, phase, splits=REFINEMENTS, deadline=deadline)
+    best, _ = await search_max_rate(measure, phase, splits=SEARCH_SPLITS, deadline=deadline)
     return best, steps
 
 
@@ -183,9 +200,13 @@ async def arun(
     redis_url: str = DEFAULT_REDIS_URL,
     amqp_url: str = DEFAULT_AMQP_URL,
     connections: int = 16,
+    search: str = FULL_SEARCH,
+    budget_s: float = math.inf,
 ) -> dict[str, Any]:
     if duration_s <= 0 or connections < 1:
         raise ValueError(f"need duration_s > 0 and connections >= 1 ({duration_s}, {connections})")
+    parse_phase(f"floor=step:{search}")  # a bad search spec fails before anything starts
+    deadline = time.monotonic() + budget_s
     prefix = unique_prefix("floor")
     topo = Topology(prefix)
     common = ["--prefix", prefix, "--redis-url", redis_url, "--amqp-url", amqp_url]
@@ -205,11 +226,9 @@ async def arun(
         await client.open(f"ws://127.0.0.1:{port}/", connections)
         log("floor started", prefix=prefix, port=port, connections=connections)
 
-        low_s = max(0.5, duration_s * 0.25)
-        step_s = max(0.5, min(3.0, (duration_s - low_s) / 12))  # room for retries and splits
-        low = await low_load(client, low_s)
+        low = await low_load(client, duration_s)
         log("floor low load", samples=low.received, p50_ms=low.lat.ms(50), p99_ms=low.lat.ms(99))
-        best, steps = await find_max_rate(client, duration_s - low_s, step_s)
+        best, steps = await find_max_rate(client, deadline - time.monotonic(), search)
     finally:
         await client.close()
         for child in reversed(children):
@@ -224,6 +243,7 @@ async def arun(
         "low_load": {"p50_ms": low.lat.ms(50), "p99_ms": low.lat.ms(99), "samples": low.received},
         "max_sustained_per_s": round(best, 1),
         "p99_limit_ms": P99_LIMIT_MS,
+        "search": search,
         "steps": steps,
         "rate_limited_by_time": bool(steps) and all(s["held"] for s in steps),
     }
@@ -234,9 +254,13 @@ def run(
     redis_url: str = DEFAULT_REDIS_URL,
     amqp_url: str = DEFAULT_AMQP_URL,
     connections: int = 16,
+    search: str = FULL_SEARCH,
+    budget_s: float = math.inf,
 ) -> dict[str, Any]:
-    """``{"low_load": {"p50_ms", "p99_ms"}, "max_sustained_per_s": float, ...}``."""
-    return run_async(arun(duration_s, redis_url, amqp_url, connections))
+    """``{"low_load": {"p50_ms", "p99_ms"}, "max_sustained_per_s": float, ...}``: a closed
+    loop of ``duration_s``, then the rate search ``search``; no step starts that could not
+    end within ``budget_s`` of the start."""
+    return run_async(arun(duration_s, redis_url, amqp_url, connections, search, budget_s))
 
 
 def main() -> None:
@@ -245,8 +269,9 @@ def main() -> None:
     ap.add_argument("--redis-url", default=DEFAULT_REDIS_URL)
     ap.add_argument("--amqp-url", default=DEFAULT_AMQP_URL)
     ap.add_argument("--connections", type=int, default=16)
+    ap.add_argument("--search", default=FULL_SEARCH, help="START:FACTOR:MAX:SECONDS")
     args = ap.parse_args()
-    emit(run(args.duration, args.redis_url, args.amqp_url, args.connections))
+    emit(run(args.duration, args.redis_url, args.amqp_url, args.connections, args.search))
 
 
 if __name__ == "__main__":

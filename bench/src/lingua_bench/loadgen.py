@@ -35,6 +35,7 @@ from lingua_bench.fleet import BenchNode, Fleet, FleetSpec
 from lingua_bench.guard import require_loopback
 from lingua_bench.phases import Phase, PhaseStats, parse_phase, search_max_rate
 from lingua_bench.procstat import CpuMeter
+from lingua_bench.rules import DRAIN_S, P99_LIMIT_MS, SEARCH_SPLITS, scheduled_ns
 from lingua_bench.sessions import BenchSession
 from lingua_shared.keys import Keys
 
@@ -57,8 +58,8 @@ class LoadConfig:
     redis_url: str | None = None
     cell: str | None = None
     lag_sample: int = 200
-    p99_limit_ms: float = 50.0
-    drain_s: float = 3.0
+    p99_limit_ms: float = P99_LIMIT_MS
+    drain_s: float = DRAIN_S
     watch: dict[str, list[int]] = field(default_factory=dict)
     progress: bool = True
     id_prefix: str = "bn"
@@ -229,7 +230,8 @@ class LoadGen:
             bar.refresh()
 
     async def _drain(self, st: PhaseStats) -> None:
-        """Give what is still in flight ``drain_s`` to come back; the rest is unanswered."""
+        """Give what is still in flight ``drain_s`` to come back; the rest is unanswered,
+        and each adds the time it waited so far as its sample (:mod:`lingua_bench.rules`)."""
         deadline = time.monotonic() + self.cfg.drain_s
         while time.monotonic() < deadline:
             if not any(f.phase is st for f in self.inflight.values()):
@@ -237,12 +239,23 @@ class LoadGen:
             await asyncio.sleep(0.05)
         stale = [k for k, f in self.inflight.items() if f.phase is st]
         st.unanswered += len(stale)
+        now = time.monotonic_ns()
         for k in stale:
-            del self.inflight[k]
+            f = self.inflight.pop(k)
+            if not f.assigned:
+                st.dispatch.record_ns(now - f.mono_ns, now)
+            st.roundtrip.record_ns(now - f.mono_ns, now)
 
-    async def _send(self, st: PhaseStats, s: BenchSession, track: bool = False) -> InFlight:
+    async def _send(
+        self, st: PhaseStats, s: BenchSession, track: bool = False, due_ns: int | None = None
+    ) -> InFlight:
+        """Send one utterance; its latencies count from ``due_ns`` (the scheduled send time,
+        monotonic ns) when given, else from now (the rulebook, :mod:`lingua_bench.rules`)."""
         index, frame = s.utterance_frame()
         mono, wall = time.monotonic_ns(), time.time_ns() / 1e6
+        if due_ns is not None and due_ns < mono:
+            wall -= (mono - due_ns) / 1e6  # the wall clock of the same (scheduled) moment
+            mono = due_ns
         f = InFlight(st, mono, wall)
         if track:
             f.done = asyncio.get_running_loop().create_future()
@@ -269,17 +282,17 @@ class LoadGen:
 
     async def _open(self, st: PhaseStats, seconds: float) -> None:
         rate = st.offered_rate
-        start = time.monotonic()
+        start_ns = time.monotonic_ns()
         total = int(rate * seconds)
         n = len(self.sessions)
         for k in range(total):
-            target = start + k / rate
-            delay = target - time.monotonic()
+            due = scheduled_ns(start_ns, k, rate)
+            delay = (due - time.monotonic_ns()) / 1e9
             if delay > 0:
                 await asyncio.sleep(delay)
-            late = time.monotonic() - target
-            st.send_lag.record_ns(int(max(0.0, late) * 1e9), time.monotonic_ns())
-            await self._send(st, self.sessions[k % n])
+            now = time.monotonic_ns()
+            st.send_lag.record_ns(max(0, now - due), now)
+            await self._send(st, self.sessions[k % n], due_ns=due)
 
     async def _step(self, phase: Phase) -> None:
         limit = self.cfg.p99_limit_ms
@@ -293,7 +306,9 @@ class LoadGen:
             tried.append({"rate": rate, "held": ok, "p99_ms": st.dispatch.percentile_ms(99)})
             return ok
 
-        self.max_sustained[phase.name], _ = await search_max_rate(measure, phase)
+        self.max_sustained[phase.name], _ = await search_max_rate(
+            measure, phase, splits=SEARCH_SPLITS
+        )
         self.step_log[phase.name] = tried
 
     async def _heartbeats(self, st: PhaseStats, seconds: float) -> None:

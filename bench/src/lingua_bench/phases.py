@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from lingua_bench.hist import Latency
+from lingua_bench.rules import step_holds
 
 KINDS = ("closed", "open", "step", "heartbeats")
 
@@ -97,14 +98,14 @@ class PhaseStats:
         self.errors[code] = self.errors.get(code, 0) + 1
 
     def held(self, p99_limit_ms: float) -> bool:
-        """A rate holds when its dispatch p99 is within the limit and nothing was lost."""
-        p99 = self.dispatch.percentile_ms(99)
-        return (
-            p99 is not None
-            and p99 <= p99_limit_ms
-            and self.sent > 0
-            and self.completed >= 0.99 * self.sent
-            and not self.errors
+        """A rate holds by the rulebook (:func:`lingua_bench.rules.step_holds`): every job
+        answered, no error, dispatch p99 (from the scheduled send times) within the limit."""
+        return step_holds(
+            sent=self.sent,
+            answered=self.completed,
+            p99_ms=self.dispatch.percentile_ms(99),
+            errors=sum(self.errors.values()),
+            limit_ms=p99_limit_ms,
         )
 
     def export(self) -> dict[str, Any]:

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from lingua_bench.rules import FULL_SEARCH, P99_LIMIT_MS, QUICK_SEARCH
 from lingua_bench.stack import BenchStack
 
 SERVICES = ("node-manager", "dispatcher", "gateway")
-P99_LIMIT_MS = 50.0
 # Heartbeat fleets connect at this rate: 10,000 nodes in 50 s, the way a real fleet comes up
 # over a minute or so (rolling starts, reconnect back-off), not all in the same second.
 HB_REGISTER_PER_S = 200.0
@@ -35,7 +35,6 @@ class ModuleMissing(RuntimeError):
 class Sizes:
     """How big each scenario is: the full run, or ``--quick`` for a smoke test."""
 
-    floor_s: float
     dispatch_nodes: int
     sessions: int
     low_load_s: float
@@ -48,24 +47,22 @@ class Sizes:
 
 
 FULL = Sizes(
-    floor_s=30.0,
     dispatch_nodes=10_000,
     sessions=50,
     low_load_s=20.0,
     at_200_s=20.0,
-    step="100:1.3:3000:6",
+    step=FULL_SEARCH,  # the rate search of floor and dispatch alike (lingua_bench.rules)
     hb_counts=(10_000, 14_000, 18_000),
     hb_fallback=5_000,
     hb_seconds=60.0,
     peer_n=2000,
 )
 QUICK = Sizes(
-    floor_s=2.0,
     dispatch_nodes=100,
     sessions=4,
     low_load_s=2.0,
     at_200_s=2.0,
-    step="50:2:100:1",
+    step=QUICK_SEARCH,
     hb_counts=(200,),
     hb_fallback=50,
     hb_seconds=3.0,

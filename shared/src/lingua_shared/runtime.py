@@ -143,6 +143,7 @@ class Infra:
                 settings.bus_prefix,
                 settings.amqp_delivery_limit,
                 settings.amqp_work_queue_max_length,
+                settings.amqp_queue_type,
             )
             amqp = await connect(
                 settings.amqp_url, settings.amqp_connect_timeout_s, settings.amqp_heartbeat_s

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import socket
 import uuid
+from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -225,6 +226,11 @@ class Settings(BaseSettings):
     )
     amqp_prefetch: int = 256
     amqp_delivery_limit: int = 5
+    amqp_queue_type: Literal["quorum", "classic"] = Field(
+        "quorum",
+        description="the durable queues' type: quorum (replicated, delivery limit) | classic "
+        "(for measuring what quorum costs: no delivery limit, no replication)",
+    )
     amqp_confirm_timeout_s: float = 5.0
     amqp_batch_max_items: int = Field(
         64,

@@ -10,6 +10,12 @@ Names are prefixed by ``Settings.bus_prefix`` (default ``lingua``)::
     <p>.node-manager.events   quorum queue, x-delivery-limit, dead-lettered to <p>.dlx
     <p>.dispatcher.events     quorum queue, x-delivery-limit, dead-lettered to <p>.dlx
     <p>.gateway.<instance>    classic exclusive queue per gateway replica, bound to <p>.deliver
+
+The three durable queues are quorum queues unless ``queue_type`` (``LINGUA_AMQP_QUEUE_TYPE``)
+says ``classic``: durable classic queues, for measuring what the quorum queues cost. Classic
+queues have no delivery limit (RabbitMQ refuses ``x-delivery-limit`` on them), so a message
+whose handler always fails is requeued for ever instead of dead-lettered, and they are not
+replicated across a cluster: a setting for comparisons, not for production.
 """
 
 from __future__ import annotations
@@ -39,11 +45,19 @@ class QueueSpec:
     arguments: dict[str, Any] = field(default_factory=dict)
 
 
+QUEUE_TYPES = ("quorum", "classic")
+
+
 @dataclass(frozen=True)
 class Topology:
     prefix: str = "lingua"
     delivery_limit: int = 5
     max_length: int = 100_000  # work queues: beyond it publishes are refused (nacked)
+    queue_type: str = "quorum"  # of the durable queues: quorum | classic (see the module doc)
+
+    def __post_init__(self) -> None:
+        if self.queue_type not in QUEUE_TYPES:
+            raise ValueError(f"queue_type must be one of {QUEUE_TYPES}, not {self.queue_type!r}")
 
     @property
     def events(self) -> str:
@@ -80,9 +94,10 @@ class Topology:
         ]
 
     def work_queue_args(self) -> dict[str, Any]:
+        limit = {"x-delivery-limit": self.delivery_limit} if self.queue_type == "quorum" else {}
         return {
-            "x-queue-type": "quorum",
-            "x-delivery-limit": self.delivery_limit,
+            "x-queue-type": self.queue_type,
+            **limit,
             "x-dead-letter-exchange": self.dlx,
             # a bounded backlog: a publish beyond it is nacked, so the publisher (which waits
             # for confirms) sees the refusal and answers a typed error instead of queueing
@@ -93,7 +108,7 @@ class Topology:
 
     def shared_queues(self) -> list[QueueSpec]:
         return [
-            QueueSpec(self.dead, ((self.dlx, ""),), arguments={"x-queue-type": "quorum"}),
+            QueueSpec(self.dead, ((self.dlx, ""),), arguments={"x-queue-type": self.queue_type}),
             QueueSpec(
                 self.node_manager_queue,
                 tuple((self.events, k) for k in NODE_MANAGER_KEYS),
