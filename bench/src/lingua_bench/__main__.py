@@ -25,7 +25,7 @@ from lingua_bench.rules import heartbeat_errors
 from lingua_bench.scenarios import FULL, QUICK, ModuleMissing, Sizes
 from lingua_bench.targets import compute
 
-SCENARIOS = ("floor", "dispatch", "peer_celery", "heartbeats", "select", "stats")
+SCENARIOS = ("floor", "dispatch", "peer_celery", "heartbeats", "fleet", "select", "stats")
 ALIASES = {"roundtrip": "dispatch"}  # roundtrip.* is measured in the dispatch scenario
 BUDGET_S = 15 * 60
 
@@ -57,6 +57,12 @@ class Runner:
                 "apply_lag_p99_ms": None,
                 "false_expiries": None,
                 "cpu_s": None,
+            },
+            "fleet": {
+                "lingua_nodes": None,
+                "lingua_registration_failures": None,
+                "false_expiries": None,
+                "loaded": None,
             },
             "select": {
                 "pool_10": {"p99_us": None},
@@ -185,6 +191,20 @@ class Runner:
         if errs:
             self.errors["heartbeats"] = "; ".join(errs)
 
+    def do_fleet(self) -> None:
+        from lingua_bench import fleet_bench
+
+        r = fleet_bench.run(
+            self.args.quick,
+            self.args.redis_url,
+            self.args.amqp_url,
+            self.work,
+            not self.args.no_progress,
+            max(60.0, self.left()),
+        )
+        self.doc["fleet"] = {k: v for k, v in r.items() if k != "details"}
+        self.details["fleet"] = r["details"]
+
     def do_select(self) -> None:
         r = scenarios.module_scenario("select_bench", redis_url=self.args.redis_url)
         self.doc["select"] = {k: {"p99_us": r[k]["p99_us"]} for k in self.doc["select"]}
@@ -273,7 +293,16 @@ def machine() -> dict[str, Any]:
 
 def report(doc: dict[str, Any]) -> str:
     lines = ["", "figures (ms unless named):"]
-    sections = ("floor", "dispatch", "roundtrip", "peer_celery", "heartbeats", "select", "stats")
+    sections = (
+        "floor",
+        "dispatch",
+        "roundtrip",
+        "peer_celery",
+        "heartbeats",
+        "fleet",
+        "select",
+        "stats",
+    )
     for section in sections:
         lines.append(f"  {section}: {json.dumps(doc[section])}")
     lines.append("targets:")

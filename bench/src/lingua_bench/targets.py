@@ -74,6 +74,7 @@ def compute(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
             "dispatch.low_load.p50_ms < peer_celery.decision.p50_ms",
             miss("dispatch.low_load.p50_ms", "peer_celery.decision.p50_ms"),
         ),
+        "fleet_lingua_nodes": _fleet_target(doc),
         "heartbeats_nodes": _target(
             g("heartbeats.nodes"),
             10_000.0,
@@ -103,3 +104,24 @@ def compute(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
             miss("select.pool_10000.p99_us", "select.pool_10.p99_us"),
         ),
     }
+
+
+def _fleet_target(doc: dict[str, Any]) -> dict[str, Any]:
+    """20,000 lingua nodes registered with no failure and no false expiry, under the hog."""
+    fleet = doc.get("fleet") or {}
+    nodes = _get(doc, "fleet.lingua_nodes")
+    out = _target(
+        nodes,
+        20_000.0,
+        ">=",
+        "fleet.lingua_nodes >= 20000 with fleet.lingua_registration_failures == 0, "
+        "fleet.false_expiries == 0 and fleet.loaded",
+        [p for p in ("fleet.lingua_nodes",) if nodes is None],
+    )
+    if out["met"]:
+        out["met"] = (
+            fleet.get("lingua_registration_failures") == 0
+            and fleet.get("false_expiries") == 0
+            and fleet.get("loaded") is True
+        )
+    return out
