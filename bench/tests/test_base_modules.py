@@ -88,17 +88,22 @@ def captured_prefixes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return drawn
 
 
-def test_select_bench_reports_each_pool(redis_url: str, captured_prefixes: list[str]):
-    out = select_bench.run(redis_url, samples=200, sizes=(10, 300))
-    for pool, shards in (("pool_10", 1), ("pool_300", 2)):
-        figures = out[pool]
-        assert all(positive(figures[k]) for k in ("p50_us", "p99_us", "baseline_us"))
-        assert figures["p50_us"] <= figures["p99_us"] <= figures["max_us"]
-        assert figures["samples"] == 200
-        assert figures["shards"] == shards  # 300 nodes of one pair fill a second shard
+def test_select_bench_reports_redis_side_time_per_shard_count(
+    redis_url: str, captured_prefixes: list[str]
+):
+    out = select_bench.run(redis_url, samples=30, shards=(1, 2))
+    assert out["method"] == "redis_slowlog"
+    for n in (1, 2):
+        figures = out[f"shards_{n}"]
+        assert figures["nodes"] == 256 * n and figures["samples"] == 30
+        for policy in ("pack", "spread"):
+            f = figures[policy]
+            assert positive(f["p50_us"]) and f["p50_us"] <= f["p99_us"] <= f["max_us"]
+        # the headline is the worse policy
+        assert figures["p99_us"] == max(figures["pack"]["p99_us"], figures["spread"]["p99_us"])
     assert leftover_keys(redis_url) == []
     with pytest.raises(ValueError):
-        select_bench.run(redis_url, samples=10, sizes=(1000, 10))
+        select_bench.run(redis_url, samples=10, shards=(40, 1))
 
 
 def test_stats_bench_reports_build_and_get(
@@ -145,6 +150,10 @@ def test_peer_celery_reports_the_fastest_pool(
     assert positive(out["decision"]["p50_ms"])
     assert out["decision"]["p50_ms"] <= out["decision"]["p99_ms"]
     assert out["pools"]["solo"]["n"] == 30
+    by = out["cpu_ms_per_task_by_process"]
+    assert set(by) == {"worker", "client", "rabbitmq", "redis"}
+    assert out["cpu_ms_per_task"] == round(by["worker"] + by["client"] + by["rabbitmq"], 3)
+    assert positive(out["cpu_ms_per_task"])
     assert leftover_keys(redis_url) == []
     (prefix,) = captured_prefixes
     assert leftover_bus(amqp_url, [prefix]) == []

@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import sys
 import time
 import traceback
@@ -23,7 +24,10 @@ from lingua_bench.guard import NotLoopback, require_loopback
 from lingua_bench.plots import plot_cdfs, plot_timeline
 from lingua_bench.rules import heartbeat_errors
 from lingua_bench.scenarios import FULL, QUICK, ModuleMissing, Sizes
-from lingua_bench.targets import compute
+from lingua_bench.targets import compute, errors_target
+from lingua_shared.settings import Settings
+
+SELECT_SHARDS = (1, 40, 400)
 
 SCENARIOS = ("floor", "dispatch", "peer_celery", "heartbeats", "fleet", "select", "stats")
 ALIASES = {"roundtrip": "dispatch"}  # roundtrip.* is measured in the dispatch scenario
@@ -51,7 +55,11 @@ class Runner:
                 "max_sustained_per_s": None,
             },
             "roundtrip": {"low_load": {"p50_ms": None, "p99_ms": None}},
-            "peer_celery": {"decision": {"p50_ms": None, "p99_ms": None}, "pool": None},
+            "peer_celery": {
+                "decision": {"p50_ms": None, "p99_ms": None},
+                "cpu_ms_per_task": None,
+                "pool": None,
+            },
             "heartbeats": {
                 "nodes": None,
                 "apply_lag_p99_ms": None,
@@ -65,9 +73,8 @@ class Runner:
                 "loaded": None,
             },
             "select": {
-                "pool_10": {"p99_us": None},
-                "pool_1000": {"p99_us": None},
-                "pool_10000": {"p99_us": None},
+                "method": None,
+                **{f"shards_{n}": {"p50_us": None, "p99_us": None} for n in SELECT_SHARDS},
             },
             "stats": {"snapshot_build_ms_10000_nodes": None, "get_p99_ms": None},
         }
@@ -159,7 +166,15 @@ class Runner:
             amqp_url=self.args.amqp_url,
             n=self.sizes.peer_n,
         )
-        self.doc["peer_celery"] = {"decision": _pct(r["decision"]), "pool": r["pool"]}
+        self.doc["peer_celery"] = {
+            "decision": _pct(r["decision"]),
+            "cpu_ms_per_task": r["cpu_ms_per_task"],  # worker + client + broker
+            "pool": r["pool"],
+        }
+        self.details["peer_celery"] = {
+            "cpu_ms_per_task_by_process": r["cpu_ms_per_task_by_process"],
+            "pools": r["pools"],
+        }
 
     def do_heartbeats(self) -> None:
         r = scenarios.heartbeats(
@@ -206,8 +221,18 @@ class Runner:
         self.details["fleet"] = r["details"]
 
     def do_select(self) -> None:
-        r = scenarios.module_scenario("select_bench", redis_url=self.args.redis_url)
-        self.doc["select"] = {k: {"p99_us": r[k]["p99_us"]} for k in self.doc["select"]}
+        shards = (1, 2) if self.args.quick else SELECT_SHARDS  # 400 shards: 102,400 nodes
+        r = scenarios.module_scenario(
+            "select_bench",
+            redis_url=self.args.redis_url,
+            samples=50 if self.args.quick else 1_000,
+            shards=shards,
+        )
+        for key, v in r.items():
+            if key.startswith("shards_"):
+                self.doc["select"][key] = {"p50_us": v["p50_us"], "p99_us": v["p99_us"]}
+        self.doc["select"]["method"] = r["method"]
+        self.details["select"] = r
 
     def do_stats(self) -> None:
         r = scenarios.module_scenario("stats_bench", redis_url=self.args.redis_url)
@@ -219,7 +244,7 @@ class Runner:
     # -- output -------------------------------------------------------------------------
     def finish(self, chosen: list[str]) -> dict[str, Any]:
         doc = dict(self.doc)
-        doc["targets"] = compute(self.doc)
+        doc["targets"] = {**compute(self.doc), "meta_errors_empty": errors_target(self.errors)}
         doc["meta"] = {
             "generated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "command": " ".join(["python -m lingua_bench", *sys.argv[1:]]),
@@ -230,6 +255,7 @@ class Runner:
             "machine": machine(),
             "missing_modules": self.missing,
             "errors": self.errors,
+            "amqp_queue_type": Settings().amqp_queue_type,
         }
         doc["details"] = self.details
         doc["meta"]["plots"] = [str(p.name) for p in self.plots()]
@@ -263,6 +289,19 @@ class Runner:
                 )
             )
         return [p for p in made if p is not None]
+
+
+def kept_path(out_dir: Path, generated_at: str, machine: dict[str, Any]) -> Path:
+    """``<out_dir>/<UTC date>-<cpu model slug>.json``; ``-2``, ``-3`` ... when the day and
+    the machine already have one, so no run replaces another."""
+    slug = re.sub(r"[^a-z0-9]+", "-", (machine.get("cpu_model") or "unknown-cpu").lower())
+    slug = re.sub(r"-(r|tm)-", "-", f"-{slug.strip('-')}-").strip("-")  # (R), (TM)
+    stem = f"{generated_at[:10]}-{slug}"
+    path, n = out_dir / f"{stem}.json", 1
+    while path.exists():
+        n += 1
+        path = out_dir / f"{stem}-{n}.json"
+    return path
 
 
 def machine() -> dict[str, Any]:
@@ -360,9 +399,16 @@ def main(argv: list[str] | None = None) -> int:
     runner = Runner(args, QUICK if args.quick else FULL)
     doc = runner.run(chosen)
     path = args.out_dir / "latest.json"
+    kept = None
+    if not args.quick and chosen == list(SCENARIOS):
+        # every full run is kept, under a name of its own, to be committed
+        kept = kept_path(args.out_dir, doc["meta"]["generated_at"], doc["meta"]["machine"])
+        doc["meta"]["kept_as"] = kept.name
+        kept.write_text(json.dumps(doc, indent=2) + "\n")
     path.write_text(json.dumps(doc, indent=2) + "\n")
     print(report(doc))
-    print(f"\nwritten: {path} and {', '.join(doc['meta']['plots']) or 'no plots'}")
+    plots = ", ".join(doc["meta"]["plots"]) or "no plots"
+    print(f"\nwritten: {path}{f', {kept}' if kept else ''} and {plots}")
     return 1 if doc["meta"]["errors"] else 0
 
 

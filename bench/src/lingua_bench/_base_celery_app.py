@@ -23,6 +23,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -145,13 +146,59 @@ def create_jobs(ids: list[str]) -> None:
         )
 
 
-def client(n: int, warmup: int, tag: str) -> dict[str, Any]:
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants (a prefork worker's pool processes)."""
+    children: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            raw = (d / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(raw[raw.rindex(")") + 2 :].split()[1])
+        children.setdefault(ppid, []).append(int(d.name))
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        todo.extend(children.get(p, []))
+    return out
+
+
+class CpuWatch:
+    """CPU seconds of the worker (its process tree), this client, RabbitMQ and Redis."""
+
+    def __init__(self, worker_pid: int | None) -> None:
+        from lingua_bench.procstat import find_pids
+
+        info = scripts().redis.info("server")
+        self.pids = {
+            "worker": process_tree(worker_pid) if worker_pid else [],
+            "rabbitmq": find_pids("beam.smp"),
+            "redis": [int(info["process_id"])] if info.get("process_id") else [],
+        }
+
+    def read(self) -> dict[str, float]:
+        from lingua_bench.procstat import cpu_seconds
+
+        out = {"client": time.process_time()}
+        for name, pids in self.pids.items():
+            out[name] = sum(v for v in map(cpu_seconds, pids) if v is not None)
+        return out
+
+
+def client(n: int, warmup: int, tag: str, worker_pid: int | None = None) -> dict[str, Any]:
     from lingua_bench._base_common import Latency
 
     ids = [f"{tag}-{i}" for i in range(n + warmup)]
     create_jobs(ids)
     lat = Latency()
+    watch = CpuWatch(worker_pid)
+    cpu0: dict[str, float] = {}
     for i, job_id in enumerate(ids):
+        if i == warmup:
+            cpu0 = watch.read()
         t = time.perf_counter_ns()
         out = decide.apply_async((job_id,)).get(timeout=30)
         elapsed = time.perf_counter_ns() - t
@@ -159,7 +206,18 @@ def client(n: int, warmup: int, tag: str) -> dict[str, Any]:
             raise RuntimeError(f"select_node found no node for {job_id}: {out}")
         if i >= warmup:
             lat.record_ns(elapsed)
-    return {"p50_ms": lat.ms(50), "p99_ms": lat.ms(99), "max_ms": lat.ms(100), "n": lat.count}
+    cpu1 = watch.read()
+    per_task = {k: round((cpu1[k] - cpu0[k]) * 1000 / max(n, 1), 3) for k in cpu1}
+    return {
+        "p50_ms": lat.ms(50),
+        "p99_ms": lat.ms(99),
+        "max_ms": lat.ms(100),
+        "n": lat.count,
+        # worker + client + broker over the timed tasks; Redis (result backend and the
+        # script) beside it, not in the sum
+        "cpu_ms_per_task": round(per_task["worker"] + per_task["client"] + per_task["rabbitmq"], 3),
+        "cpu_ms_per_task_by_process": per_task,
+    }
 
 
 def main() -> None:
@@ -168,8 +226,11 @@ def main() -> None:
     ap.add_argument("--n", type=int, required=True)
     ap.add_argument("--warmup", type=int, default=100)
     ap.add_argument("--tag", required=True)
+    ap.add_argument(
+        "--worker-pid", type=int, help="the worker whose CPU (with its children) counts"
+    )
     args = ap.parse_args()
-    print(json.dumps(client(args.n, args.warmup, args.tag)), flush=True)
+    print(json.dumps(client(args.n, args.warmup, args.tag, args.worker_pid)), flush=True)
     sys.stdout.flush()
 
 

@@ -7,6 +7,13 @@ after a warm-up. The pool is 1,000 registered nodes of one pair. Celery's worker
 ``prefork``, ``threads`` and ``solo`` (one worker process each, ``-c 1``) are tried in turn;
 the fastest by p50 is reported as ``pool`` with its figures, the others under ``pools``.
 
+``cpu_ms_per_task``: the CPU the timed tasks cost (after the warm-up), per task: the worker
+(its whole process tree: a prefork pool's child does the work), the client and RabbitMQ
+(every ``beam.smp``), from ``/proc/<pid>/stat`` read by the client right before the first
+and after the last timed task. Redis (the result backend and the script) is read too and
+reported beside it in ``cpu_ms_per_task_by_process``, not in the sum. RabbitMQ and Redis
+are shared with the rest of the machine: their figures include whatever else ran.
+
 Cleanup: workers are stopped by PID; the task queue and exchange, the node cell and the
 result keys (all named after the run's prefix) are deleted.
 """
@@ -96,7 +103,18 @@ def _one_pool(pool: str, n: int, warmup: int, env: dict[str, str], tag: str) -> 
     )
     try:
         done = subprocess.run(
-            python_module(APP, "client", "--n", str(n), "--warmup", str(warmup), "--tag", tag),
+            python_module(
+                APP,
+                "client",
+                "--n",
+                str(n),
+                "--warmup",
+                str(warmup),
+                "--tag",
+                tag,
+                "--worker-pid",
+                str(worker.pid),
+            ),
             env={**os.environ, **env},
             capture_output=True,
             text=True,
@@ -143,6 +161,8 @@ def run(
     best = min(results, key=lambda p: results[p]["p50_ms"])
     return {
         "decision": {"p50_ms": results[best]["p50_ms"], "p99_ms": results[best]["p99_ms"]},
+        "cpu_ms_per_task": results[best]["cpu_ms_per_task"],
+        "cpu_ms_per_task_by_process": results[best]["cpu_ms_per_task_by_process"],
         "pool": best,
         "pools": results,
         "nodes": POOL_NODES,

@@ -69,8 +69,8 @@ def source_at(rev: str, name: str) -> str:
 
 
 class Cell:
-    def __init__(self, r: Redis, lua_dir: Path) -> None:
-        self.r, self.k = r, Keys(CELL)
+    def __init__(self, r: Redis, lua_dir: Path, cell: str = CELL) -> None:
+        self.r, self.k = r, Keys(cell)
         self.sha = {
             name: r.script_load(load_source(lua_dir, name))
             for name in ("register_node_v2", "heartbeat_with_pool_assign", "job_create",
@@ -88,9 +88,10 @@ class Cell:
         for i in range(0, len(batch), 1000):
             self.r.unlink(*batch[i : i + 1000])
 
-    def build(self, nodes: int, now: int) -> None:
-        ids = [f"bn-{i:06d}" for i in range(nodes)]
-        for i in range(0, nodes, 512):
+    def build(self, nodes: int, now: int, start: int = 0) -> None:
+        """Nodes ``start`` .. ``nodes - 1``, each running one job of its four slots."""
+        ids = [f"bn-{i:06d}" for i in range(start, nodes)]
+        for i in range(0, len(ids), 512):
             pipe = self.r.pipeline(transaction=False)
             for n in ids[i : i + 512]:
                 self.call(register_node_v2, pipe, node_id=n, now_ms=now, ttl_ms=3_600_000,
@@ -124,21 +125,34 @@ def measure(cell: Cell, sha: str, policy: str, samples: int, now: int, tag: str)
         reply = r.evalsha(sha, len(keys), *keys, *args)
         if reply[0] != 1:
             raise RuntimeError(f"select_node found no node: {reply!r}")
-        # other clients of a shared server log too: read back far enough to pass them
-        entries = r.slowlog_get(4096)
-        mine = [
-            e for e in entries
-            if e["id"] > since and e.get("client_name", b"") in (CLIENT_NAME, CLIENT_NAME.encode())
-            and len(e["command"]) > 8 and sha.encode() in e["command"][:60]
-        ]  # fmt: skip
-        if len(mine) != 1:
-            raise RuntimeError(f"slow log: {len(mine)} entries for one call")
-        out.append(int(mine[0]["duration"]))
+        out.append(logged_us(r, sha, since))
         cell.call(job_release, job_id=job, attempt=1, reason="refused", now_ms=now + 1,
                   max_attempts=9)  # fmt: skip
         cell.r.delete(cell.k.job(job), cell.k.job_audio(job), cell.k.idem(f"{job}:0"))
         cell.r.zrem(cell.k.timers, job)
     return out
+
+
+def logged_us(r: Redis, sha: str, since: int) -> int:
+    """The slow log's duration of this connection's one EVALSHA of ``sha`` logged after entry
+    ``since``. Other clients of a shared server log too: read back (in growing chunks) until
+    the entries reach ``since``."""
+    name = CLIENT_NAME.encode()
+    n = 32
+    while True:
+        entries = r.slowlog_get(n)
+        mine = [
+            e for e in entries
+            if e["id"] > since and e.get("client_name", b"") in (CLIENT_NAME, name)
+            and len(e["command"]) > 8 and sha.encode() in e["command"][:60]
+        ]  # fmt: skip
+        reached = len(entries) < n or min(e["id"] for e in entries) <= since + 1
+        if mine or reached or n >= 16384:
+            break
+        n *= 4
+    if len(mine) != 1:
+        raise RuntimeError(f"slow log: {len(mine)} entries for one call")
+    return int(mine[0]["duration"])
 
 
 def main() -> None:
