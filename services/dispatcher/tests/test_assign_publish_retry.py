@@ -64,4 +64,3 @@ async def test_an_assign_whose_gateway_queue_comes_back_is_sent_on_the_same_atte
     assert b'"job_assign"' in msg.body and b'"j1"' in msg.body
     assert jobs.metrics.assign_publish_failed._value.get() >= 1
     await msg.ack()
-
