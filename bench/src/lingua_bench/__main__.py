@@ -1,7 +1,7 @@
 """``python -m lingua_bench`` (``make bench``): every scenario in one invocation, bounded.
 
 Writes ``<out-dir>/latest.json`` with the figures of the benchmark issue (floor, dispatch,
-roundtrip, peer_celery, heartbeats, select, stats), a ``targets`` section, and the plots.
+roundtrip, lingua, peer_celery, heartbeats, select, stats), a ``targets`` section, and the plots.
 Figures, never assertions: a missed target is reported, the exit code stays 0; a scenario
 that crashed is reported under ``meta.errors`` and the exit code is 1.
 """
@@ -29,9 +29,10 @@ from lingua_shared.settings import Settings
 
 SELECT_SHARDS = (1, 40, 400)
 
-SCENARIOS = ("floor", "dispatch", "peer_celery", "heartbeats", "fleet", "select", "stats")
+SCENARIOS = ("floor", "dispatch", "lingua", "peer_celery", "heartbeats", "fleet", "select", "stats")
 ALIASES = {"roundtrip": "dispatch"}  # roundtrip.* is measured in the dispatch scenario
 BUDGET_S = 15 * 60
+LINGUA_CPU_KEYS = ("gateway", "dispatcher", "node_manager", "rabbitmq", "redis", "total")
 
 
 def _pct(summary: dict[str, Any] | None) -> dict[str, float | None]:
@@ -55,6 +56,11 @@ class Runner:
                 "max_sustained_per_s": None,
             },
             "roundtrip": {"low_load": {"p50_ms": None, "p99_ms": None}},
+            "lingua": {
+                "max_sessions": None,
+                "overhead": {"at_half": {"p50_ms": None, "p99_ms": None}},
+                "cpu_ms_per_utterance": dict.fromkeys(LINGUA_CPU_KEYS),
+            },
             "peer_celery": {
                 "decision": {"p50_ms": None, "p99_ms": None},
                 "cpu_ms_per_task": None,
@@ -158,6 +164,36 @@ class Runner:
             "dispatch at 200/s": at200["dispatch"]["cdf"],
         }
         self.dispatch_phases = ph
+
+    def do_lingua(self) -> None:
+        from lingua_bench import lingua
+
+        r = lingua.run(
+            self.args.quick,
+            self.args.redis_url,
+            self.args.amqp_url,
+            self.work,
+            not self.args.no_progress,
+            max(60.0, self.left()),
+        )
+        half = r["at_half"] or {}
+        cpu = r["cpu_ms_per_utterance"] or {}
+        self.doc["lingua"] = {
+            "max_sessions": r["max_sessions"],
+            "overhead": {"at_half": _pct(half.get("overhead"))},
+            "cpu_ms_per_utterance": {k: cpu.get(k) for k in LINGUA_CPU_KEYS},
+        }
+        self.details["lingua"] = {k: v for k, v in r.items() if k != "at_half_overhead_cdf"}
+        if r["at_half_overhead_cdf"]:
+            self.lingua_cdfs = {"lingua overhead at half the max": r["at_half_overhead_cdf"]}
+        lost = sum(
+            st["withheld_awaiting_deadline"]["never_answered"] for st in [*r["steps"], half] if st
+        )
+        if not r["max_sessions"] or not half:
+            # no session count held: no figure at half of it either
+            self.errors["lingua"] = f"no figures: max_sessions {r['max_sessions']}"
+        elif lost:
+            self.errors["lingua"] = f"{lost} withheld utterances never answered, past the deadline"
 
     def do_peer_celery(self) -> None:
         r = scenarios.module_scenario(
@@ -264,6 +300,7 @@ class Runner:
     def plots(self) -> list[Path]:
         made: list[Path | None] = []
         cdfs = dict(getattr(self, "cdfs", {}))
+        cdfs.update(getattr(self, "lingua_cdfs", {}))
         for a in getattr(self, "hb_attempts", []):
             cdfs[f"heartbeat apply lag, {a['nodes']} nodes at 1 Hz"] = a["apply_lag"]["cdf"]
         made.append(plot_cdfs(cdfs, self.out_dir / "latency_cdf.png", "latency CDF per scenario"))
@@ -336,6 +373,7 @@ def report(doc: dict[str, Any]) -> str:
         "floor",
         "dispatch",
         "roundtrip",
+        "lingua",
         "peer_celery",
         "heartbeats",
         "fleet",

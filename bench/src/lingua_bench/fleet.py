@@ -26,7 +26,7 @@ import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
-from lingua_node_agent.capabilities import build_register, services_for
+from lingua_node_agent.capabilities import build_register, language_capabilities, services_for
 from lingua_node_agent.simulator import SimConfig, _sim_hardware
 
 SEQ_MOD = 1000  # beats are numbered modulo this, encoded as cpu_percent = seq / 10
@@ -51,6 +51,9 @@ class FleetSpec:
     # new connections per second (None: as fast as ``connect_concurrency`` allows). A real
     # fleet connects over time; 10,000 nodes all at once measures a thundering herd instead
     register_per_s: float | None = None
+    # "lingua": register and beat as lingua's own agent does (no acks_jobs, no region...,
+    # language capabilities in every beat); what a node does with a job is the answer hook's
+    profile: str = "standard"
     lang_sets: list[list[str]] = field(default_factory=lambda: [["en", "zh"], ["en", "ja", "zh"]])
     regions: list[str] = field(default_factory=lambda: ["eu", "us"])
     gpu_tiers: list[str] = field(default_factory=lambda: ["a100", "t4"])
@@ -116,6 +119,7 @@ class Fleet:
             id_prefix=spec.id_prefix,
             heartbeat_interval_ms=spec.heartbeat_ms,
             capacity=spec.capacity,
+            profile=spec.profile,
         )
         self.nodes: list[BenchNode] = []
         for i in range(spec.count):
@@ -124,7 +128,11 @@ class Fleet:
             installed, caps = services_for(cfg)
             services = json.dumps([s.to_wire() for s in installed], separators=(",", ":"))
             capabilities = json.dumps([c.to_wire() for c in caps], separators=(",", ":"))
-            tail = f',"installed_services":{services},"capability_by_type":{capabilities}}}'
+            tail = f',"installed_services":{services},"capability_by_type":{capabilities}'
+            if cfg.lingua:
+                langs = json.dumps(language_capabilities(cfg).to_wire(), separators=(",", ":"))
+                tail += f',"language_capabilities":{langs}'
+            tail += "}"
             node_id = cfg.node_id or f"{spec.id_prefix}-{i:05d}"
             self.nodes.append(BenchNode(i, node_id, json.dumps(reg, separators=(",", ":")), tail))
         self.by_id = {n.node_id: n for n in self.nodes}

@@ -41,19 +41,24 @@ def find_pids(comm: str) -> list[int]:
 
 
 class CpuMeter:
-    """CPU seconds of named processes between :meth:`start` and :meth:`stop`."""
+    """CPU seconds of named processes between :meth:`start` and :meth:`stop`.
+
+    Each PID counts only when it is read at both ends: a short-lived process of the same
+    name (``rabbitmqctl`` runs its own ``beam.smp``) that comes or goes in between would
+    otherwise add or remove its whole lifetime's CPU."""
 
     def __init__(self, pids: dict[str, list[int]]) -> None:
         self.pids = pids
-        self._start: dict[str, float] = {}
+        self._start: dict[tuple[str, int], float] = {}
         self.result: dict[str, float] = {}
 
-    def _read(self) -> dict[str, float]:
+    def _read(self) -> dict[tuple[str, int], float]:
         out = {}
         for name, pids in self.pids.items():
-            vals = [cpu_seconds(p) for p in pids]
-            if any(v is not None for v in vals):
-                out[name] = sum(v for v in vals if v is not None)
+            for pid in pids:
+                v = cpu_seconds(pid)
+                if v is not None:
+                    out[(name, pid)] = v
         return out
 
     def start(self) -> None:
@@ -61,7 +66,9 @@ class CpuMeter:
 
     def stop(self) -> dict[str, float]:
         end = self._read()
-        self.result = {
-            name: round(end[name] - self._start[name], 2) for name in end if name in self._start
-        }
+        sums: dict[str, float] = {}
+        for key, v in end.items():
+            if key in self._start:
+                sums[key[0]] = sums.get(key[0], 0.0) + v - self._start[key]
+        self.result = {name: round(v, 2) for name, v in sums.items()}
         return self.result

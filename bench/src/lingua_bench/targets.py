@@ -45,6 +45,7 @@ def compute(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
     floor_max = g("floor.max_sustained_per_s")
     sel1 = g("select.shards_1.p99_us")
     return {
+        **_lingua_targets(doc),
         "dispatch_low_load_p50_vs_floor": _target(
             g("dispatch.low_load.p50_ms"),
             1.5 * floor_p50 if floor_p50 is not None else None,
@@ -99,6 +100,30 @@ def errors_target(errors: dict[str, str]) -> dict[str, Any]:
         "rule": "meta.errors empty and exit 0",
         "met": not errors,
         **({"errors": sorted(errors)} if errors else {}),
+    }
+
+
+def _lingua_targets(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The lingua scenario against the Celery peer's CPU and the floor's low-load p99."""
+    g = lambda p: _get(doc, p)  # noqa: E731
+    miss = lambda *paths: [p for p in paths if g(p) is None]  # noqa: E731
+    peer_cpu = g("peer_celery.cpu_ms_per_task")
+    floor_p99 = g("floor.low_load.p99_ms")
+    return {
+        "lingua_cpu_per_utterance_vs_peer": _target(
+            g("lingua.cpu_ms_per_utterance.total"),
+            3 * peer_cpu if peer_cpu is not None else None,
+            "<=",
+            "lingua.cpu_ms_per_utterance.total <= 3 x peer_celery.cpu_ms_per_task",
+            miss("lingua.cpu_ms_per_utterance.total", "peer_celery.cpu_ms_per_task"),
+        ),
+        "lingua_overhead_at_half_p99_vs_floor": _target(
+            g("lingua.overhead.at_half.p99_ms"),
+            4 * floor_p99 if floor_p99 is not None else None,
+            "<=",
+            "lingua.overhead.at_half.p99_ms <= 4 x floor.low_load.p99_ms",
+            miss("lingua.overhead.at_half.p99_ms", "floor.low_load.p99_ms"),
+        ),
     }
 
 
