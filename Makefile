@@ -39,7 +39,7 @@ test-unit: install services
 test-integration: install services
 	@$(PY) -m pytest -m integration
 
-bench: install services ## every benchmark scenario (<= 15 min): bench/results/latest.json + plots
+bench: install services ## every benchmark scenario (<= 25 min): bench/results/latest.json + plots
 	@$(PY) -m lingua_bench
 
 bench-quick: install services ## the same scenarios for a few seconds each (smoke run)

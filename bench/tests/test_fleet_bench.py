@@ -3,31 +3,15 @@ count, no failure, no false expiry and the hog all at once."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
 from lingua_bench.targets import compute
 
 
 @pytest.mark.integration
-@pytest.mark.timeout(120)
-def test_quick_fleet_writes_its_fields(tmp_path: Path, redis_url: str, amqp_url: str) -> None:
-    env = {**os.environ, "LINGUA_BENCH_REDIS_URL": redis_url, "LINGUA_BENCH_AMQP_URL": amqp_url}
-    cmd = [sys.executable, "-m", "lingua_bench", "--quick", "--no-progress", "--only=fleet"]
-    proc = subprocess.run(
-        [*cmd, "--out-dir", str(tmp_path), "--budget-s", "100"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=110,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    doc = json.loads((tmp_path / "latest.json").read_text())
+@pytest.mark.timeout(200)
+def test_quick_fleet_writes_its_fields(quick_bench) -> None:
+    doc = quick_bench("fleet")
     fleet = doc["fleet"]
     assert isinstance(fleet["lingua_nodes"], int) and fleet["lingua_nodes"] > 0
     assert isinstance(fleet["lingua_registration_failures"], int)

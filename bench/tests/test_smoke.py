@@ -4,10 +4,6 @@ that each scenario produced a number of the right kind."""
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,40 +11,13 @@ import pytest
 pytestmark = pytest.mark.integration
 
 
-def run_bench(tmp_path: Path, redis_url: str, amqp_url: str, *only: str) -> dict:
-    env = {**os.environ, "LINGUA_BENCH_REDIS_URL": redis_url, "LINGUA_BENCH_AMQP_URL": amqp_url}
-    args = [f"--only={o}" for o in only]
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "lingua_bench",
-            "--quick",
-            "--no-progress",
-            "--out-dir",
-            str(tmp_path),
-            "--budget-s",
-            "100",
-            *args,
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=110,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return json.loads((tmp_path / "latest.json").read_text())
-
-
 def is_positive(v: object) -> bool:
     return isinstance(v, int | float) and not isinstance(v, bool) and v > 0
 
 
-@pytest.mark.timeout(120)
-def test_quick_dispatch_and_heartbeats_write_every_field(
-    tmp_path: Path, redis_url: str, amqp_url: str
-) -> None:
-    doc = run_bench(tmp_path, redis_url, amqp_url, "dispatch", "heartbeats")
+@pytest.mark.timeout(200)
+def test_quick_dispatch_and_heartbeats_write_every_field(quick_bench, tmp_path: Path) -> None:
+    doc = quick_bench("dispatch", "heartbeats")
 
     assert set(doc) >= {
         "floor",
@@ -88,9 +57,9 @@ def test_quick_dispatch_and_heartbeats_write_every_field(
         assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-@pytest.mark.timeout(120)
-def test_quick_lingua_writes_every_field(tmp_path: Path, redis_url: str, amqp_url: str) -> None:
-    doc = run_bench(tmp_path, redis_url, amqp_url, "lingua")
+@pytest.mark.timeout(200)
+def test_quick_lingua_writes_every_field(quick_bench) -> None:
+    doc = quick_bench("lingua")
 
     li = doc["lingua"]
     assert is_positive(li["max_sessions"]), li
