@@ -23,6 +23,7 @@ from lingua_bench.fleet import Fleet, FleetSpec
 from lingua_bench.lingua import LinguaFleet, LinguaGen, LinguaSizes, StepStats
 from lingua_bench.procstat import CpuMeter
 from lingua_bench.targets import compute
+from lingua_shared.protocol import webclient
 
 
 def _fleet() -> LinguaFleet:
@@ -62,7 +63,7 @@ def test_the_web_clients_chunks_and_session() -> None:
             assert 40 <= size <= 80  # speech, never the silence the gateway skips
             pos += 2 + size
             packets += 1
-        assert pos == len(chunk) and packets == lingua.PACKETS_PER_CHUNK
+        assert pos == len(chunk) and packets == webclient.PACKETS_PER_CHUNK
     init = lingua.session_init()
     assert init["mode"] == "two_way_auto" and init["src_lang"] == "auto"
     assert init["auto_langs"] == ["zh", "en"] and init["tenant_id"] is None

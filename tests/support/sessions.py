@@ -17,13 +17,13 @@ import asyncio
 import base64
 import json
 import random
-import struct
 import time
-import uuid
 from collections.abc import Callable
 from typing import Any
 
 from websockets.asyncio.client import ClientConnection, connect
+
+from lingua_shared.protocol.webclient import CHUNK_INTERVAL_S, opus_chunk, session_init
 
 PCM = b"\x01\x00" * 1600  # 100 ms of PCM16 at 16 kHz
 ANSWER_TYPES = ("translation_result", "missing_result", "error")  # what answers an utterance
@@ -113,42 +113,12 @@ async def answers(
 
 
 # -- lingua's web client -------------------------------------------------------------------
-CHUNK_INTERVAL_S = 0.256  # lingua's web client sends a chunk about this often
-PACKETS_PER_CHUNK = 13  # 20 ms Opus packets per chunk
-
-
-def opus_chunk(rng: random.Random, silent: bool = False) -> bytes:
-    """One chunk as the web client sends it: ``[u16 LE length][packet]`` x 13; speech packets
-    of 40-80 bytes (600-1,000 bytes a chunk), digital silence of 8 bytes a packet."""
-    out = bytearray()
-    for _ in range(PACKETS_PER_CHUNK):
-        size = 8 if silent else rng.randint(40, 80)
-        out += struct.pack("<H", size) + rng.randbytes(size)
-    return bytes(out)
-
-
 class WebClient:
     """A session opened and fed as lingua's web client does (see the module's docstring)."""
 
     def __init__(self, url: str, lang_a: str = "zh", lang_b: str = "en", **init: Any) -> None:
         self.url = url
-        self.init = {
-            "type": "session_init",
-            "client_version": "web-client-v1.0",
-            "platform": "web",
-            "src_lang": "auto",
-            "tgt_lang": lang_b,
-            "dialect": None,
-            "features": {},
-            "pairing_code": None,
-            "mode": "two_way_auto",
-            "lang_a": lang_a,
-            "lang_b": lang_b,
-            "auto_langs": [lang_a, lang_b],
-            "trace_id": str(uuid.uuid4()),
-            "tenant_id": None,
-            **init,
-        }
+        self.init = session_init(lang_a, lang_b, **init)
         self.ws: ClientConnection | None = None
         self.session_id = ""
         self.seq = 0

@@ -42,16 +42,14 @@ import gc
 import json
 import os
 import random
-import struct
 import sys
 import time
-import uuid
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
-from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.client import ClientConnection
 from websockets.exceptions import ConnectionClosed, WebSocketException
 
 from lingua_bench.fleet import BenchNode, Fleet, FleetSpec
@@ -59,9 +57,14 @@ from lingua_bench.guard import require_loopback
 from lingua_bench.hist import Latency
 from lingua_bench.phases import Phase, search_max_rate
 from lingua_bench.procstat import CpuMeter
+from lingua_bench.sessions import open_session
+from lingua_shared.protocol.webclient import (
+    CHUNK_INTERVAL_S,
+    opus_chunk,
+    session_init,
+)
 
-CHUNK_S = 0.256  # the web client sends a chunk about this often
-PACKETS_PER_CHUNK = 13  # 20 ms Opus packets per chunk
+CHUNK_S = CHUNK_INTERVAL_S
 CHUNKS_PER_UTTERANCE = (12, 20)  # 3-5 s of speech
 PAUSE_S = (0.8, 1.2)
 PROCESSING_S = (0.3, 2.0)
@@ -122,36 +125,6 @@ QUICK = LinguaSizes(
     half_window_s=5.0,
     search_budget_s=30.0,
 )
-
-
-def opus_chunk(rng: random.Random) -> bytes:
-    """One chunk as the web client sends it: 13 x ``[u16 LE length][packet]``, speech
-    packets of 40-80 bytes (600-1,000 bytes a chunk)."""
-    out = bytearray()
-    for _ in range(PACKETS_PER_CHUNK):
-        size = rng.randint(40, 80)
-        out += struct.pack("<H", size) + rng.randbytes(size)
-    return bytes(out)
-
-
-def session_init(lang_a: str = "zh", lang_b: str = "en") -> dict[str, Any]:
-    """The ``session_init`` lingua's web client sends."""
-    return {
-        "type": "session_init",
-        "client_version": "web-client-v1.0",
-        "platform": "web",
-        "src_lang": "auto",
-        "tgt_lang": lang_b,
-        "dialect": None,
-        "features": {},
-        "pairing_code": None,
-        "mode": "two_way_auto",
-        "lang_a": lang_a,
-        "lang_b": lang_b,
-        "auto_langs": [lang_a, lang_b],
-        "trace_id": str(uuid.uuid4()),
-        "tenant_id": None,
-    }
 
 
 # -- figures of one step -------------------------------------------------------------------
@@ -337,14 +310,8 @@ class WebSession:
         self.nodes: dict[int, str] = {}  # utterance index -> the node it was first given to
 
     async def open(self) -> None:
-        ws = await connect(self.url, compression=None, ping_interval=None, max_size=2**22)
-        await ws.send(orjson.dumps(session_init()).decode())
-        ack = orjson.loads(await asyncio.wait_for(ws.recv(), 30))
-        if ack.get("type") != "session_init_ack":
-            await ws.close()
-            raise RuntimeError(f"session_init refused: {ack}")
+        ws, self.session_id = await open_session(self.url, session_init())
         self.ws = ws
-        self.session_id = ack["session_id"]
         self.reader = asyncio.create_task(self._read(ws))
 
     def _frame(self, payload: str, final: bool) -> str:

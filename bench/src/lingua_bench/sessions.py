@@ -23,6 +23,18 @@ from websockets.exceptions import ConnectionClosed
 ResultHook = Callable[["BenchSession", int, dict[str, Any], int], None]
 
 
+async def open_session(url: str, init: dict[str, Any]) -> tuple[ClientConnection, str]:
+    """Open a client session: connect, send ``init``, wait for its ``session_init_ack``;
+    the socket and the session id (a refusal closes the socket and raises)."""
+    ws = await connect(url, compression=None, ping_interval=None, max_size=2**22)
+    await ws.send(orjson.dumps(init).decode())
+    ack = orjson.loads(await asyncio.wait_for(ws.recv(), 30))
+    if ack.get("type") != "session_init_ack":
+        await ws.close()
+        raise RuntimeError(f"session_init refused: {ack}")
+    return ws, ack["session_id"]
+
+
 class BenchSession:
     """One session on its own connection (one session per connection, as the gateway wants)."""
 
@@ -39,26 +51,17 @@ class BenchSession:
         self.closing = False
 
     async def open(self) -> None:
-        ws = await connect(self.url, compression=None, ping_interval=None, max_size=2**22)
-        await ws.send(
-            orjson.dumps(
-                {
-                    "type": "session_init",
-                    "client_version": "lingua-bench",
-                    "platform": "bench",
-                    "mode": "one_way",
-                    "src_lang": self.src,
-                    "tgt_lang": self.tgt,
-                    "audio_format": "pcm16",
-                }
-            ).decode()
-        )
-        ack = orjson.loads(await asyncio.wait_for(ws.recv(), 30))
-        if ack.get("type") != "session_init_ack":
-            await ws.close()
-            raise RuntimeError(f"session_init refused: {ack}")
+        init = {
+            "type": "session_init",
+            "client_version": "lingua-bench",
+            "platform": "bench",
+            "mode": "one_way",
+            "src_lang": self.src,
+            "tgt_lang": self.tgt,
+            "audio_format": "pcm16",
+        }
+        ws, self.session_id = await open_session(self.url, init)
         self.ws = ws
-        self.session_id = ack["session_id"]
         self.task = asyncio.create_task(self._receive(ws))
 
     def utterance_frame(self) -> tuple[int, str]:

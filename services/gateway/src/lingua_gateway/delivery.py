@@ -149,8 +149,9 @@ class OrderedSender:
             self._send(payload, ordered=True, index=i)
         self._schedule()
 
-    def resume(self, next_index: int) -> None:
-        """A resumed session: every index below ``next_index`` was answered before."""
+    def resume(self, next_index: int, answered: Iterable[int] = ()) -> None:
+        """A resumed session: every index below ``next_index`` was answered before (an ordered
+        session answers nothing above it, so ``answered`` has nothing to add)."""
         self.buffer.next_index = next_index
 
     @property

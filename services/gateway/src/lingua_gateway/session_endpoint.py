@@ -243,10 +243,7 @@ class SessionConnection(EndpointConnection):
         self.touched_at = asyncio.get_running_loop().time()
         self.start(session_id, spec)
         assert self.sender is not None and self.audio is not None
-        if isinstance(self.sender, ArrivalSender):
-            self.sender.resume(plan.next_index, plan.answered)
-        else:
-            self.sender.resume(plan.next_index)
+        self.sender.resume(plan.next_index, plan.answered)
         self.audio.next_index = max(self.audio.next_index, plan.next_utterance)
         self.metrics.sessions.inc()
         log.info(
