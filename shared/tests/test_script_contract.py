@@ -52,6 +52,7 @@ SAMPLES: dict[str, Any] = {
     "node_id": "node-7",
     "now_ms": 1_700_000_000_123,
     "ttl_ms": 45_001,
+    "seq": 1_700_000_000_123_001,
     "region": "eu-west",
     "gpu_tier": "a100",
     "lang_sets": [["en", "ja", "zh"]],
@@ -236,6 +237,7 @@ JOB_REPLIES: dict[str, Any] = {
     ),
     "utterance_fail": lambda c: [c, b"gw", b"c1", 3, b'{"type": "error"}'] if c == 1 else [c, b""],
     "outbox_ack": lambda c: [c, 2],
+    "heartbeats_applied": lambda c: [c, 1_700_000_000_123_001],
     "outbox_claim": lambda c: [c, [b"s-1", b"gw", b"c1", [3, b'{"type": "x"}']]],
     "session_bind": lambda c: (
         [c, b"gw", b"c0", [b"mode", b"one_way"], [b"5"], [3, b'{"type": "x"}']]
@@ -380,6 +382,7 @@ def sample_keys(keys: Keys) -> list[str]:
         keys.session_outbox("s-1"),
         keys.outbox,
         keys.gateway("gw-1"),
+        keys.heartbeats_applied("gw-1"),
         keys.sessions_active,
         keys.job("j-9"),
         keys.job_audio("j-9"),

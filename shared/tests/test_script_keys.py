@@ -335,6 +335,11 @@ async def job_scenarios(call: Call, redis: Redis, keys: Keys) -> None:
     assert (await call("outbox_ack", session_id="s-arr", indices=indices)).value == "0"
     assert (await call("outbox_ack", session_id="s-ord", indices=[0])).code == ScriptCode.ACKED
 
+    # a gateway's heartbeat batches applied: the mark keeps the largest sequence number
+    mark = {"gateway_id": "gw-s", "ttl_ms": 60_000}
+    assert (await call("heartbeats_applied", seq=7, **mark)).value == "7"
+    assert (await call("heartbeats_applied", seq=5, **mark)).value == "7"
+
     # a session resumed on another connection; the old connection's unbind changes nothing
     await redis.hset(keys.session("s-arr"), mapping={"mode": "one_way", "client": "alice"})
     await redis.hset(keys.session_outbox("s-arr"), "9", "{}")  # owed: the resume replays it

@@ -60,6 +60,9 @@ class HeartbeatBatch(BusModel):
     gateway_id: str
     sent_at_ms: int
     beats: list[Beat]
+    # the gateway replica's batch counter: node-manager marks it applied (heartbeats_applied)
+    # and the gateway keeps only a few unapplied batches in flight; None from older gateways
+    seq: int | None = None
 
 
 class NodeDisconnected(BusModel):

@@ -132,6 +132,11 @@ class Keys:
     def gateway(self, instance_id: str) -> str:
         return f"{self.prefix}gateway:{instance_id}"
 
+    def heartbeats_applied(self, instance_id: str) -> str:
+        """The sequence number of the last heartbeat batch of this gateway replica that
+        node-manager applied (``heartbeats_applied.lua``): the gateway's flow control."""
+        return f"{self.prefix}heartbeats:applied:{instance_id}"
+
     def session(self, session_id: str) -> str:
         return f"{self.prefix}session:{session_id}"
 

@@ -44,6 +44,7 @@ ALL = (
     "session_bind",
     "node_lost",
     "slots_reconcile",
+    "heartbeats_applied",
 )
 JOB_SCRIPTS = ("select_node", "job_ack", "job_finish", "job_release")
 
@@ -245,6 +246,12 @@ class ScriptCode(IntEnum):
         1,
         ("outbox_claim",),
         "the claimed sessions follow (maybe none), each with its unacknowledged outcomes",
+    )
+    # -- heartbeats_applied ------------------------------------------------------------------
+    APPLIED_MARKED = (
+        1,
+        ("heartbeats_applied",),
+        "the gateway's applied mark is the largest sequence number seen, which follows",
     )
     # -- session_bind ----------------------------------------------------------------------------
     RESUMED = (

@@ -21,6 +21,7 @@ from lingua_shared.keys import Keys
 from lingua_shared.scripts import (
     gap_expire,
     heartbeat_with_pool_assign,
+    heartbeats_applied,
     job_ack,
     job_create,
     job_finish,
@@ -66,6 +67,7 @@ MODULES: dict[str, ModuleType] = {
         session_bind,
         node_lost,
         slots_reconcile,
+        heartbeats_applied,
     )
 }
 
@@ -151,6 +153,7 @@ class Scripts:
     session_bind_args = _builder(session_bind)
     node_lost_args = _builder(node_lost)
     slots_reconcile_args = _builder(slots_reconcile)
+    heartbeats_applied_args = _builder(heartbeats_applied)
 
     # -- calls, one per script ------------------------------------------------------------------
     async def register_node_v2(self, **kw: Any) -> register_node_v2.RegisterResult:
@@ -214,3 +217,6 @@ class Scripts:
 
     async def slots_reconcile(self, **kw: Any) -> slots_reconcile.Result:
         return await self.run(slots_reconcile, **kw)  # type: ignore[no-any-return]
+
+    async def heartbeats_applied(self, **kw: Any) -> heartbeats_applied.Result:
+        return await self.run(heartbeats_applied, **kw)  # type: ignore[no-any-return]
