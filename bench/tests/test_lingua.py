@@ -248,3 +248,33 @@ def test_withheld_utterances_are_waited_for_from_their_latest_assignment() -> No
 
     asyncio.run(answer_soon())
     assert (st2.late_lost, st2.late_answered, st2.missing) == (0, 1, {"no_result": 1})
+
+
+@pytest.mark.integration
+@pytest.mark.timeout(180)
+def test_a_fixed_load_prints_the_cpu_per_utterance_of_each_process(
+    redis_url: str, amqp_url: str, tmp_path: Path
+) -> None:
+    """``--sessions`` without ``--gateway``: its own stack, one phase at that load, the CPU
+    figures as JSON on stdout."""
+    cmd = [
+        sys.executable,
+        "-m",
+        "lingua_bench.lingua",
+        "--sizes=quick",
+        "--sessions=2",
+        "--seconds=4",
+        "--warmup=0.5",
+        "--nodes=4",
+        f"--redis-url={redis_url}",
+        f"--amqp-url={amqp_url}",
+        f"--work={tmp_path}",
+    ]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=170, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    report = json.loads(proc.stdout)
+    assert report["sessions"] == 2 and report["nodes"] == 4
+    assert report["utterances"] >= 1 and not report["errors"], report
+    cpu = report["cpu_ms_per_utterance"]
+    assert set(cpu) >= {"gateway", "dispatcher", "node_manager", "total"}
+    assert cpu["gateway"] is not None and cpu["total"] >= cpu["gateway"]

@@ -31,6 +31,12 @@ window (:class:`lingua_bench.procstat.CpuMeter`) divided by the utterances of th
 
 ``python -m lingua_bench.lingua`` is the generator process (the runner starts it against a
 stack, as it starts :mod:`lingua_bench.loadgen`); :func:`run` is the scenario.
+
+**Fixed load.** ``python -m lingua_bench.lingua --sessions 100 --seconds 30`` starts its own
+stack (``--redis-url``, as the bench's), runs one phase of that many sessions (5 s warm-up,
+the window, the drain) with the full node count (``--nodes`` to change it) and prints the
+CPU ms per utterance of each process as JSON: the figure to compare before and after a
+change, without the search. Run it more than once: the machine's other work shows in it.
 """
 
 from __future__ import annotations
@@ -44,7 +50,7 @@ import os
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -589,6 +595,37 @@ class LinguaGen:
             await self.fleet.close()
         return self.report(reg_s, best, search, half)
 
+    async def fixed(self, sessions: int, seconds: float, warmup_s: float) -> dict[str, Any]:
+        """One phase at a fixed load: ``sessions`` speaking, a ``seconds`` window whose CPU
+        is read, a drain; the figures to compare one build's CPU per utterance with
+        another's (no search, no wait for withheld jobs' deadlines)."""
+        beats = asyncio.create_task(self.fleet.beat_forever())
+        try:
+            reg_s = await self.fleet.connect_all()
+            gc.collect()
+            gc.freeze()
+            st = await self.phase("fixed", sessions, warmup_s, seconds, self.cfg.sizes.drain_s)
+        finally:
+            beats.cancel()
+            await asyncio.gather(beats, return_exceptions=True)
+            for s in self.sessions:
+                await s.close()
+            await self.fleet.close()
+        ex = st.export()
+        return {
+            "sessions": sessions,
+            "seconds": seconds,
+            "nodes": self.cfg.sizes.nodes,
+            "registration_s": round(reg_s, 2),
+            "utterances": st.sent,
+            "answered": st.answered,
+            "held": ex["held"],
+            "errors": st.errors,
+            "overhead": ex["overhead"],
+            "cpu_s": st.cpu_s,
+            "cpu_ms_per_utterance": cpu_per_utterance(st),
+        }
+
     async def _await_deadlines(self, limit_s: float) -> None:
         """Wait for the withheld utterances still open to be answered at their deadline:
         each for ``limit_s`` after its latest ``job_assign`` (a job taken back and given to a
@@ -702,13 +739,73 @@ def run(
     return with_stack("lingua", redis_url, amqp_url, work, {}, go)
 
 
+def run_fixed(
+    sessions: int,
+    seconds: float,
+    nodes: int,
+    redis_url: str,
+    amqp_url: str,
+    work: Path,
+) -> dict[str, Any]:
+    """Start a stack, run the generator at a fixed load against it, return its figures."""
+    import subprocess
+
+    from lingua_bench.scenarios import with_stack
+    from lingua_bench.stack import BenchStack
+
+    out = work / "lingua-fixed.json"
+
+    def go(stack: BenchStack) -> dict[str, Any]:
+        watch = [f"--watch={name}={pid}" for name, pids in stack.pids().items() for pid in pids]
+        cmd = [
+            sys.executable,
+            "-m",
+            "lingua_bench.lingua",
+            "--gateway",
+            stack.gateway_ws,
+            f"--sessions={sessions}",
+            f"--seconds={seconds:g}",
+            f"--nodes={nodes}",
+            "--out",
+            str(out),
+            *watch,
+        ]
+        proc = subprocess.run(cmd, timeout=seconds + 300, check=False)
+        if proc.returncode != 0:
+            raise RuntimeError(f"lingua generator exited with {proc.returncode}")
+        return json.loads(out.read_text())
+
+    return with_stack("lingua-fixed", redis_url, amqp_url, work, {}, go)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
         prog="python -m lingua_bench.lingua",
         description="lingua-profile nodes and web-client sessions through a real gateway.",
     )
-    ap.add_argument("--gateway", required=True, help="ws://127.0.0.1:PORT of the gateway")
+    ap.add_argument(
+        "--gateway",
+        help="ws://127.0.0.1:PORT of the gateway (without it, --sessions starts its own stack)",
+    )
     ap.add_argument("--sizes", choices=("full", "quick"), default="full")
+    ap.add_argument(
+        "--sessions",
+        type=int,
+        help="a fixed load instead of the search: this many sessions for --seconds",
+    )
+    ap.add_argument("--seconds", type=float, default=30.0, help="the fixed load's window")
+    ap.add_argument("--warmup", type=float, default=5.0, help="the fixed load's warm-up")
+    ap.add_argument("--nodes", type=int, help="nodes of the fixed load (default: the sizes')")
+    ap.add_argument(
+        "--redis-url",
+        default=os.environ.get("LINGUA_BENCH_REDIS_URL", "redis://127.0.0.1:6379/11"),
+        help="the stack's Redis (fixed load without --gateway)",
+    )
+    ap.add_argument(
+        "--amqp-url",
+        default=os.environ.get("LINGUA_BENCH_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/"),
+    )
+    ap.add_argument("--work", type=Path, default=Path("bench/results/work/lingua-fixed"))
     ap.add_argument("--watch", action="append", default=[], help="NAME=PID: CPU per phase")
     ap.add_argument("--seed", type=int, default=16)
     ap.add_argument("--out", type=Path, help="JSON report (default: stdout)")
@@ -720,10 +817,28 @@ def main(argv: list[str] | None = None) -> int:
     from lingua_bench.loadgen import parse_watch
 
     args = build_parser().parse_args(argv)
+    sizes = QUICK if args.sizes == "quick" else FULL
+    if args.nodes is not None:
+        sizes = replace(sizes, nodes=args.nodes)
+    if args.gateway is None:
+        if args.sessions is None:
+            print("lingua: --gateway, or --sessions to start a stack", file=sys.stderr)
+            return 2
+        try:
+            require_loopback(args.redis_url)
+            require_loopback(args.amqp_url)
+        except ValueError as exc:
+            print(f"lingua: {exc}", file=sys.stderr)
+            return 2
+        figures = run_fixed(
+            args.sessions, args.seconds, sizes.nodes, args.redis_url, args.amqp_url, args.work
+        )
+        print(json.dumps(figures, indent=1))
+        return 0
     try:
         cfg = GenConfig(
             gateway=args.gateway,
-            sizes=QUICK if args.sizes == "quick" else FULL,
+            sizes=sizes,
             watch=parse_watch(args.watch),
             seed=args.seed,
             progress=not args.no_progress,
@@ -736,7 +851,10 @@ def main(argv: list[str] | None = None) -> int:
 
     install_uvloop()
     cfg.watch.setdefault("loadgen", [os.getpid()])
-    report = asyncio.run(gen.run())
+    if args.sessions is not None:
+        report = asyncio.run(gen.fixed(args.sessions, args.seconds, args.warmup))
+    else:
+        report = asyncio.run(gen.run())
     text = json.dumps(report, indent=1)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
