@@ -70,6 +70,12 @@ class Settings(BaseSettings):
     ws_outbound_queue: int = 256
     heartbeat_batch_ms: int = Field(100, description="coalescing window for node heartbeats")
     heartbeat_batch_max: int = 2_000
+    heartbeat_batches_in_flight: int = Field(
+        2,
+        ge=1,
+        description="heartbeat batches a gateway keeps unapplied on the bus; beyond, beats "
+        "coalesce at the gateway until node-manager catches up",
+    )
     register_timeout_s: float = Field(
         5.0,
         description="a registration not confirmed in this time is logged as slow; the node keeps "

@@ -86,8 +86,20 @@ class GatewayApp:
             # turns (aiormq holds its lock until each frame is written), so behind a burst of
             # registrations a batch would wait past a 1 Hz node's 3 s TTL.
             beats = await Publisher.open(infra.amqp, infra.topo, s.amqp_confirm_timeout_s)
+            mark_key = infra.keys.heartbeats_applied(s.instance_id)
+
+            async def applied_mark() -> int | None:
+                raw = await infra.redis.get(mark_key)
+                return int(raw) if raw else None
+
             self.coalescer = HeartbeatCoalescer(
-                beats, s.instance_id, s.heartbeat_batch_ms, s.heartbeat_batch_max, self.metrics
+                beats,
+                s.instance_id,
+                s.heartbeat_batch_ms,
+                s.heartbeat_batch_max,
+                self.metrics,
+                applied=applied_mark,
+                in_flight=s.heartbeat_batches_in_flight,
             )
             self.coalescer.start()
             self.node_deps = NodeDeps(

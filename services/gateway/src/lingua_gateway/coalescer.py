@@ -1,8 +1,19 @@
-"""Heartbeat coalescing: one bus message per gateway per window instead of one per beat.
+"""Heartbeat coalescing and flow control: one bus message per gateway per window instead of
+one per beat, and never more than a few of them waiting for node-manager.
 
 At 10,000 nodes at 1 Hz a message per heartbeat costs more CPU than two cores have; a batch
 every ~100 ms is ~10 messages/s per gateway, applied by node-manager in one pipelined round
 trip. A node's newer beat in the same window replaces its older one.
+
+**Flow control.** Each batch carries a sequence number; node-manager marks the largest one it
+applied in Redis (``heartbeats_applied.lua``). Before a batch leaves, the gateway waits until
+fewer than ``in_flight`` of its batches are unapplied. Meanwhile beats keep arriving and
+coalescing, a node's newer beat replacing its older one, so a slow node-manager (a busy
+host, a burst of registrations) makes the batches *larger*, never the queue longer: the
+backlog is at most one beat per node, each node's TTL is refreshed once per round of
+node-manager's work (every node's latest beat), and the apply lag stays bounded by the time
+one round of all nodes takes instead of growing until nodes expire. Without the mark (Redis
+unreachable, node-manager down) a batch leaves anyway after ``apply_wait_s``.
 
 No batch is dropped: one whose publish fails (a confirm timeout of a slow broker, a broker
 down) goes back into the next window, each beat merged with the node's newer one if it beat
@@ -15,6 +26,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
+import time
+from collections.abc import Awaitable, Callable
 
 from lingua_gateway.metrics import Metrics
 from lingua_shared.bus import Publisher
@@ -23,6 +37,11 @@ from lingua_shared.logs import get_logger
 from lingua_shared.runtime import now_ms
 
 log = get_logger(__name__)
+IN_FLIGHT = 2  # unapplied batches a gateway may have on the bus
+APPLY_WAIT_S = 5.0  # a batch leaves after this long without node-manager's mark
+POLL_S = 0.02  # how often the mark is read while waiting
+
+AppliedMark = Callable[[], Awaitable[int | None]]
 
 
 class HeartbeatCoalescer:
@@ -33,13 +52,22 @@ class HeartbeatCoalescer:
         window_ms: int,
         max_batch: int,
         metrics: Metrics,
+        applied: AppliedMark | None = None,
+        in_flight: int = IN_FLIGHT,
+        apply_wait_s: float = APPLY_WAIT_S,
     ) -> None:
         self.publisher = publisher
         self.gateway_id = gateway_id
         self.window = window_ms / 1000
         self.max_batch = max_batch
         self.metrics = metrics
+        self.applied = applied
+        self.in_flight = max(1, in_flight)
+        self.apply_wait_s = apply_wait_s
         self.pending: dict[str, Beat] = {}
+        # above any number an earlier process with this replica id sent (microseconds)
+        self.first_seq = now_ms() * 1000
+        self.seq = self.first_seq  # the last one sent
         self._full = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
@@ -59,21 +87,71 @@ class HeartbeatCoalescer:
             self._full.clear()
             await self.flush()
 
-    async def flush(self) -> None:
-        if not self.pending:
+    async def unapplied(self) -> int | None:
+        """How many of this process's batches node-manager has not applied yet (None when
+        the mark cannot be read)."""
+        if self.applied is None:
+            return None
+        try:
+            mark = await self.applied()
+        except Exception as exc:
+            log.debug("gateway.heartbeat_mark_unreadable", error=repr(exc))
+            return None
+        return self.seq - max(self.first_seq, int(mark or 0))
+
+    async def wait_for_room(self) -> None:
+        """Until fewer than ``in_flight`` batches are unapplied, or ``apply_wait_s`` passed."""
+        if self.seq == self.first_seq or self.applied is None:
             return
-        beats, self.pending = list(self.pending.values()), {}
-        for i in range(0, len(beats), self.max_batch):
-            chunk = beats[i : i + self.max_batch]
-            batch = HeartbeatBatch(gateway_id=self.gateway_id, sent_at_ms=now_ms(), beats=chunk)
-            try:
-                await self.publisher.event("node.heartbeat.batch", batch, persistent=False)
-                self.metrics.heartbeat_batches.observe(len(chunk))
-            except Exception as exc:
-                # not confirmed: every beat goes back into the next window (see above)
-                self.metrics.publish_failures.labels("heartbeat_batch").inc()
-                log.warning("gateway.heartbeat_batch_retried", beats=len(chunk), error=repr(exc))
-                self.put_back(chunk)
+        t0 = time.monotonic()
+        while True:
+            behind = await self.unapplied()
+            if behind is None or behind < self.in_flight:
+                break
+            if time.monotonic() - t0 >= self.apply_wait_s:
+                self.metrics.heartbeat_flow_timeouts.inc()
+                log.warning(
+                    "gateway.heartbeat_batches_unapplied",
+                    unapplied=behind,
+                    waited_s=round(time.monotonic() - t0, 2),
+                )
+                break
+            await asyncio.sleep(POLL_S)
+        self.metrics.heartbeat_flow_wait.observe(time.monotonic() - t0)
+
+    async def flush(self, wait: bool = True) -> None:
+        """Send what is pending, ``max_batch`` beats at a time; with ``wait``, each batch
+        waits for room first, taking the beats that arrived meanwhile too."""
+        # as many batches as the beats pending now need: beats that arrive meanwhile ride
+        # along, but do not keep the loop sending small batches between windows
+        for _ in range(-(-len(self.pending) // self.max_batch)):
+            if wait:
+                await self.wait_for_room()
+            if not self.pending:
+                return
+            if not await self.publish(self.take(self.max_batch)):
+                return  # put back: the next window tries again
+
+    def take(self, n: int) -> list[Beat]:
+        ids = list(itertools.islice(self.pending, n))
+        return [self.pending.pop(node_id) for node_id in ids]
+
+    async def publish(self, chunk: list[Beat]) -> bool:
+        seq = self.seq + 1
+        batch = HeartbeatBatch(
+            gateway_id=self.gateway_id, sent_at_ms=now_ms(), beats=chunk, seq=seq
+        )
+        try:
+            await self.publisher.event("node.heartbeat.batch", batch, persistent=False)
+        except Exception as exc:
+            # not confirmed: every beat goes back into the next window (see above)
+            self.metrics.publish_failures.labels("heartbeat_batch").inc()
+            log.warning("gateway.heartbeat_batch_retried", beats=len(chunk), error=repr(exc))
+            self.put_back(chunk)
+            return False
+        self.seq = seq
+        self.metrics.heartbeat_batches.observe(len(chunk))
+        return True
 
     def put_back(self, beats: list[Beat]) -> None:
         """Beats of a batch that was not confirmed: into the next window, under the node's
@@ -87,7 +165,7 @@ class HeartbeatCoalescer:
             self._task.cancel()
             with contextlib.suppress(BaseException):
                 await self._task
-        await self.flush()
+        await self.flush(wait=False)
 
 
 def has_news(beat: Beat) -> bool:

@@ -39,6 +39,17 @@ class Metrics:
             buckets=(1, 10, 50, 100, 250, 500, 1000, 2000),
             registry=r,
         )
+        self.heartbeat_flow_wait = Histogram(
+            "lingua_gateway_heartbeat_flow_wait_seconds",
+            "How long a heartbeat batch waited for node-manager to apply earlier ones",
+            buckets=(0.001, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5),
+            registry=r,
+        )
+        self.heartbeat_flow_timeouts = Counter(
+            "lingua_gateway_heartbeat_flow_timeouts_total",
+            "Heartbeat batches sent without node-manager's applied mark after the wait",
+            registry=r,
+        )
         self.publish_failures = Counter(
             "lingua_gateway_publish_failures_total", "Publishes that failed", ["kind"], registry=r
         )

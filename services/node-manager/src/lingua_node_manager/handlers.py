@@ -23,6 +23,7 @@ from lingua_shared.scripts import ScriptCode, heartbeat_with_pool_assign
 
 log = get_logger(__name__)
 REPLACED_CLOSE_CODE = CloseCode.REPLACED
+APPLIED_MARK_TTL_MS = 600_000  # a gateway's applied mark outlives its last batch by this
 # node_offline's outcomes as the disconnect metric and log name them
 OFFLINE_OUTCOMES = {
     ScriptCode.OFFLINE: "done",
@@ -231,6 +232,11 @@ class NodeEventHandler:
                 reregister.append((beat.node_id, beat.conn_id))
             elif result.code == ScriptCode.STALE:
                 self.metrics.heartbeats.labels("stale").inc()
+        if batch.seq is not None:
+            # the gateway's flow control: it sends its next batch once this one is applied
+            await self.infra.scripts.heartbeats_applied(
+                gateway_id=batch.gateway_id, seq=batch.seq, ttl_ms=APPLIED_MARK_TTL_MS
+            )
         for node_id, conn_id in reregister:
             if not self.reregister_gate.should_ask(node_id, conn_id):
                 # asked within the window; its registration is on the way (or the next

@@ -1,0 +1,130 @@
+"""Heartbeat flow control against the real broker and Redis: with node-manager behind, the
+gateway keeps at most ``in_flight`` batches unapplied on the bus and coalesces the rest (one
+beat per node, the newest), and sends again as soon as node-manager marks a batch applied
+(``heartbeats_applied.lua``). Without any mark a batch leaves after ``apply_wait_s``."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import aio_pika
+import pytest
+
+from lingua_gateway.coalescer import HeartbeatCoalescer
+from lingua_gateway.metrics import Metrics
+from lingua_shared.bus import Publisher, Topology, declare_queue, declare_topology
+from lingua_shared.bus.topology import QueueSpec
+from lingua_shared.events import Beat, HeartbeatBatch
+from lingua_shared.runtime import now_ms
+
+NODES = 50
+
+
+async def drain(queue: aio_pika.abc.AbstractQueue) -> list[HeartbeatBatch]:
+    out: list[HeartbeatBatch] = []
+    while (msg := await queue.get(no_ack=True, fail=False)) is not None:
+        out.append(HeartbeatBatch.model_validate_json(msg.body))
+    return out
+
+
+@pytest.fixture
+async def bus(amqp_url: str, bus_prefix: str):  # type: ignore[no-untyped-def]
+    topo = Topology(f"{bus_prefix}-flow-{uuid.uuid4().hex[:6]}")
+    conn = await aio_pika.connect(amqp_url, timeout=10)
+    try:
+        channel = await conn.channel()
+        await declare_topology(channel, topo)
+        queue = await declare_queue(
+            channel,
+            QueueSpec(
+                f"{topo.prefix}.beats",
+                ((topo.events, "node.heartbeat.batch"),),
+                quorum=False,
+                exclusive=True,
+            ),
+        )
+        publisher = await Publisher.open(conn, topo, confirm_timeout=5)
+        yield publisher, queue
+    finally:
+        await conn.close()
+
+
+def beat(i: int, round_: int) -> Beat:
+    return Beat(node_id=f"n-{i:03d}", conn_id=f"c-{i}", ts_ms=now_ms(), running_jobs=round_)
+
+
+async def test_a_slow_node_manager_gets_bigger_batches_not_a_longer_queue(
+    bus, redis, keys, scripts
+) -> None:  # type: ignore[no-untyped-def]
+    publisher, queue = bus
+    gw = f"gw-{uuid.uuid4().hex[:6]}"
+    key = keys.heartbeats_applied(gw)
+
+    async def mark() -> int | None:
+        raw = await redis.get(key)
+        return int(raw) if raw else None
+
+    metrics = Metrics()
+    c = HeartbeatCoalescer(
+        publisher, gw, 20, 10, metrics, applied=mark, in_flight=2, apply_wait_s=30
+    )
+    c.start()
+    try:
+        # five rounds of every node beating while nothing is applied
+        for round_ in range(5):
+            for i in range(NODES):
+                c.add(beat(i, round_))
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.3)
+        sent = await drain(queue)
+        assert len(sent) == 2, f"{len(sent)} batches left while none was applied"
+        assert c.seq - c.first_seq == 2
+        # the rest waits at the gateway, one beat per node: its newest
+        assert {b.running_jobs for batch in sent for b in batch.beats} == {0}
+        assert len(c.pending) == NODES
+        assert {b.running_jobs for b in c.pending.values()} == {4}
+
+        # node-manager applies the first batch: one more leaves, with the newest beats
+        first = sent[0].seq
+        assert first is not None and sent[1].seq == first + 1
+        await scripts.heartbeats_applied(gateway_id=gw, seq=first, ttl_ms=60_000)
+        await asyncio.sleep(0.3)
+        more = await drain(queue)
+        assert len(more) == 1 and more[0].seq == first + 2
+        assert {b.running_jobs for b in more[0].beats} == {4}
+
+        # everything applied: the gateway catches up with everything pending
+        for _ in range(10):
+            await scripts.heartbeats_applied(gateway_id=gw, seq=c.seq, ttl_ms=60_000)
+            await asyncio.sleep(0.1)
+        rest = await drain(queue)
+        assert c.pending == {}
+        got = {b.node_id for batch in [*sent, *more, *rest] for b in batch.beats}
+        assert got == {f"n-{i:03d}" for i in range(NODES)}, "a node's beat was lost"
+        assert metrics.heartbeat_flow_timeouts._value.get() == 0
+    finally:
+        await c.stop()
+
+
+async def test_without_a_mark_a_batch_leaves_after_the_wait(bus, redis) -> None:  # type: ignore[no-untyped-def]
+    publisher, queue = bus
+
+    async def never() -> int | None:
+        return None  # node-manager down: nothing is ever marked
+
+    metrics = Metrics()
+    c = HeartbeatCoalescer(
+        publisher, "gw-x", 20, 5, metrics, applied=never, in_flight=1, apply_wait_s=0.5
+    )
+    c.start()
+    try:
+        for i in range(10):
+            c.add(beat(i, 0))
+        await asyncio.sleep(0.2)
+        assert len(await drain(queue)) == 1  # the second waits for the first
+        await asyncio.sleep(0.6)
+        assert len(await drain(queue)) == 1  # ...then leaves anyway, counted
+        assert metrics.heartbeat_flow_timeouts._value.get() == 1
+    finally:
+        await c.stop()
