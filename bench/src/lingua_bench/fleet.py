@@ -10,6 +10,12 @@ measures on a two-core machine, and the figures would describe the generator, no
 Heartbeats carry a sequence number in ``resource_usage.cpu_percent`` (``seq % 1000 / 10``),
 which node-manager stores on the node record: a reader of Redis can tell exactly which beat
 was applied, and so measure the apply lag of each one (see :mod:`lingua_bench.applylag`).
+
+A fleet larger than one process's open-file limit is split over processes: ``shards`` and
+``shard`` make a :class:`Fleet` hold only the nodes whose index ``i % shards == shard`` (each
+keeps its fleet-wide index, id and description, and the pacing by index stays fleet-wide),
+and ``gateway_urls`` spreads the nodes over gateway replicas (node ``i`` connects to
+``gateway_urls[i % len(gateway_urls)]``).
 """
 
 from __future__ import annotations
@@ -57,6 +63,20 @@ class FleetSpec:
     lang_sets: list[list[str]] = field(default_factory=lambda: [["en", "zh"], ["en", "ja", "zh"]])
     regions: list[str] = field(default_factory=lambda: ["eu", "us"])
     gpu_tiers: list[str] = field(default_factory=lambda: ["a100", "t4"])
+    # this process holds the nodes i with i % shards == shard (of ``count`` in the fleet)
+    shards: int = 1
+    shard: int = 0
+    # gateway replicas: node i connects to gateway_urls[i % len(...)] (empty: gateway_url)
+    gateway_urls: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.shards < 1 or not 0 <= self.shard < self.shards:
+            raise ValueError(f"shard {self.shard} of {self.shards} shards")
+
+    def url_of(self, index: int) -> str:
+        """The gateway node ``index`` (fleet-wide) connects to."""
+        urls = self.gateway_urls
+        return urls[index % len(urls)] if urls else self.gateway_url
 
 
 # what a node does with a job_assign: (node, message, monotonic ns at receipt)
@@ -122,7 +142,7 @@ class Fleet:
             profile=spec.profile,
         )
         self.nodes: list[BenchNode] = []
-        for i in range(spec.count):
+        for i in range(spec.shard, spec.count, spec.shards):
             cfg = sim.node_config(i)
             reg = build_register(cfg, _sim_hardware(cfg.gpu_tier or "")).to_wire()
             installed, caps = services_for(cfg)
@@ -173,8 +193,9 @@ class Fleet:
 
     async def _connect(self, node: BenchNode) -> None:
         ws = await connect(
-            self.spec.gateway_url,
+            self.spec.url_of(node.index),
             compression=None,
+            proxy=None,  # loopback: no proxy lookup in the environment on every connect
             ping_interval=None,  # the gateway pings; a node only answers
             max_size=2**22,
             open_timeout=60,

@@ -4,6 +4,12 @@ and ``make up`` run them (:class:`lingua_shared.devstack.ServiceProcess`).
 Each scenario gets a fresh stack on free ports, its own Redis cell and bus prefix, so one
 scenario's nodes and queues never leak into the next; :meth:`BenchStack.cleanup` removes the
 cell's keys and the prefix's queues and exchanges afterwards.
+
+A service can run as several replicas (:meth:`BenchStack.add_replicas`): the same cell and
+bus prefix, each its own ``LINGUA_INSTANCE_ID``, port and log, kept in ``procs`` as
+``gateway``, ``gateway-2``, ... The first replica keeps the plain name, so ``gateway_ws`` is
+the first gateway; :meth:`BenchStack.pids` puts every replica's PID under the plain name, so a
+service's CPU is that of all its replicas.
 """
 
 from __future__ import annotations
@@ -44,28 +50,66 @@ class BenchStack:
 
     def start(self, *services: str) -> None:
         """Start each service and wait until every one is ready."""
-        self.log_dir.mkdir(parents=True, exist_ok=True)
         for service in services:
-            module, _ = SERVICES[service]
-            p = ServiceProcess(
-                service,
-                module,
-                free_port(),
-                {**self.base_env, "LINGUA_INSTANCE_ID": f"{service}-{self.cell}"},
-                self.log_dir / f"{self.tag}-{service}.log",
-            )
-            p.start()
-            self.procs[service] = p
+            self._spawn(service, service)
         for p in self.procs.values():
             p.wait_ready(60)
+
+    def add_replicas(self, service: str, count: int) -> list[ServiceProcess]:
+        """Run ``service`` as ``count`` replicas in all: start the missing ones (``<service>-2``
+        ...) after the first, wait until they are ready; every replica, first one first."""
+        if service not in SERVICES:
+            raise ValueError(f"unknown service {service!r}")
+        if count < 1:
+            raise ValueError(f"replicas must be >= 1, got {count}")
+        new = [
+            self._spawn(service, name)
+            for k in range(1, count + 1)
+            if (name := replica_name(service, k)) not in self.procs
+        ]
+        for p in new:
+            p.wait_ready(60)
+        return self.replicas(service)
+
+    def replicas(self, service: str) -> list[ServiceProcess]:
+        """The running replicas of ``service`` in order (the first is ``procs[service]``)."""
+        out = []
+        k = 1
+        while (name := replica_name(service, k)) in self.procs:
+            out.append(self.procs[name])
+            k += 1
+        return out
+
+    def _spawn(self, service: str, name: str) -> ServiceProcess:
+        module, _ = SERVICES[service]
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        p = ServiceProcess(
+            name,
+            module,
+            free_port(),
+            {**self.base_env, "LINGUA_INSTANCE_ID": f"{name}-{self.cell}"},
+            self.log_dir / f"{self.tag}-{name}.log",
+        )
+        p.start()
+        self.procs[name] = p
+        return p
 
     @property
     def gateway_ws(self) -> str:
         return f"ws://127.0.0.1:{self.procs['gateway'].port}"
 
+    @property
+    def gateway_wss(self) -> list[str]:
+        """Every gateway replica's WebSocket base URL, first one first."""
+        return [f"ws://127.0.0.1:{p.port}" for p in self.replicas("gateway")]
+
     def pids(self) -> dict[str, list[int]]:
-        """Service PIDs, plus Redis and RabbitMQ (shared with the rest of the machine)."""
-        out = {n: [p.proc.pid] for n, p in self.procs.items() if p.proc is not None}
+        """Service PIDs (a service's replicas under its plain name), plus Redis and RabbitMQ
+        (shared with the rest of the machine)."""
+        out: dict[str, list[int]] = {}
+        for name, p in self.procs.items():
+            if p.proc is not None:
+                out.setdefault(service_of(name), []).append(p.proc.pid)
         redis_pid = asyncio.run(_redis_pid(self.redis_url))
         if redis_pid:
             out["redis"] = [redis_pid]
@@ -80,6 +124,17 @@ class BenchStack:
     def cleanup(self) -> None:
         """Delete the cell's keys and the bus prefix's queues and exchanges."""
         asyncio.run(_cleanup(self.redis_url, self.amqp_url, self.cell, self.bus_prefix))
+
+
+def replica_name(service: str, k: int) -> str:
+    """``gateway`` for the first replica, ``gateway-2`` for the second, ..."""
+    return service if k == 1 else f"{service}-{k}"
+
+
+def service_of(name: str) -> str:
+    """The service a process name in ``procs`` runs (``gateway-2`` -> ``gateway``)."""
+    base, sep, k = name.rpartition("-")
+    return base if sep and k.isdigit() and base in SERVICES else name
 
 
 async def _redis_pid(url: str) -> int | None:
