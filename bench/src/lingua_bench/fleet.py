@@ -36,6 +36,7 @@ from lingua_node_agent.capabilities import build_register, language_capabilities
 from lingua_node_agent.simulator import SimConfig, _sim_hardware
 
 SEQ_MOD = 1000  # beats are numbered modulo this, encoded as cpu_percent = seq / 10
+YIELD_EVERY = 100  # beats sent in a row before the pacing loop lets the other tasks run
 
 
 def seq_to_cpu(seq: int) -> float:
@@ -292,6 +293,11 @@ class Fleet:
             while done < due:
                 node = nodes[done % n]
                 done += 1
+                if done % YIELD_EVERY == 0:
+                    # a send that needs no drain never yields: after a stall, a catch-up of
+                    # thousands of beats would hold the loop, and the pongs and handshakes
+                    # of every other socket would wait behind it
+                    await asyncio.sleep(0)
                 ws = node.ws
                 if ws is None or not node.acked:
                     continue  # not acked yet: a node beats only once registered

@@ -210,9 +210,9 @@ def run(
                         'lingua_gateway_publish_failures_total{kind="heartbeat_batch"}', 0.0
                     ),
                     "node_closes": {
-                        k.partition("{")[2].rstrip("}"): v
+                        k.partition("{")[2].rstrip("}").replace('endpoint="node",', ""): v
                         for k, v in gw.items()
-                        if k.startswith('lingua_gateway_closes_total{endpoint="node"')
+                        if k.startswith("lingua_gateway_closes_total{") and 'endpoint="node"' in k
                     },
                 }
             )
