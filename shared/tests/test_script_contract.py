@@ -41,9 +41,16 @@ def parse_header(name: str) -> Header:
     return script_header.parse_header(LUA_DIR, name)
 
 
+# libraries that are a script's body, shared with a script that applies it many times
+BODY_LIBS = {"heartbeat_with_pool_assign": "heartbeat"}
+
+
 def body_of(name: str) -> str:
-    """The script's own code: no header, no inlined library."""
+    """The script's own code: no header, no inlined library (but its body's, if a library
+    holds it)."""
     text = (LUA_DIR / f"{name}.lua").read_text()
+    if name in BODY_LIBS:
+        text += "\n" + (LUA_DIR / "lib" / f"{BODY_LIBS[name]}.lua").read_text()
     return "\n".join(line for line in text.splitlines() if not line.startswith("--"))
 
 
@@ -53,6 +60,7 @@ SAMPLES: dict[str, Any] = {
     "now_ms": 1_700_000_000_123,
     "ttl_ms": 45_001,
     "seq": 1_700_000_000_123_001,
+    "beats": [["node-7", "c-1", "1", "-1", "-1", "-1", "", "", ""]],
     "region": "eu-west",
     "gpu_tier": "a100",
     "lang_sets": [["en", "ja", "zh"]],
@@ -238,6 +246,7 @@ JOB_REPLIES: dict[str, Any] = {
     "utterance_fail": lambda c: [c, b"gw", b"c1", 3, b'{"type": "error"}'] if c == 1 else [c, b""],
     "outbox_ack": lambda c: [c, 2],
     "heartbeats_applied": lambda c: [c, 1_700_000_000_123_001],
+    "heartbeat_batch": lambda c: [c, [[1, 1], [-2, b""], [-1, b"node_id"]]],
     "outbox_claim": lambda c: [c, [b"s-1", b"gw", b"c1", [3, b'{"type": "x"}']]],
     "session_bind": lambda c: (
         [c, b"gw", b"c0", [b"mode", b"one_way"], [b"5"], [3, b'{"type": "x"}']]
@@ -281,6 +290,12 @@ def test_wrapper_handles_every_documented_code(name: str, offline_scripts: Scrip
             assert [(p.session_id, p.gateway_id, p.items) for p in result] == [
                 ("s-1", "gw", [(3, {"type": "x"})])
             ]
+            continue
+        if name == "heartbeat_batch":
+            alive, gone, bad = result
+            assert (alive.code, alive.pools_changed) == (ScriptCode.ALIVE, True)
+            assert gone.code == ScriptCode.NOT_REGISTERED
+            assert isinstance(bad, ScriptRejected) and bad.details == {"field": "node_id"}
             continue
         if name == "pools_summary":
             assert result[0].members == 3 and result[0].reserved == 1

@@ -26,6 +26,7 @@ from redis.asyncio import Redis
 
 from lingua_shared.keys import Keys
 from lingua_shared.scripts import MODULES, ScriptCode, Scripts, find_lua_dir
+from lingua_shared.scripts import heartbeat_batch
 from lingua_shared.scripts.header import parse_header, template_regex
 from lingua_shared.testing import TEST_DB, node_beat, node_registration
 
@@ -213,6 +214,22 @@ async def node_scenarios(call: Call) -> None:
     assert (await call("node_offline", mode="graceful", **off)).code == ScriptCode.ALREADY_GONE
     await call("register_node_v2", **reg("n2"))
     await call("heartbeat_with_pool_assign", **beat("n2"))
+    # a batch: each beat as heartbeat_with_pool_assign applies it, results in order
+    await call("register_node_v2", **reg("n3"))
+    batch = await call(
+        "heartbeat_batch",
+        gateway_id="gw-1",
+        now_ms=NOW,
+        max_shard_size=64,
+        beats=[
+            heartbeat_batch.beat_args(node_id="n3", conn_id="c-n3", running_jobs=1),
+            heartbeat_batch.beat_args(node_id="ghost", conn_id="c-g"),
+            heartbeat_batch.beat_args(node_id="n2", conn_id="c-n2", lang_sets=[["en", "ja"]]),
+        ],
+    )
+    assert [r.code for r in batch] == [1, ScriptCode.NOT_REGISTERED, 1]
+    assert batch[0].pools_changed and batch[2].pools_changed
+    await call("node_offline", mode="graceful", node_id="n3", now_ms=NOW)
     expired = {"node_id": "n2", "mode": "expired"}
     assert (await call("node_offline", now_ms=NOW, **expired)).code == ScriptCode.NOT_EXPIRED
     assert (await call("node_offline", now_ms=NOW + TTL + 1, **expired)).code == 1
@@ -315,6 +332,11 @@ async def job_scenarios(call: Call, redis: Redis, keys: Keys) -> None:
     # a private node is scored in the band of its tenant (the registry of bands)
     await call("register_node_v2", **reg("p", public=False, tenant="t1", lang_sets=[["it", "pt"]]))
     await call("heartbeat_with_pool_assign", **beat("p"))
+    # ...in a batch too
+    p_beat = heartbeat_batch.beat_args(node_id="p", conn_id="c-p")
+    batch = await call("heartbeat_batch", gateway_id="gw-1", now_ms=NOW, max_shard_size=64,
+                       beats=[p_beat])  # fmt: skip
+    assert batch[0].code == ScriptCode.ALIVE
 
     # utterances that never became jobs
     assert (await call("utterance_fail", **fail("s-ord", 9))).code == ScriptCode.ANSWERED

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections import Counter
+from typing import Any
+
 from aio_pika.abc import AbstractIncomingMessage
 
 from lingua_node_manager.metrics import Metrics
@@ -19,10 +22,12 @@ from lingua_shared.events import (
 from lingua_shared.logs import get_logger
 from lingua_shared.protocol import CloseCode, NodeControl
 from lingua_shared.runtime import Infra, now_ms
-from lingua_shared.scripts import ScriptCode, heartbeat_with_pool_assign
+from lingua_shared.scripts import ScriptCode, heartbeat_batch
+from lingua_shared.scripts.heartbeat_batch import beat_args
 
 log = get_logger(__name__)
 REPLACED_CLOSE_CODE = CloseCode.REPLACED
+BEATS_PER_CALL = 200  # ~2 ms of Redis per call at most
 APPLIED_MARK_TTL_MS = 600_000  # a gateway's applied mark outlives its last batch by this
 # node_offline's outcomes as the disconnect metric and log name them
 OFFLINE_OUTCOMES = {
@@ -187,51 +192,67 @@ class NodeEventHandler:
             return False
 
     async def heartbeats(self, batch: HeartbeatBatch) -> None:
-        """Apply a whole batch in one pipelined round trip of script calls."""
+        """Apply a whole batch in one pipelined round trip: ``heartbeat_batch`` calls of at
+        most ``BEATS_PER_CALL`` beats each (one command per call instead of one per beat,
+        each call short enough not to hold Redis up for selection)."""
         now = now_ms()
         shard_size = self.infra.settings.pool_shard_size
-        results = await self.infra.scripts.run_all(
-            heartbeat_with_pool_assign,
-            (
-                {
-                    "node_id": b.node_id,
-                    "conn_id": b.conn_id,
-                    "gateway_id": batch.gateway_id,
-                    "now_ms": now,
-                    "running_jobs": b.running_jobs,
-                    "cpu_percent": b.cpu_percent,
-                    "gpu_percent": b.gpu_percent,
-                    "mem_percent": b.mem_percent,
-                    "max_shard_size": shard_size,
-                    "status": b.status,
-                    "lang_sets": b.lang_sets,
-                    "services": b.services,
-                }
-                for b in batch.beats
-            ),
-        )
+        beats = batch.beats
+        calls = [
+            {
+                "gateway_id": batch.gateway_id,
+                "now_ms": now,
+                "max_shard_size": shard_size,
+                "beats": [
+                    beat_args(
+                        node_id=b.node_id,
+                        conn_id=b.conn_id,
+                        running_jobs=b.running_jobs,
+                        cpu_percent=b.cpu_percent,
+                        gpu_percent=b.gpu_percent,
+                        mem_percent=b.mem_percent,
+                        status=b.status,
+                        lang_sets=b.lang_sets,
+                        services=b.services,
+                    )
+                    for b in beats[i : i + BEATS_PER_CALL]
+                ],
+            }
+            for i in range(0, len(beats), BEATS_PER_CALL)
+        ]
+        results: list[Any] = []
+        for call, outcome in zip(
+            calls, await self.infra.scripts.run_all(heartbeat_batch, calls), strict=True
+        ):
+            # a call that failed as a whole (a Redis error) fails each of its beats
+            n = len(call["beats"])
+            results.extend(outcome if isinstance(outcome, list) else [outcome] * n)
         self.metrics.batch_size.observe(len(batch.beats))
         reregister: list[tuple[str, str]] = []
+        outcomes: Counter[str] = Counter()
+        lag = self.metrics.apply_lag
         for beat, result in zip(batch.beats, results, strict=True):
-            self.metrics.apply_lag.observe(max(0.0, (now - beat.ts_ms) / 1000))
+            lag.observe(max(0.0, (now - beat.ts_ms) / 1000))
             if isinstance(result, ScriptRejected):
-                self.metrics.heartbeats.labels("invalid").inc()
+                outcomes["invalid"] += 1
                 field = (result.details or {}).get("field")
                 log.error("node.heartbeat_invalid", node_id=beat.node_id, field=field)
             elif isinstance(result, Exception):
                 if isinstance(result, (ConnectionError, TimeoutError, OSError)):
                     raise DependencyDown(f"heartbeat batch failed: {result!r}")
                 log.error("node.heartbeat_failed", node_id=beat.node_id, error=repr(result))
-                self.metrics.heartbeats.labels("error").inc()
+                outcomes["error"] += 1
             elif result.code == ScriptCode.ALIVE:
-                self.metrics.heartbeats.labels("alive").inc()
+                outcomes["alive"] += 1
                 if result.pools_changed:
                     log.info("node.pools_assigned", node_id=beat.node_id, conn_id=beat.conn_id)
             elif result.code == ScriptCode.NOT_REGISTERED:
-                self.metrics.heartbeats.labels("not_registered").inc()
+                outcomes["not_registered"] += 1
                 reregister.append((beat.node_id, beat.conn_id))
             elif result.code == ScriptCode.STALE:
-                self.metrics.heartbeats.labels("stale").inc()
+                outcomes["stale"] += 1
+        for outcome, n in outcomes.items():
+            self.metrics.heartbeats.labels(outcome).inc(n)
         if batch.seq is not None:
             # the gateway's flow control: it sends its next batch once this one is applied
             await self.infra.scripts.heartbeats_applied(

@@ -45,6 +45,7 @@ ALL = (
     "node_lost",
     "slots_reconcile",
     "heartbeats_applied",
+    "heartbeat_batch",
 )
 JOB_SCRIPTS = ("select_node", "job_ack", "job_finish", "job_release")
 
@@ -246,6 +247,12 @@ class ScriptCode(IntEnum):
         1,
         ("outbox_claim",),
         "the claimed sessions follow (maybe none), each with its unacknowledged outcomes",
+    )
+    # -- heartbeat_batch ----------------------------------------------------------------------
+    BATCH_APPLIED = (
+        1,
+        ("heartbeat_batch",),
+        "every beat was applied as heartbeat_with_pool_assign applies one; its replies follow",
     )
     # -- heartbeats_applied ------------------------------------------------------------------
     APPLIED_MARKED = (

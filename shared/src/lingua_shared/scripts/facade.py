@@ -20,6 +20,7 @@ from redis.asyncio import Redis
 from lingua_shared.keys import Keys
 from lingua_shared.scripts import (
     gap_expire,
+    heartbeat_batch,
     heartbeat_with_pool_assign,
     heartbeats_applied,
     job_ack,
@@ -68,6 +69,7 @@ MODULES: dict[str, ModuleType] = {
         node_lost,
         slots_reconcile,
         heartbeats_applied,
+        heartbeat_batch,
     )
 }
 
@@ -154,6 +156,7 @@ class Scripts:
     node_lost_args = _builder(node_lost)
     slots_reconcile_args = _builder(slots_reconcile)
     heartbeats_applied_args = _builder(heartbeats_applied)
+    heartbeat_batch_args = _builder(heartbeat_batch)
 
     # -- calls, one per script ------------------------------------------------------------------
     async def register_node_v2(self, **kw: Any) -> register_node_v2.RegisterResult:
@@ -220,3 +223,6 @@ class Scripts:
 
     async def heartbeats_applied(self, **kw: Any) -> heartbeats_applied.Result:
         return await self.run(heartbeats_applied, **kw)  # type: ignore[no-any-return]
+
+    async def heartbeat_batch(self, **kw: Any) -> heartbeat_batch.Result:
+        return await self.run(heartbeat_batch, **kw)  # type: ignore[no-any-return]
