@@ -17,17 +17,21 @@ before the first connection to the end of the hold and got at least a quarter of
 
 The nodes run in child processes (``python -m lingua_bench.fleet_bench``), as the load
 generator does, so their CPU is never the services'. One process holds one socket per node it
-serves, and here a process may hold no more than the hard open-file limit (20,000, which only
-CAP_SYS_RESOURCE could raise), so the fleet is spread as a real deployment spreads it: over
-``processes_for(nodes)`` gateway replicas (same cell and bus prefix, each its own instance id
-and port) and as many generator processes, one of each per ``NODES_PER_PROCESS`` nodes and at
-least two, so the quick size runs the same path. Generator ``j`` holds the nodes ``i`` with
-``i % n == j`` and connects them to gateway ``j``: nodes alternate between the replicas, and
-the pacing by fleet-wide index keeps the fleet's rate. The generators build their nodes, say
-``ready`` and start together on ``go``. Their reports are merged (counts summed, ack waits
-pooled, the longest registration and backlog kept, the services' CPU from the first, which
-alone meters them), both gateways' metrics are summed, and ``details.fleet.gateways`` gives
-each replica's node connections at the end of the hold. Each process raises its soft
+serves, and no process may open more descriptors than its hard limit (20,000 where the
+results were taken; only CAP_SYS_RESOURCE raises it), so the fleet is spread as a deployment
+spreads it: over ``processes_for(nodes)`` gateway replicas (same cell and bus prefix, each
+its own instance id and port) and as many generator processes, one of each per
+``NODES_PER_PROCESS`` nodes and at least two, so the quick size runs the same path.
+Generator ``j`` holds the nodes ``i`` with ``i % n == j`` and connects them to gateway ``j``:
+nodes alternate between the replicas, and the pacing by fleet-wide index keeps the fleet's
+rate. The generators build their nodes, say ``ready`` and start together on ``go``. Their
+reports are merged (counts summed, ack waits pooled, the longest registration and backlog
+kept, the services' CPU from the first, which alone meters them), both gateways' metrics are
+summed, and ``details.fleet.gateways`` gives each replica's node connections at the end of
+the hold. Where a run lost nodes shows in the details: failures with their reason and time,
+each generator's acks and failures per 10 s (``timeline``) and its event-loop lag (a
+generator that falls behind cannot answer the gateway's pings, which then closes its
+sockets), and each gateway's node closes by close code. Each process raises its soft
 ``RLIMIT_NOFILE`` to what its share needs; the scenario fails naming the ``ulimit -n`` it
 needs when the hard limit is too low even for that.
 """
@@ -36,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import math
 import os
@@ -399,11 +404,19 @@ class FleetGen:
         slot[0 if ok else 1] += 1
 
     async def watch_loop(self) -> None:
-        """How late a 0.1 s sleep wakes: the generator's own event-loop lag."""
+        """How late a 0.1 s sleep wakes: the generator's own event-loop lag. Every second
+        it also freezes what survived (``gc.freeze``): thousands of sockets' objects live to
+        the end, and a full collection walking them all would hold the loop for seconds on a
+        busy machine, long enough for the gateway to close the sockets whose pings waited."""
+        last_freeze = time.monotonic()
         while True:
             t = time.monotonic()
             await asyncio.sleep(0.1)
-            self.max_loop_lag_s = max(self.max_loop_lag_s, time.monotonic() - t - 0.1)
+            now = time.monotonic()
+            self.max_loop_lag_s = max(self.max_loop_lag_s, now - t - 0.1)
+            if now - last_freeze >= 1.0:
+                gc.freeze()
+                last_freeze = now
 
     async def register(self, node: BenchNode) -> None:
         """Connect and register one node, waiting ``ack_wait_s`` for its ack."""
@@ -562,6 +575,8 @@ def main(argv: list[str] | None = None) -> int:
 
     install_uvloop()
     gen = FleetGen(args, size)
+    gc.collect()
+    gc.freeze()  # the nodes live to the end: no collection need walk them again
     if args.wait_go:
         print("ready", flush=True)
         if sys.stdin.readline().strip() != "go":
