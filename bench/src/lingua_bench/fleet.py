@@ -31,6 +31,7 @@ from typing import Any
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, WebSocketException
+from websockets.protocol import State
 
 from lingua_node_agent.capabilities import build_register, language_capabilities, services_for
 from lingua_node_agent.simulator import SimConfig, _sim_hardware
@@ -301,6 +302,10 @@ class Fleet:
                 ws = node.ws
                 if ws is None or not node.acked:
                     continue  # not acked yet: a node beats only once registered
+                if ws.state is not State.OPEN:
+                    # closing: a send would wait up to close_timeout for the close to end,
+                    # and every other node's beat with it
+                    continue
                 wall_ms = time.time_ns() / 1e6
                 frame = node.heartbeat_frame(int(wall_ms))
                 try:
