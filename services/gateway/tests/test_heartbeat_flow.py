@@ -1,7 +1,8 @@
 """Heartbeat flow control against the real broker and Redis: with node-manager behind, the
 gateway keeps at most ``in_flight`` batches unapplied on the bus and coalesces the rest (one
 beat per node, the newest), and sends again as soon as node-manager marks a batch applied
-(``heartbeats_applied.lua``). Without any mark a batch leaves after ``apply_wait_s``."""
+(``heartbeats_applied.lua``). Without a newer mark a batch leaves after ``apply_wait_s``,
+and at once when there is no mark at all (Redis lost it)."""
 
 from __future__ import annotations
 
@@ -65,6 +66,7 @@ async def test_a_slow_node_manager_gets_bigger_batches_not_a_longer_queue(
         raw = await redis.get(key)
         return int(raw) if raw else None
 
+    await redis.set(key, 1)  # the mark of an earlier process of this replica id
     metrics = Metrics()
     c = HeartbeatCoalescer(
         publisher, gw, 20, 10, metrics, applied=mark, in_flight=2, apply_wait_s=30
@@ -103,15 +105,25 @@ async def test_a_slow_node_manager_gets_bigger_batches_not_a_longer_queue(
         got = {b.node_id for batch in [*sent, *more, *rest] for b in batch.beats}
         assert got == {f"n-{i:03d}" for i in range(NODES)}, "a node's beat was lost"
         assert metrics.heartbeat_flow_timeouts._value.get() == 0
+
+        # Redis lost the mark (a flush): nothing to wait for, beats flow at once
+        for round_ in range(3):
+            await redis.delete(key)
+            for i in range(NODES):
+                c.add(beat(i, 10 + round_))
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(0.2)
+        assert c.pending == {}
+        assert len(await drain(queue)) == 3 * NODES // 10
     finally:
         await c.stop()
 
 
-async def test_without_a_mark_a_batch_leaves_after_the_wait(bus, redis) -> None:  # type: ignore[no-untyped-def]
+async def test_when_the_mark_stops_a_batch_leaves_after_the_wait(bus, redis) -> None:  # type: ignore[no-untyped-def]
     publisher, queue = bus
 
     async def never() -> int | None:
-        return None  # node-manager down: nothing is ever marked
+        return 1  # node-manager down: the mark stays where an earlier process left it
 
     metrics = Metrics()
     c = HeartbeatCoalescer(

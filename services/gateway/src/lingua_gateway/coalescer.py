@@ -12,8 +12,10 @@ coalescing, a node's newer beat replacing its older one, so a slow node-manager 
 host, a burst of registrations) makes the batches *larger*, never the queue longer: the
 backlog is at most one beat per node, each node's TTL is refreshed once per round of
 node-manager's work (every node's latest beat), and the apply lag stays bounded by the time
-one round of all nodes takes instead of growing until nodes expire. Without the mark (Redis
-unreachable, node-manager down) a batch leaves anyway after ``apply_wait_s``.
+one round of all nodes takes instead of growing until nodes expire. A batch leaves anyway
+after ``apply_wait_s`` (1 s, shorter than the 3 s TTL of a 1 Hz node) without a newer mark
+(node-manager down, a batch lost with a broker restart), and at once when there is no mark
+at all (none applied yet, or Redis lost it).
 
 No batch is dropped: one whose publish fails (a confirm timeout of a slow broker, a broker
 down) goes back into the next window, each beat merged with the node's newer one if it beat
@@ -38,7 +40,7 @@ from lingua_shared.runtime import now_ms
 
 log = get_logger(__name__)
 IN_FLIGHT = 2  # unapplied batches a gateway may have on the bus
-APPLY_WAIT_S = 5.0  # a batch leaves after this long without node-manager's mark
+APPLY_WAIT_S = 1.0  # a batch leaves after this long without node-manager's mark (< a TTL)
 POLL_S = 0.02  # how often the mark is read while waiting
 
 AppliedMark = Callable[[], Awaitable[int | None]]
@@ -97,7 +99,9 @@ class HeartbeatCoalescer:
         except Exception as exc:
             log.debug("gateway.heartbeat_mark_unreadable", error=repr(exc))
             return None
-        return self.seq - max(self.first_seq, int(mark or 0))
+        if not mark:
+            return None  # no mark yet, or Redis lost it (a flush): nothing to wait for
+        return self.seq - max(self.first_seq, mark)
 
     async def wait_for_room(self) -> None:
         """Until fewer than ``in_flight`` batches are unapplied, or ``apply_wait_s`` passed."""

@@ -26,6 +26,15 @@ log = get_logger(__name__)
 CAPABILITY_FIELDS = ("installed_services", "capability_by_type", "language_capabilities")
 
 
+def raw_capabilities(obj: dict[str, Any]) -> tuple[Any, ...]:
+    """The capability fields of a heartbeat as JSON values (compared, never interpreted)."""
+    return tuple(obj.get(f) for f in CAPABILITY_FIELDS)
+
+
+def without_capabilities(obj: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in obj.items() if k not in CAPABILITY_FIELDS}
+
+
 def restated(hb: NodeHeartbeat) -> dict[str, Any]:
     """The capability fields a heartbeat carries (none, usually, from our own agent)."""
     return {f: getattr(hb, f) for f in CAPABILITY_FIELDS if getattr(hb, f) is not None}
@@ -54,6 +63,9 @@ class NodeProfile:
         self.degraded = False  # ASR or Semantic no longer ready (a heartbeat said so)
         self.service_types: dict[str, str] = {}  # installed service id -> its type
         self._seen: tuple[Any, ...] | None = None  # the capability fields of the last beat
+        # the same fields as the last fully decoded beat of the registered node sent them
+        # (JSON values): a beat restating exactly these needs only its other fields decoded
+        self.raw_seen: tuple[Any, ...] | None = None
 
     def derive(self, reg: NodeRegister) -> NodeCapabilities:
         """Rule N1 with this gateway's defaults; :class:`CapabilityError` if it fails."""
@@ -70,6 +82,7 @@ class NodeProfile:
         self.registration, self.caps = reg, caps
         self.service_types = service_types(reg)
         self.degraded = False
+        self.raw_seen = None
 
     def from_heartbeat(
         self, hb: NodeHeartbeat, node_id: str | None, conn_id: str

@@ -12,11 +12,13 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+import orjson
+from pydantic import ValidationError
 from websockets.asyncio.server import ServerConnection
 
 from lingua_gateway.access import ByteRate
 from lingua_gateway.decode import decode_frame
-from lingua_gateway.node_capabilities import NodeProfile
+from lingua_gateway.node_capabilities import NodeProfile, raw_capabilities, without_capabilities
 from lingua_gateway.node_registration import NodeRegistrar
 from lingua_gateway.outbound import Outbound
 from lingua_gateway.ports import NodeDeps
@@ -114,9 +116,49 @@ class NodeConnection(EndpointConnection):
             await self.closed()
 
     async def on_frame(self, raw: str | bytes) -> None:
+        beat = self.routine_heartbeat(raw) if isinstance(raw, str) else None
+        if beat is not None:
+            obj, caps = beat
+            if caps == self.profile.raw_seen:
+                self.on_routine_heartbeat(obj, raw)
+                return
         msg = decode_frame(raw, NODE_INBOUND, NODE_TYPES)
         self.metrics.message_in(ENDPOINT, msg.type).inc()
         await self.on_message(msg)
+        if beat is not None and self.profile.caps is not None and self.node_id is not None:
+            self.profile.raw_seen = beat[1]  # decoded in full and taken: the next may be quick
+
+    def routine_heartbeat(self, raw: str) -> tuple[dict[str, Any], tuple[Any, ...]] | None:
+        """A registered node's heartbeat, parsed, with its capability fields as sent; None
+        for any other frame (those go through :func:`decode_frame`).
+
+        lingua's agent restates its capabilities in every beat, ~1-2 KB the gateway would
+        validate and compare at every beat of every node. A beat whose capability fields are
+        exactly (as JSON) those of the last beat decoded in full changes nothing they say, so
+        only its other fields are validated. Anything unusual takes the full path, which
+        gives the typed error."""
+        if (
+            '"node_heartbeat"' not in raw[:48]
+            or self.profile.caps is None
+            or self.registrar.waiting_node_id is not None
+        ):
+            return None
+        try:
+            obj = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            return None
+        if not isinstance(obj, dict) or obj.get("type") != "node_heartbeat":
+            return None
+        return obj, raw_capabilities(obj)
+
+    def on_routine_heartbeat(self, obj: dict[str, Any], raw: str) -> None:
+        try:
+            hb = NodeHeartbeat.model_validate(without_capabilities(obj))
+        except ValidationError:
+            self.profile.raw_seen = None
+            hb = decode_frame(raw, NODE_INBOUND, NODE_TYPES)  # raises what is wrong
+        self.metrics.message_in(ENDPOINT, "node_heartbeat").inc()
+        self.on_heartbeat(hb)  # type: ignore[arg-type]
 
     async def on_message(self, msg: object) -> None:
         if isinstance(msg, NodeHeartbeat):
@@ -244,7 +286,7 @@ class NodeConnection(EndpointConnection):
             status = "ready"  # capabilities are back (or changed): schedulable again
         ru = hb.resource_usage
         self.beats.add(
-            Beat(
+            Beat.model_construct(  # every value below is validated already
                 node_id=hb.node_id,
                 conn_id=self.conn_id,
                 ts_ms=now_ms(),
