@@ -18,6 +18,7 @@ import json
 import uuid
 from typing import Any
 
+import orjson
 from websockets.asyncio.server import ServerConnection
 
 from lingua_gateway.access import ByteRate
@@ -62,6 +63,38 @@ from lingua_shared.scripts import ScriptCode
 log = get_logger(__name__)
 ENDPOINT = "session"
 SESSION_TYPES = SESSION_INBOUND_TYPES  # what a client may send
+
+
+_NONE = type(None)
+# the fields of ``AudioChunk`` and the exact types a valid value of each has in JSON
+_CHUNK_FIELDS: dict[str, tuple[type, ...]] = {
+    "type": (str,),
+    "session_id": (str, _NONE),
+    "seq": (int, _NONE),
+    "is_final": (bool,),
+    "payload": (str, _NONE),
+    "client_timestamp_ms": (int, _NONE),
+}
+
+
+def plain_audio_chunk(raw: str | bytes) -> dict[str, Any] | None:
+    """An ``audio_chunk`` text frame as its JSON object when every field it has is one of
+    :class:`AudioChunk`'s with a value the model takes as it is (so the model would add
+    nothing); ``None`` for anything else, which then goes through :func:`decode_frame` and
+    gets its typed error there."""
+    if not isinstance(raw, str) or '"audio_chunk"' not in raw:
+        return None
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if type(obj) is not dict or obj.get("type") != "audio_chunk":
+        return None
+    for key, value in obj.items():
+        types = _CHUNK_FIELDS.get(key)
+        if types is None or type(value) not in types:
+            return None
+    return obj
 
 
 class SessionConnection(EndpointConnection):
@@ -111,8 +144,18 @@ class SessionConnection(EndpointConnection):
         if isinstance(raw, bytes):
             await self.on_binary(raw)
             return
+        chunk = plain_audio_chunk(raw)
+        if chunk is not None:
+            # the web client's every frame: handled without building a model (a frame this
+            # cannot vouch for goes through the full validation below)
+            self.metrics.message_in(ENDPOINT, "audio_chunk").inc()
+            audio = self.require_session(chunk.get("session_id"))
+            payload = chunk.get("payload")
+            data = decode_base64(payload, "payload") if payload else b""
+            await audio.on_audio(data, chunk.get("is_final", False))
+            return
         msg = decode_frame(raw, SESSION_INBOUND, SESSION_TYPES)
-        self.metrics.messages_in.labels(ENDPOINT, msg.type).inc()
+        self.metrics.message_in(ENDPOINT, msg.type).inc()
         if isinstance(msg, SessionInit):
             await self.on_init(msg)
         elif isinstance(msg, ClientHeartbeat):
