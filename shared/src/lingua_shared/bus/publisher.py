@@ -18,6 +18,7 @@ import asyncio
 from typing import Any
 
 import aio_pika
+import aiormq
 import orjson
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
 from pydantic import BaseModel
@@ -25,6 +26,9 @@ from pydantic import BaseModel
 from lingua_shared.bus.topology import Topology
 from lingua_shared.errors import DependencyDown, LinguaError
 
+Properties = aiormq.spec.Basic.Properties  # aio-pika builds its messages on aiormq
+PERSISTENT = int(aio_pika.DeliveryMode.PERSISTENT)
+NOT_PERSISTENT = int(aio_pika.DeliveryMode.NOT_PERSISTENT)
 BATCH_TYPE = "lingua.batch"  # AMQP ``type`` of a coalesced message: a JSON array of messages
 BATCH_MAX_ITEMS = 64
 BATCH_MAX_BYTES = 1 << 20  # an utterance's audio rides in job.request: bound the batch by size
@@ -132,24 +136,34 @@ class Publisher:
         expiration_s: float | None = None,
         headers: dict[str, Any] | None = None,
     ) -> None:
-        message = aio_pika.Message(
-            body,
+        if exchange and exchange not in self._exchanges:
+            raise KeyError(exchange)
+        # aiormq's channel directly: what aio_pika's Message and Exchange.publish would
+        # build and check, without their per-message objects (the same frames and confirm).
+        # ``wait=False``: the channel's lock is not held until the socket drained this frame,
+        # so the publishes of one tick queue together and leave in one write (the bus
+        # connection's TickWriter); the broker's confirm is still awaited, message by message
+        properties = Properties(
             content_type="application/json",
-            delivery_mode=(
-                aio_pika.DeliveryMode.PERSISTENT
-                if persistent
-                else aio_pika.DeliveryMode.NOT_PERSISTENT
-            ),
+            delivery_mode=PERSISTENT if persistent else NOT_PERSISTENT,
             reply_to=reply_to,
             correlation_id=correlation_id,
-            expiration=expiration_s,
-            type=kind,
+            expiration=None if expiration_s is None else str(int(expiration_s * 1000)),
+            message_type=kind,
             headers=headers,
         )
-        target = self._exchanges[exchange] if exchange else self.channel.default_exchange
         try:
-            await target.publish(
-                message, routing_key=routing_key, mandatory=True, timeout=self.timeout
+            if self.channel.is_closed:
+                raise aio_pika.exceptions.ChannelInvalidStateError(f"{self.channel!r} closed")
+            channel = await self.channel.get_underlay_channel()
+            await channel.basic_publish(
+                body,
+                exchange=exchange,
+                routing_key=routing_key,
+                properties=properties,
+                mandatory=True,
+                timeout=self.timeout,
+                wait=False,
             )
         except aio_pika.exceptions.PublishError as exc:
             raise Unroutable(
