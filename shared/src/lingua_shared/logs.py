@@ -44,8 +44,22 @@ class FlowLogger:
         self._logger = logger
 
     def _log(self, level: int, event: str, exc_info: bool = False, **fields: Any) -> None:
-        if self._logger.isEnabledFor(level):
-            self._logger.log(level, event, extra={"fields": fields}, exc_info=exc_info)
+        logger = self._logger
+        if not logger.isEnabledFor(level):
+            return
+        # the record is made here rather than by ``Logger.log``: that one walks the stack for
+        # the caller's file and line on every line, which the JSON lines never show
+        record = logger.makeRecord(
+            logger.name,
+            level,
+            "(unknown file)",
+            0,
+            event,
+            (),
+            sys.exc_info() if exc_info else None,
+            extra={"fields": fields},
+        )
+        logger.handle(record)
 
     def debug(self, event: str, **fields: Any) -> None:
         self._log(logging.DEBUG, event, **fields)
