@@ -35,7 +35,10 @@ from lingua_shared.runtime import now_ms
 from lingua_shared.scripts import Binding
 
 log = get_logger(__name__)
-ACK_BATCH_S = 0.05  # written answers are acknowledged to their outboxes this often
+# written answers are acknowledged to their outboxes this often: one pipelined round trip
+# for every session's answers of the last half second (an answer is only published again
+# ``outbox_retry_ms``, 5 s, after its publish; a close or a resume acknowledges first)
+ACK_BATCH_S = 0.5
 ACK_RETRY_S = 1.0  # after a failed acknowledgement (Redis down)
 MAX_ACK_SESSIONS = 10_000  # beyond this, unacknowledged answers are published again instead
 MAX_ACK_INDICES = 1_000  # per outbox_ack call (the script takes at most 1,024)
