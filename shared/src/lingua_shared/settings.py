@@ -66,6 +66,19 @@ class Settings(BaseSettings):
         "ends a silent node's schedulability); pings only find half-open sockets",
         gt=0,
     )
+    ws_node_ping_timeout_s: float = Field(
+        15.0,
+        description="how long a node's pong may take on /ws/node before the socket is closed "
+        "(1011): a node on a busy host answers late, and its heartbeats, not its pongs, decide "
+        "its liveness",
+        gt=0,
+    )
+    ws_open_timeout_s: float = Field(
+        30.0,
+        description="how long a WebSocket opening handshake may take: a busy gateway must delay "
+        "a connecting node, not drop it (lingua's agent retries a closed socket only once)",
+        gt=0,
+    )
     ws_send_timeout_s: float = 5.0
     ws_outbound_queue: int = 256
     heartbeat_batch_ms: int = Field(100, description="coalescing window for node heartbeats")

@@ -136,6 +136,7 @@ class GatewayApp:
                 compression=None,
                 ping_interval=s.ws_ping_interval_s,
                 ping_timeout=s.ws_ping_timeout_s,
+                open_timeout=s.ws_open_timeout_s,
                 close_timeout=2,
                 # a restart starts the new process on the same port before the old one stops
                 # listening, so connections are never refused in between (docs/operations.md)

@@ -87,18 +87,21 @@ class NodeConnection(EndpointConnection):
         return {"conn_id": self.conn_id, "node_id": self.node_id}
 
     def use_node_keepalive(self) -> None:
-        """Ping this socket every ``ws_node_ping_interval_s`` instead of the server's interval.
+        """Ping this socket every ``ws_node_ping_interval_s`` instead of the server's interval,
+        and wait ``ws_node_ping_timeout_s`` for the pong.
 
         A node proves it is alive with heartbeats: the TTL of its record (three intervals) ends
         its schedulability whether or not the socket is noticed dead. Pings are then only for
         half-open sockets (peer gone without a FIN): with 20 s + the ping timeout such a socket
-        is closed (a *drop*) within ~25 s instead of ~10 s, long after its TTL took it out of
-        scheduling. At 10,000 nodes the server's 5 s was 2,000 ping/pong exchanges a second.
+        is closed (a *drop*) within ~35 s instead of ~10 s, long after its TTL took it out of
+        scheduling. At 10,000 nodes the server's 5 s was 2,000 ping/pong exchanges a second,
+        and on a busy host a 5 s pong timeout closed healthy nodes whose answers were late.
         """
         interval = self.settings.ws_node_ping_interval_s
         ws = self.ws
         if ws.ping_interval is None or ws.ping_interval == interval:
             return  # keepalive disabled for the server, or already this interval
+        ws.ping_timeout = self.settings.ws_node_ping_timeout_s
         if ws.keepalive_task is not None:
             ws.keepalive_task.cancel()
         ws.ping_interval = interval
