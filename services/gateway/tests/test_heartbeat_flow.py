@@ -14,7 +14,7 @@ import pytest
 
 from lingua_gateway.coalescer import HeartbeatCoalescer
 from lingua_gateway.metrics import Metrics
-from lingua_shared.bus import Publisher, Topology, declare_queue, declare_topology
+from lingua_shared.bus import Publisher, Topology, declare_queue, declare_topology, delete_bus
 from lingua_shared.bus.topology import QueueSpec
 from lingua_shared.events import Beat, HeartbeatBatch
 from lingua_shared.runtime import now_ms
@@ -49,6 +49,7 @@ async def bus(amqp_url: str, bus_prefix: str):  # type: ignore[no-untyped-def]
         yield publisher, queue
     finally:
         await conn.close()
+        await delete_bus(amqp_url, topo.prefix)
 
 
 def beat(i: int, round_: int) -> Beat:
