@@ -114,7 +114,7 @@ async def consumer_counts(stack) -> dict[str, int]:  # type: ignore[no-untyped-d
     conn = await aio_pika.connect(stack.env["LINGUA_AMQP_URL"], timeout=5)
     try:
         out = {}
-        for name in ("node-manager.events", "dispatcher.events"):
+        for name in ("node-manager.events", "node-manager.heartbeats", "dispatcher.events"):
             ch = await conn.channel()
             q = await ch.declare_queue(f"{prefix}.{name}", passive=True)
             out[name] = int(q.declaration_result.consumer_count or 0)
@@ -152,7 +152,11 @@ async def test_r5_consumers_come_back_after_a_broker_restart(aged, fredis, live_
         f"R5-restart broker_restart={restart_s:.1f}s ready_after_broker={ready_s} "
         f"consumers_before={before} after={after} job={kind}"
     )
-    assert before == {"node-manager.events": 1, "dispatcher.events": 2}
+    assert before == {
+        "node-manager.events": 1,
+        "node-manager.heartbeats": 1,
+        "dispatcher.events": 2,
+    }
     # measured ~3 s after the broker (reconnect interval 5 s): 30 s is noise-proof, and a
     # service that never consumes again (the fault this recipe found) fails it
     assert max(ready_s.values()) <= R5_READY_BOUND_S, ready_s

@@ -32,17 +32,27 @@ def create_app(settings: Settings) -> FastAPI:
             state["infra"] = infra
             handler = NodeEventHandler(infra, metrics)
             channel = await infra.consume_channel()
-            queue = await declare_queue(
-                channel, infra.topo.shared_queue_spec(infra.topo.node_manager_queue)
-            )
-            infra.consumers["node_events"] = await consume(
-                queue,
-                NODE_EVENT,
-                handler,
-                name="node_events",
-                on_outcome=lambda o: metrics.events.labels("bus", o).inc() if o != "ok" else None,
-                inflight=infra.inflight,
-            )
+            topo = infra.topo
+            # two queues, consumed at once: heartbeat batches never wait behind registrations
+            queues = {
+                "node_events": await declare_queue(
+                    channel, topo.shared_queue_spec(topo.node_manager_queue)
+                ),
+                "node_heartbeats": await declare_queue(
+                    channel, topo.shared_queue_spec(topo.node_manager_heartbeat_queue)
+                ),
+            }
+            for name, queue in queues.items():
+                infra.consumers[name] = await consume(
+                    queue,
+                    NODE_EVENT,
+                    handler,
+                    name=name,
+                    on_outcome=lambda o: (
+                        metrics.events.labels("bus", o).inc() if o != "ok" else None
+                    ),
+                    inflight=infra.inflight,
+                )
             stop = asyncio.Event()
             loops = [
                 asyncio.create_task(
@@ -71,7 +81,12 @@ def create_app(settings: Settings) -> FastAPI:
                 # Drain: take no more deliveries, finish (then ack) the registrations and
                 # heartbeat batches in hand; what is not finished in time stays unacked and
                 # returns to the queue. Sweeps and reconciliations end their current round.
-                await infra.stop_consuming(queue, "node_events", settings.drain_timeout_s)
+                await asyncio.gather(
+                    *(
+                        infra.stop_consuming(queue, name, settings.drain_timeout_s)
+                        for name, queue in queues.items()
+                    )
+                )
                 await stop_loops(stop, loops, settings.drain_timeout_s)
                 log.info("node_manager.stopped", instance_id=settings.instance_id)
 

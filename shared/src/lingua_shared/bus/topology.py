@@ -7,11 +7,16 @@ Names are prefixed by ``Settings.bus_prefix`` (default ``lingua``)::
     <p>.deliver   direct exchange, durable: routing key = gateway instance id
     <p>.dlx       fanout exchange, durable: dead letters
     <p>.dead      quorum queue bound to <p>.dlx: messages that were rejected or hit the limit
-    <p>.node-manager.events   quorum queue, x-delivery-limit, dead-lettered to <p>.dlx
+    <p>.node-manager.events   quorum queue, x-delivery-limit, dead-lettered to <p>.dlx:
+                              registrations and disconnections
+    <p>.node-manager.heartbeats  the same kind of queue, for heartbeat batches alone: a batch
+                              never waits behind a storm of registrations (node-manager
+                              consumes both at once), so registered nodes stay alive while
+                              thousands of others register
     <p>.dispatcher.events     quorum queue, x-delivery-limit, dead-lettered to <p>.dlx
     <p>.gateway.<instance>    classic exclusive queue per gateway replica, bound to <p>.deliver
 
-The three durable queues are quorum queues unless ``queue_type`` (``LINGUA_AMQP_QUEUE_TYPE``)
+The four durable queues are quorum queues unless ``queue_type`` (``LINGUA_AMQP_QUEUE_TYPE``)
 says ``classic``: durable classic queues, for measuring what the quorum queues cost. Classic
 queues have no delivery limit (RabbitMQ refuses ``x-delivery-limit`` on them), so a message
 whose handler always fails is requeued for ever instead of dead-lettered, and they are not
@@ -26,7 +31,10 @@ from typing import Any
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractQueue, ExchangeType
 
-NODE_MANAGER_KEYS = ("node.register", "node.heartbeat.batch", "node.disconnected")
+NODE_MANAGER_KEYS = ("node.register", "node.disconnected")
+NODE_MANAGER_HEARTBEAT_KEYS = ("node.heartbeat.batch",)
+# bindings an earlier version made and this one removes at start-up: (queue property, key)
+RETIRED_BINDINGS = (("node_manager_queue", "node.heartbeat.batch"),)
 DISPATCHER_KEYS = ("job.request", "job.node_event", "node.disconnected")
 
 
@@ -80,6 +88,10 @@ class Topology:
         return f"{self.prefix}.node-manager.events"
 
     @property
+    def node_manager_heartbeat_queue(self) -> str:
+        return f"{self.prefix}.node-manager.heartbeats"
+
+    @property
     def dispatcher_queue(self) -> str:
         return f"{self.prefix}.dispatcher.events"
 
@@ -112,6 +124,11 @@ class Topology:
             QueueSpec(
                 self.node_manager_queue,
                 tuple((self.events, k) for k in NODE_MANAGER_KEYS),
+                arguments=self.work_queue_args(),
+            ),
+            QueueSpec(
+                self.node_manager_heartbeat_queue,
+                tuple((self.events, k) for k in NODE_MANAGER_HEARTBEAT_KEYS),
                 arguments=self.work_queue_args(),
             ),
             QueueSpec(
@@ -163,6 +180,11 @@ async def declare_topology(channel: AbstractChannel, topo: Topology) -> None:
                 f"an older version?): delete it (rabbitmqctl delete_queue {spec.name}) once it "
                 f"is empty, or use another LINGUA_BUS_PREFIX ({exc})"
             ) from None
+    for prop, key in RETIRED_BINDINGS:
+        # unbinding a binding that does not exist is a no-op for RabbitMQ; the queue was just
+        # declared above (this handle is used for nothing else)
+        queue = await channel.get_queue(getattr(topo, prop), ensure=False)
+        await queue.unbind(topo.events, routing_key=key)
 
 
 class TopologyMismatch(RuntimeError):
