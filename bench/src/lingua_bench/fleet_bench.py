@@ -11,7 +11,9 @@ before its ``node_register_ack``, or no ack came within ``ack_wait_s`` (the ack 
 be late: a slow scheduler delays registrations, it must not refuse them). The nodes are
 healthy throughout, so every expiry is false: *false expiries* = the nodes node-manager
 swept or asked to re-register (the larger of the two counts: one expiry shows up in both),
-plus the registered nodes whose record is gone at the end. *Loaded* = the hog ran from
+read from its metrics at the end of the hold, before any node closes (afterwards its
+backlog of 20,000 disconnections lets some closed nodes expire first, which is no false
+expiry), plus the registered nodes whose record is gone at the end. *Loaded* = the hog ran from
 before the first connection to the end of the hold and got at least a quarter of a core
 (its share, ``details.fleet.hog.cpu_share``, is reported: the services compete with it).
 
@@ -138,6 +140,17 @@ class CpuHog:
         }
 
 
+NM_COUNTS = {
+    "swept": "lingua_nodes_swept_total",
+    "reregister_requests": "lingua_reregister_requests_total",
+    "beats_of_unknown_nodes": 'lingua_heartbeats_applied_total{outcome="not_registered"}',
+}
+
+
+def node_manager_counts(metrics: dict[str, float]) -> dict[str, float]:
+    return {name: metrics.get(metric, 0.0) for name, metric in NM_COUNTS.items()}
+
+
 def metrics_of(base_url: str) -> dict[str, float]:
     """A service's /metrics as {sample line name with labels: value}."""
     with urllib.request.urlopen(f"{base_url}/metrics", timeout=5) as r:
@@ -183,15 +196,15 @@ def run(
         finally:
             hog_report = hog.stop()
         report = merge_reports(reports)
-        nm = metrics_of(stack.procs["node-manager"].base_url)
         report["hog"] = hog_report
-        report["node_manager"] = {
-            "swept": nm.get("lingua_nodes_swept_total", 0.0),
-            "reregister_requests": nm.get("lingua_reregister_requests_total", 0.0),
-            "beats_of_unknown_nodes": nm.get(
-                'lingua_heartbeats_applied_total{outcome="not_registered"}', 0.0
-            ),
-        }
+        readings = [r.get("node_manager_at_end") for r in reports]
+        if all(readings):
+            # the earliest reading, taken before any node of the fleet closed
+            report["node_manager"] = {k: min(float(r[k]) for r in readings if r) for k in NM_COUNTS}
+            report["node_manager"]["read"] = "end of the hold"
+        else:
+            after = node_manager_counts(metrics_of(stack.procs["node-manager"].base_url))
+            report["node_manager"] = {**after, "read": "after the nodes closed"}
         at_end = {}
         for r in reports:
             at_end.update(r["gateway_nodes_at_end"])
@@ -273,6 +286,7 @@ def run_generators(
                 f"--out={outs[j]}",
                 f"--size={json.dumps(asdict(size))}",
                 f"--shard={j}/{count}",
+                f"--node-manager={stack.procs['node-manager'].base_url}",
                 "--wait-go",
                 *(watch if j == 0 else []),
                 *([] if progress else ["--no-progress"]),
@@ -467,6 +481,7 @@ class FleetGen:
             await asyncio.sleep(size.hold_s)
             missing = await self.missing_records()
             at_end = self.gateway_nodes()
+            nm_at_end = self.node_manager_counts()
         finally:
             beats.cancel()
             lag.cancel()
@@ -490,8 +505,21 @@ class FleetGen:
             "generator_max_loop_lag_ms": round(self.max_loop_lag_s * 1000, 1),
             "timeline": {str(k): v for k, v in sorted(self.timeline.items())},
             "gateway_nodes_at_end": at_end,
+            "node_manager_at_end": nm_at_end,
             "cpu_s": cpu_s,
         }
+
+    def node_manager_counts(self) -> dict[str, float] | None:
+        """Node-manager's expiry counts at the end of this generator's hold, before its nodes
+        close (after, the backlog of thousands of disconnections lets some nodes that stopped
+        beating expire first: those are not false expiries). None without ``--node-manager``
+        or when it did not answer."""
+        if not self.args.node_manager:
+            return None
+        try:
+            return node_manager_counts(metrics_of(self.args.node_manager))
+        except OSError:
+            return None
 
     def gateway_nodes(self) -> dict[str, float | None]:
         """Node connections open on each gateway this generator's nodes use, read while they
@@ -563,12 +591,17 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--watch", action="append", default=[])
     ap.add_argument("--no-progress", action="store_true")
     ap.add_argument(
+        "--node-manager", default="", help="node-manager's base URL: its counts at hold end"
+    )
+    ap.add_argument(
         "--wait-go", action="store_true", help="print 'ready', start on a 'go' line on stdin"
     )
     args = ap.parse_args(argv)
     for g in args.gateway:
         require_loopback(g)
     require_loopback(args.redis_url)
+    if args.node_manager:
+        require_loopback(args.node_manager)
     size = FleetSize(**json.loads(args.size))
     raise_fd_limit(math.ceil(size.nodes / args.shard[1]))
     from lingua_shared.runtime import install_uvloop
