@@ -175,7 +175,9 @@ def find_engine(install: bool = True) -> str:
             return path
         tried.append(f"{name}: {'not installed' if not path else '`info` fails'}")
     if install and not wanted and shutil.which("podman") is None and can_install():
-        apt_install("podman", "runc", "uidmap", "slirp4netns", "aardvark-dns", "netavark")
+        apt_install(
+            "podman", "runc", "uidmap", "slirp4netns", "aardvark-dns", "netavark", "iptables"
+        )
         if _works("podman"):
             return shutil.which("podman") or "podman"
         tried.append("podman: installed, but `podman info` fails")
