@@ -709,34 +709,8 @@ def run(
     timeout_s: float,
 ) -> dict[str, Any]:
     """Start a stack, run the generator process against it, return its report."""
-    import subprocess
-
-    from lingua_bench.scenarios import with_stack
-    from lingua_bench.stack import BenchStack
-
-    sizes = "quick" if quick else "full"
-    out = work / "lingua.json"
-
-    def go(stack: BenchStack) -> dict[str, Any]:
-        watch = [f"--watch={name}={pid}" for name, pids in stack.pids().items() for pid in pids]
-        cmd = [
-            sys.executable,
-            "-m",
-            "lingua_bench.lingua",
-            "--gateway",
-            stack.gateway_ws,
-            f"--sizes={sizes}",
-            "--out",
-            str(out),
-            *watch,
-            *([] if progress else ["--no-progress"]),
-        ]
-        proc = subprocess.run(cmd, timeout=timeout_s, check=False)
-        if proc.returncode != 0:
-            raise RuntimeError(f"lingua generator exited with {proc.returncode}")
-        return json.loads(out.read_text())
-
-    return with_stack("lingua", redis_url, amqp_url, work, {}, go)
+    extra = [f"--sizes={'quick' if quick else 'full'}", *([] if progress else ["--no-progress"])]
+    return _generator_on_stack("lingua", extra, redis_url, amqp_url, work, timeout_s)
 
 
 def run_fixed(
@@ -748,34 +722,32 @@ def run_fixed(
     work: Path,
 ) -> dict[str, Any]:
     """Start a stack, run the generator at a fixed load against it, return its figures."""
+    extra = [f"--sessions={sessions}", f"--seconds={seconds:g}", f"--nodes={nodes}"]
+    return _generator_on_stack("lingua-fixed", extra, redis_url, amqp_url, work, seconds + 300)
+
+
+def _generator_on_stack(
+    tag: str, extra: list[str], redis_url: str, amqp_url: str, work: Path, timeout_s: float
+) -> dict[str, Any]:
+    """A fresh stack, ``python -m lingua_bench.lingua --gateway <it> <extra>`` metering its
+    processes; the generator's report (``<work>/<tag>.json``)."""
     import subprocess
 
     from lingua_bench.scenarios import with_stack
     from lingua_bench.stack import BenchStack
 
-    out = work / "lingua-fixed.json"
+    out = work / f"{tag}.json"
 
     def go(stack: BenchStack) -> dict[str, Any]:
         watch = [f"--watch={name}={pid}" for name, pids in stack.pids().items() for pid in pids]
-        cmd = [
-            sys.executable,
-            "-m",
-            "lingua_bench.lingua",
-            "--gateway",
-            stack.gateway_ws,
-            f"--sessions={sessions}",
-            f"--seconds={seconds:g}",
-            f"--nodes={nodes}",
-            "--out",
-            str(out),
-            *watch,
-        ]
-        proc = subprocess.run(cmd, timeout=seconds + 300, check=False)
+        cmd = [sys.executable, "-m", "lingua_bench.lingua", "--gateway", stack.gateway_ws,
+               *extra, "--out", str(out), *watch]  # fmt: skip
+        proc = subprocess.run(cmd, timeout=timeout_s, check=False)
         if proc.returncode != 0:
             raise RuntimeError(f"lingua generator exited with {proc.returncode}")
         return json.loads(out.read_text())
 
-    return with_stack("lingua-fixed", redis_url, amqp_url, work, {}, go)
+    return with_stack(tag, redis_url, amqp_url, work, {}, go)
 
 
 def build_parser() -> argparse.ArgumentParser:
