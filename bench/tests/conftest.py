@@ -1,9 +1,11 @@
 """Running ``python -m lingua_bench --quick`` from a test.
 
-The bench starts the services and its load generators as child processes. A run that
-overstays its timeout is stopped with its whole process group, so that no service it started
-outlives the test (a plain ``subprocess.run(timeout=...)`` kills only the bench process and
-leaves its children running, holding ports and CPU for the rest of the suite)."""
+The bench starts the services and its load generators as child processes, each in a session
+of its own. A run that overstays its timeout is stopped with every process it started, found
+by walking its process tree before it is killed: a plain ``subprocess.run(timeout=...)``, or
+killing its process group, stops only the bench and leaves the services running, writing to
+Redis and holding ports and CPU for the rest of the suite (a test that watches Redis with
+MONITOR then sees their commands)."""
 
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+from lingua_bench._base_common import stop_tree
 
 # a quick run takes ~20-40 s; a busy machine (CI beside other work) can take several times that
 QUICK_BUDGET_S = 150
@@ -34,12 +38,8 @@ def run_quick(tmp_path: Path, redis_url: str, amqp_url: str, *only: str) -> dict
     try:
         out, err = proc.communicate(timeout=QUICK_TIMEOUT_S)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            out, err = proc.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            out, err = proc.communicate()
+        stop_tree(proc.pid)
+        out, err = proc.communicate()
         pytest.fail(f"the quick bench overstayed {QUICK_TIMEOUT_S} s:\n{out[-2000:]}{err[-3000:]}")
     finally:
         # anything of the run's group still alive (a child the bench failed to stop)

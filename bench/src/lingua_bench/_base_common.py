@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Coroutine, Iterable, Sequence
 from typing import IO, Any, TypeVar
 
+import psutil
 from hdrh.histogram import HdrHistogram
 from redis.asyncio import Redis
 
@@ -255,6 +256,28 @@ class Child:
         if self.proc.stdout is not None:
             self.proc.stdout.close()
         return self.proc.returncode
+
+
+def stop_tree(pid: int) -> None:
+    """SIGTERM a process and everything it started (the bench's services live in sessions of
+    their own, so its process group does not hold them); SIGKILL what is left after 10 s."""
+    try:
+        root = psutil.Process(pid)
+        procs = [*root.children(recursive=True), root]
+    except psutil.NoSuchProcess:
+        return
+    for p in procs:
+        try:
+            p.send_signal(signal.SIGTERM)
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=10)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=5)
 
 
 def python_module(module: str, *args: str) -> list[str]:
