@@ -91,7 +91,7 @@ if not existed then
   redis.call('HSET', node_key, 'registered_at', now, 'reg_id', now .. '/' .. conn_id,
     'running', 0, 'reserved', 0, 'pool_sig', '')
 end
-redis.call('PEXPIRE', node_key, ttl)
+redis.call('PEXPIRE', node_key, ttl + NODE_RECORD_GRACE_MS)
 redis.call('SADD', all_key, node_id)
 redis.call('ZADD', expiry_key, now + ttl, node_id)
 redis.call('ZADD', connected_key, now, node_id)

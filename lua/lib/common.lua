@@ -3,6 +3,13 @@
 -- helpers return nil on bad input so that a script can reject everything before its first
 -- write (Redis has no rollback).
 
+-- A node's record outlives its logical expiry (nodes:expiry) by this long. The sweeper decides
+-- when a node has expired, and holds a node whose beats may still be on their way while the
+-- heartbeat pipeline is behind (node-manager's expiry hold, at most
+-- LINGUA_NODE_EXPIRY_HOLD_MAX_MS, which settings keep below this); the record must still be
+-- there when its beat lands. Normally the sweeper removes it within a sweep of its expiry.
+local NODE_RECORD_GRACE_MS = 60000
+
 -- Integers are bounded to what a double holds exactly (2^53 - 1): beyond it (or inf/nan)
 -- a number reaches Redis as '1e+30' / 'inf' and PEXPIRE fails after earlier writes.
 local MAX_INT = 9007199254740991

@@ -87,7 +87,7 @@ local function apply_heartbeat(node_key, pools_key, expiry_key, connected_key, p
     fields[#fields + 1] = status
   end
   redis.call('HSET', node_key, unpack(fields))
-  redis.call('PEXPIRE', node_key, ttl)
+  redis.call('PEXPIRE', node_key, ttl + NODE_RECORD_GRACE_MS)
   redis.call('ZADD', expiry_key, now + ttl, node_id)
   redis.call('ZADD', connected_key, now, node_id)
 

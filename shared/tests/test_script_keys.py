@@ -25,8 +25,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from lingua_shared.keys import Keys
-from lingua_shared.scripts import MODULES, ScriptCode, Scripts, find_lua_dir
-from lingua_shared.scripts import heartbeat_batch
+from lingua_shared.scripts import MODULES, ScriptCode, Scripts, find_lua_dir, heartbeat_batch
 from lingua_shared.scripts.header import parse_header, template_regex
 from lingua_shared.testing import TEST_DB, node_beat, node_registration
 
@@ -357,10 +356,12 @@ async def job_scenarios(call: Call, redis: Redis, keys: Keys) -> None:
     assert (await call("outbox_ack", session_id="s-arr", indices=indices)).value == "0"
     assert (await call("outbox_ack", session_id="s-ord", indices=[0])).code == ScriptCode.ACKED
 
-    # a gateway's heartbeat batches applied: the mark keeps the largest sequence number
+    # a gateway's heartbeat batches applied: the mark keeps the largest sequence number, the
+    # watermark moves with it
     mark = {"gateway_id": "gw-s", "ttl_ms": 60_000}
-    assert (await call("heartbeats_applied", seq=7, **mark)).value == "7"
-    assert (await call("heartbeats_applied", seq=5, **mark)).value == "7"
+    assert (await call("heartbeats_applied", seq=7, covers_ms=NOW, **mark)).value == "7"
+    assert (await call("heartbeats_applied", seq=5, covers_ms=NOW + 1, **mark)).value == "7"
+    assert await redis.hget(keys.heartbeats_covered, "gw-s") == str(NOW).encode()
 
     # a session resumed on another connection; the old connection's unbind changes nothing
     await redis.hset(keys.session("s-arr"), mapping={"mode": "one_way", "client": "alice"})

@@ -79,12 +79,17 @@ async def scores(redis: Redis, keys: Keys, node_id: str) -> dict[str, float | No
     }
 
 
+# a gateway replica's own keys: its liveness, and its heartbeat marks (it sends an empty batch
+# every 0.5 s when it has no beats, so node-manager writes them with no node at all)
+REPLICA_KEY_PARTS = (b":gateway:", b":heartbeats:applied:", b":heartbeats:covered")
+
+
 async def lingua_keys(redis: Redis, keys: Keys) -> list[str]:
-    """Every scheduler key of the cell except gateway liveness keys."""
+    """Every scheduler key of the cell except a gateway replica's own keys."""
     return sorted(
         k.decode()
         for k in await redis.keys(keys.prefix.replace("{", "[{]") + "*")
-        if b":gateway:" not in k
+        if not any(part in k for part in REPLICA_KEY_PARTS)
     )
 
 

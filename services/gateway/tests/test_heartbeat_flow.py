@@ -141,3 +141,54 @@ async def test_when_the_mark_stops_a_batch_leaves_after_the_wait(bus, redis) -> 
         assert metrics.heartbeat_flow_timeouts._value.get() == 1
     finally:
         await c.stop()
+
+
+async def test_batches_carry_the_watermark_and_an_idle_gateway_moves_it(bus) -> None:  # type: ignore[no-untyped-def]
+    """A batch says up to when the gateway's beats are in it or in an earlier one: before the
+    oldest beat it leaves for the next. With no beats, empty batches every ``tick_s`` keep
+    the watermark moving (node-manager's sweeper waits for it)."""
+    publisher, queue = bus
+    c = HeartbeatCoalescer(publisher, f"gw-{uuid.uuid4().hex[:6]}", 20, 10, Metrics(), tick_s=0.2)
+    c.start()
+    try:
+        for i in range(25):  # above max_batch: one window sends three batches
+            c.add(beat(i, 0))
+        newest = now_ms()
+        await asyncio.sleep(0.1)
+        sent = await drain(queue)
+        assert [len(b.beats) for b in sent] == [10, 10, 5]
+        for i, batch in enumerate(sent[:2]):  # beats were left pending: not past the oldest
+            later = min(b.ts_ms for after in sent[i + 1 :] for b in after.beats)
+            assert batch.covers_ms is not None and batch.covers_ms < later
+        last = sent[2].covers_ms
+        assert last is not None and last >= newest
+        await asyncio.sleep(0.75)
+        ticks = await drain(queue)
+        assert 2 <= len(ticks) <= 4 and all(not t.beats for t in ticks), ticks
+        covers = [t.covers_ms for t in ticks]
+        assert covers == sorted(covers) and covers[0] is not None and covers[0] > last
+        assert [t.seq for t in ticks] == list(range(sent[2].seq + 1, sent[2].seq + 1 + len(ticks)))
+    finally:
+        await c.stop()
+
+
+def test_the_watermark_waits_for_pending_beats_and_registrations() -> None:
+    """Pure logic: before the oldest pending beat and the oldest registration under way."""
+    c = HeartbeatCoalescer(None, "gw", 20, 10, Metrics())  # type: ignore[arg-type]
+    assert c.watermark(1_000) == 1_000
+    c.add(Beat(node_id="a", conn_id="c", ts_ms=500))
+    c.add(Beat(node_id="b", conn_id="c", ts_ms=600))
+    c.add(Beat(node_id="a", conn_id="c", ts_ms=700))  # a's newer beat: a still waits since 500
+    assert c.watermark(1_000) == 499
+    c.take(1)  # a's beat leaves: b waits since 600
+    assert c.watermark(1_000) == 599
+    token = c.begin_registration()  # now (wall clock): later than b
+    assert c.watermark(now_ms() + 10_000) == 599
+    c.take(1)
+    assert c.watermark(now_ms() + 10_000) < now_ms()  # the registration holds it
+    c.end_registration(token)
+    assert c.watermark(1_000) == 1_000
+    # beats of an unconfirmed batch go back to the front, with the time they first waited
+    c.add(Beat(node_id="d", conn_id="c", ts_ms=900))
+    c.put_back([Beat(node_id="b", conn_id="c", ts_ms=600)])
+    assert list(c.pending) == ["b", "d"] and c.watermark(1_000) == 599

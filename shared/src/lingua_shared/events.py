@@ -63,6 +63,10 @@ class HeartbeatBatch(BusModel):
     # the gateway replica's batch counter: node-manager marks it applied (heartbeats_applied)
     # and the gateway keeps only a few unapplied batches in flight; None from older gateways
     seq: int | None = None
+    # the gateway's heartbeat watermark: every beat it read before this time (ms) is in this
+    # batch or an earlier one; node-manager records it once the batch is applied, and the
+    # expiry sweeper waits for it (a batch may carry no beats: it then only moves the mark)
+    covers_ms: int | None = None
 
 
 class NodeDisconnected(BusModel):

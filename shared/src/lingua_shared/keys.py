@@ -137,6 +137,12 @@ class Keys:
         node-manager applied (``heartbeats_applied.lua``): the gateway's flow control."""
         return f"{self.prefix}heartbeats:applied:{instance_id}"
 
+    @property
+    def heartbeats_covered(self) -> str:
+        """Hash: gateway replica -> its heartbeat watermark (ms): every beat it read before
+        then is applied (``heartbeats_applied.lua``); the expiry sweeper waits for it."""
+        return f"{self.prefix}heartbeats:covered"
+
     def session(self, session_id: str) -> str:
         return f"{self.prefix}session:{session_id}"
 

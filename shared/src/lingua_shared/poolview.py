@@ -93,7 +93,11 @@ class NodeView(BaseModel):
     schedulable: bool = Field(description="key exists, connected and ready: selection's view")
     gateway_id: str | None = None
     last_heartbeat_age_ms: int | None = None
-    ttl_remaining_ms: int | None = Field(None, description="PTTL of the node key")
+    ttl_remaining_ms: int | None = Field(
+        None,
+        description="time left to the node's logical expiry (nodes:expiry), 0 once it passed "
+        "(the sweeper removes it; its record outlives the expiry by a grace)",
+    )
     pools: list[str] = Field(default_factory=list)
 
 
@@ -238,6 +242,12 @@ async def read_pool_view(redis: Redis, keys: Keys, now_ms: int) -> PoolView:
     )
 
 
+def _left(expiry: Any, now_ms: int) -> int | None:
+    if expiry is None or isinstance(expiry, Exception):
+        return None
+    return max(0, int(expiry) - now_ms)
+
+
 async def read_nodes(redis: Redis, keys: Keys, now_ms: int) -> list[NodeView]:
     """Every node known to ``nodes:all`` or ``nodes:connected``, sorted by id (never cached)."""
     async with redis.pipeline(transaction=False) as pipe:
@@ -252,11 +262,11 @@ async def read_nodes(redis: Redis, keys: Keys, now_ms: int) -> list[NodeView]:
         async with redis.pipeline(transaction=False) as pipe:
             for node_id in chunk:
                 pipe.hgetall(keys.node(node_id))
-                pipe.pttl(keys.node(node_id))
+                pipe.zscore(keys.nodes_expiry, node_id)
                 pipe.smembers(keys.node_pools(node_id))
             replies = await pipe.execute(raise_on_error=False)
         for i, node_id in enumerate(chunk):
-            raw, pttl, pools = replies[3 * i : 3 * i + 3]
+            raw, expiry, pools = replies[3 * i : 3 * i + 3]
             raw = {} if wrong_type(raw) else raw  # a key of another type: no record
             pools = set() if wrong_type(pools) else pools
             rec = {_s(k): _s(v) for k, v in raw.items()}
@@ -277,7 +287,7 @@ async def read_nodes(redis: Redis, keys: Keys, now_ms: int) -> list[NodeView]:
                     schedulable=_schedulable(rec if alive else None),
                     gateway_id=rec.get("gateway_id") or None,
                     last_heartbeat_age_ms=(now_ms - _int(last_hb)) if last_hb else None,
-                    ttl_remaining_ms=int(pttl) if int(pttl) >= 0 else None,
+                    ttl_remaining_ms=_left(expiry, now_ms) if alive else None,
                     pools=sorted(_s(p) for p in pools),
                 )
             )

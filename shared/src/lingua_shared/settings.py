@@ -16,6 +16,10 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from lingua_shared.protocol.codes import MAX_UTTERANCE_MS, SESSION_MAX_FRAME_BYTES
 
+# how long a node's record outlives its logical expiry (lua/lib/common.lua, same name and
+# value: services/node-manager/tests/test_expiry_hold.py checks they agree)
+NODE_RECORD_GRACE_MS = 60_000
+
 
 def _default_instance_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
@@ -48,6 +52,14 @@ class Settings(BaseSettings):
     node_default_gpu_tier: str = "default"
     pool_shard_size: int = Field(256, description="maximum members of one pool shard")
     sweep_interval_s: float = 1.0
+    node_expiry_hold_max_ms: int = Field(
+        30_000,
+        ge=0,
+        le=NODE_RECORD_GRACE_MS,
+        description="the sweeper holds back expiries while gateways' heartbeats are applied "
+        "late (a node whose beat may still be on its way is not expired), at most this long "
+        "(0: never hold); a node's record outlives its expiry by NODE_RECORD_GRACE_MS",
+    )
     reconcile_interval_s: float = Field(30.0, description="N7: display view vs Redis")
     gateway_liveness_ttl_ms: int = 10_000
     reregister_interval_ms: int = Field(

@@ -17,6 +17,14 @@ after ``apply_wait_s`` (1 s, shorter than the 3 s TTL of a 1 Hz node) without a 
 (node-manager down, a batch lost with a broker restart), and at once when there is no mark
 at all (none applied yet, or Redis lost it).
 
+**Watermark.** Each batch also says up to when the gateway's beats are in it or in an earlier
+batch (``covers_ms``: the moment its beats were taken, or just before the oldest beat still
+pending when some wait for a later batch, which is most of the time under load); node-manager
+records it once the batch is applied, and its expiry sweeper judges deadlines only behind it:
+a node whose beat waits here or on the bus is not expired for it. A gateway with no beats
+sends an empty batch every ``tick_s``, so that its watermark keeps up with the clock and the
+nodes that stopped beating expire on time.
+
 No batch is dropped: one whose publish fails (a confirm timeout of a slow broker, a broker
 down) goes back into the next window, each beat merged with the node's newer one if it beat
 again meanwhile (the newer wins; a status or capabilities change only the older one carried
@@ -42,6 +50,7 @@ log = get_logger(__name__)
 IN_FLIGHT = 2  # unapplied batches a gateway may have on the bus
 APPLY_WAIT_S = 1.0  # a batch leaves after this long without node-manager's mark (< a TTL)
 POLL_S = 0.02  # how often the mark is read while waiting
+TICK_S = 0.5  # an idle gateway's empty batch, which moves its watermark
 
 AppliedMark = Callable[[], Awaitable[int | None]]
 
@@ -57,6 +66,7 @@ class HeartbeatCoalescer:
         applied: AppliedMark | None = None,
         in_flight: int = IN_FLIGHT,
         apply_wait_s: float = APPLY_WAIT_S,
+        tick_s: float = TICK_S,
     ) -> None:
         self.publisher = publisher
         self.gateway_id = gateway_id
@@ -67,17 +77,40 @@ class HeartbeatCoalescer:
         self.in_flight = max(1, in_flight)
         self.apply_wait_s = apply_wait_s
         self.pending: dict[str, Beat] = {}
+        # when each pending entry's first beat came (its node's oldest unsent beat); entries
+        # are added in that order, so the first is the oldest: the watermark's bound
+        self.since: dict[str, int] = {}
+        # registrations under way (token -> when they began, in that order): until one is
+        # answered its node cannot beat, so the watermark waits for it too
+        self._registrations: dict[int, int] = {}
+        self._tokens = itertools.count()
         # above any number an earlier process with this replica id sent (microseconds)
         self.first_seq = now_ms() * 1000
         self.seq = self.first_seq  # the last one sent
+        self.tick_s = tick_s
+        self._last_sent = time.monotonic()
         self._full = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     def add(self, beat: Beat) -> None:
         older = self.pending.get(beat.node_id)
-        self.pending[beat.node_id] = carry_news(older, beat) if older is not None else beat
+        if older is None:
+            self.pending[beat.node_id] = beat
+            self.since[beat.node_id] = beat.ts_ms
+        else:
+            self.pending[beat.node_id] = carry_news(older, beat)
         if len(self.pending) >= self.max_batch:
             self._full.set()
+
+    def begin_registration(self) -> int:
+        """A node's registration began: the watermark stays before it until
+        :meth:`end_registration` (by then the node's first beat, the ack, is pending)."""
+        token = next(self._tokens)
+        self._registrations[token] = now_ms()
+        return token
+
+    def end_registration(self, token: int) -> None:
+        self._registrations.pop(token, None)
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
@@ -88,6 +121,14 @@ class HeartbeatCoalescer:
                 await asyncio.wait_for(self._full.wait(), self.window)
             self._full.clear()
             await self.flush()
+            if not self.pending and time.monotonic() - self._last_sent >= self.tick_s:
+                await self.tick()
+
+    async def tick(self) -> None:
+        """An empty batch: the watermark of a gateway that has no beats to send."""
+        await self.wait_for_room()
+        if not self.pending:  # else the next window's batch carries the watermark
+            await self.publish([], self.watermark(now_ms()))
 
     async def unapplied(self) -> int | None:
         """How many of this process's batches node-manager has not applied yet (None when
@@ -133,17 +174,35 @@ class HeartbeatCoalescer:
                 await self.wait_for_room()
             if not self.pending:
                 return
-            if not await self.publish(self.take(self.max_batch)):
+            cut = now_ms()
+            chunk = self.take(self.max_batch)
+            if not await self.publish(chunk, self.watermark(cut)):
                 return  # put back: the next window tries again
 
     def take(self, n: int) -> list[Beat]:
         ids = list(itertools.islice(self.pending, n))
+        for node_id in ids:
+            del self.since[node_id]
         return [self.pending.pop(node_id) for node_id in ids]
 
-    async def publish(self, chunk: list[Beat]) -> bool:
+    def watermark(self, cut: int) -> int:
+        """Every beat read before this is in a batch already sent or being sent: ``cut`` when
+        nothing stays pending, else just before the oldest beat that does, and before the
+        oldest registration still under way (its node's first beat is yet to come)."""
+        mark = cut
+        for oldest in (self.since, self._registrations):
+            if oldest:
+                mark = min(mark, next(iter(oldest.values())) - 1)
+        return mark
+
+    async def publish(self, chunk: list[Beat], covers_ms: int | None) -> bool:
         seq = self.seq + 1
         batch = HeartbeatBatch(
-            gateway_id=self.gateway_id, sent_at_ms=now_ms(), beats=chunk, seq=seq
+            gateway_id=self.gateway_id,
+            sent_at_ms=now_ms(),
+            beats=chunk,
+            seq=seq,
+            covers_ms=covers_ms,
         )
         try:
             await self.publisher.event("node.heartbeat.batch", batch, persistent=False)
@@ -154,15 +213,23 @@ class HeartbeatCoalescer:
             self.put_back(chunk)
             return False
         self.seq = seq
-        self.metrics.heartbeat_batches.observe(len(chunk))
+        self._last_sent = time.monotonic()
+        if chunk:
+            self.metrics.heartbeat_batches.observe(len(chunk))
         return True
 
     def put_back(self, beats: list[Beat]) -> None:
-        """Beats of a batch that was not confirmed: into the next window, under the node's
-        newer beat if there is one."""
+        """Beats of a batch that was not confirmed: back at the front of the next window (they
+        are the oldest), under the node's newer beat if there is one."""
+        pending: dict[str, Beat] = {}
+        since: dict[str, int] = {}
         for b in beats:
-            newer = self.pending.get(b.node_id)
-            self.pending[b.node_id] = carry_news(b, newer) if newer is not None else b
+            newer = self.pending.pop(b.node_id, None)
+            pending[b.node_id] = carry_news(b, newer) if newer is not None else b
+            since[b.node_id] = min(b.ts_ms, self.since.pop(b.node_id, b.ts_ms))
+        pending.update(self.pending)
+        since.update(self.since)
+        self.pending, self.since = pending, since
 
     async def stop(self) -> None:
         if self._task is not None:

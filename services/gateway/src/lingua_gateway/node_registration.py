@@ -25,7 +25,7 @@ from lingua_shared.errors import (
     LinguaError,
     NodeIdConflict,
 )
-from lingua_shared.events import NodeRegisterEvent
+from lingua_shared.events import Beat, NodeRegisterEvent
 from lingua_shared.logs import get_logger
 from lingua_shared.protocol import (
     MAX_TRACE_ID,
@@ -79,6 +79,7 @@ class NodeRegistrar:
         self.settings = deps.settings
         self.metrics = deps.metrics
         self.register_call = deps.register
+        self.beats = deps.beats
         self.waiting_node_id: str | None = None  # held until ASR and Semantic are ready
         self._task: asyncio.Task[None] | None = None
         self._rpc_seq = 0
@@ -191,6 +192,17 @@ class NodeRegistrar:
     async def register(
         self, node_id: str, reg: NodeRegister, caps: NodeCapabilities, why: str
     ) -> None:
+        # the node cannot beat before it is answered: node-manager's sweeper must not judge
+        # its deadline until then (the heartbeat watermark waits for the registration)
+        token = self.beats.begin_registration()
+        try:
+            await self._register(node_id, reg, caps, why)
+        finally:
+            self.beats.end_registration(token)
+
+    async def _register(
+        self, node_id: str, reg: NodeRegister, caps: NodeCapabilities, why: str
+    ) -> None:
         s, conn = self.settings, self.conn
         interval = caps.heartbeat_interval_ms or s.node_default_heartbeat_interval_ms
         self._rpc_seq += 1
@@ -239,3 +251,7 @@ class NodeRegistrar:
                 heartbeat_interval_ms=interval,
             ).to_wire()
         )
+        # the registration is the node's first sign of life: its deadline runs from the ack,
+        # not from when node-manager wrote the record (the reply may have waited on a busy
+        # bus; a 1 Hz node's 3 s TTL would be mostly gone before it could beat)
+        self.beats.add(Beat(node_id=node_id, conn_id=conn.conn_id, ts_ms=now_ms()))

@@ -35,6 +35,12 @@ class BeatSink(Protocol):
 
     def add(self, beat: Beat) -> None: ...
 
+    def begin_registration(self) -> int:
+        """A registration began (its node's beats count from its answer); returns a token."""
+        ...
+
+    def end_registration(self, token: int) -> None: ...
+
 
 class RegisterCall(Protocol):
     """Registers a node through node-manager and returns its reply

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections import Counter
 from typing import Any
 
@@ -42,6 +43,10 @@ class NodeEventHandler:
         self.infra = infra
         self.metrics = metrics
         self.reregister_gate = ReregisterGate(infra.settings.reregister_interval_ms / 1000)
+        # per gateway replica: its batches are applied one after another, in the order they
+        # arrived, so that its watermark (covers_ms) never runs ahead of a batch still being
+        # applied here; [lock, users], dropped when no batch of that gateway is in hand
+        self._batch_order: dict[str, tuple[asyncio.Lock, list[int]]] = {}
 
     async def __call__(self, event: NodeEvent, message: AbstractIncomingMessage) -> None:
         if isinstance(event, HeartbeatBatch):
@@ -192,6 +197,22 @@ class NodeEventHandler:
             return False
 
     async def heartbeats(self, batch: HeartbeatBatch) -> None:
+        """Apply a gateway's batch after any earlier one of the same gateway in hand here."""
+        gw = batch.gateway_id
+        entry = self._batch_order.get(gw)
+        if entry is None:
+            entry = self._batch_order[gw] = (asyncio.Lock(), [0])
+        lock, users = entry
+        users[0] += 1
+        try:
+            async with lock:
+                await self._apply_batch(batch)
+        finally:
+            users[0] -= 1
+            if users[0] == 0:
+                del self._batch_order[gw]
+
+    async def _apply_batch(self, batch: HeartbeatBatch) -> None:
         """Apply a whole batch in one pipelined round trip: ``heartbeat_batch`` calls of at
         most ``BEATS_PER_CALL`` beats each (one command per call instead of one per beat,
         each call short enough not to hold Redis up for selection)."""
@@ -227,7 +248,8 @@ class NodeEventHandler:
             # a call that failed as a whole (a Redis error) fails each of its beats
             n = len(call["beats"])
             results.extend(outcome if isinstance(outcome, list) else [outcome] * n)
-        self.metrics.batch_size.observe(len(batch.beats))
+        if batch.beats:  # an empty batch only moves the gateway's watermark
+            self.metrics.batch_size.observe(len(batch.beats))
         reregister: list[tuple[str, str]] = []
         outcomes: Counter[str] = Counter()
         lag = self.metrics.apply_lag
@@ -254,9 +276,13 @@ class NodeEventHandler:
         for outcome, n in outcomes.items():
             self.metrics.heartbeats.labels(outcome).inc(n)
         if batch.seq is not None:
-            # the gateway's flow control: it sends its next batch once this one is applied
+            # the gateway's flow control (it sends its next batch once this one is applied)
+            # and its watermark (the sweeper expires nodes only behind it)
             await self.infra.scripts.heartbeats_applied(
-                gateway_id=batch.gateway_id, seq=batch.seq, ttl_ms=APPLIED_MARK_TTL_MS
+                gateway_id=batch.gateway_id,
+                seq=batch.seq,
+                ttl_ms=APPLIED_MARK_TTL_MS,
+                covers_ms=batch.covers_ms,
             )
         for node_id, conn_id in reregister:
             if not self.reregister_gate.should_ask(node_id, conn_id):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
 class Metrics:
@@ -31,6 +31,18 @@ class Metrics:
             registry=r,
         )
         self.swept = Counter("lingua_nodes_swept_total", "Expired nodes cleaned", registry=r)
+        self.expiry_hold = Gauge(
+            "lingua_node_expiry_hold_seconds",
+            "How far behind the clock the last sweep judged expiries: the gateways' heartbeat "
+            "watermark (beats applied up to then) plus a margin; grows while beats lag",
+            registry=r,
+        )
+        self.expiries_held = Gauge(
+            "lingua_node_expiries_held",
+            "Nodes past their expiry by the clock that the last sweep held, since beats read "
+            "by their gateway before the expiry may not be applied yet",
+            registry=r,
+        )
         self.reconciled = Counter(
             "lingua_reconcile_fixes_total",
             "Display-view entries fixed by reconciliation",

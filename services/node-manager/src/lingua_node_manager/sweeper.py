@@ -3,14 +3,18 @@ reconciliation (N7).
 
 Every replica runs them; the scripts are idempotent, so concurrent sweeps are harmless.
 The sweeper reads ``nodes:expiry`` (a zset of logical deadlines), so its cost is the number
-of expired nodes, never the number of nodes. The slot recount walks ``nodes:all`` a bounded
-batch per tick (``SLOT_BATCH`` nodes), so a whole pass over N nodes takes N / SLOT_BATCH
-sweep intervals.
+of expired nodes, never the number of nodes. It judges expiries behind the gateways'
+heartbeat watermark (:func:`expiry_horizon`): a node is expired only once every beat its
+gateway read before the node's deadline is applied, so a busy host, where beats wait at the
+gateway or on the bus, delays expiries instead of expiring live nodes. The slot recount walks
+``nodes:all`` a bounded batch per tick (``SLOT_BATCH`` nodes), so a whole pass over N nodes
+takes N / SLOT_BATCH sweep intervals.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 
 from lingua_node_manager.metrics import Metrics
 from lingua_shared.errors import ScriptRejected
@@ -21,11 +25,66 @@ from lingua_shared.scripts import ScriptCode, node_offline
 log = get_logger(__name__)
 SWEEP_BATCH = 500
 SLOT_BATCH = 200  # nodes recounted per tick
+# a beat the gateway's loop had received but not yet stamped when it cut a batch is stamped
+# after the cut: expiries are judged this far behind the watermark to cover that
+WATERMARK_SLACK_MS = 500
+HELD_LOG_EVERY_S = 10.0
+_last_held_log = [0.0]
+
+
+async def expiry_horizon(infra: Infra, metrics: Metrics, now: int) -> int:
+    """The time up to which nodes' deadlines are judged: the oldest heartbeat watermark of
+    the live gateway replicas (``heartbeats:covered``, moved by node-manager as it applies
+    their batches; each gateway sends an empty batch when it has no beats, so an idle one
+    keeps up) less :data:`WATERMARK_SLACK_MS`, never later than ``now`` and never more than
+    ``LINGUA_NODE_EXPIRY_HOLD_MAX_MS`` behind it (a heartbeat pipeline stuck that long no
+    longer holds expiries). A replica without a liveness key holds nothing: its nodes'
+    sockets are gone with it; its watermark is dropped once it is older than the hold."""
+    hold_max = infra.settings.node_expiry_hold_max_ms
+    if hold_max <= 0:
+        return now
+    r, k = infra.redis, infra.keys
+    marks = await r.hgetall(k.heartbeats_covered)
+    horizon = now
+    lagging = ""
+    if marks:
+        gateways = [g.decode() for g in marks]
+        async with r.pipeline(transaction=False) as pipe:
+            for gw in gateways:
+                pipe.exists(k.gateway(gw))
+            alive = await pipe.execute()
+        gone: list[str] = []
+        for gw, raw, live in zip(gateways, marks.values(), alive, strict=True):
+            covered = int(raw)
+            if live:
+                if covered - WATERMARK_SLACK_MS < horizon:
+                    horizon, lagging = covered - WATERMARK_SLACK_MS, gw
+            elif now - covered > hold_max:
+                gone.append(gw)
+        if gone:
+            await r.hdel(k.heartbeats_covered, *gone)
+    capped = horizon < now - hold_max
+    horizon = max(horizon, now - hold_max)
+    held = await r.zcount(k.nodes_expiry, horizon + 1, now) if horizon < now else 0
+    metrics.expiry_hold.set((now - horizon) / 1000)
+    metrics.expiries_held.set(held)
+    if held and (capped or now - horizon > 2 * WATERMARK_SLACK_MS):
+        mono = time.monotonic()
+        if mono - _last_held_log[0] >= HELD_LOG_EVERY_S:
+            _last_held_log[0] = mono
+            log.warning(
+                "node.expiries_held" if not capped else "node.expiry_hold_capped",
+                held=held,
+                behind_s=round((now - horizon) / 1000, 2),
+                gateway_id=lagging,
+            )
+    return horizon
 
 
 async def sweep_once(infra: Infra, metrics: Metrics, now: int | None = None) -> int:
-    """Clean every node whose logical expiry has passed; returns how many were removed."""
-    now = now if now is not None else now_ms()
+    """Clean every node whose logical expiry has passed behind the heartbeat watermark
+    (:func:`expiry_horizon`); returns how many were removed."""
+    now = await expiry_horizon(infra, metrics, now if now is not None else now_ms())
     removed = 0
     while True:
         due = await infra.redis.zrangebyscore(

@@ -1,5 +1,6 @@
 """``heartbeats_applied.lua``: node-manager applied a gateway's heartbeat batch; the largest
-sequence number applied is the gateway's flow control (``lingua_gateway.coalescer``)."""
+sequence number applied is the gateway's flow control (``lingua_gateway.coalescer``), the
+batch's ``covers_ms`` the gateway's heartbeat watermark (``lingua_node_manager.sweeper``)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ NAME = "heartbeats_applied"
 Result = CodeResult  # value: the largest sequence number applied
 
 
-def args(keys: Keys, *, gateway_id: str, seq: int, ttl_ms: int) -> tuple[list[str], list[Any]]:
-    return [keys.prefix], [gateway_id, int(seq), int(ttl_ms)]
+def args(
+    keys: Keys, *, gateway_id: str, seq: int, ttl_ms: int, covers_ms: int | None = None
+) -> tuple[list[str], list[Any]]:
+    return [keys.prefix], [gateway_id, int(seq), int(ttl_ms), int(covers_ms or 0)]
 
 
 def parse(reply: list[Any]) -> CodeResult:
