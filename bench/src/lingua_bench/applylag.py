@@ -16,6 +16,7 @@ The figure reported as ``apply_lag_p99_ms`` is the observed one: the conservativ
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 
 from redis.asyncio import Redis
@@ -39,11 +40,17 @@ class ApplyLagSampler:
         self.missing = 0  # polls that found a sampled node's record gone
         self.unmatched = 0  # applied beats whose send time had already been forgotten
         self._seen: dict[str, int] = {}
+        self._stop = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
 
     async def run(self) -> None:
-        """Poll until cancelled."""
+        """Poll until :meth:`stop`. Not until cancelled: a cancellation that lands inside
+        redis-py's pipeline can be swallowed there, and the loop then polled on for good
+        while the phase waited for it (the heartbeat phase that never ended)."""
         names = [self.keys.node(n.node_id) for n in self.nodes]
-        while True:
+        while not self._stop.is_set():
             async with self.redis.pipeline(transaction=False) as pipe:
                 for k in names:
                     pipe.hmget(k, "cpu_percent", "last_heartbeat_ts")
@@ -71,7 +78,8 @@ class ApplyLagSampler:
                 if stamp is not None:
                     lag = max(0.0, float(stamp) - sent)
                     self.stamped.record_ns(int(lag * 1e6), mono)
-            await asyncio.sleep(self.interval_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.interval_s)
 
 
 def _sent_at(node: BenchNode, seq: int) -> float | None:

@@ -322,8 +322,13 @@ class LoadGen:
         try:
             await asyncio.sleep(seconds)
         finally:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            sampler.stop()
+            # it ends its round; never wait on a cancellation (see ApplyLagSampler.run)
+            done, _ = await asyncio.wait({task}, timeout=10)
+            for t in done:
+                t.exception()  # a failed poll ends the sampling, not the phase (as before)
+            if not done:
+                task.cancel()
         rereg = {n.node_id for n in self.fleet.nodes if n.reregisters > rereg0[n.node_id]}
         missing = await self._missing_records()
         st.extra["heartbeats"] = {
