@@ -711,3 +711,36 @@ def test_pool_invariants_hold_for_any_event_sequence(redis_url: str) -> None:
             suppress_health_check=[HealthCheck.too_slow],
         ),
     )
+
+
+async def test_a_beat_scores_the_node_as_a_whole_record_read_would(
+    redis: Redis, keys: Keys, scripts: Scripts
+) -> None:
+    """A public node in band 0 is scored from what the beat reads (no cool-down can be in
+    force); one in a band, or a private one, from the whole record: a cool-down that ended
+    moves it back to band 0, a private node stays in its tenant's band."""
+    shard = keys.pool("en_zh:eu:a100:0")
+    await join(scripts, "n1")
+    assert (await zmembers(redis, shard))["n1"] == 0.0  # band 0, nothing running
+    await redis.hset(keys.node("n1"), mapping={"running": 1, "capacity": 4})
+    await scripts.heartbeat_with_pool_assign(**hb(now_ms=NOW + 1_500))
+    assert (await zmembers(redis, shard))["n1"] == 0.25  # the load it read
+    # a cool-down: service_cooldown scores the node into a band of its own
+    await scripts.service_cooldown(
+        node_id="n1", service="asr", until_ms=NOW + 5_000, now_ms=NOW + 2_000
+    )
+    cooled = (await zmembers(redis, shard))["n1"]
+    assert cooled >= 2.25 and await redis.hget(keys.node("n1"), "band") not in (None, b"0")
+    await scripts.heartbeat_with_pool_assign(**hb(now_ms=NOW + 3_000))  # still cooling
+    assert (await zmembers(redis, shard))["n1"] == cooled
+    await scripts.heartbeat_with_pool_assign(**hb(now_ms=NOW + 6_000))  # the cool-down ended
+    assert (await zmembers(redis, shard))["n1"] == 0.25
+    assert await redis.hget(keys.node("n1"), "band") == b"0"
+    await scripts.heartbeat_with_pool_assign(**hb(now_ms=NOW + 7_000, status="draining"))
+    assert (await zmembers(redis, shard))["n1"] == 1000.25  # out of selection's range
+    # a private node is always in its tenant's band
+    await join(scripts, "n2", public=False, tenant="acme")
+    private = (await zmembers(redis, shard))["n2"]
+    assert private >= 2.0
+    await scripts.heartbeat_with_pool_assign(**hb("n2", now_ms=NOW + 8_000))
+    assert (await zmembers(redis, shard))["n2"] == private
