@@ -94,7 +94,7 @@ async def test_a_slow_node_manager_gets_bigger_batches_not_a_longer_queue(
         await scripts.heartbeats_applied(gateway_id=gw, seq=first, ttl_ms=60_000)
         await asyncio.sleep(0.3)
         more = await drain(queue)
-        assert len(more) == 1 and more[0].seq == first + 2
+        assert len(more) == 1 and more[0].seq == first + 2, [(b.seq - first, len(b.beats)) for b in more]
         assert {b.running_jobs for b in more[0].beats} == {4}
 
         # everything applied: the gateway catches up with everything pending
@@ -189,6 +189,10 @@ def test_the_watermark_waits_for_pending_beats_and_registrations() -> None:
     c.end_registration(token)
     assert c.watermark(1_000) == 1_000
     # beats of an unconfirmed batch go back to the front, with the time they first waited
+    c.add(Beat(node_id="e", conn_id="c", ts_ms=800))
+    c.add(Beat(node_id="e", conn_id="c", ts_ms=850))  # e waits since 800, its beat is 850's
+    taken = c.take(1)
     c.add(Beat(node_id="d", conn_id="c", ts_ms=900))
-    c.put_back([Beat(node_id="b", conn_id="c", ts_ms=600)])
-    assert list(c.pending) == ["b", "d"] and c.watermark(1_000) == 599
+    assert c.watermark(1_000) == 899
+    c.put_back(taken)
+    assert list(c.pending) == ["e", "d"] and c.watermark(1_000) == 799

@@ -83,6 +83,7 @@ class HeartbeatCoalescer:
         # registrations under way (token -> when they began, in that order): until one is
         # answered its node cannot beat, so the watermark waits for it too
         self._registrations: dict[int, int] = {}
+        self._taken_since: dict[str, int] = {}  # the last batch taken, until confirmed
         self._tokens = itertools.count()
         # above any number an earlier process with this replica id sent (microseconds)
         self.first_seq = now_ms() * 1000
@@ -181,8 +182,8 @@ class HeartbeatCoalescer:
 
     def take(self, n: int) -> list[Beat]:
         ids = list(itertools.islice(self.pending, n))
-        for node_id in ids:
-            del self.since[node_id]
+        # kept until the batch is confirmed: a beat put back waits since its first time
+        self._taken_since = {node_id: self.since.pop(node_id) for node_id in ids}
         return [self.pending.pop(node_id) for node_id in ids]
 
     def watermark(self, cut: int) -> int:
@@ -226,7 +227,8 @@ class HeartbeatCoalescer:
         for b in beats:
             newer = self.pending.pop(b.node_id, None)
             pending[b.node_id] = carry_news(b, newer) if newer is not None else b
-            since[b.node_id] = min(b.ts_ms, self.since.pop(b.node_id, b.ts_ms))
+            first = self._taken_since.get(b.node_id, b.ts_ms)
+            since[b.node_id] = min(first, self.since.pop(b.node_id, first))
         pending.update(self.pending)
         since.update(self.since)
         self.pending, self.since = pending, since
