@@ -94,7 +94,8 @@ async def test_a_slow_node_manager_gets_bigger_batches_not_a_longer_queue(
         await scripts.heartbeats_applied(gateway_id=gw, seq=first, ttl_ms=60_000)
         await asyncio.sleep(0.3)
         more = await drain(queue)
-        assert len(more) == 1 and more[0].seq == first + 2, [(b.seq - first, len(b.beats)) for b in more]
+        left = [(b.seq - first, len(b.beats)) for b in more]  # (seq after the first, beats)
+        assert len(more) == 1 and more[0].seq == first + 2, left
         assert {b.running_jobs for b in more[0].beats} == {4}
 
         # everything applied: the gateway catches up with everything pending
