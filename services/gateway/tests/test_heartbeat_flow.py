@@ -197,3 +197,8 @@ def test_the_watermark_waits_for_pending_beats_and_registrations() -> None:
     assert c.watermark(1_000) == 899
     c.put_back(taken)
     assert list(c.pending) == ["e", "d"] and c.watermark(1_000) == 799
+    # a connection that ended leaves no beat behind; another connection's beat stays
+    c.forget("d", "other-conn")
+    assert "d" in c.pending
+    c.forget("d", "c")
+    assert list(c.pending) == ["e"] and "d" not in c.since

@@ -176,7 +176,9 @@ async def refused(redis_url: str, bad: str) -> None:
         await clean(redis)
         scripts = await Scripts.load(redis, KEYS)
         # the gateway: INVALID_CAPABILITY_SCHEMA, no ack, nothing published
-        deps = types.SimpleNamespace(settings=SETTINGS, metrics=GatewayMetrics(), register=None)
+        deps = types.SimpleNamespace(
+            settings=SETTINGS, metrics=GatewayMetrics(), register=None, beats=None
+        )
         profile = NodeProfile(SETTINGS, deps.metrics)
         registrar = NodeRegistrar(_Conn(), profile, deps)  # type: ignore[arg-type]
         for explicit in (False, True):

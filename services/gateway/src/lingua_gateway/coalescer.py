@@ -103,9 +103,19 @@ class HeartbeatCoalescer:
         if len(self.pending) >= self.max_batch:
             self._full.set()
 
+    def forget(self, node_id: str, conn_id: str) -> None:
+        """A connection ended: its pending beat is stale. Sent after the connection's
+        disconnect event (another queue), it could give the node back to this connection
+        after a newer one registered it."""
+        beat = self.pending.get(node_id)
+        if beat is not None and beat.conn_id == conn_id:
+            del self.pending[node_id]
+            self.since.pop(node_id, None)
+
     def begin_registration(self) -> int:
         """A node's registration began: the watermark stays before it until
-        :meth:`end_registration` (by then the node's first beat, the ack, is pending)."""
+        :meth:`end_registration` (one heartbeat interval after its answer: the node's first
+        beat is then pending or sent)."""
         token = next(self._tokens)
         self._registrations[token] = now_ms()
         return token

@@ -346,6 +346,7 @@ class NodeConnection(EndpointConnection):
             return
         if self.connections.nodes.get(self.node_id) is self:
             del self.connections.nodes[self.node_id]
+        self.beats.forget(self.node_id, self.conn_id)
         ev = NodeDisconnected(
             node_id=self.node_id,
             conn_id=self.conn_id,

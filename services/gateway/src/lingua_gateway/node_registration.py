@@ -25,7 +25,7 @@ from lingua_shared.errors import (
     LinguaError,
     NodeIdConflict,
 )
-from lingua_shared.events import Beat, NodeRegisterEvent
+from lingua_shared.events import NodeRegisterEvent
 from lingua_shared.logs import get_logger
 from lingua_shared.protocol import (
     MAX_TRACE_ID,
@@ -40,6 +40,9 @@ from lingua_shared.protocol.capabilities import NODE_ID_RE
 from lingua_shared.runtime import now_ms
 
 log = get_logger(__name__)
+# a registration holds the heartbeat watermark for one heartbeat interval after its answer,
+# at most this long
+REGISTRATION_HOLD_MAX_S = 15.0
 
 
 def register_trace_id(reg: NodeRegister) -> str | None:
@@ -192,13 +195,18 @@ class NodeRegistrar:
     async def register(
         self, node_id: str, reg: NodeRegister, caps: NodeCapabilities, why: str
     ) -> None:
-        # the node cannot beat before it is answered: node-manager's sweeper must not judge
-        # its deadline until then (the heartbeat watermark waits for the registration)
+        # The node cannot beat before it is answered, and its first beat is due one interval
+        # after: node-manager's sweeper must not judge its deadline (which runs from when the
+        # record was written, maybe long before the answer reached a busy gateway) until
+        # then. The heartbeat watermark waits for the registration that long.
         token = self.beats.begin_registration()
+        interval = caps.heartbeat_interval_ms or self.settings.node_default_heartbeat_interval_ms
         try:
             await self._register(node_id, reg, caps, why)
         finally:
-            self.beats.end_registration(token)
+            asyncio.get_running_loop().call_later(
+                min(interval / 1000, REGISTRATION_HOLD_MAX_S), self.beats.end_registration, token
+            )
 
     async def _register(
         self, node_id: str, reg: NodeRegister, caps: NodeCapabilities, why: str
@@ -251,7 +259,3 @@ class NodeRegistrar:
                 heartbeat_interval_ms=interval,
             ).to_wire()
         )
-        # the registration is the node's first sign of life: its deadline runs from the ack,
-        # not from when node-manager wrote the record (the reply may have waited on a busy
-        # bus; a 1 Hz node's 3 s TTL would be mostly gone before it could beat)
-        self.beats.add(Beat(node_id=node_id, conn_id=conn.conn_id, ts_ms=now_ms()))

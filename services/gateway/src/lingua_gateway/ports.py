@@ -41,6 +41,10 @@ class BeatSink(Protocol):
 
     def end_registration(self, token: int) -> None: ...
 
+    def forget(self, node_id: str, conn_id: str) -> None:
+        """A connection ended: drop its pending beat."""
+        ...
+
 
 class RegisterCall(Protocol):
     """Registers a node through node-manager and returns its reply

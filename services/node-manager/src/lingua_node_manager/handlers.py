@@ -104,6 +104,13 @@ class NodeEventHandler:
             )
             return
         self.reregister_gate.forget(ev.node_id, ev.conn_id)
+        # A gateway replica that registered nodes but had no heartbeat batch applied yet (one
+        # just started, in a registration storm) has no watermark, and its nodes' expiries
+        # would be judged by the clock: its first one is just before this registration was
+        # sent (never moved back: set only when there is none).
+        await self.infra.redis.hsetnx(
+            self.infra.keys.heartbeats_covered, ev.gateway_id, max(0, ev.sent_at_ms - 1)
+        )
         log.info(
             "node.registered",
             node_id=ev.node_id,
