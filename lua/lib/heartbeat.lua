@@ -100,8 +100,7 @@ local function apply_heartbeat(node_key, pools_key, expiry_key, connected_key, p
   -- ~30 % of Redis's time per beat.)
   local score
   if (not h[13] or h[13] == '0') and h[14] ~= '0' and h[10] then
-    score = load_of(h[8], h[9], h[10])
-    if status ~= 'ready' then score = UNSCHEDULABLE + score end
+    score = load_score(h[8], h[9], h[10], '1', status)  -- connected: just written
   else
     score = node_score(prefix, node_id, now)
   end

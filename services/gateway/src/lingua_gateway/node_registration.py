@@ -202,17 +202,16 @@ class NodeRegistrar:
         token = self.beats.begin_registration()
         interval = caps.heartbeat_interval_ms or self.settings.node_default_heartbeat_interval_ms
         try:
-            await self._register(node_id, reg, caps, why)
+            await self._register(node_id, reg, caps, why, interval)
         finally:
             asyncio.get_running_loop().call_later(
                 min(interval / 1000, REGISTRATION_HOLD_MAX_S), self.beats.end_registration, token
             )
 
     async def _register(
-        self, node_id: str, reg: NodeRegister, caps: NodeCapabilities, why: str
+        self, node_id: str, reg: NodeRegister, caps: NodeCapabilities, why: str, interval: int
     ) -> None:
         s, conn = self.settings, self.conn
-        interval = caps.heartbeat_interval_ms or s.node_default_heartbeat_interval_ms
         self._rpc_seq += 1
         event = NodeRegisterEvent(
             node_id=node_id,
