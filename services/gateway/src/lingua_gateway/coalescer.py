@@ -92,6 +92,7 @@ class HeartbeatCoalescer:
         self._last_sent = time.monotonic()
         self._full = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     def add(self, beat: Beat) -> None:
         older = self.pending.get(beat.node_id)
@@ -127,10 +128,12 @@ class HeartbeatCoalescer:
         self._task = asyncio.create_task(self._run())
 
     async def _run(self) -> None:
-        while True:
+        while not self._stopping:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._full.wait(), self.window)
             self._full.clear()
+            if self._stopping:
+                break
             await self.flush()
             if not self.pending and time.monotonic() - self._last_sent >= self.tick_s:
                 await self.tick()
@@ -160,7 +163,7 @@ class HeartbeatCoalescer:
         if self.seq == self.first_seq or self.applied is None:
             return
         t0 = time.monotonic()
-        while True:
+        while not self._stopping:
             behind = await self.unapplied()
             if behind is None or behind < self.in_flight:
                 break
@@ -244,10 +247,17 @@ class HeartbeatCoalescer:
         self.pending, self.since = pending, since
 
     async def stop(self) -> None:
+        """End the loop by a flag, never by waiting on a cancellation: one that lands inside
+        redis-py (the mark is read every tick) can be swallowed there, and a drain that awaited
+        it hung until the process was killed. Then send what is pending."""
+        self._stopping = True
+        self._full.set()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(BaseException):
-                await self._task
+            done, _ = await asyncio.wait({self._task}, timeout=self.apply_wait_s + 1)
+            if not done:
+                self._task.cancel()
+            elif not self._task.cancelled() and self._task.exception() is not None:
+                log.warning("gateway.heartbeat_loop_failed", error=repr(self._task.exception()))
         await self.flush(wait=False)
 
 
