@@ -6,7 +6,7 @@
 -- KEYS[5] nodes:connected
 -- KEYS[6] prefix             lingua:v1:{cell}:
 --   built from KEYS[6]: pool:<shard>, poolgroup:<group>, pools:index, pair:<a>:<b>,
---     pairbest:<a>:<b>
+--     pairbest:<a>:<b>, node:<id>:retired
 -- ARGV[1] node_id
 -- ARGV[2] mode               graceful | dropped | expired
 --                            graceful: clean close or drain -> remove the node and its pools now
@@ -23,6 +23,7 @@
 --          {-3, 0} not expired: the node is alive; nothing written
 --@include common
 --@include pools
+--@include fence
 
 local node_key, pools_key, all_key, expiry_key, connected_key, prefix =
   KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
@@ -40,16 +41,24 @@ local alive = h[1] ~= false or redis.call('EXISTS', node_key) == 1
 local known = alive or redis.call('SISMEMBER', all_key, node_id) == 1
   or redis.call('EXISTS', pools_key) == 1
 
+local ended_key = prefix .. 'node:' .. node_id .. ':retired'
 if mode == 'expired' then
   if not known then return {0, 0} end
   local deadline = tonumber(redis.call('ZSCORE', expiry_key, node_id))
   if alive and deadline and deadline > now then return {-3, 0} end
+  -- a connection still open (connected) may beat again: it is told to register, not fenced
+  remember_ended(node_key, ended_key, h[2] == '0' and h[1] or '')
   return {1, remove_node(prefix, node_id, node_key, pools_key, all_key, expiry_key, connected_key)}
 end
 
 if conn_id ~= '' and alive and h[1] and h[1] ~= conn_id then return {-2, 0} end
 
 if mode == 'graceful' then
+  -- the connection is over: none of its beats or registrations still on the bus may bring
+  -- the node back, even when its registration has not been applied yet
+  local ended = conn_id
+  if ended == '' then ended = h[1] or '' end
+  remember_ended(node_key, ended_key, ended)
   if not known then return {0, 0} end
   return {1, remove_node(prefix, node_id, node_key, pools_key, all_key, expiry_key, connected_key)}
 end

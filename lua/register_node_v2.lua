@@ -3,6 +3,8 @@
 -- KEYS[2] nodes:all          set of registered node ids
 -- KEYS[3] nodes:expiry       zset node id -> logical expiry ms (the sweeper's index)
 -- KEYS[4] nodes:connected    zset display view of "connected"
+-- KEYS[5] ended connections  lingua:v1:{cell}:node:<id>:retired (lib/fence: the replaced and
+--                            ended connections of a record that was removed)
 -- ARGV[1] node_id
 -- ARGV[2] now_ms
 -- ARGV[3] ttl_ms
@@ -20,13 +22,15 @@
 -- ARGV[14] tenant            the node's tenant ('' = none)
 -- Returns: {1, "", ""} created; {2, old_gateway_id, old_conn_id} refreshed an existing node
 --          (old_* are those of the connection it replaces, "" when none or the same);
---          {-3, "", ""} stale: a newer connection replaced this one (a late or repeated
---          registration of a connection already gone); nothing written
+--          {-3, "", ""} stale: a newer connection replaced this one, or this connection
+--          ended (a late or repeated registration of a connection already gone); nothing
+--          written
 --          {-1, field} invalid input, nothing written (field names the bad argument)
 --@include common
 --@include fence
 
-local node_key, all_key, expiry_key, connected_key = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local node_key, all_key, expiry_key, connected_key, ended_key =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local node_id = ARGV[1]
 local now = is_int(ARGV[2])
 local ttl = is_int(ARGV[3])
@@ -63,6 +67,9 @@ if existed then
     retired = retired_with(node_key, prev[2])
     if prev[3] == '1' then old_gw, old_conn = prev[1] or '', prev[2] end
   end
+else
+  retired = inherited_retired(ended_key, conn_id)
+  if retired == nil then return {-3, '', ''} end
 end
 
 redis.call('HSET', node_key,
@@ -83,6 +90,7 @@ redis.call('HSET', node_key,
   'public', public,
   'tenant', tenant)
 if retired then redis.call('HSET', node_key, 'retired_conns', retired) end
+if not existed and retired then redis.call('DEL', ended_key) end
 if not existed then
   -- slot accounting starts at zero; a re-registration keeps it (leases still count).
   -- reg_id names this registration for the jobs' fencing (node_reg): the time alone is not

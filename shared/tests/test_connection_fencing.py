@@ -127,6 +127,79 @@ async def test_a_new_connection_still_adopts_the_node_by_heartbeat(
     assert (await record(redis, keys))["conn_id"] == "D"
 
 
+async def test_a_late_beat_of_an_ended_connection_does_not_take_the_node_back(
+    redis: Redis, keys: Keys, scripts: Scripts
+) -> None:
+    """Beats and events travel on separate queues: A's last beat can reach node-manager after
+    A's close removed the record and after B registered the node again. With the record went
+    its list of replaced connections, and the beat adopted the node for a connection that no
+    longer exists (B's beats were then the stale ones)."""
+    assert (await scripts.register_node_v2(**reg("A"))).code == ScriptCode.CREATED
+    assert (await scripts.heartbeat_with_pool_assign(**beat("A", NOW))).alive
+    off = await scripts.node_offline(node_id="x", mode="graceful", conn_id="A", now_ms=NOW + 100)
+    assert off.code == ScriptCode.OFFLINE
+    assert not await redis.exists(keys.node("x"))
+    assert (await scripts.register_node_v2(**reg("B", now=NOW + 200))).code == ScriptCode.CREATED
+    assert (await scripts.heartbeat_with_pool_assign(**beat("B", NOW + 300))).alive
+
+    before = await key_snapshot(redis)
+    late = await scripts.heartbeat_with_pool_assign(**beat("A", NOW + 400))
+    assert late.code == ScriptCode.STALE
+    stale = await scripts.register_node_v2(**reg("A", now=NOW + 500))
+    assert stale.code == ScriptCode.CONN_REPLACED
+    assert await key_snapshot(redis) == before
+    assert (await scripts.heartbeat_with_pool_assign(**beat("B", NOW + 600))).alive
+    assert (await record(redis, keys))["conn_id"] == "B"
+
+
+async def test_an_ended_connection_cannot_register_after_its_close_was_applied(
+    redis: Redis, keys: Keys, scripts: Scripts
+) -> None:
+    """A node that closes while its registration is still on the bus: the close is applied
+    first (nothing to remove), and the registration that follows must not bring back a node
+    on a connection that is gone (its record would stay schedulable for a whole TTL)."""
+    off = await scripts.node_offline(node_id="x", mode="graceful", conn_id="A", now_ms=NOW)
+    assert off.code == ScriptCode.ALREADY_GONE
+    assert (await scripts.register_node_v2(**reg("A", now=NOW + 100))).code == (
+        ScriptCode.CONN_REPLACED
+    )
+    assert not await redis.exists(keys.node("x"))
+    # the node on its next connection registers as usual, and its record keeps the fence
+    assert (await scripts.register_node_v2(**reg("B", now=NOW + 200))).code == ScriptCode.CREATED
+    assert not await redis.exists(keys.node_retired("x"))
+    assert (await scripts.heartbeat_with_pool_assign(**beat("A", NOW + 300))).code == (
+        ScriptCode.STALE
+    )
+
+
+async def test_an_expired_record_keeps_the_fence_of_its_dropped_connection(
+    redis: Redis, keys: Keys, scripts: Scripts
+) -> None:
+    """A dropped connection's record expires and goes; a beat of that connection still in
+    transit must not adopt the node from the connection that registers next. A connection
+    still open when its record expired is not fenced: its next beat is told to register."""
+    await scripts.register_node_v2(**reg("A"))
+    await scripts.register_node_v2(**reg("B", now=NOW + 10))
+    await scripts.node_offline(node_id="x", mode="dropped", conn_id="B", now_ms=NOW + 20)
+    gone = await scripts.node_offline(node_id="x", mode="expired", now_ms=NOW + TTL + 1_000)
+    assert gone.code == ScriptCode.OFFLINE
+    assert (await scripts.register_node_v2(**reg("C", now=NOW + TTL + 2_000))).code == (
+        ScriptCode.CREATED
+    )
+    for late in ("A", "B"):
+        reply = await scripts.heartbeat_with_pool_assign(**beat(late, NOW + TTL + 3_000))
+        assert reply.code == ScriptCode.STALE, late
+    assert (await record(redis, keys))["conn_id"] == "C"
+
+    # C was connected when its record expired: its beat asks for a registration, which works
+    gone = await scripts.node_offline(node_id="x", mode="expired", now_ms=NOW + 3 * TTL)
+    assert gone.code == ScriptCode.OFFLINE
+    reply = await scripts.heartbeat_with_pool_assign(**beat("C", NOW + 3 * TTL + 100))
+    assert reply.code == ScriptCode.NOT_REGISTERED
+    again = await scripts.register_node_v2(**reg("C", now=NOW + 3 * TTL + 200))
+    assert again.code == ScriptCode.CREATED
+
+
 async def test_node_lost_takes_every_job_back_in_one_call_and_a_replay_takes_none(
     redis: Redis, keys: Keys, scripts: Scripts
 ) -> None:

@@ -381,6 +381,7 @@ def sample_keys(keys: Keys) -> list[str]:
     return [
         keys.node("node-7"),
         keys.node_pools("node-7"),
+        keys.node_retired("node-7"),
         keys.node_jobs("node-7"),
         keys.nodes_all,
         keys.nodes_expiry,

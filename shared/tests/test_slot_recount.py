@@ -28,7 +28,9 @@ async def join(scripts: Scripts, node_id: str, **over: Any) -> None:
     await scripts.register_node_v2(
         **node_registration(node_id, now_ms=NOW, ttl_ms=600_000, capacity=2, **over)
     )
-    assert (await scripts.heartbeat_with_pool_assign(**node_beat(node_id, now_ms=NOW))).alive
+    conn = over.get("conn_id", f"c-{node_id}")
+    beat = node_beat(node_id, now_ms=NOW, conn_id=conn)
+    assert (await scripts.heartbeat_with_pool_assign(**beat)).alive
 
 
 async def give_job(

@@ -97,6 +97,10 @@ class Keys:
     def node_pools(self, node_id: str) -> str:
         return f"{self.prefix}node:{node_id}:pools"
 
+    def node_retired(self, node_id: str) -> str:
+        """The replaced and ended connections of a removed record (lib/fence.lua)."""
+        return f"{self.prefix}node:{node_id}:retired"
+
     @property
     def nodes_all(self) -> str:
         return f"{self.prefix}nodes:all"

@@ -46,7 +46,13 @@ def args(
     tenant: str = "",
 ) -> tuple[list[str], list[Any]]:
     k = keys
-    return [k.node(node_id), k.nodes_all, k.nodes_expiry, k.nodes_connected], [
+    return [
+        k.node(node_id),
+        k.nodes_all,
+        k.nodes_expiry,
+        k.nodes_connected,
+        k.node_retired(node_id),
+    ], [
         node_id,
         now_ms,
         ttl_ms,
