@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -29,10 +30,46 @@ SERVICES: dict[str, tuple[str, int]] = {
 }
 
 
+PORT_FLOOR = 20_000  # ports handed out start here (below: well-known and registered services)
+_handed_out: set[int] = set()
+
+
+def ephemeral_range() -> tuple[int, int]:
+    """The kernel's range of ports for outgoing connections (Linux; the IANA range elsewhere)."""
+    try:
+        lo, hi = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(lo), int(hi)
+    except (OSError, ValueError):
+        return 49152, 65535
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port free to listen on, for a service started next.
+
+    Not one of the kernel's ephemeral ports (``bind(0)`` picks from those): between this
+    check and the service's own bind, any outgoing connection of the machine (to Redis, to
+    RabbitMQ) may take an ephemeral port as its local port, and the service then fails with
+    "address already in use". Ports below that range are only ever taken by a listener, and
+    the check bind sees those. Random, and never the same one twice in a process."""
+    lo = PORT_FLOOR
+    hi = ephemeral_range()[0] - 1
+    if hi - lo < 1_000:  # an unusual kernel setting: fall back to the kernel's choice
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return int(s.getsockname()[1])
+    rng = random.SystemRandom()
+    for _ in range(200):
+        port = rng.randint(lo, hi)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free port found in {lo}..{hi}")
 
 
 @dataclass
