@@ -4,7 +4,7 @@ PY := .venv/bin/python
 NODES ?= 12
 SERVICE ?= gateway
 
-.PHONY: install services up down status restart restart-probe demo test test-unit test-integration bench bench-quick bench-scripts lint images
+.PHONY: install services up down status restart restart-probe demo test test-cluster cluster-up cluster-down test-unit test-integration bench bench-quick bench-scripts lint images
 
 install:            ## uv + the workspace in .venv
 	@bash scripts/bootstrap.sh
@@ -30,8 +30,18 @@ restart-probe:      ## `make restart` (gateway) while a connection is tried ever
 demo: install services  ## the main job (see README)
 	@$(PY) scripts/demo.py --nodes $(NODES)
 
-test: install services  ## every test: unit, Lua, integration (real Redis and RabbitMQ)
+test: install services  ## every test: unit, Lua, integration (real Redis and RabbitMQ); the Lua tests again on a Redis Cluster
 	@$(PY) -m pytest
+	@$(MAKE) --no-print-directory test-cluster
+
+test-cluster: install  ## the Redis tests of shared/ on a local Redis Cluster (3 masters, 3 replicas), started and stopped here
+	@$(PY) -m lingua_shared.devcluster run -- $(PY) -m pytest -q shared/tests
+
+cluster-up: install    ## a local Redis Cluster (3 masters, 3 replicas) in .run/redis-cluster; prints its URL
+	@$(PY) -m lingua_shared.devcluster up
+
+cluster-down:          ## stop the cluster of `make cluster-up` (by PID)
+	@$(PY) -m lingua_shared.devcluster down
 
 test-unit: install services
 	@$(PY) -m pytest -m "not integration"

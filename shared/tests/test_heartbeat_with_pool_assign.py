@@ -21,14 +21,13 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
-from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
 from lingua_shared.errors import NodeNotRegistered, ScriptRejected
 from lingua_shared.keys import Keys
 from lingua_shared.scripts import Scripts, find_lua_dir, require_registered
 from lingua_shared.settings import NODE_RECORD_GRACE_MS as GRACE
-from lingua_shared.testing import key_snapshot, node_beat, node_registration
+from lingua_shared.testing import key_snapshot, node_beat, node_registration, sync_redis_for_tests
 
 NOW = 1_700_000_000_000
 TTL = 30_000
@@ -444,7 +443,7 @@ class PoolMachine(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.r = SyncRedis.from_url(self.url, decode_responses=True)
+        self.r = sync_redis_for_tests(self.url, decode_responses=True)
         self.k = Keys("test")
         for key in self.r.keys(MINE):
             self.r.delete(key)

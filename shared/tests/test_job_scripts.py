@@ -21,13 +21,12 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
-from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
 from lingua_shared.errors import ScriptRejected
 from lingua_shared.keys import Keys
 from lingua_shared.scripts import Delivery, Scripts, find_lua_dir
-from lingua_shared.testing import key_snapshot, node_registration
+from lingua_shared.testing import key_snapshot, node_registration, sync_redis_for_tests
 
 NOW = 1_700_000_000_000
 TTL = 600_000
@@ -835,7 +834,7 @@ class JobMachine(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.r = SyncRedis.from_url(self.url, decode_responses=True)
+        self.r = sync_redis_for_tests(self.url, decode_responses=True)
         self.k = Keys("test")
         mine = self.r.keys(MINE)
         if mine:

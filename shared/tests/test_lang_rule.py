@@ -19,6 +19,7 @@ from lingua_shared.protocol.capabilities import CapabilityError, _norm_lang
 from lingua_shared.protocol.langs import is_lang, norm_lang
 from lingua_shared.scripts import find_lua_dir
 from lingua_shared.scripts.loader import INCLUDE_RE
+from lingua_shared.testing import sync_redis_for_tests
 from tests.support.lang_codes import (
     ANY_TEXT,
     NEAR_MISS_LANG,
@@ -45,7 +46,7 @@ return {langs, shards, sets and cjson.encode(sets[1]) or false}
 @pytest.fixture(scope="module")
 def lua(redis_url: str) -> Iterator[SyncRedis]:
     """A client and the probe's sha (it touches no key)."""
-    client = SyncRedis.from_url(redis_url)
+    client = sync_redis_for_tests(redis_url)
     lua_dir = find_lua_dir()
     source = INCLUDE_RE.sub(lambda m: (lua_dir / "lib" / f"{m.group(1)}.lua").read_text(), PROBE)
     client.sha = client.script_load(source)  # type: ignore[attr-defined]

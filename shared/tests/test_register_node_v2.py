@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from redis import Redis as SyncRedis
 from redis.asyncio import Redis
 
 from lingua_shared.errors import ScriptRejected
@@ -23,7 +22,7 @@ from lingua_shared.protocol.node import (
 )
 from lingua_shared.scripts import Scripts, find_lua_dir
 from lingua_shared.settings import NODE_RECORD_GRACE_MS as GRACE
-from lingua_shared.testing import key_snapshot, node_beat, node_registration
+from lingua_shared.testing import key_snapshot, node_beat, node_registration, sync_redis_for_tests
 
 NOW = 1_700_000_000_000
 TTL = 30_000
@@ -338,7 +337,7 @@ LANG = st.from_regex(r"[a-z]{2,3}(-[a-z0-9]{2,8}){0,2}", fullmatch=True).filter(
 @pytest.fixture(scope="module")
 def sync_scripts(redis_url: str) -> Iterator[Scripts]:
     """Hypothesis runs many examples in one test: a plain client, no per-example loop."""
-    client = SyncRedis.from_url(redis_url)
+    client = sync_redis_for_tests(redis_url)
 
     def clean() -> None:
         for key in client.keys(MINE):

@@ -41,10 +41,10 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
-from redis import Redis as SyncRedis
 
 from lingua_shared.keys import Keys
 from lingua_shared.scripts import Scripts, find_lua_dir
+from lingua_shared.testing import sync_redis_for_tests
 
 NOW = 1_700_000_000_000
 TTL = 600_000  # logical node TTL (and the real PEXPIRE, long enough never to fire)
@@ -84,7 +84,7 @@ class SchedulingModel(RuleBasedStateMachine):
 
     def __init__(self) -> None:
         super().__init__()
-        self.r = SyncRedis.from_url(self.url, decode_responses=True)
+        self.r = sync_redis_for_tests(self.url, decode_responses=True)
         self.k = Keys(CELL)
         self._wipe()
         self.s = Scripts(self.r, self.k, find_lua_dir())  # type: ignore[arg-type]

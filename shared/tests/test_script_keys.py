@@ -27,7 +27,7 @@ from redis.asyncio import Redis
 from lingua_shared.keys import Keys
 from lingua_shared.scripts import MODULES, ScriptCode, Scripts, find_lua_dir, heartbeat_batch
 from lingua_shared.scripts.header import parse_header, template_regex
-from lingua_shared.testing import TEST_DB, node_beat, node_registration
+from lingua_shared.testing import TEST_DB, needs_single_server, node_beat, node_registration
 
 LUA_DIR = find_lua_dir()
 NOW = 1_700_000_000_000
@@ -396,6 +396,7 @@ async def job_scenarios(call: Call, redis: Redis, keys: Keys) -> None:
     assert [s.members for s in await call("pools_summary", shard_ids=shards)] == [1, 1, 0]
 
 
+@needs_single_server
 async def test_every_key_a_script_touches_is_declared_in_its_header(
     redis_url: str, redis: Redis, keys: Keys, scripts: Scripts
 ):

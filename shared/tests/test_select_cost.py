@@ -23,7 +23,7 @@ from redis.asyncio import Redis
 
 from lingua_shared.keys import Keys
 from lingua_shared.scripts import Scripts
-from lingua_shared.testing import TEST_DB, node_beat, node_registration
+from lingua_shared.testing import TEST_DB, needs_single_server, node_beat, node_registration
 
 NOW = 1_700_000_000_000
 TTL = 600_000
@@ -126,6 +126,7 @@ def select_args(job_id: str, policy: str, **over: Any) -> dict[str, Any]:
     }
 
 
+@needs_single_server
 @pytest.mark.parametrize("running", [0, 1], ids=["idle", "none-idle"])
 @pytest.mark.parametrize("policy", ["pack", "spread"])
 async def test_commands_per_select_do_not_grow_with_the_shards(

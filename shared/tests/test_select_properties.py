@@ -40,10 +40,10 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from redis import Redis as SyncRedis
 
 from lingua_shared.keys import Keys
 from lingua_shared.scripts import MODULES, Scripts, find_lua_dir
+from lingua_shared.testing import sync_redis_for_tests
 
 NOW = 1_700_000_000_000
 SELECT_AT = NOW + 10
@@ -186,7 +186,7 @@ class World:
     """One cell on the test Redis, built through the real scripts."""
 
     def __init__(self, url: str) -> None:
-        self.r = SyncRedis.from_url(url, decode_responses=True)
+        self.r = sync_redis_for_tests(url, decode_responses=True)
         self.k = Keys(CELL)
         self.s = Scripts(self.r, self.k, find_lua_dir(os.environ.get("LINGUA_LUA_DIR")))  # type: ignore[arg-type]
         self.wipe()

@@ -13,6 +13,7 @@ from redis.exceptions import ResponseError
 
 from lingua_shared.devstack import free_port
 from lingua_shared.scripts import CachedScript, TickPipeline
+from lingua_shared.testing import redis_for_tests
 
 ECHO_OR_FAIL = """-- {tag}
 if ARGV[1] == 'bad' then return redis.error_reply('bad input ' .. KEYS[1]) end
@@ -25,7 +26,7 @@ def script(client: Redis) -> CachedScript:
 
 
 async def test_one_ticks_calls_share_a_round_trip_and_each_gets_its_reply(redis_url: str):
-    client = Redis.from_url(redis_url)
+    client = redis_for_tests(redis_url)
     try:
         s, tp = script(client), TickPipeline(client)
         await client.script_load(s.script)
@@ -39,7 +40,7 @@ async def test_one_ticks_calls_share_a_round_trip_and_each_gets_its_reply(redis_
 
 
 async def test_an_error_reaches_only_its_own_caller(redis_url: str):
-    client = Redis.from_url(redis_url)
+    client = redis_for_tests(redis_url)
     try:
         s, tp = script(client), TickPipeline(client)
         await client.script_load(s.script)
@@ -59,7 +60,7 @@ async def test_an_error_reaches_only_its_own_caller(redis_url: str):
 async def test_a_script_redis_has_not_cached_still_runs_for_every_caller(redis_url: str):
     """The pipelined EVALSHAs all answer NOSCRIPT (as after a restart or SCRIPT FLUSH); each
     call falls back to EVAL and none sees the error."""
-    client = Redis.from_url(redis_url)
+    client = redis_for_tests(redis_url)
     try:
         s, tp = script(client), TickPipeline(client)
         assert await client.script_exists(s.sha) == [False]
@@ -82,7 +83,7 @@ async def test_redis_away_fails_every_caller_with_a_connection_error():
 
 
 async def test_a_cancelled_caller_does_not_disturb_the_others(redis_url: str):
-    client = Redis.from_url(redis_url)
+    client = redis_for_tests(redis_url)
     try:
         s, tp = script(client), TickPipeline(client)
         await client.script_load(s.script)

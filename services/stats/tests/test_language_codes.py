@@ -29,7 +29,7 @@ from lingua_shared.protocol import ErrorCode
 from lingua_shared.protocol.node import CapabilityByType, LanguageCapabilities, NodeRegister
 from lingua_shared.scripts import Scripts
 from lingua_shared.settings import Settings
-from lingua_shared.testing import key_snapshot
+from lingua_shared.testing import key_snapshot, redis_for_tests
 from lingua_stats.app import create_app
 from lingua_stats.snapshot import build_snapshot
 from lingua_stats.snapshot_model import CatalogView, Snapshot
@@ -89,7 +89,7 @@ async def register_and_pool(scripts: Scripts, reg: NodeRegister) -> list[list[st
 
 
 async def everywhere(redis_url: str, sent: list[str], codes: list[str], explicit: bool) -> None:
-    redis = Redis.from_url(redis_url)
+    redis = redis_for_tests(redis_url)
     try:
         await clean(redis)
         scripts = await Scripts.load(redis, KEYS)
@@ -171,7 +171,7 @@ class _Conn:
 
 
 async def refused(redis_url: str, bad: str) -> None:
-    redis = Redis.from_url(redis_url)
+    redis = redis_for_tests(redis_url)
     try:
         await clean(redis)
         scripts = await Scripts.load(redis, KEYS)

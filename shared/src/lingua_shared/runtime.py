@@ -16,13 +16,14 @@ from typing import Any
 
 from aio_pika.abc import AbstractChannel, AbstractQueue, AbstractRobustConnection
 from prometheus_client import CollectorRegistry, generate_latest
-from redis.asyncio import BlockingConnectionPool, Redis
-from redis.exceptions import RedisError
+from redis.asyncio import Redis
+from redis.exceptions import RedisClusterException, RedisError
 
 from lingua_shared.bus import InFlight, Publisher, Topology, connect, declare_topology
 from lingua_shared.errors import DependencyDown
 from lingua_shared.keys import Keys
 from lingua_shared.logs import get_logger
+from lingua_shared.redisconn import service_redis
 from lingua_shared.scripts import Scripts, find_lua_dir
 from lingua_shared.settings import Settings
 
@@ -116,25 +117,17 @@ class Infra:
     @contextlib.asynccontextmanager
     async def open(cls, settings: Settings) -> AsyncIterator[Infra]:
         async with contextlib.AsyncExitStack() as stack:
-            # A blocking pool: when every connection is busy (a backlog of deliveries), a
-            # command waits for one instead of failing at once with MaxConnectionsError, which
-            # would requeue the delivery and turn a burst into seconds-long stalls.
-            pool = BlockingConnectionPool.from_url(
-                settings.redis_url,
-                max_connections=settings.redis_max_connections,
-                timeout=settings.redis_pool_timeout_s,
-                socket_timeout=5,
-                socket_connect_timeout=5,
-                health_check_interval=15,
-            )
-            redis = Redis(connection_pool=pool)
-            stack.push_async_callback(bounded, pool.aclose(), "redis.pool_close")
+            # A blocking pool (single server): when every connection is busy (a backlog of
+            # deliveries), a command waits for one instead of failing at once with
+            # MaxConnectionsError, which would requeue the delivery and turn a burst into
+            # seconds-long stalls. Or the cluster client (LINGUA_REDIS_CLUSTER).
+            redis = service_redis(settings)
             stack.push_async_callback(bounded, redis.aclose(), "redis.close")
             keys = Keys(settings.cell)
             lua_dir = find_lua_dir(settings.lua_dir)  # a missing lua/ is not a Redis outage
             try:
                 await redis.ping()
-            except (OSError, RedisError) as exc:
+            except (OSError, RedisError, RedisClusterException) as exc:
                 raise DependencyDown(f"Redis unreachable at {settings.redis_url}: {exc}") from exc
             await check_eviction_policy(redis, settings)
             # A script that does not compile fails start-up with Redis's own message.

@@ -30,6 +30,11 @@ class Settings(BaseSettings):
 
     profile: str = Field("development", description="development | production")
     redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_cluster: bool = Field(
+        False,
+        description="LINGUA_REDIS_URL names a node of a Redis Cluster (database 0): use the "
+        "cluster client",
+    )
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
     cell: str = Field("main", description="Redis hash tag of every key (one scheduling cell)")
     bus_prefix: str = Field("lingua", description="prefix of every exchange and queue name")

@@ -15,14 +15,15 @@ import os
 import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlparse
 
 import pytest
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 
 from lingua_shared.bus import delete_bus
 from lingua_shared.keys import Keys
+from lingua_shared.redisconn import redis_client
 from lingua_shared.scripts import Scripts
 
 TEST_DB = int(os.environ.get("LINGUA_TEST_REDIS_DB", "9"))
@@ -98,14 +99,59 @@ def amqp_url() -> Iterator[str]:
     )
 
 
+# A Redis Cluster to run the Redis tests on instead (``make test-cluster`` starts one): its
+# database 0 is the tests' own, flushed before each test like the single server's test DB.
+CLUSTER_URL = os.environ.get("LINGUA_TEST_REDIS_CLUSTER_URL", "")
+ON_CLUSTER = bool(CLUSTER_URL)
+
+
 @pytest.fixture(scope="session")
 def redis_url(redis_server_url: str) -> str:
-    return f"{redis_server_url}/{TEST_DB}"
+    return CLUSTER_URL or f"{redis_server_url}/{TEST_DB}"
+
+
+class _ClusterForTests(RedisCluster):
+    """The cluster client, with ``KEYS`` asked of every master (redis-py sends it to one node,
+    and the tests list a cell's keys to compare states)."""
+
+    async def keys(self, pattern: Any = "*", **kw: Any) -> Any:
+        kw.setdefault("target_nodes", RedisCluster.PRIMARIES)
+        return await super().keys(pattern, **kw)
+
+
+def redis_for_tests(url: str, cluster: bool | None = None) -> Redis:
+    """A client of the tests' Redis: the cluster client when the tests run on a cluster (or
+    when ``cluster`` says so)."""
+    if ON_CLUSTER if cluster is None else cluster:
+        client = _ClusterForTests.from_url(url, socket_timeout=5, socket_connect_timeout=5)
+        return cast(Redis, client)  # the same commands, as in lingua_shared.redisconn
+    return redis_client(url)
+
+
+def sync_redis_for_tests(url: str, **kw: Any) -> Any:
+    """The synchronous client of the tests' Redis (the property-based models use one)."""
+    if ON_CLUSTER:
+        from redis import RedisCluster as SyncCluster
+
+        class SyncClusterForTests(SyncCluster):
+            def keys(self, pattern: Any = "*", **kw: Any) -> Any:
+                kw.setdefault("target_nodes", SyncCluster.PRIMARIES)
+                return super().keys(pattern, **kw)
+
+        return SyncClusterForTests.from_url(url, **kw)
+    from redis import Redis as SyncRedis
+
+    return SyncRedis.from_url(url, **kw)
+
+
+needs_single_server = pytest.mark.skipif(
+    ON_CLUSTER, reason="reads one server's MONITOR stream: a cluster has one per node"
+)
 
 
 @pytest.fixture
 async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
+    client = redis_for_tests(redis_url)
     await client.flushdb()
     yield client
     await client.aclose()

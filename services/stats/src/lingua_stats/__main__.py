@@ -11,13 +11,13 @@ import argparse
 import asyncio
 import sys
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from lingua_shared.httpserve import serve_app
 from lingua_shared.keys import Keys
 from lingua_shared.logs import configure_logging
 from lingua_shared.poolview import read_nodes, read_pool_view, render_text
+from lingua_shared.redisconn import redis_client
 from lingua_shared.runtime import install_uvloop, now_ms
 from lingua_shared.settings import Settings
 from lingua_stats.app import DEFAULT_PORT, create_app
@@ -31,9 +31,9 @@ def serve(settings: Settings) -> None:
     )
 
 
-async def show(redis_url: str, cell: str, watch_s: float | None) -> int:
+async def show(redis_url: str, cell: str, watch_s: float | None, cluster: bool = False) -> int:
     """Print the live view once (or every ``watch_s``); returns the process exit code."""
-    redis = Redis.from_url(redis_url, socket_timeout=5, socket_connect_timeout=5)
+    redis = redis_client(redis_url, cluster=cluster)
     keys = Keys(cell)
     try:
         while True:
@@ -80,7 +80,9 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.command == "show":
         try:
-            sys.exit(asyncio.run(show(args.redis_url, args.cell, args.watch)))
+            sys.exit(
+                asyncio.run(show(args.redis_url, args.cell, args.watch, settings.redis_cluster))
+            )
         except KeyboardInterrupt:
             return
     serve(settings)

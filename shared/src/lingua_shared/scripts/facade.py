@@ -43,7 +43,7 @@ from lingua_shared.scripts import (
     utterance_fail,
 )
 from lingua_shared.scripts.call import Target, run, run_all
-from lingua_shared.scripts.loader import TickPipeline, bind, find_lua_dir
+from lingua_shared.scripts.loader import ASYNC_CLIENTS, TickPipeline, bind, find_lua_dir
 
 MODULES: dict[str, ModuleType] = {
     m.NAME: m
@@ -103,7 +103,7 @@ class Scripts:
             self._binding.script(name)
         # an asyncio client shares round trips within a loop tick; a synchronous one (the
         # stateful models in shared/tests) only builds arguments and sends raw calls
-        self.pipeline = TickPipeline(redis) if isinstance(redis, Redis) else None
+        self.pipeline = TickPipeline(redis) if isinstance(redis, ASYNC_CLIENTS) else None
 
     @classmethod
     async def load(cls, redis: Redis, keys: Keys, lua_dir: str | None = None) -> Scripts:

@@ -17,13 +17,15 @@ import weakref
 from pathlib import Path
 from typing import Any
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import ClusterPipeline
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
 INCLUDE_RE = re.compile(r"^--@include\s+(\w+)\s*$", re.MULTILINE)
 MARKER = "register_node_v2.lua"  # a file every lua/ directory holds
+ASYNC_CLIENTS = (Redis, RedisCluster)  # a single server, or a Redis Cluster (redisconn)
 
 
 def find_lua_dir(explicit: str | Path | None = None) -> Path:
@@ -62,6 +64,11 @@ class CachedScript(AsyncScript):
     async def __call__(self, keys=None, args=None, client=None):  # type: ignore[no-untyped-def]
         keys = list(keys or [])
         client = client if client is not None else self.registered_client
+        if isinstance(client, ClusterPipeline):
+            # redis-py's cluster pipeline refuses evalsha(): queue the command itself (the
+            # script is loaded on every master at start-up; a NOSCRIPT after a failover comes
+            # back as that call's error, and pipelined() runs it again alone)
+            return client.execute_command("EVALSHA", self.sha, len(keys), *keys, *(args or []))
         if isinstance(client, Pipeline):
             return await super().__call__(keys, args, client)
         try:
@@ -80,7 +87,7 @@ class _Binding:
         script = self.scripts.get(name)
         if script is None:
             source = load_source(self.lua_dir, name)
-            if isinstance(self.client, Redis):
+            if isinstance(self.client, ASYNC_CLIENTS):
                 script = CachedScript(self.client, source)
             else:  # a synchronous client keeps redis-py's Script
                 script = self.client.register_script(source)
@@ -181,7 +188,9 @@ async def pipelined(redis: Redis, calls: list[Call]) -> list[Any]:
     alone (:func:`rerun_noscript`); a lost connection raises."""
     async with redis.pipeline(transaction=False) as pipe:
         for script, keys, args in calls:
-            pipe.evalsha(script.sha, len(keys), *keys, *args)
+            # as a plain command: redis-py's cluster pipeline refuses its evalsha() method,
+            # but routes an EVALSHA command by its keys like any other
+            pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
         replies: list[Any] = await pipe.execute(raise_on_error=False)
     await rerun_noscript(replies, calls)
     return replies
