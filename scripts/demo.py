@@ -22,6 +22,7 @@ from redis.asyncio import Redis
 
 from lingua_shared.keys import Keys
 from lingua_shared.poolview import read_nodes, read_pool_view, render_text
+from lingua_shared.redisconn import redis_client
 from lingua_shared.runtime import now_ms
 from lingua_shared.settings import Settings
 
@@ -45,7 +46,7 @@ async def wait_schedulable(redis: Redis, keys: Keys, count: int, timeout: float)
 async def demo(count: int) -> int:
     settings = Settings()
     keys = Keys(settings.cell)
-    redis = Redis.from_url(settings.redis_url)
+    redis = redis_client(settings.redis_url, cluster=settings.redis_cluster)
     agent_id = "demo-agent-1"
     # One real agent beside the simulated ones: it will leave gracefully at the end.
     agent = subprocess.Popen(

@@ -54,6 +54,16 @@ def cluster_stack(cluster, cluster_redis, stack_env, tmp_path: Path, request):
         **JOB_ENV,
         "LINGUA_REDIS_URL": f"redis://127.0.0.1:{elsewhere.port}/0",
         "LINGUA_REDIS_CLUSTER": "true",
+        # the defaults' room for a job to be taken back and sent again (the job-path tests
+        # shorten it): a failover stops every script for a few seconds
+        "LINGUA_ACK_TIMEOUT_MS": "3000",
+        "LINGUA_JOB_DEADLINE_MS": "30000",
+        "LINGUA_GAP_TIMEOUT_MS": "35000",
+        # and the defaults' node TTL floor and gateway liveness: the expiry hold keeps the
+        # nodes through the outage while their gateways' liveness lasts (the test stack's
+        # 1.5 s would lapse during it, and the nodes would expire and register again)
+        "LINGUA_NODE_MIN_TTL_MS": "3000",
+        "LINGUA_GATEWAY_LIVENESS_TTL_MS": "10000",
     }
     services = (*JOB_SERVICES, ("stats-1", "stats"))
     with started_stack(env, tmp_path, request, services) as s:
@@ -121,3 +131,49 @@ async def _is_master(port: int) -> bool:
         return (await client.info("replication"))["role"] == "master"
     finally:
         await client.aclose()
+
+
+async def test_a_master_failover_resumes_scheduling(
+    cluster: LocalCluster, cluster_stack, cluster_redis: Redis
+) -> None:
+    """The master serving the cell is killed (SIGKILL) between utterances: its replica is
+    promoted (cluster-node-timeout 2 s), the services follow the new topology and load the
+    scripts there, and the session goes on: the utterances sent during the outage are
+    answered once each, with their results, after it (a job whose ack could not be written
+    during the outage is taken back and sent again: the default timeouts leave room for it)."""
+    nodes = [node(cluster_stack, f"node-f{i}", Echo(), capacity=2) for i in range(2)]
+    async with running(*nodes):
+        ws, sid = await open_session(session_url(cluster_stack))
+        async with ws:
+            for i in range(3):
+                await send_utterance(ws, sid, i)
+            before = await answers(ws, 3)
+            assert [m["type"] for m in before] == ["translation_result"] * 3, before
+            regs = [
+                await cluster_redis.hget(cluster_stack.keys.node(n.node_id), "reg_id")
+                for n in nodes
+            ]
+            old = cluster.master_of(cluster_stack.keys.prefix)
+            cluster.kill(old)
+            t0 = asyncio.get_running_loop().time()
+            for i in range(3, 6):
+                await send_utterance(ws, sid, i)
+            during = await answers(ws, 3, timeout=60)
+            waited = asyncio.get_running_loop().time() - t0
+            new = cluster.master_of(cluster_stack.keys.prefix)
+            assert new.port != old.port
+            print(f"failover: answered {waited:.1f}s after the kill, new master {new.port}")
+            assert [m["utterance_index"] for m in during] == [3, 4, 5], during
+            assert [m["type"] for m in during] == ["translation_result"] * 3, during
+            for i in range(6, 8):
+                await send_utterance(ws, sid, i)
+            after = await answers(ws, 2)
+            assert [m["type"] for m in after] == ["translation_result"] * 2, after
+            with pytest.raises(TimeoutError):  # exactly once
+                await answers(ws, 1, timeout=0.5)
+            # the nodes rode it out: neither expired nor registered again
+            again = [
+                await cluster_redis.hget(cluster_stack.keys.node(n.node_id), "reg_id")
+                for n in nodes
+            ]
+            assert again == regs and None not in regs, (regs, again)

@@ -146,6 +146,9 @@ class LocalCluster:
         argv += ["--cluster-node-timeout", str(NODE_TIMEOUT_MS)]
         argv += ["--save", "", "--appendonly", "no", "--dir", str(d)]
         argv += ["--maxmemory-policy", "noeviction"]
+        # a replica must have synced before its master dies, or it may not take over (its
+        # data counts as too old): no 5 s wait for more replicas before the first sync
+        argv += ["--repl-diskless-sync-delay", "0"]
         proc = subprocess.Popen(
             argv,
             stdout=log,
@@ -156,12 +159,17 @@ class LocalCluster:
         node.pid, node.proc = proc.pid, proc
 
     def wait_ok(self, timeout: float = 30.0) -> None:
-        """Until every live node says ``cluster_state:ok`` and knows all slots covered."""
+        """Until every live node says ``cluster_state:ok`` and knows all slots covered, and
+        every live replica's link to its master is up (synced: it can take over)."""
         deadline = time.monotonic() + max(1.0, timeout)
         while True:
-            states = [_cli(n.port, "cluster", "info") for n in self.nodes if n.alive()]
-            if states and all(
-                "cluster_state:ok" in s and "cluster_slots_ok:16384" in s for s in states
+            live = [n for n in self.nodes if n.alive()]
+            states = [_cli(n.port, "cluster", "info") for n in live]
+            links = [_cli(n.port, "info", "replication") for n in live]
+            if (
+                states
+                and all("cluster_state:ok" in s and "cluster_slots_ok:16384" in s for s in states)
+                and all("role:master" in r or "master_link_status:up" in r for r in links)
             ):
                 return
             if time.monotonic() > deadline:
@@ -170,7 +178,7 @@ class LocalCluster:
 
     def master_of(self, key: str) -> ClusterNode:
         """The node serving ``key``'s slot now."""
-        slot = int(_cli(self.nodes[0].port, "cluster", "keyslot", key).strip())
+        slot = int(_cli(self.live()[0].port, "cluster", "keyslot", key).strip())
         for line in _cli(self.live()[0].port, "cluster", "nodes").splitlines():
             parts = line.split()
             if "master" not in parts[2] or "fail" in parts[2]:
