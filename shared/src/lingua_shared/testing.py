@@ -6,6 +6,8 @@ a Docker engine answers. With none, the tests fail loudly: they never silently s
 
 Isolation: tests use Redis database ``LINGUA_TEST_REDIS_DB`` (default 9), flushed before each
 test, and a bus prefix unique to the test run whose queues and exchanges are deleted at the end.
+With ``LINGUA_TEST_REDIS_CLUSTER_URL`` (``make test-cluster`` sets it) the Redis tests run on
+that Redis Cluster instead, on its database 0, through the cluster client.
 """
 
 from __future__ import annotations
