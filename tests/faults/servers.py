@@ -20,14 +20,6 @@ from pathlib import Path
 from lingua_shared.devstack import free_port
 
 
-def _port_answers(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
 class OwnServer:
     name = "server"
 

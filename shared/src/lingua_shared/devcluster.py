@@ -22,7 +22,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,18 +29,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from lingua_shared.devstack import free_port
+from lingua_shared.devstack import free_port, port_answers
 
 NODE_TIMEOUT_MS = 2_000  # a master unreachable this long is failed over to its replica
 STATE_FILE = "cluster.json"
-
-
-def _answers(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
 
 
 def _cli(port: int, *args: str, timeout: float = 10.0) -> str:
@@ -85,8 +76,9 @@ class LocalCluster:
 
     @property
     def url(self) -> str:
-        """A URL naming one node (the cluster client discovers the rest)."""
-        return f"redis://127.0.0.1:{self.nodes[0].port}/0"
+        """A URL naming one live node (the cluster client discovers the rest)."""
+        live = self.live()
+        return f"redis://127.0.0.1:{(live or self.nodes)[0].port}/0"
 
     @property
     def state_file(self) -> Path:
@@ -106,7 +98,7 @@ class LocalCluster:
                 self._spawn(node)
             deadline = time.monotonic() + timeout
             for node in self.nodes:
-                while not _answers(node.port):
+                while not port_answers(node.port):
                     if not node.alive():
                         raise RuntimeError(f"redis-server on {node.port} exited; see {self.base}")
                     if time.monotonic() > deadline:
@@ -129,7 +121,7 @@ class LocalCluster:
             )
             if create.returncode != 0:
                 raise RuntimeError(f"redis-cli --cluster create failed: {create.stdout[-800:]}")
-            self.wait_ok(deadline - time.monotonic())
+            self.wait_ok(deadline - time.monotonic(), replicas=self.masters * self.replicas)
         except BaseException:
             self.stop()
             raise
@@ -158,18 +150,22 @@ class LocalCluster:
         log.close()
         node.pid, node.proc = proc.pid, proc
 
-    def wait_ok(self, timeout: float = 30.0) -> None:
-        """Until every live node says ``cluster_state:ok`` and knows all slots covered, and
-        every live replica's link to its master is up (synced: it can take over)."""
+    def wait_ok(self, timeout: float = 30.0, replicas: int = 0) -> None:
+        """Until every live node says ``cluster_state:ok`` and knows all slots covered, every
+        live replica's link to its master is up (synced: it can take over), and at least
+        ``replicas`` nodes are such replicas (a node is a master until its CLUSTER REPLICATE
+        has taken effect)."""
         deadline = time.monotonic() + max(1.0, timeout)
         while True:
             live = [n for n in self.nodes if n.alive()]
             states = [_cli(n.port, "cluster", "info") for n in live]
             links = [_cli(n.port, "info", "replication") for n in live]
+            synced = sum("role:slave" in r and "master_link_status:up" in r for r in links)
             if (
                 states
                 and all("cluster_state:ok" in s and "cluster_slots_ok:16384" in s for s in states)
                 and all("role:master" in r or "master_link_status:up" in r for r in links)
+                and synced >= replicas
             ):
                 return
             if time.monotonic() > deadline:
@@ -189,6 +185,18 @@ class LocalCluster:
                     port = int(parts[1].split(":")[1].split("@")[0])
                     return next(n for n in self.nodes if n.port == port)
         raise LookupError(f"no master serves slot {slot}")
+
+    def replica_of(self, master: ClusterNode) -> ClusterNode:
+        """A live replica of ``master`` whose link to it is up (as the replica itself says:
+        the other nodes learn of a new replica by gossip, a moment later)."""
+        for n in self.live():
+            lines = _cli(n.port, "info", "replication").splitlines()
+            info = dict(line.strip().split(":", 1) for line in lines if ":" in line)
+            if info.get("master_port") == str(master.port) and (
+                info.get("master_link_status") == "up"
+            ):
+                return n
+        raise LookupError(f"no replica of {master.port} with its link up")
 
     def live(self) -> list[ClusterNode]:
         return [n for n in self.nodes if n.alive()]

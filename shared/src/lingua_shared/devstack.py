@@ -34,6 +34,15 @@ PORT_FLOOR = 20_000  # ports handed out start here (below: well-known and regist
 _handed_out: set[int] = set()
 
 
+def port_answers(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something accepts connections on ``port``."""
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
 def ephemeral_range() -> tuple[int, int]:
     """The kernel's range of ports for outgoing connections (Linux; the IANA range elsewhere)."""
     try:

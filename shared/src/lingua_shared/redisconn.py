@@ -15,7 +15,7 @@ opens connections to a node as commands need them, without a cap by default.
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Any, cast
 
 from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 
@@ -33,29 +33,18 @@ def redis_client(
     health_check_interval: int = 0,
 ) -> Redis:
     """A client for ``url``; the caller closes it with ``aclose()``."""
+    sockets: dict[str, Any] = {
+        "socket_timeout": SOCKET_TIMEOUT_S,
+        "socket_connect_timeout": SOCKET_TIMEOUT_S,
+        "health_check_interval": health_check_interval,
+    }
     if cluster:
-        client = RedisCluster.from_url(
-            url,
-            socket_timeout=SOCKET_TIMEOUT_S,
-            socket_connect_timeout=SOCKET_TIMEOUT_S,
-            health_check_interval=health_check_interval,
-        )
         # the cluster client answers every command this project sends (one cell, one slot)
-        return cast(Redis, client)
+        return cast(Redis, RedisCluster.from_url(url, **sockets))
     if max_connections is None:
-        return Redis.from_url(
-            url,
-            socket_timeout=SOCKET_TIMEOUT_S,
-            socket_connect_timeout=SOCKET_TIMEOUT_S,
-            health_check_interval=health_check_interval,
-        )
+        return Redis.from_url(url, **sockets)
     pool = BlockingConnectionPool.from_url(
-        url,
-        max_connections=max_connections,
-        timeout=pool_timeout_s,
-        socket_timeout=SOCKET_TIMEOUT_S,
-        socket_connect_timeout=SOCKET_TIMEOUT_S,
-        health_check_interval=health_check_interval,
+        url, max_connections=max_connections, timeout=pool_timeout_s, **sockets
     )
     return Redis.from_pool(pool)  # closing the client closes its pool
 

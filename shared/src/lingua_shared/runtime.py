@@ -24,7 +24,7 @@ from lingua_shared.errors import DependencyDown
 from lingua_shared.keys import Keys
 from lingua_shared.logs import get_logger
 from lingua_shared.redisconn import service_redis
-from lingua_shared.scripts import Scripts, find_lua_dir
+from lingua_shared.scripts import Durability, Scripts, find_lua_dir
 from lingua_shared.settings import Settings
 
 log = get_logger(__name__)
@@ -131,7 +131,12 @@ class Infra:
                 raise DependencyDown(f"Redis unreachable at {settings.redis_url}: {exc}") from exc
             await check_eviction_policy(redis, settings)
             # A script that does not compile fails start-up with Redis's own message.
-            scripts = await Scripts.load(redis, keys, str(lua_dir))
+            wait = (
+                Durability(settings.redis_wait_replicas, settings.redis_wait_timeout_ms)
+                if settings.redis_wait_replicas
+                else None
+            )
+            scripts = await Scripts.load(redis, keys, str(lua_dir), wait)
             topo = Topology(
                 settings.bus_prefix,
                 settings.amqp_delivery_limit,

@@ -248,6 +248,15 @@ class Settings(BaseSettings):
     redis_pool_timeout_s: float = Field(
         5.0, description="how long a command waits for a free connection before failing"
     )
+    redis_wait_replicas: int = Field(
+        0,
+        ge=0,
+        description="script calls are answered only once this many replicas hold their writes "
+        "(Redis WAIT after each round trip): a failover then loses none of them; 0 = off",
+    )
+    redis_wait_timeout_ms: int = Field(
+        500, gt=0, description="how long a round trip waits for them before it fails (retried)"
+    )
     redis_allow_eviction: bool = Field(
         False, description="production starts only on a noeviction Redis unless this is set"
     )

@@ -1,7 +1,8 @@
 """The Lua script layer: one module per ``lua/<name>.lua``, one enum of outcomes, one call path.
 
 - :mod:`~lingua_shared.scripts.loader`: finds ``lua/``, inlines ``--@include``, caches scripts
-  (EVALSHA, EVAL on NOSCRIPT), :class:`TickPipeline`, :func:`rerun_noscript`;
+  (EVALSHA, EVAL on NOSCRIPT), :class:`TickPipeline`, :func:`rerun_noscript`, and
+  :class:`Durability` (a ``WAIT`` after each round trip of calls);
 - :mod:`~lingua_shared.scripts.codes`: :class:`ScriptCode`, every outcome of every script;
 - ``<name>.py`` for each script: ``NAME``, ``args(keys, **kw)`` (KEYS and ARGV in header
   order), ``parse(reply)`` and its typed ``Result``;
@@ -27,6 +28,8 @@ from lingua_shared.scripts.job_release import Release
 from lingua_shared.scripts.loader import (
     INCLUDE_RE,
     CachedScript,
+    Durability,
+    ReplicasBehind,
     TickPipeline,
     bind,
     find_lua_dir,
@@ -52,12 +55,14 @@ __all__ = [
     "Cooldown",
     "Created",
     "Delivery",
+    "Durability",
     "HeartbeatResult",
     "NodesSummary",
     "OfflineResult",
     "Pending",
     "RegisterResult",
     "Release",
+    "ReplicasBehind",
     "ScriptCode",
     "Scripts",
     "Selection",

@@ -21,7 +21,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from lingua_shared.keys import Keys
-from lingua_shared.scripts.loader import TickPipeline, bind, pipelined
+from lingua_shared.scripts.loader import Durability, TickPipeline, bind, pipelined
 
 Target = Redis | TickPipeline
 
@@ -50,6 +50,7 @@ async def run_all(
     *,
     keys: Keys,
     return_exceptions: bool = True,
+    wait: Durability | None = None,
 ) -> list[Any]:
     """Every call of ``calls`` (each the ``kw`` of :func:`run`) in one pipelined round trip
     of its own, results in order. Each call is atomic on its own (no transaction). With
@@ -59,7 +60,7 @@ async def run_all(
     if not prepared:
         return []
     loaded = bind(client_of(target)).script(script.NAME)
-    replies = await pipelined(client_of(target), [(loaded, k, a) for k, a in prepared])
+    replies = await pipelined(client_of(target), [(loaded, k, a) for k, a in prepared], wait)
     results: list[Any] = []
     for reply in replies:
         if not isinstance(reply, Exception):

@@ -43,7 +43,13 @@ from lingua_shared.scripts import (
     utterance_fail,
 )
 from lingua_shared.scripts.call import Target, run, run_all
-from lingua_shared.scripts.loader import ASYNC_CLIENTS, TickPipeline, bind, find_lua_dir
+from lingua_shared.scripts.loader import (
+    ASYNC_CLIENTS,
+    Durability,
+    TickPipeline,
+    bind,
+    find_lua_dir,
+)
 
 MODULES: dict[str, ModuleType] = {
     m.NAME: m
@@ -94,21 +100,26 @@ class Scripts:
 
     NAMES = tuple(MODULES)
 
-    def __init__(self, redis: Redis, keys: Keys, lua_dir: Path) -> None:
+    def __init__(
+        self, redis: Redis, keys: Keys, lua_dir: Path, wait: Durability | None = None
+    ) -> None:
         self.redis = redis
         self.keys = keys
         self.lua_dir = lua_dir
+        self.wait = wait  # WAIT after each round trip of calls (LINGUA_REDIS_WAIT_REPLICAS)
         self._binding = bind(redis, lua_dir)
         for name in self.NAMES:  # read every file now: a missing one fails here
             self._binding.script(name)
         # an asyncio client shares round trips within a loop tick; a synchronous one (the
         # stateful models in shared/tests) only builds arguments and sends raw calls
-        self.pipeline = TickPipeline(redis) if isinstance(redis, ASYNC_CLIENTS) else None
+        self.pipeline = TickPipeline(redis, wait=wait) if isinstance(redis, ASYNC_CLIENTS) else None
 
     @classmethod
-    async def load(cls, redis: Redis, keys: Keys, lua_dir: str | None = None) -> Scripts:
+    async def load(
+        cls, redis: Redis, keys: Keys, lua_dir: str | None = None, wait: Durability | None = None
+    ) -> Scripts:
         """Read every script and load it into Redis now, so a broken script fails start-up."""
-        self = cls(redis, keys, find_lua_dir(lua_dir))
+        self = cls(redis, keys, find_lua_dir(lua_dir), wait)
         for name in cls.NAMES:
             await redis.script_load(self.script(name).script)
         return self
@@ -130,7 +141,7 @@ class Scripts:
         self, module: ModuleType, calls: Iterable[dict[str, Any]], **kw: Any
     ) -> list[Any]:
         """Many calls of one script in one round trip of their own (see ``call.run_all``)."""
-        return await run_all(module, self.redis, calls, keys=self.keys, **kw)
+        return await run_all(module, self.redis, calls, keys=self.keys, wait=self.wait, **kw)
 
     # -- builders, one per script (the contract test looks them up by name); they come before
     # the calls below, which take the modules' names in this class body

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import re
 import weakref
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,27 @@ from redis.asyncio.cluster import ClusterPipeline
 from redis.commands.core import AsyncScript
 from redis.exceptions import NoScriptError
 
+from lingua_shared.errors import DependencyDown
+
 INCLUDE_RE = re.compile(r"^--@include\s+(\w+)\s*$", re.MULTILINE)
 MARKER = "register_node_v2.lua"  # a file every lua/ directory holds
 ASYNC_CLIENTS = (Redis, RedisCluster)  # a single server, or a Redis Cluster (redisconn)
+
+
+@dataclass(frozen=True)
+class Durability:
+    """``WAIT replicas timeout_ms`` after each round trip of script calls, on the connection
+    (and the node) that ran them: a call is answered only once that many replicas hold its
+    writes, so a failover to one of them loses none of them (``LINGUA_REDIS_WAIT_REPLICAS``)."""
+
+    replicas: int
+    timeout_ms: int
+
+
+class ReplicasBehind(DependencyDown):
+    """The scripts ran, but fewer replicas than required confirmed their writes within the
+    timeout: nothing is acknowledged (a bus delivery is retried in place; every script is
+    replay-safe)."""
 
 
 def find_lua_dir(explicit: str | Path | None = None) -> Path:
@@ -122,9 +141,10 @@ class TickPipeline:
     goes alone, so an idle system pays nothing for this. NOSCRIPT (a Redis restart,
     ``SCRIPT FLUSH``) falls back to :class:`CachedScript`'s EVAL for the calls it hit."""
 
-    def __init__(self, redis: Redis, max_calls: int = 256) -> None:
+    def __init__(self, redis: Redis, max_calls: int = 256, wait: Durability | None = None) -> None:
         self.redis = redis
         self.max_calls = max_calls
+        self.wait = wait  # a lone call goes pipelined too then: its WAIT must share its connection
         self._calls: list[tuple[CachedScript, list[Any], list[Any], asyncio.Future[Any]]] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self.round_trips = 0
@@ -154,11 +174,13 @@ class TickPipeline:
         self.round_trips += 1
         self.calls += len(calls)
         try:
-            if len(calls) == 1:
+            if len(calls) == 1 and self.wait is None:
                 script, keys, args, _ = calls[0]
                 replies: list[Any] = [await _reply_or_error(script, keys, args)]
             else:
-                replies = await pipelined(self.redis, [(sc, k, a) for sc, k, a, _ in calls])
+                replies = await pipelined(
+                    self.redis, [(sc, k, a) for sc, k, a, _ in calls], self.wait
+                )
         except BaseException as exc:
             for *_, fut in calls:
                 if not fut.done():
@@ -182,16 +204,34 @@ async def _reply_or_error(script: CachedScript, keys: list[Any], args: list[Any]
         return exc
 
 
-async def pipelined(redis: Redis, calls: list[Call]) -> list[Any]:
+async def pipelined(redis: Redis, calls: list[Call], wait: Durability | None = None) -> list[Any]:
     """``calls`` in one pipelined round trip (``transaction=False``: each script atomic, as
     with separate calls); each call's reply or its error, in order. NOSCRIPT is run again
-    alone (:func:`rerun_noscript`); a lost connection raises."""
+    alone (:func:`rerun_noscript`); a lost connection raises. With ``wait``, a ``WAIT``
+    follows the calls on the same connection, and :class:`ReplicasBehind` is raised for them
+    all when too few replicas confirmed their writes."""
+    where: dict[str, Any] = {}
+    if wait is not None and isinstance(redis, RedisCluster) and calls and calls[0][1]:
+        await redis.initialize()  # (a no-op once the client knows the slots)
+        # the master of the calls' slot (one cell, one slot): WAIT has no key to route by
+        where["target_nodes"] = redis.get_node_from_key(calls[0][1][0])
     async with redis.pipeline(transaction=False) as pipe:
         for script, keys, args in calls:
             # as a plain command: redis-py's cluster pipeline refuses its evalsha() method,
             # but routes an EVALSHA command by its keys like any other
             pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
+        if wait is not None:
+            pipe.execute_command("WAIT", wait.replicas, wait.timeout_ms, **where)
         replies: list[Any] = await pipe.execute(raise_on_error=False)
+    if wait is not None:
+        acked = replies.pop()
+        if isinstance(acked, Exception):
+            raise acked
+        if int(acked) < wait.replicas:
+            raise ReplicasBehind(
+                f"{acked} of {wait.replicas} replicas confirmed the writes within "
+                f"{wait.timeout_ms} ms"
+            )
     await rerun_noscript(replies, calls)
     return replies
 
