@@ -12,10 +12,10 @@ import subprocess
 from typing import Any
 
 import pytest
+from redis import Redis
 
 from lingua_bench import floor, peer_celery, select_bench, stats_bench
 from lingua_bench.rules import QUICK_SEARCH
-from lingua_shared.testing import redis_for_tests
 
 pytestmark = pytest.mark.integration
 
@@ -25,7 +25,7 @@ def positive(x: Any) -> bool:
 
 
 def leftover_keys(redis_url: str) -> list[bytes]:
-    client = redis_for_tests(redis_url)
+    client = Redis.from_url(redis_url)
     try:
         return list(client.scan_iter(match="*benchbase-*", count=1000))
     finally:

@@ -34,7 +34,10 @@ from tests.support.stack import JOB_ENV, Stack, start_all, started_stack
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-DRAIN_ENV = {**JOB_ENV, "LINGUA_DRAIN_TIMEOUT_S": "5"}
+# the job deadline with room for a session's two 1.5 s jobs, which a node runs one after the
+# other: the job path's 3 s left none, and the second job of the SIGTERM test raced its
+# deadline (answered missing_result when the machine was a little slow)
+DRAIN_ENV = {**JOB_ENV, "LINGUA_DRAIN_TIMEOUT_S": "5", "LINGUA_JOB_DEADLINE_MS": "6000"}
 # this suite's nodes: four slots, jobs of 50 ms, back on another replica within 0.3 s
 DRAIN_NODE = {"capacity": 4, "backoff_cap_s": 0.3, "processing_ms": 50}
 
