@@ -37,7 +37,7 @@ from lingua_shared.errors import Unauthorized
 from lingua_shared.events import GATEWAY_INBOUND
 from lingua_shared.logs import get_logger
 from lingua_shared.protocol import CloseCode
-from lingua_shared.runtime import Infra, bounded, render_metrics
+from lingua_shared.runtime import Infra, bounded, pause, render_metrics
 from lingua_shared.settings import Settings
 
 log = get_logger(__name__)
@@ -125,7 +125,8 @@ class GatewayApp:
                 s.gateway_gc_freeze_interval_s, s.gateway_gc_full_interval_s, self.metrics.gc_pause
             )
             gc_policy.start()
-            liveness = asyncio.create_task(self.liveness_loop(infra))
+            liveness_stop = asyncio.Event()
+            liveness = asyncio.create_task(self.liveness_loop(infra, liveness_stop))
             port = s.port or DEFAULT_PORT
             self.server = await serve(
                 self.handler,
@@ -149,12 +150,13 @@ class GatewayApp:
                 if not self.draining:
                     await self.drain()
                 await bounded(store.close(), "outbox.acks")  # what was written is acked
-                liveness.cancel()
-                with contextlib.suppress(BaseException):
-                    await liveness
+                # stopped by a flag, never by awaiting a cancellation: one landing inside
+                # redis-py can be swallowed, and the await then never ends (the gateway was
+                # SIGKILLed after 'gateway.drained' in a clean-clone CI run)
+                liveness_stop.set()
+                await bounded(liveness, "liveness")
                 await gc_policy.stop()
-                with contextlib.suppress(Exception):
-                    await infra.redis.delete(infra.keys.gateway(s.instance_id))
+                await bounded(infra.redis.delete(infra.keys.gateway(s.instance_id)), "liveness.key")
                 log.info("gateway.stopped", instance_id=s.instance_id)
 
     # -- WebSocket and HTTP ----------------------------------------------------------------
@@ -226,14 +228,14 @@ class GatewayApp:
             return resp
         return conn.respond(404, "not found\n")
 
-    async def liveness_loop(self, infra: Infra) -> None:
+    async def liveness_loop(self, infra: Infra, stop: asyncio.Event) -> None:
         """Redis knows which gateway replicas are alive (node-manager reconciles against it)."""
         key = infra.keys.gateway(self.settings.instance_id)
         ttl = self.settings.gateway_liveness_ttl_ms
-        while True:
+        while not stop.is_set():
             with contextlib.suppress(Exception):
                 await infra.redis.set(key, "1", px=ttl)
-            await asyncio.sleep(ttl / 3000)
+            await pause(stop, ttl / 3000)
 
     async def drain(self) -> None:
         """Stop accepting, send every peer elsewhere (1012) once what it is owed is out.
