@@ -8,12 +8,16 @@
 -- is not the current one, so it changes nothing either.
 local RETIRED_MAX = 8
 
-local function retired_list(node_key)
-  local raw = redis.call('HGET', node_key, 'retired_conns')
+-- A stored list of connection ids (JSON); {} when absent or unreadable.
+local function conn_list(raw)
   if not raw then return {} end
   local ok, list = pcall(cjson.decode, raw)
   if not ok or type(list) ~= 'table' then return {} end
   return list
+end
+
+local function retired_list(node_key)
+  return conn_list(redis.call('HGET', node_key, 'retired_conns'))
 end
 
 -- Was conn_id replaced by a newer connection of this node?
@@ -45,12 +49,11 @@ local ENDED_CONNS_TTL_MS = 600000
 -- ended_conn (when not '') among them, in tomb_key; a replay writes nothing.
 local function remember_ended(node_key, tomb_key, ended_conn)
   local raw = redis.call('GET', tomb_key)
-  local list = {}
+  local list
   if redis.call('EXISTS', node_key) == 1 then
     list = retired_list(node_key)
-  elseif raw then
-    local ok, kept = pcall(cjson.decode, raw)
-    if ok and type(kept) == 'table' then list = kept end
+  else
+    list = conn_list(raw)
   end
   if ended_conn and ended_conn ~= '' then
     local seen = false
@@ -69,9 +72,8 @@ end
 -- stale), else the 'retired_conns' value to start the record with (false: none).
 local function inherited_retired(tomb_key, conn_id)
   local raw = redis.call('GET', tomb_key)
-  if not raw then return false end
-  local ok, list = pcall(cjson.decode, raw)
-  if not ok or type(list) ~= 'table' then return false end
+  local list = conn_list(raw)
+  if #list == 0 then return false end
   for _, c in ipairs(list) do
     if c == conn_id then return nil end
   end

@@ -2,9 +2,9 @@
 benchmarks and ``make cluster-up``: ``masters`` masters with ``replicas`` replicas each, created
 with ``redis-cli --cluster create`` and stopped by PID.
 
-Each node listens on a port from :func:`lingua_shared.devstack.free_port` (or from ``base_port``
-up) and keeps its cluster bus on a second such port (``cluster-port``), so nothing lands in
-the kernel's ephemeral range. Nodes run in a session of their own; :meth:`LocalCluster.stop`
+Each node listens on a port from :func:`lingua_shared.devstack.free_port` and keeps its
+cluster bus on a second such port (``cluster-port``), so nothing lands in the kernel's
+ephemeral range. Nodes run in a session of their own; :meth:`LocalCluster.stop`
 signals their PIDs only. Persistence is off (as for the CI's Redis): a node killed loses its
 data, its replica keeps what it had received, which is what the failover tests need.
 
@@ -33,6 +33,12 @@ from lingua_shared.devstack import free_port, port_answers
 
 NODE_TIMEOUT_MS = 2_000  # a master unreachable this long is failed over to its replica
 STATE_FILE = "cluster.json"
+
+
+def _info(port: int, section: str) -> dict[str, str]:
+    """``INFO <section>`` of one node as a dict."""
+    lines = _cli(port, "info", section).splitlines()
+    return dict(line.strip().split(":", 1) for line in lines if ":" in line)
 
 
 def _cli(port: int, *args: str, timeout: float = 10.0) -> str:
@@ -159,12 +165,14 @@ class LocalCluster:
         while True:
             live = [n for n in self.nodes if n.alive()]
             states = [_cli(n.port, "cluster", "info") for n in live]
-            links = [_cli(n.port, "info", "replication") for n in live]
-            synced = sum("role:slave" in r and "master_link_status:up" in r for r in links)
+            links = [_info(n.port, "replication") for n in live]
+            synced = sum(r.get("master_link_status") == "up" for r in links)
             if (
                 states
                 and all("cluster_state:ok" in s and "cluster_slots_ok:16384" in s for s in states)
-                and all("role:master" in r or "master_link_status:up" in r for r in links)
+                and all(
+                    r.get("role") == "master" or r.get("master_link_status") == "up" for r in links
+                )
                 and synced >= replicas
             ):
                 return
@@ -190,8 +198,7 @@ class LocalCluster:
         """A live replica of ``master`` whose link to it is up (as the replica itself says:
         the other nodes learn of a new replica by gossip, a moment later)."""
         for n in self.live():
-            lines = _cli(n.port, "info", "replication").splitlines()
-            info = dict(line.strip().split(":", 1) for line in lines if ":" in line)
+            info = _info(n.port, "replication")
             if info.get("master_port") == str(master.port) and (
                 info.get("master_link_status") == "up"
             ):
@@ -205,8 +212,7 @@ class LocalCluster:
         """SIGKILL one node (a crash: no shutdown, no last write)."""
         os.kill(node.pid, signal.SIGKILL)
         deadline = time.monotonic() + 5
-        while node.alive() and time.monotonic() < deadline:
-            _reap(node.pid)
+        while node.alive() and time.monotonic() < deadline:  # (alive() reaps our own child)
             time.sleep(0.02)
 
     def stop(self, timeout: float = 10.0) -> None:
@@ -216,25 +222,17 @@ class LocalCluster:
         deadline = time.monotonic() + timeout
         for node in self.nodes:
             while node.alive() and time.monotonic() < deadline:
-                _reap(node.pid)
                 time.sleep(0.05)
             if node.alive():
                 os.kill(node.pid, signal.SIGKILL)
-                _reap(node.pid)
+                if node.proc is not None:
+                    node.proc.wait(5)
         self.state_file.unlink(missing_ok=True)
 
     @classmethod
     def from_state(cls, base: Path) -> LocalCluster:
         rows = json.loads((base / STATE_FILE).read_text())
         return cls(base, nodes=[ClusterNode(p, b, pid) for p, b, pid in rows])
-
-
-def _reap(pid: int) -> None:
-    """Collect our own exited child (a no-op for a process started by another run)."""
-    try:
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,9 +8,11 @@ cell carries the cell's hash tag, so a cell's keys, scripts, pipelines and trans
 stay on one slot, and ``SCRIPT LOAD`` goes to every master (the loader reloads a script on
 ``NOSCRIPT`` too, as after a promoted replica).
 
-The single-server client waits for a free connection when all ``max_connections`` are busy
-(a burst queues instead of failing). redis-py's asyncio cluster client has no such pool: it
-opens connections to a node as commands need them, without a cap by default.
+The single-server client waits for a free connection when all ``max_connections`` are busy:
+a burst queues, instead of failing at once with ``MaxConnectionsError`` (a failed handler's
+delivery is requeued, and a burst turned into seconds-long stalls). redis-py's asyncio cluster
+client has no such pool: it opens connections to a node as commands need them, without a cap
+by default.
 """
 
 from __future__ import annotations

@@ -117,10 +117,7 @@ class Infra:
     @contextlib.asynccontextmanager
     async def open(cls, settings: Settings) -> AsyncIterator[Infra]:
         async with contextlib.AsyncExitStack() as stack:
-            # A blocking pool (single server): when every connection is busy (a backlog of
-            # deliveries), a command waits for one instead of failing at once with
-            # MaxConnectionsError, which would requeue the delivery and turn a burst into
-            # seconds-long stalls. Or the cluster client (LINGUA_REDIS_CLUSTER).
+            # one server (a blocking pool: a burst waits for a connection) or a Redis Cluster
             redis = service_redis(settings)
             stack.push_async_callback(bounded, redis.aclose(), "redis.close")
             keys = Keys(settings.cell)
