@@ -86,6 +86,7 @@ def all_builder_keys(
         k.unserved,
         k.stats_second(1_700_000_000),
         k.recent_errors,
+        k.fallbacks,
         k.sessions_active,
     ]
 
@@ -94,8 +95,8 @@ def test_layout_docstring_is_parsed() -> None:
     # node, node pools, nodes x3, pool, poolgroup, index, pair, pair index, bands, gateway;
     # then the job path: session, session results, waiting, outbox, the outbox index, job,
     # job audio, idem, node jobs, timers, gaps, stats x2; then display stats: stats second,
-    # recent errors, active sessions
-    assert len(LAYOUT) == 28
+    # recent errors, cell fallbacks, active sessions
+    assert len(LAYOUT) == 29
 
 
 def test_langset_id_is_the_scripts_group_naming() -> None:

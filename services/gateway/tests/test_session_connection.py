@@ -64,7 +64,9 @@ class FakeStore:
         self.unbound: list[str] = []
         self.acked: list[tuple[str, int]] = []  # answers written to the client
 
-    async def create(self, session_id: str, fields: dict[str, str]) -> None:
+    async def create(
+        self, session_id: str, fields: dict[str, str], cell: str | None = None
+    ) -> None:
         self.records[session_id] = fields
 
     async def touch(self, session_id: str, fields: dict[str, str]) -> bool:
@@ -73,7 +75,9 @@ class FakeStore:
     async def unbind(self, session_id: str, conn_id: str) -> None:
         self.unbound.append(session_id)
 
-    async def resume(self, session_id: str, conn_id: str, client: str) -> Any:
+    async def resume(
+        self, session_id: str, conn_id: str, client: str, cell: str | None = None
+    ) -> Any:
         raise DependencyDown("redis unreachable")
 
     def written(self, session_id: str, index: int) -> None:

@@ -51,6 +51,8 @@ class Beat(BusModel):
     # the node's capabilities changed (its heartbeat said so): None keeps the stored ones
     lang_sets: list[list[str]] | None = None
     services: dict[str, list[str]] | None = None
+    # the cell of the node (its region's: lingua_shared.cells); None = the default cell
+    cell: str | None = None
 
 
 class HeartbeatBatch(BusModel):
@@ -79,6 +81,8 @@ class NodeDisconnected(BusModel):
     graceful: bool
     close_code: int | None = None
     ts_ms: int
+    # the cell of the node (its region's: lingua_shared.cells); None = the default cell
+    cell: str | None = None
 
 
 NodeEvent = Annotated[
@@ -148,6 +152,8 @@ class JobRequest(BusModel):
     # what the session asked nodes for (auto_langs, dialect, features, enable_streaming_asr,
     # partial_update_interval_ms): forwarded in job_assign
     options: dict[str, Any] = Field(default_factory=dict)
+    # the cell the session lives in (its region's, or a fallback's); None = the default cell
+    cell: str | None = None
 
 
 class NodeJobEvent(BusModel):
@@ -168,6 +174,8 @@ class NodeJobEvent(BusModel):
     # sent this connection before that job and that got no answer yet (the node answers a
     # session's jobs in order, so they are finished)
     earlier: list[tuple[str, int]] = Field(default_factory=list)
+    # the cell of the node (its region's: lingua_shared.cells); None = the default cell
+    cell: str | None = None
 
 
 class ToSession(BusModel):

@@ -46,6 +46,8 @@ Layout (``P`` = ``lingua:v1:{cell}:``)::
     P stats:unserved                  hash  "<src>:<tgt>" -> requests no pool covers
     P stats:sec:<epoch_s>             hash  one second of job counters and latency buckets
     P stats:recent_errors             list  the latest typed errors sent to clients (JSON)
+    P stats:fallbacks                 hash  cell -> sessions of this cell's regions placed in
+                                            that cell instead (lingua_shared.cells)
     P sessions:active                 zset  session id -> last activity ms (display)
 
 A *pool shard id* is ``<langset>:<region>:<gpu>:<shard>`` where ``langset`` is the sorted
@@ -76,6 +78,16 @@ def is_langset_id(value: str) -> bool:
     """2 to 8 language codes joined by ``_`` (what ``is_shard_id`` accepts as a set)."""
     langs = value.split("_")
     return 2 <= len(langs) <= MAX_LANGS_PER_SET and all(is_lang(x) for x in langs)
+
+
+def selection_pair(
+    mode: str, src: str, tgt: str, lang_a: str | None, lang_b: str | None
+) -> tuple[str, str]:
+    """The pair a session's jobs select on (``pair:<src>:<tgt>``): two-way sessions select on
+    {lang_a, lang_b} (the set must cover both directions)."""
+    if mode == "two_way_auto" and lang_a and lang_b:
+        return lang_a, lang_b
+    return src, tgt
 
 
 def langset_id(langs: list[str]) -> str:
@@ -196,6 +208,11 @@ class Keys:
 
     def stats_second(self, epoch_s: int) -> str:
         return f"{self.prefix}stats:sec:{epoch_s}"
+
+    @property
+    def fallbacks(self) -> str:
+        """Hash: cell -> sessions of this cell placed in that cell instead (the ladder)."""
+        return f"{self.prefix}stats:fallbacks"
 
     @property
     def recent_errors(self) -> str:

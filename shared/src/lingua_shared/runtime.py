@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import time
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisClusterException, RedisError
 
 from lingua_shared.bus import InFlight, Publisher, Topology, connect, declare_topology
+from lingua_shared.cells import CellMap
 from lingua_shared.errors import DependencyDown
 from lingua_shared.keys import Keys
 from lingua_shared.logs import get_logger
@@ -96,6 +98,15 @@ async def check_eviction_policy(redis: Redis, settings: Settings) -> None:
     log.warning("redis.eviction_policy_unsafe", policy=policy)
 
 
+class UnknownCell(ValueError):
+    """A message names a cell this process does not know (replicas configured with
+    different LINGUA_CELLS)."""
+
+    def __init__(self, cell: str, known: tuple[str, ...]) -> None:
+        super().__init__(f"unknown cell {cell[:64]!r} (LINGUA_CELLS here: {', '.join(known)})")
+        self.cell = cell
+
+
 class UnsafeRedisConfig(RuntimeError):
     """Redis is configured so that it could silently lose scheduling state."""
 
@@ -112,6 +123,33 @@ class Infra:
     consumers: dict[str, str] = field(default_factory=dict)  # name -> consumer tag
     consume_channels: list[AbstractChannel] = field(default_factory=list)
     inflight: InFlight = field(default_factory=InFlight)  # deliveries being handled
+    cell_map: CellMap = field(default_factory=CellMap.single)
+    _cells: dict[str, Infra] = field(default_factory=dict, repr=False)
+
+    @property
+    def cell(self) -> str:
+        return self.keys.cell
+
+    def in_cell(self, cell: str) -> Infra:
+        """This infrastructure with another cell's keys and scripts (the same clients,
+        publisher and in-flight count); :class:`UnknownCell` for a cell not configured."""
+        if cell == self.keys.cell:
+            return self
+        view = self._cells.get(cell)
+        if view is None:
+            if not self.cell_map.known(cell):
+                raise UnknownCell(cell, self.cell_map.names)
+            keys = Keys(cell)
+            view = dataclasses.replace(
+                self, keys=keys, scripts=self.scripts.for_cell(keys), _cells=self._cells
+            )
+            self._cells[cell] = view
+        return view
+
+    def every_cell(self) -> list[Infra]:
+        """One view per configured cell, the default cell's first."""
+        default = self.in_cell(self.cell_map.default)
+        return [default, *(self.in_cell(c) for c in self.cell_map.names if c != default.cell)]
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -120,7 +158,8 @@ class Infra:
             # one server (a blocking pool: a burst waits for a connection) or a Redis Cluster
             redis = service_redis(settings)
             stack.push_async_callback(bounded, redis.aclose(), "redis.close")
-            keys = Keys(settings.cell)
+            cell_map = settings.cell_map()
+            keys = Keys(cell_map.default)
             lua_dir = find_lua_dir(settings.lua_dir)  # a missing lua/ is not a Redis outage
             try:
                 await redis.ping()
@@ -154,7 +193,7 @@ class Infra:
                 settings.amqp_batch_max_items,
                 settings.amqp_batch_max_bytes,
             )
-            infra = cls(settings, redis, scripts, keys, topo, amqp, publisher)
+            infra = cls(settings, redis, scripts, keys, topo, amqp, publisher, cell_map=cell_map)
             yield infra
 
     async def consume_channel(self, prefetch: int | None = None) -> AbstractChannel:

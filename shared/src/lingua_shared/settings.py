@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from lingua_shared.cells import CellMap
 from lingua_shared.protocol.codes import MAX_UTTERANCE_MS, SESSION_MAX_FRAME_BYTES
 
 # how long a node's record outlives its logical expiry (lua/lib/common.lua, same name and
@@ -36,7 +37,22 @@ class Settings(BaseSettings):
         "cluster client",
     )
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/"
-    cell: str = Field("main", description="Redis hash tag of every key (one scheduling cell)")
+    cell: str = Field(
+        "main", description="the cell (Redis hash tag of its keys) when LINGUA_CELLS is unset"
+    )
+    cells: str = Field(
+        "",
+        description="region=cell entries (`*` for every other region): several scheduling "
+        "cells, e.g. eu=eu,us=us,*=main (lingua_shared.cells)",
+    )
+    cell_fallback: str = Field(
+        "",
+        description="each cell's fallback ladder, cell>next>next entries (default: every "
+        "other cell in LINGUA_CELLS order)",
+    )
+    gateway_region: str = Field(
+        "", description="this gateway's region: the cell of sessions that name none"
+    )
     bus_prefix: str = Field("lingua", description="prefix of every exchange and queue name")
     instance_id: str = Field(default_factory=_default_instance_id)
     log_level: str = "INFO"
@@ -302,6 +318,15 @@ class Settings(BaseSettings):
                 f"{-(-life_ms // 1000)}"
             )
         return self
+
+    @model_validator(mode="after")
+    def _cells_readable(self) -> Settings:
+        self.cell_map()  # InvalidCells (a ValueError) names the entry
+        return self
+
+    def cell_map(self) -> CellMap:
+        """The cells and their ladders (one cell, ``LINGUA_CELL``, when LINGUA_CELLS is unset)."""
+        return CellMap.parse(self.cells, self.cell_fallback, self.cell)
 
     @property
     def auth_enabled(self) -> bool:

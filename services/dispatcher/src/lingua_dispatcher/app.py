@@ -22,7 +22,7 @@ from lingua_shared.bus import consume, declare_queue
 from lingua_shared.events import DISPATCHER_EVENT, DispatcherEvent, JobRequest, NodeJobEvent
 from lingua_shared.httpserve import add_health_routes
 from lingua_shared.logs import get_logger
-from lingua_shared.runtime import Infra, bounded, stop_loops
+from lingua_shared.runtime import Infra, UnknownCell, bounded, stop_loops
 from lingua_shared.settings import Settings
 
 log = get_logger(__name__)
@@ -37,17 +37,24 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with Infra.open(settings) as infra:
             state["infra"] = infra
-            jobs = Jobs(infra, metrics)
-            await jobs.stats.start()
-            node_events = NodeEvents(jobs)
+            # one job path per cell, on that cell's keys and scripts (lingua_shared.cells);
+            # each event names its cell (none: the default one)
+            cells = {view.cell: Jobs(view, metrics) for view in infra.every_cell()}
+            events = {cell: NodeEvents(jobs) for cell, jobs in cells.items()}
+            default = infra.cell_map.default
+            for jobs in cells.values():
+                await jobs.stats.start()
 
             async def handle(ev: DispatcherEvent, message: AbstractIncomingMessage) -> None:
+                cell = ev.cell or default
+                if cell not in cells:
+                    raise UnknownCell(cell, infra.cell_map.names)
                 if isinstance(ev, JobRequest):
-                    await jobs.on_request(ev)
+                    await cells[cell].on_request(ev)
                 elif isinstance(ev, NodeJobEvent):
-                    await node_events.on_event(ev)
+                    await events[cell].on_event(ev)
                 else:
-                    await node_events.on_node_lost(ev)
+                    await events[cell].on_node_lost(ev)
 
             channel = await infra.consume_channel()
             queue = await declare_queue(
@@ -62,17 +69,20 @@ def create_app(settings: Settings) -> FastAPI:
                 publisher=infra.publisher,
             )
             stop = asyncio.Event()
-            loops = [
-                asyncio.create_task(
-                    loop(settings.timer_interval_s, "timers", fire_timers, jobs, stop)
-                ),
-                asyncio.create_task(loop(0.2, "gaps", expire_gaps, jobs, stop)),
-                asyncio.create_task(loop(0.25, "outbox", republish_outbox, jobs, stop)),
-            ]
+            loops = []
+            for jobs in cells.values():  # every cell's timers, result gaps and outbox
+                loops += [
+                    asyncio.create_task(
+                        loop(settings.timer_interval_s, "timers", fire_timers, jobs, stop)
+                    ),
+                    asyncio.create_task(loop(0.2, "gaps", expire_gaps, jobs, stop)),
+                    asyncio.create_task(loop(0.25, "outbox", republish_outbox, jobs, stop)),
+                ]
             log.info(
                 "dispatcher.started",
                 instance_id=settings.instance_id,
                 policy=settings.select_policy,
+                cells=list(cells),
             )
             try:
                 yield
@@ -83,7 +93,9 @@ def create_app(settings: Settings) -> FastAPI:
                 # wait out its claim before another replica fired it.
                 await infra.stop_consuming(queue, "dispatcher_events", settings.drain_timeout_s)
                 await stop_loops(stop, loops, settings.drain_timeout_s)
-                await bounded(jobs.stats.stop(), "stats.flush")
+                await asyncio.gather(
+                    *(bounded(jobs.stats.stop(), "stats.flush") for jobs in cells.values())
+                )
                 state.pop("infra", None)
                 log.info("dispatcher.stopped", instance_id=settings.instance_id)
 

@@ -51,15 +51,6 @@ async def read_job(infra: Infra, job_id: str) -> dict[str, str] | None:
     return {k: v.decode() for k, v in zip(JOB_FIELDS, values, strict=True) if v is not None}
 
 
-def selection_pair(
-    mode: str, src: str, tgt: str, lang_a: str | None, lang_b: str | None
-) -> tuple[str, str]:
-    """Two-way sessions select on {lang_a, lang_b} (the set must cover both directions)."""
-    if mode == "two_way_auto" and lang_a and lang_b:
-        return lang_a, lang_b
-    return src, tgt
-
-
 def needed_services(pipeline: dict[str, Any]) -> list[str]:
     services = ["asr", "semantic"]
     if pipeline.get("use_tts"):

@@ -18,7 +18,6 @@ from lingua_dispatcher.job_record import (
     options_of,
     pipeline_of,
     read_job,
-    selection_pair,
 )
 from lingua_dispatcher.metrics import Metrics
 from lingua_dispatcher.outcomes import Outcomes, no_node_outcome
@@ -27,6 +26,7 @@ from lingua_dispatcher.takeback import EXHAUSTED_CODE, TakeBack
 from lingua_shared.bus import Unroutable
 from lingua_shared.errors import DependencyDown
 from lingua_shared.events import JobRequest, ToNode
+from lingua_shared.keys import selection_pair
 from lingua_shared.logs import get_logger
 from lingua_shared.protocol import ErrorCode, JobAssign, Pipeline
 from lingua_shared.runtime import Infra, now_ms

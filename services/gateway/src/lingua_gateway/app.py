@@ -26,6 +26,7 @@ from lingua_gateway.coalescer import HeartbeatCoalescer
 from lingua_gateway.gcpolicy import GcPolicy
 from lingua_gateway.metrics import Metrics
 from lingua_gateway.node_endpoint import NodeConnection
+from lingua_gateway.placement import Placement
 from lingua_gateway.ports import Connections, NodeDeps, SessionDeps
 from lingua_gateway.register_rpc import RegisterRpc
 from lingua_gateway.router import DeliveryRouter
@@ -35,9 +36,11 @@ from lingua_shared.auth import Principal
 from lingua_shared.bus import Publisher, consume, declare_queue
 from lingua_shared.errors import Unauthorized
 from lingua_shared.events import GATEWAY_INBOUND
+from lingua_shared.keys import Keys
 from lingua_shared.logs import get_logger
 from lingua_shared.protocol import CloseCode
 from lingua_shared.runtime import Infra, bounded, pause, render_metrics
+from lingua_shared.scripts import Scripts
 from lingua_shared.settings import Settings
 
 log = get_logger(__name__)
@@ -109,9 +112,15 @@ class GatewayApp:
                 beats=self.coalescer,
                 register=rpc,
                 connections=self.connections,
+                cells=infra.cell_map,
             )
+
+            def in_cell(cell: str) -> tuple[Keys, Scripts]:
+                view = infra.in_cell(cell)
+                return view.keys, view.scripts
+
             store = SessionStore(
-                infra.redis, infra.keys, s.session_ttl_s, infra.scripts, s.instance_id
+                infra.redis, infra.keys, s.session_ttl_s, infra.scripts, s.instance_id, in_cell
             )
             self.session_deps = SessionDeps(
                 settings=s,
@@ -120,6 +129,9 @@ class GatewayApp:
                 store=store,
                 scripts=infra.scripts,
                 connections=self.connections,
+                cells=infra.cell_map,
+                placement=Placement(infra.redis, infra.cell_map, s.gateway_region, self.metrics),
+                scripts_in=lambda cell: infra.in_cell(cell).scripts,
             )
             gc_policy = GcPolicy(
                 s.gateway_gc_freeze_interval_s, s.gateway_gc_full_interval_s, self.metrics.gc_pause
@@ -156,7 +168,15 @@ class GatewayApp:
                 liveness_stop.set()
                 await bounded(liveness, "liveness")
                 await gc_policy.stop()
-                await bounded(infra.redis.delete(infra.keys.gateway(s.instance_id)), "liveness.key")
+                await bounded(
+                    asyncio.gather(  # one key per cell: never one command across cells' slots
+                        *(
+                            infra.redis.delete(c.keys.gateway(s.instance_id))
+                            for c in infra.every_cell()
+                        )
+                    ),
+                    "liveness.key",
+                )
                 log.info("gateway.stopped", instance_id=s.instance_id)
 
     # -- WebSocket and HTTP ----------------------------------------------------------------
@@ -229,12 +249,14 @@ class GatewayApp:
         return conn.respond(404, "not found\n")
 
     async def liveness_loop(self, infra: Infra, stop: asyncio.Event) -> None:
-        """Redis knows which gateway replicas are alive (node-manager reconciles against it)."""
-        key = infra.keys.gateway(self.settings.instance_id)
+        """Redis knows which gateway replicas are alive (node-manager reconciles against it):
+        a key in every cell, since each cell's scripts and sweeps read their own."""
+        keys = [c.keys.gateway(self.settings.instance_id) for c in infra.every_cell()]
         ttl = self.settings.gateway_liveness_ttl_ms
         while not stop.is_set():
-            with contextlib.suppress(Exception):
-                await infra.redis.set(key, "1", px=ttl)
+            for key in keys:
+                with contextlib.suppress(Exception):
+                    await infra.redis.set(key, "1", px=ttl)
             await pause(stop, ttl / 3000)
 
     async def drain(self) -> None:

@@ -50,6 +50,12 @@ class Metrics:
             "Heartbeat batches sent without node-manager's applied mark after the wait",
             registry=r,
         )
+        self.session_fallbacks = Counter(
+            "lingua_gateway_session_fallbacks_total",
+            "Sessions placed in another cell than their region's (the cell fallback ladder)",
+            ["home", "cell"],
+            registry=r,
+        )
         self.publish_failures = Counter(
             "lingua_gateway_publish_failures_total", "Publishes that failed", ["kind"], registry=r
         )

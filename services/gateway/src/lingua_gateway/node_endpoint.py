@@ -68,6 +68,7 @@ class NodeConnection(EndpointConnection):
         self.publisher = deps.publisher
         self.beats = deps.beats
         self.connections = deps.connections
+        self.cells = deps.cells
         self.conn_id = uuid.uuid4().hex
         self.node_id: str | None = None
         self.profile = NodeProfile(s, deps.metrics)
@@ -130,6 +131,13 @@ class NodeConnection(EndpointConnection):
         await self.on_message(msg)
         if beat is not None and self.profile.caps is not None and self.node_id is not None:
             self.profile.raw_seen = beat[1]  # decoded in full and taken: the next may be quick
+
+    @property
+    def cell(self) -> str | None:
+        """The cell of the node's registered region, as its bus messages name it (None: the
+        default cell); every message about this node goes to that cell's keys."""
+        caps = self.profile.caps
+        return self.cells.tag(self.cells.cell_of(caps.region)) if caps is not None else None
 
     def routine_heartbeat(self, raw: str) -> tuple[dict[str, Any], tuple[Any, ...]] | None:
         """A registered node's heartbeat, parsed, with its capability fields as sent; None
@@ -209,6 +217,7 @@ class NodeConnection(EndpointConnection):
                 if isinstance(msg, JobResult) and not result_is_refusal(msg)
                 else []
             ),
+            cell=self.cell,
         )
         job_id = getattr(msg, "job_id", None)
         try:
@@ -300,6 +309,7 @@ class NodeConnection(EndpointConnection):
                 status=status,
                 lang_sets=lang_sets,
                 services=services,
+                cell=self.cell,
             )
         )
 
@@ -354,6 +364,7 @@ class NodeConnection(EndpointConnection):
             graceful=graceful,
             close_code=code,
             ts_ms=now_ms(),
+            cell=self.cell,
         )
         log.info(
             "gateway.node_closed",

@@ -10,14 +10,15 @@ through it: the connections are known here only by the :class:`HeldNode` and
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Coroutine
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pydantic import BaseModel
 from websockets.asyncio.server import ServerConnection
 
 from lingua_gateway.metrics import Metrics
+from lingua_shared.cells import CellMap
 from lingua_shared.events import Beat, NodeRegisterEvent, RegisterReply, ToSession
 from lingua_shared.settings import Settings
 
@@ -58,14 +59,20 @@ class RegisterCall(Protocol):
 class SessionRecords(Protocol):
     """The session record in Redis (:class:`~lingua_gateway.session_store.SessionStore`)."""
 
-    async def create(self, session_id: str, fields: dict[str, str]) -> None: ...
+    async def create(
+        self, session_id: str, fields: dict[str, str], cell: str | None = None
+    ) -> None:
+        """Write a new session's record in ``cell`` (None: the default one)."""
 
     async def touch(self, session_id: str, fields: dict[str, str]) -> bool: ...
 
     async def unbind(self, session_id: str, conn_id: str) -> None: ...
 
-    async def resume(self, session_id: str, conn_id: str, client: str) -> Any:
-        """Bind an existing session to this connection (a ``session_bind`` ``Binding``)."""
+    async def resume(
+        self, session_id: str, conn_id: str, client: str, cell: str | None = None
+    ) -> Any:
+        """Bind an existing session of ``cell`` to this connection (a ``session_bind``
+        ``Binding``)."""
 
     def written(self, session_id: str, index: int) -> None:
         """The answer to ``index`` was written to the client (its outbox entry goes)."""
@@ -98,6 +105,14 @@ class HeldNode(Protocol):
     def reregister(self) -> bool: ...
 
     async def close(self, code: int, reason: str) -> None: ...
+
+
+class CellPlacement(Protocol):
+    """Chooses a new session's cell (``placement.Placement``)."""
+
+    async def place(self, region: str | None, pair: tuple[str, str]) -> tuple[str, str]:
+        """``(home cell, cell placed in)``."""
+        ...
 
 
 class HeldSession(Protocol):
@@ -135,6 +150,7 @@ class NodeDeps:
     beats: BeatSink  # heartbeats, coalesced into node.heartbeat.batch
     register: RegisterCall  # node.register, answered by node-manager
     connections: Connections  # binds the node id; a newer connection replaces an older one
+    cells: CellMap = field(default_factory=CellMap.single)  # the node's cell is its region's
 
 
 @dataclass(frozen=True)
@@ -147,3 +163,7 @@ class SessionDeps:
     store: SessionRecords  # the session record
     scripts: UtteranceFail  # answers without a job (silence, a failed publish)
     connections: Connections  # binds the session id, for the dispatcher's answers
+    cells: CellMap = field(default_factory=CellMap.single)
+    # the cell a new session lives in (its region's, or a fallback's); None: the default
+    placement: CellPlacement | None = None
+    scripts_in: Callable[[str], UtteranceFail] | None = None  # the scripts of another cell

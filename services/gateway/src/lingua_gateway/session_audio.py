@@ -51,14 +51,21 @@ class AudioOwner(Protocol):
 
 class SessionAudio:
     def __init__(
-        self, conn: AudioOwner, session_id: str, spec: SessionSpec, deps: SessionDeps
+        self,
+        conn: AudioOwner,
+        session_id: str,
+        spec: SessionSpec,
+        deps: SessionDeps,
+        cell: str | None = None,
     ) -> None:
         s = deps.settings
         self.conn = conn
         self.settings = s
         self.metrics = deps.metrics
         self.publisher = deps.publisher
-        self.scripts = deps.scripts
+        # the session's cell (None: the default one): its jobs and answers live there
+        self.cell = cell
+        self.scripts = deps.scripts_in(cell) if cell and deps.scripts_in else deps.scripts
         self.session_id = session_id
         self.spec = spec
         self.next_index = 0
@@ -222,6 +229,7 @@ class SessionAudio:
             received_at_ms=now_ms(),
             tenant_id=spec.tenant_id,
             options=spec.options,
+            cell=self.cell,
         )
         try:
             await self.publisher.event("job.request", req, batch=True)

@@ -35,10 +35,11 @@ from lingua_gateway.session_frames import (
     pong_for,
 )
 from lingua_gateway.session_resume import check_resume, plan_resume, spec_from_record
-from lingua_gateway.session_spec import ARRIVAL, SessionSpec, spec_from_init
+from lingua_gateway.session_spec import ARRIVAL, SessionSpec, check_region, spec_from_init
 from lingua_shared.auth import Principal
 from lingua_shared.errors import DependencyDown, InvalidMessage, InvalidSession, ScriptRejected
 from lingua_shared.events import ToSession
+from lingua_shared.keys import selection_pair
 from lingua_shared.logs import get_logger
 from lingua_shared.protocol import GRACEFUL_SESSION_CLOSES, CloseCode, ErrorMessage
 from lingua_shared.protocol.session import (
@@ -113,6 +114,7 @@ class SessionConnection(EndpointConnection):
         self.sessions = deps.connections.sessions
         self.conn_id = uuid.uuid4().hex
         self.session_id: str | None = None
+        self.cell: str | None = None  # the session's cell (None: the default one)
         self.spec: SessionSpec | None = None
         self.audio: SessionAudio | None = None
         self.sender: ArrivalSender | OrderedSender | None = None
@@ -209,16 +211,21 @@ class SessionConnection(EndpointConnection):
                 "this connection already holds a session (one session per connection)",
                 {"session_id": self.session_id},
             )
+        region = check_region(msg.region)
         if msg.resume_session_id is not None:
-            await self.on_resume(msg.resume_session_id, msg.resume_received)
+            await self.on_resume(msg.resume_session_id, msg.resume_received, region)
             return
         s = self.settings
         spec = spec_from_init(msg, s.result_delivery)
+        home = cell = self.deps.cells.default
+        if self.deps.placement is not None:  # DependencyDown -> typed error
+            pair = selection_pair(spec.mode, spec.src_lang, spec.tgt_lang, spec.lang_a, spec.lang_b)
+            home, cell = await self.deps.placement.place(region, pair)
         session_id = f"s-{uuid.uuid4().hex[:16]}"
         record = self.record(spec, next_deliver=0)
-        await self.store.create(session_id, record)  # DependencyDown -> typed error
+        await self.store.create(session_id, record, cell)  # DependencyDown -> typed error
         self.touched_at = asyncio.get_running_loop().time()
-        self.start(session_id, spec)
+        self.start(session_id, spec, cell)
         self.metrics.sessions.inc()
         log.info(
             "gateway.session_opened",
@@ -231,6 +238,8 @@ class SessionConnection(EndpointConnection):
             lang_a=spec.lang_a,
             lang_b=spec.lang_b,
             audio_format=spec.audio_format,
+            cell=cell,
+            home_cell=home,
         )
         self.out.send(
             SessionInitAck(
@@ -243,9 +252,10 @@ class SessionConnection(EndpointConnection):
             ).to_wire()
         )
 
-    def start(self, session_id: str, spec: SessionSpec) -> None:
+    def start(self, session_id: str, spec: SessionSpec, cell: str) -> None:
         """The session is this connection's: its delivery, its audio, its routing entry."""
         s = self.settings
+        self.cell = self.deps.cells.tag(cell)
         store = self.store
 
         def written(index: int) -> None:
@@ -262,16 +272,26 @@ class SessionConnection(EndpointConnection):
                 self.out, reorder_s, self.metrics, session_id, spec.trace_id, written
             )
         )
-        self.audio = SessionAudio(self, session_id, spec, self.deps)
+        self.audio = SessionAudio(self, session_id, spec, self.deps, self.cell)
         self.sessions[session_id] = self
 
-    async def on_resume(self, session_id: str, received: list[int] | None) -> None:
+    async def on_resume(
+        self, session_id: str, received: list[int] | None, region: str | None = None
+    ) -> None:
         """Take up an existing session: bind it here, then send what it is owed (its outbox,
-        less what the client says it has), in its delivery."""
+        less what the client says it has), in its delivery. The session is looked for in
+        its region's cell first, then in the cells that cell falls back to, then in the
+        rest."""
         have = check_resume(session_id, received)
         client = self.principal.subject if self.principal else ""
+        cells = self.deps.cells
+        home = self.deps.placement.home(region) if self.deps.placement else cells.default
+        order = [*cells.ladder(home), *(c for c in cells.names if c not in cells.ladder(home))]
         try:
-            b = await self.store.resume(session_id, self.conn_id, client)
+            for cell in order:
+                b = await self.store.resume(session_id, self.conn_id, client, cell)
+                if b.code != ScriptCode.NO_SUCH_SESSION:
+                    break
         except ScriptRejected as exc:
             raise InvalidSession("resume_session_id is not a session id") from exc
         if b.code == ScriptCode.FOREIGN_SESSION:
@@ -284,7 +304,7 @@ class SessionConnection(EndpointConnection):
         spec = spec_from_record(b.record)
         plan = plan_resume(b.record, b.sent, b.outbox, have)
         self.touched_at = asyncio.get_running_loop().time()
-        self.start(session_id, spec)
+        self.start(session_id, spec, cell)
         assert self.sender is not None and self.audio is not None
         self.sender.resume(plan.next_index, plan.answered)
         self.audio.next_index = max(self.audio.next_index, plan.next_utterance)

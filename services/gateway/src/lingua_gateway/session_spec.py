@@ -14,6 +14,7 @@ from typing import Any
 
 from lingua_gateway.utterance import AUDIO_FORMATS, OPUS
 from lingua_shared.errors import InvalidMessage, UnsupportedFeature
+from lingua_shared.keys import KEY_LABEL_RE
 from lingua_shared.protocol import MAX_TRACE_ID, SAMPLE_RATE
 from lingua_shared.protocol.capabilities import NODE_ID_RE
 from lingua_shared.protocol.langs import norm_lang
@@ -63,6 +64,20 @@ class SessionSpec:
             "delivery": self.delivery,
             "tenant": self.tenant_id or "",
         }
+
+
+def check_region(value: str | None) -> str | None:
+    """The session's region (its cell is the region's: ``lingua_shared.cells``), lowercased;
+    a typed error for one that is not a label."""
+    if value is None:
+        return None
+    region = value.strip().lower()
+    if not KEY_LABEL_RE.fullmatch(region):
+        raise InvalidMessage(
+            "region: 1-64 of a-z 0-9 _ . - starting with a letter or digit",
+            {"field": "region"},
+        )
+    return region
 
 
 def lang_code(value: str | None, field: str) -> str:

@@ -14,6 +14,9 @@ Every answer stays in the session's outbox until a gateway has written it to the
 ``ACK_BATCH_S``. A session resumed on a new connection (``session_init`` with
 ``resume_session_id``) is bound to it and gets its outbox back (:meth:`SessionStore.resume`).
 
+A session lives in one cell (``placement``): the store is told its cell when it creates or
+resumes it, and every later call for that session uses that cell's keys and scripts.
+
 Each write also scores the session in ``sessions:active`` (ZADD now_ms; ZREM on close) in
 the same round trip: a display index for the stats snapshot, which counts the members seen
 within the session TTL and trims the older ones. Nothing on the job path reads it.
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from redis.asyncio import Redis
@@ -32,7 +36,7 @@ from lingua_shared.errors import DependencyDown, ScriptRejected
 from lingua_shared.keys import Keys
 from lingua_shared.logs import get_logger
 from lingua_shared.runtime import now_ms
-from lingua_shared.scripts import Binding
+from lingua_shared.scripts import Binding, ScriptCode
 
 log = get_logger(__name__)
 # written answers are acknowledged to their outboxes this often: one pipelined round trip
@@ -61,26 +65,44 @@ class SessionStore:
         ttl_s: float,
         scripts: BindScripts | None = None,
         gateway_id: str = "",
+        in_cell: Callable[[str], tuple[Keys, BindScripts | None]] | None = None,
     ) -> None:
         self.redis = redis
         self.keys = keys
         self.ttl_ms = max(1, int(ttl_s * 1000))
         self.scripts = scripts
         self.gateway_id = gateway_id
+        self.in_cell = in_cell  # another cell's keys and scripts (None: one cell)
+        self._cells: dict[str, str] = {}  # session id -> its cell, when not the default
         self._acks: dict[str, set[int]] = {}  # session id -> indices written, not yet acked
         self._flusher: asyncio.Task[None] | None = None
 
-    async def create(self, session_id: str, fields: dict[str, str]) -> None:
+    def _at(self, session_id: str, cell: str | None = None) -> tuple[Keys, BindScripts | None]:
+        """The keys and scripts of the session's cell."""
+        cell = cell or self._cells.get(session_id)
+        if cell is None or cell == self.keys.cell or self.in_cell is None:
+            return self.keys, self.scripts
+        return self.in_cell(cell)
+
+    def _adopt(self, session_id: str, cell: str | None) -> None:
+        if cell is not None and cell != self.keys.cell:
+            self._cells[session_id] = cell
+
+    async def create(
+        self, session_id: str, fields: dict[str, str], cell: str | None = None
+    ) -> None:
         """Write the whole record with its TTL in one MULTI; :class:`DependencyDown` if not."""
-        key = self.keys.session(session_id)
+        keys, _ = self._at(session_id, cell)
+        key = keys.session(session_id)
         try:
             async with self.redis.pipeline(transaction=True) as pipe:
                 pipe.hset(key, mapping=fields)
                 pipe.pexpire(key, self.ttl_ms)
-                pipe.zadd(self.keys.sessions_active, {session_id: now_ms()})
+                pipe.zadd(keys.sessions_active, {session_id: now_ms()})
                 await pipe.execute()
         except (RedisError, OSError) as exc:
             raise DependencyDown(f"session store unavailable: {exc}") from exc
+        self._adopt(session_id, cell)
 
     async def touch(self, session_id: str, fields: dict[str, str]) -> bool:
         """Refresh the TTL; restore the record if it is gone (expired, Redis restarted).
@@ -90,11 +112,12 @@ class SessionStore:
         never moves the delivery cursor back: a script may have written the record again
         meanwhile (releasing answers), and its ``next_deliver`` stands (HSETNX).
         """
-        key = self.keys.session(session_id)
+        keys, _ = self._at(session_id)
+        key = keys.session(session_id)
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
                 pipe.pexpire(key, self.ttl_ms)
-                pipe.zadd(self.keys.sessions_active, {session_id: now_ms()})
+                pipe.zadd(keys.sessions_active, {session_id: now_ms()})
                 refreshed, _ = await pipe.execute()
             if refreshed:
                 return False
@@ -104,17 +127,21 @@ class SessionStore:
                 if CURSOR in fields:
                     pipe.hsetnx(key, CURSOR, fields[CURSOR])
                 pipe.pexpire(key, self.ttl_ms)
-                pipe.zadd(self.keys.sessions_active, {session_id: now_ms()})
+                pipe.zadd(keys.sessions_active, {session_id: now_ms()})
                 await pipe.execute()
             return True
         except (RedisError, OSError) as exc:
             raise DependencyDown(f"session store unavailable: {exc}") from exc
 
-    async def resume(self, session_id: str, conn_id: str, client: str) -> Binding:
-        """Bind an existing session to this connection (``session_bind resume``)."""
-        assert self.scripts is not None
+    async def resume(
+        self, session_id: str, conn_id: str, client: str, cell: str | None = None
+    ) -> Binding:
+        """Bind an existing session of ``cell`` to this connection (``session_bind resume``);
+        once bound, the session's later calls use that cell."""
+        _, scripts = self._at(session_id, cell)
+        assert scripts is not None
         try:
-            return await self.scripts.session_bind(
+            binding = await scripts.session_bind(
                 session_id=session_id,
                 mode="resume",
                 gateway_id=self.gateway_id,
@@ -125,19 +152,23 @@ class SessionStore:
             )
         except (RedisError, OSError) as exc:
             raise DependencyDown(f"session store unavailable: {exc}") from exc
+        if binding.code == ScriptCode.RESUMED:
+            self._adopt(session_id, cell)
+        return binding
 
     async def unbind(self, session_id: str, conn_id: str) -> None:
         """Remove the binding if it is still this connection's (HDEL never recreates an
         expired record); what it has written is acknowledged first."""
         await self.flush_acks()
+        keys, scripts = self._at(session_id)
         try:
-            if self.scripts is None:
+            if scripts is None:
                 async with self.redis.pipeline(transaction=False) as pipe:
-                    pipe.hdel(self.keys.session(session_id), "gateway_id", "conn_id")
-                    pipe.zrem(self.keys.sessions_active, session_id)
+                    pipe.hdel(keys.session(session_id), "gateway_id", "conn_id")
+                    pipe.zrem(keys.sessions_active, session_id)
                     await pipe.execute()
                 return
-            await self.scripts.session_bind(
+            await scripts.session_bind(
                 session_id=session_id,
                 mode="unbind",
                 gateway_id=self.gateway_id,
@@ -148,6 +179,9 @@ class SessionStore:
             )
         except (RedisError, OSError) as exc:
             raise DependencyDown(f"session store unavailable: {exc}") from exc
+        finally:
+            if session_id not in self._acks:
+                self._cells.pop(session_id, None)
 
     # -- the outbox ------------------------------------------------------------------------
     def written(self, session_id: str, index: int) -> None:
@@ -175,9 +209,8 @@ class SessionStore:
             for sid, ix in batch.items()
             for chunk in _chunks(sorted(ix), MAX_ACK_INDICES)
         ]
-        scripts = self.scripts
         results = await asyncio.gather(
-            *(scripts.outbox_ack(session_id=sid, indices=chunk) for sid, chunk in calls),
+            *(self._ack(sid, chunk) for sid, chunk in calls),
             return_exceptions=True,
         )
         ok = True
@@ -191,6 +224,11 @@ class SessionStore:
         if not ok:
             log.warning("gateway.outbox_ack_failed", sessions=len(batch))
         return ok
+
+    async def _ack(self, session_id: str, indices: list[int]) -> Any:
+        _, scripts = self._at(session_id)
+        assert scripts is not None
+        return await scripts.outbox_ack(session_id=session_id, indices=indices)
 
     async def close(self) -> None:
         """Acknowledge what is written (bounded by the caller) and stop the batching."""

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
 
-from lingua_node_manager.handlers import NodeEventHandler
+from lingua_node_manager.cell_router import CellRouter
 from lingua_node_manager.metrics import Metrics
 from lingua_node_manager.sweeper import SlotRecount, reconcile_once, run_every, sweep_once
 from lingua_shared.bus import consume, declare_queue
@@ -30,7 +30,7 @@ def create_app(settings: Settings) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with Infra.open(settings) as infra:
             state["infra"] = infra
-            handler = NodeEventHandler(infra, metrics)
+            handler = CellRouter(infra, metrics)
             channel = await infra.consume_channel()
             topo = infra.topo
             # two queues, consumed at once: heartbeat batches never wait behind registrations
@@ -54,27 +54,40 @@ def create_app(settings: Settings) -> FastAPI:
                     inflight=infra.inflight,
                 )
             stop = asyncio.Event()
-            loops = [
-                asyncio.create_task(
-                    run_every(settings.sweep_interval_s, "sweep", stop, sweep_once, infra, metrics)
-                ),
-                asyncio.create_task(
-                    run_every(
-                        settings.sweep_interval_s, "slots", stop, SlotRecount(infra, metrics).tick
-                    )
-                ),
-                asyncio.create_task(
-                    run_every(
-                        settings.reconcile_interval_s,
-                        "reconcile",
-                        stop,
-                        reconcile_once,
-                        infra,
-                        metrics,
-                    )
-                ),
-            ]
-            log.info("node_manager.started", instance_id=settings.instance_id)
+            # every cell's sweep, slot recount and view reconciliation (each its own loop:
+            # one cell's slow round never holds another's)
+            loops = []
+            for cell in infra.every_cell():
+                loops += [
+                    asyncio.create_task(
+                        run_every(
+                            settings.sweep_interval_s, "sweep", stop, sweep_once, cell, metrics
+                        )
+                    ),
+                    asyncio.create_task(
+                        run_every(
+                            settings.sweep_interval_s,
+                            "slots",
+                            stop,
+                            SlotRecount(cell, metrics).tick,
+                        )
+                    ),
+                    asyncio.create_task(
+                        run_every(
+                            settings.reconcile_interval_s,
+                            "reconcile",
+                            stop,
+                            reconcile_once,
+                            cell,
+                            metrics,
+                        )
+                    ),
+                ]
+            log.info(
+                "node_manager.started",
+                instance_id=settings.instance_id,
+                cells=list(infra.cell_map.names),
+            )
             try:
                 yield
             finally:

@@ -42,6 +42,9 @@ class SessionInit(WireModel):
     resume_session_id: str | None = None
     # with resume_session_id: indices the client already has an answer for (not sent again)
     resume_received: list[int] | None = None
+    # ours, optional: the client's region; the session is scheduled in that region's cell
+    # (else in the gateway's region's cell), falling back to other cells by their ladder
+    region: str | None = None
 
 
 class SessionInitAck(WireModel):

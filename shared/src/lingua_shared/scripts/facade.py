@@ -9,6 +9,7 @@ Build it with :meth:`Scripts.load` once per process.
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections.abc import Iterable
 from pathlib import Path
@@ -123,6 +124,14 @@ class Scripts:
         for name in cls.NAMES:
             await redis.script_load(self.script(name).script)
         return self
+
+    def for_cell(self, keys: Keys) -> Scripts:
+        """The same scripts, client and round trips, on another cell's keys."""
+        if keys == self.keys:
+            return self
+        view = copy.copy(self)
+        view.keys = keys
+        return view
 
     def script(self, name: str) -> Any:
         """The loaded script (``CachedScript``; redis-py's ``Script`` on a sync client)."""
