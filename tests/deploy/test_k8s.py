@@ -3,13 +3,17 @@ every built-in resource validated against the Kubernetes OpenAPI schema (strict,
 and the operating rules checked on what is rendered: probes, resources, disruption
 budgets, one autoscaler per workload, pinned images that we build, restrictive security
 contexts, a gateway grace period that covers its drain, and network policies that let the
-outside reach only the gateway and stats.
+outside reach only the gateway and stats. The Redis that helm installs for the prod overlays
+is not rendered here: its chart values are read as data and checked against what Lingua needs
+(and, for the Redis Cluster, against the settings the overlay gives the services).
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import importlib
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -19,8 +23,10 @@ from urllib.parse import urlsplit
 import kubernetes_validate
 import pytest
 import yaml
+from redis.crc import key_slot
 
 from lingua_shared.runtime import SHUTDOWN_STEP_S
+from lingua_shared.settings import Settings
 from tests.deploy.parsing import (
     IMAGES,
     REPO,
@@ -33,7 +39,9 @@ from tests.deploy.parsing import (
 )
 
 K8S = REPO / "deploy" / "k8s"
-OVERLAYS = ("dev", "prod")
+OVERLAYS = ("dev", "prod", "prod-cluster")
+# overlays whose Secret and Redis are managed outside git (their README.md documents them)
+PROD_OVERLAYS = ("prod", "prod-cluster")
 KUBERNETES_VERSION = "1.33.0"  # a version kubernetes-validate ships schemas for
 # Custom resources: their schemas come with their operators, not with Kubernetes, so
 # kubernetes-validate cannot check them. Each is listed here and checked by a test below.
@@ -53,7 +61,8 @@ def kubectl() -> Path:
     return path
 
 
-def render(overlay: str) -> list[dict[str, Any]]:
+@functools.cache
+def _kustomize(overlay: str) -> str:
     result = subprocess.run(
         [str(kubectl()), "kustomize", str(K8S / "overlays" / overlay)],
         capture_output=True,
@@ -61,7 +70,12 @@ def render(overlay: str) -> list[dict[str, Any]]:
         timeout=60,
     )
     assert result.returncode == 0, result.stderr
-    return [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    return result.stdout
+
+
+def render(overlay: str) -> list[dict[str, Any]]:
+    """The overlay's documents (kustomize runs once per overlay; fresh objects each call)."""
+    return [doc for doc in yaml.safe_load_all(_kustomize(overlay)) if doc]
 
 
 @pytest.fixture(scope="module", params=OVERLAYS)
@@ -77,6 +91,11 @@ def dev() -> list[dict[str, Any]]:
 @pytest.fixture(scope="module")
 def prod() -> list[dict[str, Any]]:
     return render("prod")
+
+
+@pytest.fixture(scope="module")
+def prod_cluster() -> list[dict[str, Any]]:
+    return render("prod-cluster")
 
 
 def of_kind(docs: list[dict[str, Any]], *kinds: str) -> list[dict[str, Any]]:
@@ -297,7 +316,7 @@ def test_images_are_pinned_and_ours_are_built_here(
                 assert name, f"{c['image']}: no Dockerfile builds it ({sorted(IMAGES)})"
                 assert (REPO / IMAGES[name].dockerfile).is_file()
                 seen.add(name)
-                if overlay == "prod":
+                if overlay in PROD_OVERLAYS:
                     assert c["image"].split("/")[0] != "lingua", "prod pulls from no registry"
     for crd in of_kind(docs, "RabbitmqCluster"):
         assert image_pin_problem(crd["spec"]["image"]) is None
@@ -341,11 +360,14 @@ def test_services_get_every_required_setting(rendered: tuple[str, list[dict[str,
         assert not unknown, f"{name}: no setting reads {unknown}"
         provided = set(env)
         external = [k for k in env if k.startswith("<secret ")]
-        if overlay == "prod":
-            # the Secret is managed outside git: its name and keys are documented
-            readme = (K8S / "overlays" / "prod" / "README.md").read_text()
+        if overlay in PROD_OVERLAYS:
+            # the Secret is managed outside git: its name and keys are documented (an
+            # overlay built on prod documents what it changes, the Redis URL at least)
+            own = (K8S / "overlays" / overlay / "README.md").read_text()
+            readme = own + (K8S / "overlays" / "prod" / "README.md").read_text()
             assert external == ["<secret lingua-secrets>"], external
-            assert "lingua-secrets" in readme
+            assert "lingua-secrets" in own
+            assert "LINGUA_REDIS_URL" in own
             for key in ("LINGUA_REDIS_URL", "LINGUA_AMQP_URL"):
                 assert key in readme
                 provided.add(key)
@@ -599,8 +621,9 @@ def test_prod_rabbitmq_cluster(prod: list[dict[str, Any]]) -> None:
     assert {"requests", "limits"} <= set(cluster["spec"]["resources"])
 
 
-def test_prod_renders_no_credentials(prod: list[dict[str, Any]]) -> None:
-    for secret in of_kind(prod, "Secret"):
+@pytest.mark.parametrize("overlay", PROD_OVERLAYS)
+def test_prod_renders_no_credentials(overlay: str) -> None:
+    for secret in of_kind(render(overlay), "Secret"):
         assert not secret.get("data") and not secret.get("stringData"), secret["metadata"]
 
 
@@ -624,3 +647,194 @@ def test_prod_redis_values() -> None:
     readme = (K8S / "overlays" / "prod" / "README.md").read_text()
     assert values["auth"]["existingSecret"] in readme
     assert "lingua-redis-master" in readme
+
+
+# -- prod on a Redis Cluster -----------------------------------------------------------------
+PROD_CLUSTER = K8S / "overlays" / "prod-cluster"
+# the Bitnami redis-cluster chart: its name (the pods' app.kubernetes.io/name unless
+# nameOverride) and its default ports (client, cluster bus)
+CLUSTER_CHART = "redis-cluster"
+CLUSTER_PORTS = {"redis": 6379, "bus": 16379}
+HELM_INSTALL = re.compile(
+    r"helm install (?P<release>\S+) (?P<chart>\S+/" + CLUSTER_CHART + r")\s+(?:\\\n#\s*)?"
+    r"--version (?P<version>\S+) (?:-n|--namespace) (?P<namespace>\S+) -f (?P<values>\S+)"
+)
+REDIS_UNITS = {"": 1, "k": 10**3, "kb": 2**10, "m": 10**6, "mb": 2**20, "g": 10**9, "gb": 2**30}
+K8S_UNITS = {"": 1, "k": 10**3, "Ki": 2**10, "M": 10**6, "Mi": 2**20, "G": 10**9, "Gi": 2**30}
+
+
+def _bytes(text: str, units: dict[str, int], *, case: bool) -> int:
+    m = re.fullmatch(r"(\d+)([A-Za-z]*)", str(text).strip())
+    assert m, f"{text!r} is not a size"
+    unit = m.group(2) if case else m.group(2).lower()
+    assert unit in units, f"{text!r}: unit {m.group(2)!r}"
+    return int(m.group(1)) * units[unit]
+
+
+def cluster_values() -> dict[str, Any]:
+    return yaml.safe_load((PROD_CLUSTER / "redis-cluster-values.yaml").read_text())
+
+
+def redis_conf(text: str) -> dict[str, str]:
+    """redis.conf lines (directive, then the rest; the last one wins, as in Redis)."""
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        if line.strip() and not line.strip().startswith("#"):
+            key, _, value = line.strip().partition(" ")
+            out[key.lower()] = value.strip()
+    return out
+
+
+def cluster_release() -> dict[str, str]:
+    """The helm install of the chart, as README.md gives it; the values file agrees."""
+    readme = HELM_INSTALL.search((PROD_CLUSTER / "README.md").read_text().replace("`", " "))
+    assert readme, "README.md: no `helm install ... redis-cluster ...`"
+    header = HELM_INSTALL.search((PROD_CLUSTER / "redis-cluster-values.yaml").read_text())
+    assert header, "redis-cluster-values.yaml: no `helm install` in its header"
+    assert readme.groupdict() == header.groupdict()
+    return readme.groupdict()
+
+
+def cluster_pod_labels(values: dict[str, Any], release: str) -> dict[str, str]:
+    """What the chart puts on its Redis pods (and selects them by)."""
+    return {
+        "app.kubernetes.io/name": values.get("nameOverride") or CLUSTER_CHART,
+        "app.kubernetes.io/instance": release,
+    }
+
+
+def cluster_settings(docs: list[dict[str, Any]], service: str) -> Settings:
+    """The settings a service gets from the rendered ConfigMap (the Secret aside)."""
+    (c,) = pod_spec(named(docs, "Deployment", service))["containers"]
+    known = settings_env_names()
+    env = {k: v for k, v in env_of(docs, c).items() if k in known and v is not None}
+    return Settings(**{k.removeprefix("LINGUA_").lower(): v for k, v in env.items()})
+
+
+def test_prod_cluster_switches_the_services_to_a_cluster(
+    prod: list[dict[str, Any]], prod_cluster: list[dict[str, Any]]
+) -> None:
+    """Cluster client, WAIT and cells on every service; the rest of prod's config kept."""
+    for name in SERVICES:
+        settings = cluster_settings(prod_cluster, name)
+        assert settings.redis_cluster is True, name
+        assert settings.redis_wait_replicas >= 1, name
+        cells = settings.cell_map()  # InvalidCells on an unreadable entry
+        assert cells.several, f"{name}: one cell"
+        for cell in cells.names:
+            assert cells.ladder(cell)[0] == cell and len(cells.ladder(cell)) > 1, cell
+    # everything else as in prod, which runs one Redis and one cell
+    (prod_gateway,) = pod_spec(named(prod, "Deployment", "gateway"))["containers"]
+    (cluster_gateway,) = pod_spec(named(prod_cluster, "Deployment", "gateway"))["containers"]
+    prod_env = env_of(prod, prod_gateway)
+    cluster_env = env_of(prod_cluster, cluster_gateway)
+    changed = {k for k, v in prod_env.items() if cluster_env.get(k) != v}
+    assert not changed, f"prod settings changed: {changed}"
+    assert "LINGUA_REDIS_CLUSTER" not in prod_env and "LINGUA_CELLS" not in prod_env
+
+
+def test_prod_cluster_redis_values(prod_cluster: list[dict[str, Any]]) -> None:
+    """The chart values: masters x (1 + replicas) nodes, enough replicas for WAIT to survive a
+    failover, AOF and noeviction, a failover inside the gateways' liveness TTL, one pod per
+    Kubernetes node, one drained at a time, credentials from an existing Secret."""
+    values = cluster_values()
+    settings = cluster_settings(prod_cluster, "dispatcher")
+    nodes, replicas = values["cluster"]["nodes"], values["cluster"]["replicas"]
+    assert nodes % (1 + replicas) == 0, "nodes = masters x (1 + replicas)"
+    assert nodes // (1 + replicas) >= 3, "a Redis Cluster needs 3 masters"
+    # WAIT n answers once n replicas hold the writes: a master must keep n replicas while
+    # one of its pods is away (failed, drained, or promoted)
+    wait = settings.redis_wait_replicas
+    assert replicas >= wait + 1, f"WAIT {wait} needs {wait + 1} replicas per master"
+    pdb = values["pdb"]
+    assert pdb["create"] is True and not pdb.get("minAvailable")
+    assert 1 <= int(pdb["maxUnavailable"]) <= replicas - wait
+
+    redis = values["redis"]
+    assert redis["useAOFPersistence"] == "yes"
+    conf = redis_conf(redis["configmap"])
+    assert conf["appendonly"] == "yes"
+    assert conf["maxmemory-policy"] == "noeviction"
+    limit = _bytes(redis["resources"]["limits"]["memory"], K8S_UNITS, case=True)
+    assert _bytes(conf["maxmemory"], REDIS_UNITS, case=False) < limit
+    # a failover takes the node timeout and a second or two: the nodes ride it out only
+    # while their gateways' liveness lasts
+    timeout_ms = int(conf["cluster-node-timeout"])
+    assert 1_000 <= timeout_ms <= settings.gateway_liveness_ttl_ms - 2_000, timeout_ms
+    assert conf.get("cluster-require-full-coverage") == "no", "one cell down stops all"
+
+    assert values["persistence"]["enabled"] is True
+    assert redis["podAntiAffinityPreset"] == "hard"
+    for section in (redis, values["metrics"], values["updateJob"]):
+        resources = section["resources"]
+        assert {"cpu", "memory"} <= set(resources["requests"]) and resources["limits"]["memory"]
+    # the namespace enforces the restricted Pod Security level: no root init containers
+    assert values.get("containerSecurityContext", {}).get("enabled", True) is True
+    for section in ("volumePermissions", "sysctlImage"):
+        assert values.get(section, {}).get("enabled", False) is False, section
+
+    assert values["usePassword"] is True and values["existingSecret"]
+    assert not values.get("password"), "the password comes from the existing Secret"
+    readme = (PROD_CLUSTER / "README.md").read_text()
+    assert values["existingSecret"] in readme and values["existingSecretPasswordKey"] in readme
+    assert values["networkPolicy"]["enabled"] is False, "the overlay's policy admits"
+
+
+def test_prod_cluster_images_are_mirrored_and_pinned(prod_cluster: list[dict[str, Any]]) -> None:
+    values = cluster_values()
+    registry = values["global"]["imageRegistry"]
+    gateway = named(prod_cluster, "Deployment", "gateway")
+    assert registry == pod_spec(gateway)["containers"][0]["image"].split("/")[0]
+    # the chart refuses images of another registry unless told
+    assert values["global"]["security"]["allowInsecureImages"] is True
+    for image in (values["image"], values["metrics"]["image"]):
+        ref = f"{registry}/{image['repository']}:{image['tag']}"
+        assert image_pin_problem(ref) is None, ref
+    assert re.fullmatch(r"\d+\.\d+\.\d+", cluster_release()["version"]), "chart not pinned"
+
+
+def test_prod_cluster_readme_names_the_release_its_service_and_the_cells_slots(
+    prod_cluster: list[dict[str, Any]],
+) -> None:
+    release = cluster_release()
+    values = cluster_values()
+    assert (PROD_CLUSTER / release["values"]).is_file()
+    (namespace,) = [d["metadata"]["name"] for d in of_kind(prod_cluster, "Namespace")]
+    assert release["namespace"] == namespace
+    readme = (PROD_CLUSTER / "README.md").read_text()
+    # the URL names the chart's Service (its full name), the client port and database 0
+    name = values.get("nameOverride") or CLUSTER_CHART
+    service = release["release"] if name in release["release"] else f"{release['release']}-{name}"
+    urls = [urlsplit(u) for u in re.findall(r"redis://[^\s`]+", readme)]
+    assert urls, "README.md: no redis:// URL"
+    for url in urls:
+        assert (url.hostname, url.port, url.path) == (service, CLUSTER_PORTS["redis"], "/0"), url
+    # each cell of the example is one slot; README.md says which
+    cells = cluster_settings(prod_cluster, "gateway").cell_map()
+    for cell in cells.names:
+        slot = key_slot(f"{{{cell}}}".encode())
+        assert re.search(rf"`\{{{re.escape(cell)}\}}`[^`]*?\b{slot}\b", readme), (cell, slot)
+
+
+def test_prod_cluster_redis_pods_are_the_ones_the_policies_admit(
+    prod_cluster: list[dict[str, Any]],
+) -> None:
+    """The services reach every Redis node on the client port; the Redis pods reach each
+    other on it and on the cluster bus; nothing else reaches either."""
+    values = cluster_values()
+    labels = cluster_pod_labels(values, cluster_release()["release"])
+    ports = {**CLUSTER_PORTS, **values.get("redis", {}).get("containerPorts", {})}
+    redis = {"spec": {"template": {"metadata": {"labels": labels}}}}
+    for name in SERVICES:
+        w = named(prod_cluster, "Deployment", name)
+        assert _reaches(prod_cluster, w, redis, ports["redis"]), f"{name} -> redis cluster"
+        assert not _reaches(prod_cluster, w, redis, ports["bus"]), f"{name} -> cluster bus"
+    assert _reaches(prod_cluster, redis, redis, ports["redis"])
+    assert _reaches(prod_cluster, redis, redis, ports["bus"])
+    stranger = {"spec": {"template": {"metadata": {"labels": {"app": "something-else"}}}}}
+    for port in ports.values():
+        assert not _reaches(prod_cluster, stranger, redis, port)
+    # another release of the chart is not admitted as a cluster peer
+    other = {**labels, "app.kubernetes.io/instance": "someone-else"}
+    peer = {"spec": {"template": {"metadata": {"labels": other}}}}
+    assert not _reaches(prod_cluster, peer, redis, ports["bus"])
