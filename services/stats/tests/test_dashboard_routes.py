@@ -10,7 +10,7 @@ import httpx
 from fastapi import FastAPI
 
 from lingua_shared.settings import Settings
-from lingua_stats.dashboard import STATIC_DIR, add_dashboard_routes
+from lingua_stats.dashboard import STATIC_DIR, add_dashboard_routes, render_page
 
 
 def make_app(cell: str = "main") -> FastAPI:
@@ -47,10 +47,13 @@ async def test_nothing_refers_outside_the_service():
 
 
 async def test_cell_name_is_escaped_and_routes_stay_out_of_the_schema():
-    app = make_app(cell='<script>alert("x")</script>')
+    # Settings only take cell labels (a-z 0-9 _ . -); the page escapes the names all the same
+    page = render_page(['<script>alert("x")</script>'])
+    assert "<script>alert" not in page and "&lt;script&gt;alert" in page
+    app = make_app(cell="eu-1")
     async with client(app) as c:
         text = (await c.get("/")).text
-    assert "<script>alert" not in text and "&lt;script&gt;alert" in text
+    assert "cell eu-1</span>" in text and "{{" not in text
     assert app.openapi()["paths"] == {}
     routes = [r for r in app.routes if getattr(r, "path", "") in ("/", "/static/{name}")]
     assert len(routes) == 2

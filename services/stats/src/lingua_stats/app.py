@@ -1,7 +1,8 @@
 """The stats app: ``create_app(settings)`` with a lifespan that owns every resource.
 
 ``/api/v1/pools`` and ``/api/v1/nodes`` read Redis live at each request (N8: the pool view
-is never cached). ``/api/v1/stats`` returns the latest background snapshot (S1) and never
+is never cached), every configured cell (:mod:`lingua_stats.cells`), each entry naming its
+cell. ``/api/v1/stats`` returns the latest background snapshot (S1, every cell too) and never
 walks the state: the lifespan builds the first snapshot before it yields (Redis only; the
 catalog cache (S2) starts after it, so a hub outage cannot delay or fail start-up), and
 ``/readyz`` answers ready only once a snapshot exists. No bus consumers, so ``/readyz``
@@ -12,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from fastapi import FastAPI
@@ -23,11 +24,11 @@ from lingua_shared.errors import DependencyDown
 from lingua_shared.httpserve import add_health_routes
 from lingua_shared.keys import Keys
 from lingua_shared.logs import get_logger
-from lingua_shared.poolview import NodeView, PoolView, read_nodes, read_pool_view
 from lingua_shared.protocol import ErrorMessage
 from lingua_shared.runtime import Infra, bounded, now_ms
 from lingua_shared.settings import Settings
 from lingua_stats.catalog import CatalogCache
+from lingua_stats.cells import CellNodeView, CellPoolView, read_all_nodes, read_pool_views
 from lingua_stats.dashboard import add_dashboard_routes
 from lingua_stats.metrics import Metrics
 from lingua_stats.snapshot import SnapshotService
@@ -71,13 +72,15 @@ def create_app(settings: Settings) -> FastAPI:
 
     app = FastAPI(title="lingua stats", lifespan=lifespan)
 
-    async def live(view: str, read: Callable[[Any, Keys, int], Awaitable[T]]) -> T | JSONResponse:
+    async def live(
+        view: str, read: Callable[[Any, Sequence[Keys], int], Awaitable[T]]
+    ) -> T | JSONResponse:
         infra = state.get("infra")
         if infra is None:
             return JSONResponse(DependencyDown("not started").to_message().to_wire(), 503)
         start = time.perf_counter()
         try:
-            result = await read(infra.redis, infra.keys, now_ms())
+            result = await read(infra.redis, [c.keys for c in infra.every_cell()], now_ms())
         except RedisError as exc:
             metrics.reads.labels(view, "redis_error").inc()
             log.warning("stats.read_failed", view=view, error=repr(exc))
@@ -100,15 +103,17 @@ def create_app(settings: Settings) -> FastAPI:
         503: {"model": ErrorMessage, "description": "DEPENDENCY_DOWN: Redis or a snapshot missing"}
     }
 
-    @app.get("/api/v1/pools", response_model=PoolView, responses=unavailable)
-    async def pools() -> PoolView | JSONResponse:
-        """Pools, their shards and members, read live from Redis (S3; never cached, N8)."""
-        return await live("pools", read_pool_view)
+    @app.get("/api/v1/pools", response_model=CellPoolView, responses=unavailable)
+    async def pools() -> CellPoolView | JSONResponse:
+        """Pools, their shards and members, read live from Redis (S3; never cached, N8): every
+        cell, the default first, each group naming its cell; node counts total the cells."""
+        return await live("pools", read_pool_views)
 
-    @app.get("/api/v1/nodes", response_model=list[NodeView], responses=unavailable)
-    async def nodes() -> list[NodeView] | JSONResponse:
-        """Every registered node, connected vs schedulable, read live from Redis."""
-        return await live("nodes", read_nodes)
+    @app.get("/api/v1/nodes", response_model=list[CellNodeView], responses=unavailable)
+    async def nodes() -> list[CellNodeView] | JSONResponse:
+        """Every registered node, connected vs schedulable, read live from Redis: every cell,
+        the default first, each cell's nodes by id, each naming its cell."""
+        return await live("nodes", read_all_nodes)
 
     @app.get("/api/v1/stats", response_model=Snapshot, responses=unavailable)
     async def stats() -> Response:

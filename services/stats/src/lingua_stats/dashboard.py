@@ -4,18 +4,21 @@ Everything the page needs is packaged in ``static/`` and read once at start-up; 
 fetched from elsewhere (no CDN), and a Content-Security-Policy of ``'self'`` makes the browser
 refuse anything else. The page polls ``/api/v1/stats`` (the background snapshot, S1) and
 ``/api/v1/nodes`` (live, so a node going offline shows within one poll) every 2 s, and falls
-back to the live ``/api/v1/pools`` while no snapshot is available.
+back to the live ``/api/v1/pools`` while no snapshot is available. The page names the cells it
+shows (``LINGUA_CELLS``, the default first) and, when there are several, lists them in a table.
 """
 
 from __future__ import annotations
 
 import html
+from collections.abc import Sequence
 from pathlib import Path
 
 from fastapi import FastAPI, HTTPException
 from fastapi.responses import HTMLResponse, Response
 
 from lingua_shared.settings import Settings
+from lingua_stats.cells import cell_order
 
 STATIC_DIR = Path(__file__).parent / "static"
 ASSETS = {"app.js": "text/javascript", "style.css": "text/css"}
@@ -30,10 +33,16 @@ HEADERS = {
 }
 
 
+def render_page(cells: Sequence[str]) -> str:
+    """The page, naming ``cells`` (escaped: the page never takes markup from settings)."""
+    page = (STATIC_DIR / "index.html").read_text(encoding="utf-8")
+    page = page.replace("{{cells_word}}", "cells" if len(cells) > 1 else "cell")
+    return page.replace("{{cell}}", html.escape(", ".join(cells)))
+
+
 def add_dashboard_routes(app: FastAPI, settings: Settings) -> None:
     """``GET /`` (the page) and ``GET /static/{name}`` (its script and style sheet)."""
-    page = (STATIC_DIR / "index.html").read_text(encoding="utf-8")
-    page = page.replace("{{cell}}", html.escape(settings.cell))
+    page = render_page(cell_order(settings.cell_map()))
     assets = {name: (STATIC_DIR / name).read_bytes() for name in ASSETS}
 
     @app.get(

@@ -1,14 +1,20 @@
 """Build the dashboard snapshot (requirement S1) from Redis alone.
 
 :func:`build_snapshot` is the only place that walks the state for the dashboard; it runs in
-the background (:class:`~lingua_stats.snapshot_service.SnapshotService`), never per request
-(P5). Nodes and pools are totalled inside Redis (:mod:`lingua_stats.snapshot_read`) with the
-live views' definitions (:mod:`lingua_shared.poolview`), so the snapshot and
-``/api/v1/pools`` never disagree on what "schedulable" means; the rest is one pipelined round
-trip: the last ``stats_window_s`` per-second hashes the dispatchers flush
-(``lingua_dispatcher.stats_recorder``), the selection counters, the recent errors and the
-active-session index. :class:`SnapshotService` rebuilds it every ``stats_interval_s`` and
-keeps the latest good one, already serialized, so a request only copies bytes.
+the background (:class:`SnapshotService`), never per request (P5). Nodes and pools are
+totalled inside Redis (:mod:`lingua_stats.snapshot_read`) with the live views' definitions
+(:mod:`lingua_shared.poolview`), so the snapshot and ``/api/v1/pools`` never disagree on
+what "schedulable" means; the rest is one pipelined round trip: the last ``stats_window_s``
+per-second hashes the dispatchers flush (``lingua_dispatcher.stats_recorder``), the selection
+counters, the recent errors, the active-session index and the fallback counters.
+:class:`SnapshotService` rebuilds it every ``stats_interval_s`` and keeps the latest good one,
+already serialized, so a request only copies bytes.
+
+Every configured cell (``LINGUA_CELLS``) is read that way
+(:func:`lingua_stats.snapshot_read.read_cell`, at most ``lingua_stats.cells.CELL_READS`` cells
+at a time); the top-level figures total the cells, so a deployment of one cell sees what it
+always saw, and ``cells`` has one :class:`~lingua_stats.snapshot_model.CellSummary` per cell
+(regions, ladder, nodes, pools, sessions, jobs, fallbacks out and in).
 
 No single bad record stops a build: a node record, pool index entry or counter that does not
 hold what the scripts write is skipped, counted in ``invalid_records`` (and the
@@ -20,28 +26,32 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import math
 import time
-from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any
+from collections import Counter, defaultdict
+from collections.abc import Callable, Mapping, Sequence
 
+from lingua_shared.cells import CellMap
+from lingua_shared.keys import Keys
 from lingua_shared.logs import get_logger
-from lingua_shared.poolview import wrong_type
 from lingua_shared.runtime import now_ms as wall_ms
 from lingua_shared.scripts import Scripts
 from lingua_shared.settings import Settings
+from lingua_stats.cells import cell_order, each_cell, regions_of
 from lingua_stats.metrics import Metrics
 from lingua_stats.snapshot_model import (
     CatalogView,
+    CellSummary,
     InvalidRecords,
     LatencySummary,
+    LoadSummary,
+    NodeRow,
+    NodeSummary,
     RecentError,
     SeriesPoint,
     Snapshot,
 )
-from lingua_stats.snapshot_read import read_node_rows, read_pool_summaries
+from lingua_stats.snapshot_read import RECENT_ERRORS, CellRead, load_ratio, read_cell
 
 log = get_logger(__name__)
 
@@ -49,35 +59,25 @@ log = get_logger(__name__)
 MAX_EXAMPLES = 10
 
 
-def _s(v: Any) -> str:
-    return v.decode(errors="replace") if isinstance(v, bytes) else str(v)
+def _invalid(reads: Sequence[CellRead]) -> InvalidRecords:
+    # with several cells, a node or pool entry is named with its cell (counter keys carry it)
+    several = len(reads) > 1
 
+    def named(r: CellRead, kind: str, ids: list[str]) -> list[str]:
+        return [f"{r.cell}/{kind}:{i}" if several else f"{kind}:{i}" for i in ids]
 
-def _counts(raw: Any, key: str, bad: list[str]) -> dict[str, int]:
-    """A counter hash; a field that is not an integer, or a key of another type, is skipped
-    and named in ``bad``."""
-    if wrong_type(raw):
-        bad.append(key)
-        return {}
-    out: dict[str, int] = {}
-    for k, v in raw.items():
-        try:
-            out[_s(k)] = int(v)
-        except ValueError:
-            bad.append(f"{key}/{_s(k)}")
-    return out
-
-
-def _invalid(nodes: list[str], shards: list[str], counters: list[str]) -> InvalidRecords:
+    nodes = [n for r in reads for n in named(r, "node", r.bad_nodes)]
+    shards = [s for r in reads for s in named(r, "pool", r.bad_shards)]
+    counters = [c for r in reads for c in r.bad_counters]
     # examples of every kind: taken in turn from each list
-    kinds = [[f"node:{n}" for n in nodes], [f"pool:{s}" for s in shards], counters]
-    named = [k[i] for i in range(MAX_EXAMPLES) for k in kinds if i < len(k)]
+    kinds = [nodes, shards, counters]
+    examples = [k[i] for i in range(MAX_EXAMPLES) for k in kinds if i < len(k)]
     return InvalidRecords(
         total=len(nodes) + len(shards) + len(counters),
         nodes=len(nodes),
         pool_shards=len(shards),
         counters=len(counters),
-        examples=[n[:120] for n in named[:MAX_EXAMPLES]],
+        examples=[n[:120] for n in examples[:MAX_EXAMPLES]],
     )
 
 
@@ -114,55 +114,103 @@ def _buckets(second: Mapping[str, int], prefix: str) -> Counter[int]:
     return out
 
 
-def _recent(raw: Iterable[Any]) -> list[RecentError]:
-    out: list[RecentError] = []
-    for item in raw:
-        try:
-            out.append(RecentError.model_validate(json.loads(item)))
-        except ValueError:
-            continue  # a malformed entry is display data: skip it, keep the rest
+def _by_count(counts: Mapping[str, int]) -> dict[str, int]:
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def _sum(maps: Sequence[Mapping[str, int]]) -> Counter[str]:
+    out: Counter[str] = Counter()
+    for m in maps:
+        out.update(m)
+    return out
+
+
+def _nodes(summaries: Sequence[NodeSummary]) -> NodeSummary:
+    """The node figures of several cells together."""
+    if len(summaries) == 1:
+        return summaries[0]
+    cap, run, res = (
+        sum(getattr(s.load, f) for s in summaries) for f in ("capacity", "running", "reserved")
+    )
+    return NodeSummary(
+        registered=sum(s.registered for s in summaries),
+        alive=sum(s.alive for s in summaries),
+        connected=sum(s.connected for s in summaries),
+        schedulable=sum(s.schedulable for s in summaries),
+        by_region=dict(sorted(_sum([s.by_region for s in summaries]).items())),
+        by_gpu_tier=dict(sorted(_sum([s.by_gpu_tier for s in summaries]).items())),
+        load=LoadSummary(
+            capacity=cap, running=run, reserved=res, utilization=load_ratio(cap, run, res)
+        ),
+    )
+
+
+def _rows(reads: Sequence[CellRead], limit: int) -> list[NodeRow]:
+    """At most ``limit`` rows of every cell, the least healthy first (not schedulable, then not
+    connected, each by id, then by cell), as each cell's list is ordered."""
+    if len(reads) == 1:
+        return reads[0].rows
+    rows = [row for r in reads for row in r.rows]
+    rows.sort(key=lambda row: (row.schedulable, row.connected, row.node_id))  # stable: cells
+    return rows[:limit]
+
+
+def _recent(reads: Sequence[CellRead]) -> list[RecentError]:
+    """Each cell's latest errors as pushed; with several cells, the newest of them all first."""
+    if len(reads) == 1:
+        return reads[0].recent
+    errors = [e for r in reads for e in r.recent]
+    errors.sort(key=lambda e: -e.ts_ms)
+    return errors[:RECENT_ERRORS]
+
+
+def _cells(cell_map: CellMap, reads: Sequence[CellRead], window: int) -> list[CellSummary]:
+    fallbacks_in: dict[str, Counter[str]] = defaultdict(Counter)
+    for r in reads:
+        for target, n in r.fallbacks.items():
+            fallbacks_in[target][r.cell] += n
+    out = []
+    for r in reads:
+        failed = sum(sec.get("failed", 0) for sec in r.seconds)
+        jobs = failed + sum(sec.get("done", 0) for sec in r.seconds)
+        out.append(
+            CellSummary(
+                name=r.cell,
+                default=r.cell == cell_map.default,
+                regions=regions_of(cell_map, r.cell),
+                ladder=list(cell_map.ladder(r.cell)),
+                nodes=r.nodes,
+                pools=len(r.pools),
+                sessions_active=r.sessions,
+                jobs=jobs,
+                failed=failed,
+                jobs_per_s=round(jobs / window, 3),
+                fallbacks_out=_by_count(r.fallbacks),
+                fallbacks_in=_by_count(fallbacks_in[r.cell]),
+            )
+        )
     return out
 
 
 async def build_snapshot(
     scripts: Scripts, settings: Settings, catalog_view: CatalogView, now_ms: int
 ) -> Snapshot:
-    """One snapshot of the state at ``now_ms`` (Redis errors propagate to the caller)."""
+    """One snapshot of every cell of ``settings`` at ``now_ms`` (``scripts`` on any cell's
+    keys: each cell is read through ``scripts.for_cell``); Redis errors propagate."""
     start = time.perf_counter()
-    redis, keys = scripts.redis, scripts.keys
-    rows, node_summary, bad_nodes = await read_node_rows(
-        redis, keys, scripts, now_ms, settings.stats_node_list_max
-    )
-    pools, bad_shards = await read_pool_summaries(redis, keys, scripts)
-
+    cell_map = settings.cell_map()
     window = max(1, int(settings.stats_window_s))
     now_s = now_ms // 1000
     seconds = list(range(now_s - window + 1, now_s + 1))
-    active_after = now_ms - int(settings.session_ttl_s * 1000)
-    async with redis.pipeline(transaction=False) as pipe:
-        for s in seconds:
-            pipe.hgetall(keys.stats_second(s))
-        pipe.hgetall(keys.exclusions)
-        pipe.hgetall(keys.unserved)
-        pipe.lrange(keys.recent_errors, 0, 49)
-        pipe.zremrangebyscore(keys.sessions_active, "-inf", active_after)
-        pipe.zcount(keys.sessions_active, f"({active_after}", "+inf")
-        replies = await pipe.execute(raise_on_error=False)
-    bad: list[str] = []
-    per_second = [
-        _counts(r, keys.stats_second(s), bad) for s, r in zip(seconds, replies, strict=False)
-    ]
-    exclusions, unserved, recent, _, sessions = replies[window:]
-    exclusions = _counts(exclusions, keys.exclusions, bad)
-    unserved = _counts(unserved, keys.unserved, bad)
-    if wrong_type(recent):
-        recent, bad = [], [*bad, keys.recent_errors]
-    if wrong_type(sessions):
-        sessions, bad = 0, [*bad, keys.sessions_active]
+    reads = await each_cell(
+        cell_order(cell_map),
+        lambda cell: read_cell(scripts.for_cell(Keys(cell)), settings, now_ms, seconds),
+    )
 
     totals: Counter[str] = Counter()
     series: list[SeriesPoint] = []
-    for s, sec in zip(seconds, per_second, strict=True):
+    for i, s in enumerate(seconds):
+        sec = _sum([r.seconds[i] for r in reads])
         totals.update(sec)
         series.append(
             SeriesPoint(
@@ -176,26 +224,29 @@ async def build_snapshot(
     pairs = {k[5:]: v for k, v in totals.items() if k.startswith("pair:")}
     errors = {k[4:]: v for k, v in totals.items() if k.startswith("err:")}
     finished = totals.get("done", 0) + totals.get("failed", 0)
+    cells = _cells(cell_map, reads, window)
 
     snapshot = Snapshot(
         generated_at_ms=now_ms,
         build_ms=0.0,
         window_s=window,
-        nodes=node_summary,
-        node_list=rows,
-        pools=pools,
-        sessions_active=int(sessions),
-        language_pairs=dict(sorted(pairs.items(), key=lambda kv: (-kv[1], kv[0]))),
+        nodes=_nodes([r.nodes for r in reads]),
+        node_list=_rows(reads, settings.stats_node_list_max),
+        pools=[p for r in reads for p in r.pools],
+        sessions_active=sum(r.sessions for r in reads),
+        language_pairs=_by_count(pairs),
         jobs_per_s=round(finished / window, 3),
         dispatch_latency=latency(_buckets(totals, "d:")),
         roundtrip_latency=latency(_buckets(totals, "r:")),
-        errors_by_code=dict(sorted(errors.items(), key=lambda kv: (-kv[1], kv[0]))),
-        recent_errors=_recent(recent),
-        exclusions=dict(sorted(exclusions.items())),
-        unserved=dict(sorted(unserved.items())),
+        errors_by_code=_by_count(errors),
+        recent_errors=_recent(reads),
+        exclusions=dict(sorted(_sum([r.exclusions for r in reads]).items())),
+        unserved=dict(sorted(_sum([r.unserved for r in reads]).items())),
         series=series,
         catalog=catalog_view,
-        invalid_records=_invalid(bad_nodes, bad_shards, bad),
+        invalid_records=_invalid(reads),
+        cells=cells,
+        fallbacks=sum(sum(c.fallbacks_out.values()) for c in cells),
     )
     snapshot.build_ms = round((time.perf_counter() - start) * 1000, 2)
     return snapshot

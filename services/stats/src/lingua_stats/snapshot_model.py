@@ -1,7 +1,9 @@
 """The dashboard snapshot (requirement S1): its shape, shared by the builder, the API and the page.
 
 Built in the background every ``LINGUA_STATS_INTERVAL_S`` from Redis; ``GET /api/v1/stats``
-returns the latest one and never walks the state.
+returns the latest one and never walks the state. It covers every cell (``LINGUA_CELLS``): the
+top-level figures total them, ``cells`` has one entry per cell, and every node row, pool and
+recent error names its cell.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ class NodeSummary(BaseModel):
 
 class NodeRow(BaseModel):
     node_id: str
+    cell: str = Field("", description="the cell the node is registered in")
     region: str
     gpu_tier: str
     lang_sets: list[list[str]]
@@ -48,6 +51,7 @@ class PoolSummary(BaseModel):
     langset: list[str]
     region: str
     gpu_tier: str
+    cell: str = Field("", description="the cell whose keys hold the pool")
     shards: int
     members: int
     schedulable: int
@@ -80,6 +84,7 @@ class RecentError(BaseModel):
     message: str
     session_id: str | None = None
     job_id: str | None = None
+    cell: str | None = Field(None, description="the cell whose stats:recent_errors held it")
 
 
 class CatalogView(BaseModel):
@@ -119,6 +124,29 @@ class InvalidRecords(BaseModel):
     )
 
 
+class CellSummary(BaseModel):
+    """One scheduling cell (``lingua_shared.cells``): what is mapped to it and what it holds."""
+
+    name: str
+    default: bool = Field(description="the cell of every region LINGUA_CELLS does not name")
+    regions: list[str] = Field(description='regions mapped to it ("*": every other region)')
+    ladder: list[str] = Field(description="the cell, then the cells its sessions fall back to")
+    nodes: NodeSummary
+    pools: int = Field(0, description="pools (language set x region x gpu tier) in the cell")
+    sessions_active: int = 0
+    jobs: int = Field(0, description="jobs finished (done + failed) in the window")
+    failed: int = Field(0, description="jobs failed in the window")
+    jobs_per_s: float = 0.0
+    fallbacks_out: dict[str, int] = Field(
+        default_factory=dict,
+        description="cell -> sessions of this cell placed there instead (stats:fallbacks, "
+        "counted since the hash was created)",
+    )
+    fallbacks_in: dict[str, int] = Field(
+        default_factory=dict, description="cell -> sessions of that cell placed here instead"
+    )
+
+
 class Snapshot(BaseModel):
     generated_at_ms: int
     build_ms: float
@@ -144,3 +172,8 @@ class Snapshot(BaseModel):
     series: list[SeriesPoint] = Field(default_factory=list)
     catalog: CatalogView = Field(default_factory=CatalogView)
     invalid_records: InvalidRecords = Field(default_factory=InvalidRecords)
+    cells: list[CellSummary] = Field(
+        default_factory=list,
+        description="every configured cell, the default first; the figures above total them",
+    )
+    fallbacks: int = Field(0, description="sessions placed outside their home cell, all cells")

@@ -13,6 +13,9 @@ Definitions are the live views': *connected* is the display view ``nodes:connect
 *schedulable* is "the record exists, ``connected = 1`` and status ``ready``" (what selection
 trusts).
 
+:func:`read_cell` is one cell's part of a snapshot build: these two reads, then one pipelined
+round trip for its counters, recent errors, active sessions and fallbacks.
+
 A corrupt entry never fails a read: an index entry that is not an id (``Keys.parse_shard_id``,
 the scripts' ``is_shard_id`` / ``is_node_id``), a key of another type or a record with a
 malformed field is skipped by the scripts and returned here by name, for the snapshot to
@@ -21,15 +24,25 @@ count (``invalid_records``).
 
 from __future__ import annotations
 
+import json
 from collections import Counter, defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 from redis.asyncio import Redis
 
 from lingua_shared.keys import InvalidShardId, Keys
-from lingua_shared.poolview import lang_sets_of
+from lingua_shared.poolview import lang_sets_of, wrong_type
 from lingua_shared.scripts import NodesSummary, Scripts, ShardSummary, nodes_summary, pools_summary
-from lingua_stats.snapshot_model import LoadSummary, NodeRow, NodeSummary, PoolSummary
+from lingua_shared.settings import Settings
+from lingua_stats.snapshot_model import (
+    LoadSummary,
+    NodeRow,
+    NodeSummary,
+    PoolSummary,
+    RecentError,
+)
 
 ROW_FIELDS = (
     "region",
@@ -44,6 +57,7 @@ ROW_FIELDS = (
 )
 NODE_BATCH = 500  # node records per nodes_summary / nodes_read call
 SHARD_BATCH = 4  # pool shards (at most 256 members each) per pools_summary call
+RECENT_ERRORS = 50  # the latest typed errors a snapshot shows
 
 
 def _str(v: bytes | None) -> str:
@@ -118,6 +132,7 @@ async def read_node_rows(
         rows.append(
             NodeRow.model_construct(
                 node_id=node_id,
+                cell=keys.cell,
                 region=_str(region),
                 gpu_tier=_str(tier),
                 lang_sets=lang_sets_of(lang_sets),
@@ -141,7 +156,7 @@ async def read_node_rows(
             capacity=cap_sum,
             running=run_sum,
             reserved=res_sum,
-            utilization=_load(cap_sum, run_sum, res_sum),
+            utilization=load_ratio(cap_sum, run_sum, res_sum),
         ),
     )
     return rows, summary, invalid
@@ -184,17 +199,121 @@ async def read_pool_summaries(
                 langset=langset.split("_"),
                 region=region,
                 gpu_tier=gpu,
+                cell=keys.cell,
                 shards=len(group),
                 members=sum(s.members for s in group),
                 schedulable=sum(s.schedulable for s in group),
                 capacity=cap,
                 running=run,
                 reserved=res,
-                load=_load(cap, run, res),
+                load=load_ratio(cap, run, res),
             )
         )
     return out, skipped
 
 
-def _load(capacity: int, running: int, reserved: int) -> float:
+def load_ratio(capacity: int, running: int, reserved: int) -> float:
+    """(running + reserved) / capacity, 0..1, rounded; 0 without capacity."""
     return round(min(1.0, (running + reserved) / capacity), 4) if capacity > 0 else 0.0
+
+
+def _s(v: Any) -> str:
+    return v.decode(errors="replace") if isinstance(v, bytes) else str(v)
+
+
+def counts(raw: Any, key: str, bad: list[str]) -> dict[str, int]:
+    """A counter hash; a field that is not an integer, or a key of another type, is skipped
+    and named in ``bad``."""
+    if wrong_type(raw):
+        bad.append(key)
+        return {}
+    out: dict[str, int] = {}
+    for k, v in raw.items():
+        try:
+            out[_s(k)] = int(v)
+        except ValueError:
+            bad.append(f"{key}/{_s(k)}")
+    return out
+
+
+def recent_errors(raw: Iterable[Any], cell: str) -> list[RecentError]:
+    out: list[RecentError] = []
+    for item in raw:
+        try:
+            error = RecentError.model_validate(json.loads(item))
+        except ValueError:
+            continue  # a malformed entry is display data: skip it, keep the rest
+        error.cell = cell
+        out.append(error)
+    return out
+
+
+@dataclass
+class CellRead:
+    """One cell's part of a snapshot build: what its keys hold, read as the snapshot reads it."""
+
+    cell: str
+    rows: list[NodeRow]
+    nodes: NodeSummary
+    bad_nodes: list[str]  # node ids skipped as malformed
+    pools: list[PoolSummary]
+    bad_shards: list[str]  # pools:index entries skipped
+    seconds: list[dict[str, int]]  # the window's stats:sec:<s> counters, oldest first
+    exclusions: dict[str, int]
+    unserved: dict[str, int]
+    recent: list[RecentError]  # newest pushed first
+    sessions: int
+    fallbacks: dict[str, int]  # stats:fallbacks: cell -> sessions of this cell placed there
+    bad_counters: list[str]  # <key>/<field> of counters that are not integers, or <key>
+
+
+async def read_cell(
+    scripts: Scripts, settings: Settings, now_ms: int, seconds: Sequence[int]
+) -> CellRead:
+    """Everything a snapshot shows of the cell of ``scripts.keys``: nodes and pools (summed
+    inside Redis, above), then one pipelined round trip: the per-second job counters of
+    ``seconds``, the selection counters, the recent errors, the active sessions (older ones
+    trimmed) and the fallbacks counted by the gateways."""
+    redis, keys = scripts.redis, scripts.keys
+    rows, nodes, bad_nodes = await read_node_rows(
+        redis, keys, scripts, now_ms, settings.stats_node_list_max
+    )
+    pools, bad_shards = await read_pool_summaries(redis, keys, scripts)
+    active_after = now_ms - int(settings.session_ttl_s * 1000)
+    async with redis.pipeline(transaction=False) as pipe:
+        for s in seconds:
+            pipe.hgetall(keys.stats_second(s))
+        pipe.hgetall(keys.exclusions)
+        pipe.hgetall(keys.unserved)
+        pipe.lrange(keys.recent_errors, 0, RECENT_ERRORS - 1)
+        pipe.zremrangebyscore(keys.sessions_active, "-inf", active_after)
+        pipe.zcount(keys.sessions_active, f"({active_after}", "+inf")
+        pipe.hgetall(keys.fallbacks)
+        replies = await pipe.execute(raise_on_error=False)
+    bad: list[str] = []
+    per_second = [
+        counts(r, keys.stats_second(s), bad) for s, r in zip(seconds, replies, strict=False)
+    ]
+    exclusions, unserved, recent, _, sessions, fallbacks = replies[len(seconds) :]
+    exclusions = counts(exclusions, keys.exclusions, bad)
+    unserved = counts(unserved, keys.unserved, bad)
+    if wrong_type(recent):
+        recent, bad = [], [*bad, keys.recent_errors]
+    if wrong_type(sessions):
+        sessions, bad = 0, [*bad, keys.sessions_active]
+    fallbacks = counts(fallbacks, keys.fallbacks, bad)
+    return CellRead(
+        cell=keys.cell,
+        rows=rows,
+        nodes=nodes,
+        bad_nodes=bad_nodes,
+        pools=pools,
+        bad_shards=bad_shards,
+        seconds=per_second,
+        exclusions=exclusions,
+        unserved=unserved,
+        recent=recent_errors(recent, keys.cell),
+        sessions=int(sessions),
+        fallbacks=fallbacks,
+        bad_counters=bad,
+    )

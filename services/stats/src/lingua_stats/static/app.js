@@ -2,7 +2,9 @@
 // elsewhere. Every 2 s it reads /api/v1/stats (the background snapshot) and /api/v1/nodes
 // (live, so a node going offline shows at the next poll); while no snapshot is served it
 // falls back to the live /api/v1/pools. All text goes in through textContent: node ids and
-// error messages come from outside and are never parsed as HTML.
+// error messages come from outside and are never parsed as HTML. With several scheduling cells
+// (LINGUA_CELLS) it shows a table of the cells, a cell column in the nodes table and the cell
+// of each pool in the heatmap; with one cell the page is as it always was.
 "use strict";
 (() => {
   const POLL_MS = 2000;
@@ -56,6 +58,12 @@
     }
   }
 
+  const countText = (obj) => {
+    const entries = Object.entries(obj && typeof obj === "object" ? obj : {})
+      .filter(([, v]) => typeof v === "number").sort((a, b) => b[1] - a[1] || a[0].localeCompare(b[0]));
+    return entries.length ? entries.map(([k, v]) => `${k} × ${v}`).join(", ") : "-";
+  };
+
   function countRows(tbody, obj, testid) {
     const entries = Object.entries(obj && typeof obj === "object" ? obj : {})
       .filter(([, v]) => typeof v === "number").sort((a, b) => b[1] - a[1] || a[0].localeCompare(b[0]));
@@ -93,13 +101,39 @@
     }
   }
 
+  // -- cells (only when there are several) ---------------------------------------------
+  let severalCells = false;
+
+  function setSeveralCells(several) {
+    severalCells = several;
+    document.body.classList.toggle("multi-cell", several);
+    $("cells").hidden = !several;
+  }
+
+  function renderCells(cells) {
+    const list = Array.isArray(cells) ? cells.filter((c) => c && typeof c === "object") : [];
+    const names = (v) => (Array.isArray(v) && v.length ? v.map(String) : null);
+    fillRows($("cell-rows"), list.map((c) => {
+      const n = c.nodes || {};
+      return el("tr", { "data-testid": "cell-row", "data-cell": c.name },
+        el("td", { class: "id" }, c.name), el("td", {}, (names(c.regions) || ["-"]).join(", ")),
+        el("td", {}, (names(c.ladder) || ["-"]).join(" > ")),
+        el("td", { class: "num", "data-testid": "cell-nodes" }, `${num(n.connected)} / ${num(n.registered)}`),
+        el("td", { class: "num" }, num(n.schedulable)), el("td", { class: "num" }, num(c.pools)),
+        el("td", { class: "num", "data-testid": "cell-sessions" }, num(c.sessions_active)),
+        el("td", { class: "num" }, num(c.jobs_per_s).toFixed(2)),
+        el("td", { "data-testid": "cell-fallbacks-out" }, countText(c.fallbacks_out)),
+        el("td", { "data-testid": "cell-fallbacks-in" }, countText(c.fallbacks_in)));
+    }), 10);
+  }
+
   // -- pool heatmap --------------------------------------------------------------------
   // One shape for both sources: the snapshot's PoolSummary, or a PoolView group summed here.
   function poolsFromView(view) {
     return ((view && view.groups) || []).map((g) => {
       const shards = Array.isArray(g.shards) ? g.shards : [];
       const members = shards.flatMap((s) => s.members || []);
-      const p = { langset: g.langset || [], region: g.region, gpu_tier: g.gpu_tier,
+      const p = { langset: g.langset || [], region: g.region, gpu_tier: g.gpu_tier, cell: g.cell,
         shards: shards.length, members: members.length,
         schedulable: members.filter((m) => m.schedulable).length,
         capacity: 0, running: 0, reserved: 0 };
@@ -121,7 +155,7 @@
     const box = $("heatmap");
     if (!pools.length) { box.replaceChildren(el("p", { class: "empty" }, "no pools")); return; }
     const setKey = (p) => (Array.isArray(p.langset) ? p.langset.join("+") : String(p.langset));
-    const colKey = (p) => `${p.region || "?"} / ${p.gpu_tier || "?"}`;
+    const colKey = (p) => `${severalCells ? `${p.cell || "?"}: ` : ""}${p.region || "?"} / ${p.gpu_tier || "?"}`;
     const rows = [...new Set(pools.map(setKey))].sort();
     const cols = [...new Set(pools.map(colKey))].sort();
     const at = new Map(pools.map((p) => [`${setKey(p)}|${colKey(p)}`, p]));
@@ -132,7 +166,7 @@
       const load = Math.round(100 * num(p.load));
       const td = el("td", {
         class: "pool", "data-testid": "pool-cell",
-        "data-pool": `${(p.langset || []).join("_")}:${p.region}:${p.gpu_tier}`,
+        "data-pool": `${(p.langset || []).join("_")}:${p.region}:${p.gpu_tier}`, "data-cell": p.cell,
         title: `${r} @ ${c}\nload ${load}%\ncapacity ${num(p.capacity)}, reserved ${num(p.reserved)}, ` +
           `running ${num(p.running)}\nmembers ${num(p.members)} (schedulable ${num(p.schedulable)}), ` +
           `shards ${num(p.shards)}`,
@@ -147,20 +181,22 @@
 
   // -- nodes table ---------------------------------------------------------------------
   function renderNodes(nodes) {
-    const list = [...nodes].sort((a, b) => String(a.node_id).localeCompare(String(b.node_id)));
+    const list = [...nodes].sort((a, b) => String(a.node_id).localeCompare(String(b.node_id)) ||
+      String(a.cell || "").localeCompare(String(b.cell || "")));
     fillRows($("node-rows"), list.map((n) => {
       const flag = (b, testid) => el("td", { class: b ? "yes" : "no", "data-testid": testid }, yesNo(b));
       return el("tr", {
-        "data-testid": "node-row", "data-node-id": n.node_id,
+        "data-testid": "node-row", "data-node-id": n.node_id, "data-cell": n.cell,
         "data-connected": yesNo(n.connected), "data-schedulable": yesNo(n.schedulable),
       },
-      el("td", { class: "id" }, n.node_id), flag(n.connected, "node-connected"),
+      el("td", { class: "id" }, n.node_id), el("td", { class: "cell-col" }, n.cell || "-"),
+      flag(n.connected, "node-connected"),
       flag(n.schedulable, "node-schedulable"), el("td", {}, n.status || (n.alive === false ? "gone" : "-")),
       el("td", {}, n.region || "-"), el("td", {}, n.gpu_tier || "-"), el("td", {}, langs(n.lang_sets)),
       el("td", { class: "num" }, `${num(n.running)}+${num(n.reserved)} / ${num(n.capacity)}`),
       el("td", { class: "num" }, age(n.last_heartbeat_age_ms)),
       el("td", { class: "num" }, age(n.ttl_remaining_ms)), el("td", {}, n.gateway_id || "-"));
-    }), 11);
+    }), 12);
   }
 
   // -- jobs and latency chart ----------------------------------------------------------
@@ -220,7 +256,7 @@
     $("errors-by-code").replaceChildren(...chips.map(([code, n]) =>
       el("span", { class: "chip bad", "data-testid": "error-code", "data-code": code }, `${code} × ${n}`)));
     const recent = Array.isArray(snap.recent_errors) ? snap.recent_errors.slice(0, 20) : [];
-    fillRows($("error-rows"), recent.map((e) => el("tr", { "data-testid": "error-row", "data-code": e.code },
+    fillRows($("error-rows"), recent.map((e) => el("tr", { "data-testid": "error-row", "data-code": e.code, "data-cell": e.cell },
       el("td", { class: "num" }, clock(e.ts_ms)), el("td", { class: "code" }, e.code),
       el("td", { class: "msg" }, e.message), el("td", { class: "id" }, e.session_id || "-"),
       el("td", { class: "id" }, e.job_id || "-"))), 5);
@@ -257,6 +293,11 @@
         if (view.ok) pools = poolsFromView(view.data);
       }
       if (!liveNodes && snap && Array.isArray(snap.node_list)) liveNodes = snap.node_list;
+      if (snap && Array.isArray(snap.cells)) {
+        setSeveralCells(snap.cells.length > 1);
+      } else if (liveNodes) {
+        setSeveralCells(new Set(liveNodes.map((n) => n.cell).filter(Boolean)).size > 1 || severalCells);
+      }
       if (!snap && !liveNodes && !pools) {
         setStatus(`waiting for data (stats service ${stats.error || `answered ${stats.status}`})`, "waiting");
         return;
@@ -265,6 +306,7 @@
       if (pools) renderHeatmap(pools);
       if (liveNodes) renderNodes(liveNodes);
       if (snap) {
+        if (severalCells) renderCells(snap.cells);
         renderChart(snap.series);
         renderErrors(snap);
         countRows($("exclusion-rows"), snap.exclusions, "exclusion-row");
