@@ -4,7 +4,7 @@ PY := .venv/bin/python
 NODES ?= 12
 SERVICE ?= gateway
 
-.PHONY: install services up down status restart restart-probe demo test test-cluster cluster-up cluster-down test-unit test-integration bench bench-quick bench-scripts lint images
+.PHONY: install services up down status restart restart-probe demo test test-cluster cluster-up cluster-down test-unit test-integration bench bench-quick bench-cells bench-scripts lint images
 
 install:            ## uv + the workspace in .venv
 	@bash scripts/bootstrap.sh
@@ -54,6 +54,9 @@ bench: install services ## every benchmark scenario (<= 25 min): bench/results/l
 
 bench-quick: install services ## the same scenarios for a few seconds each (smoke run)
 	@$(PY) -m lingua_bench --quick
+
+bench-cells: install ## Redis load of one cell vs three cells on a 3-master cluster: bench/results/cells-*.json
+	@$(PY) -m lingua_bench.cells_capacity --seconds 8 --out bench/results/cells-$$(date -u +%Y-%m-%d).json
 
 bench-scripts: install services ## node-script and stats-snapshot figures: bench/results/scripts.json
 	@$(PY) scripts/bench.py
