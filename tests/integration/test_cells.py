@@ -5,8 +5,9 @@ A local cluster of three masters (one replica each), the replicated stack with
 region us in cell us, and each cell's keys sit on its own master. A session of region eu is
 scheduled in eu; one whose pair no eu node covers falls back to us; one that names no region
 takes its gateway's (``LINGUA_GATEWAY_REGION=us``); one that arrives while every eu node is
-busy falls back to us too. Each fall-back is counted in the home cell (``stats:fallbacks``)
-and shown by the stats API."""
+busy falls back to us too; and a session of us whose pair only eu covers falls back to eu.
+Each fall-back is counted in the home cell (``stats:fallbacks``) and shown by the stats
+API."""
 
 from __future__ import annotations
 
@@ -111,8 +112,8 @@ async def test_two_cells_serve_their_regions_and_fall_back(
 ) -> None:
     busy = Tagged(hold=3.0)
     nodes = [
-        # eu covers zh<->en only, with one slot; us covers en, ja and zh
-        node(cells_stack, "node-eu", busy, region="eu", lang_sets=[["en", "zh"]], capacity=1),
+        # eu covers de, en and zh, with one slot; us covers en, ja and zh
+        node(cells_stack, "node-eu", busy, region="eu", lang_sets=[["de", "en", "zh"]], capacity=1),
         node(cells_stack, "node-us", Tagged(), region="us", lang_sets=[["en", "ja", "zh"]]),
     ]
     url = session_url(cells_stack)
@@ -138,15 +139,20 @@ async def test_two_cells_serve_their_regions_and_fall_back(
                 assert await answered_by(ws4, s4) == "node-us"
             (first,) = await answers(ws1, 1, timeout=15)
             assert first["text_translated"] == "node-eu #0", first
+            # us has no node for de: a us session (the gateway's region) falls back to eu
+            ws5, s5 = await session(url, "de", "en")
+            async with ws5:
+                assert await answered_by(ws5, s5) == "node-eu"
 
         # every session's record is in the cell it was placed in
-        assert await cluster_redis.exists(EU.session(s1)) == 1
+        for sid in (s1, s5):
+            assert await cluster_redis.exists(EU.session(sid)) == 1, sid
         for sid in (s2, s3, s4):
             assert await cluster_redis.exists(US.session(sid)) == 1, sid
             assert await cluster_redis.exists(EU.session(sid)) == 0, sid
-        # two sessions of eu went to us; none of us went anywhere else
+        # two sessions of eu went to us, one of us to eu
         assert await cluster_redis.hgetall(EU.fallbacks) == {b"us": b"2"}
-        assert await cluster_redis.hgetall(US.fallbacks) == {}
+        assert await cluster_redis.hgetall(US.fallbacks) == {b"eu": b"1"}
 
         # the stats API shows both cells and the fall-backs
         base = cells_stack.procs["stats-1"].base_url
@@ -157,10 +163,14 @@ async def test_two_cells_serve_their_regions_and_fall_back(
             stats: dict[str, Any] = {}
             for _ in range(50):  # the snapshot is rebuilt in the background
                 stats = (await http.get("/api/v1/stats")).json()
-                if stats.get("fallbacks") == 2:
+                if stats.get("fallbacks") == 3:
                     break
                 await asyncio.sleep(0.2)
-            assert stats.get("fallbacks") == 2, json.dumps(stats)[:2000]
+            assert stats.get("fallbacks") == 3, json.dumps(stats)[:2000]
+            per_cell = {c["name"]: c for c in stats["cells"]}
+            assert per_cell["eu"]["fallbacks_out"] == {"us": 2}, per_cell
+            assert per_cell["us"]["fallbacks_out"] == {"eu": 1}, per_cell
+            assert per_cell["eu"]["ladder"] == ["eu", "us"], per_cell
 
     # each cell lives on one master, and the two cells on two different masters
     eu_master, us_master = cluster.master_of(EU.prefix), cluster.master_of(US.prefix)
