@@ -29,13 +29,17 @@ from lingua_shared.settings import Settings
 ROOT = Path(__file__).resolve().parent.parent
 
 
-async def wait_schedulable(redis: Redis, keys: Keys, count: int, timeout: float) -> list:
+async def wait_schedulable(
+    redis: Redis, cells: list[Keys], count: int, timeout: float
+) -> dict[str, list]:
+    """Each cell's nodes, once ``count`` are schedulable in all the cells together."""
     deadline = time.monotonic() + timeout
     nodes: list = []
     while time.monotonic() < deadline:
-        nodes = await read_nodes(redis, keys, now_ms())
+        by_cell = {k.cell: await read_nodes(redis, k, now_ms()) for k in cells}
+        nodes = [n for listed in by_cell.values() for n in listed]
         if sum(1 for n in nodes if n.schedulable) >= count:
-            return nodes
+            return by_cell
         await asyncio.sleep(0.25)
     raise TimeoutError(
         f"only {sum(1 for n in nodes if n.schedulable)} of {count} nodes became "
@@ -45,7 +49,9 @@ async def wait_schedulable(redis: Redis, keys: Keys, count: int, timeout: float)
 
 async def demo(count: int) -> int:
     settings = Settings()
-    keys = Keys(settings.cell)
+    cell_map = settings.cell_map()
+    cells = [Keys(c) for c in cell_map.names]
+    keys = Keys(cell_map.cell_of("eu"))  # the agent's region's cell
     redis = redis_client(settings.redis_url, cluster=settings.redis_cluster)
     agent_id = "demo-agent-1"
     # One real agent beside the simulated ones: it will leave gracefully at the end.
@@ -77,12 +83,15 @@ async def demo(count: int) -> int:
     )
     try:
         t0 = time.monotonic()
-        nodes = await wait_schedulable(redis, keys, count + 1, 60)
+        by_cell = await wait_schedulable(redis, cells, count + 1, 60)
         print(
             f"\n{count} simulated nodes and 1 agent registered and schedulable in "
             f"{time.monotonic() - t0:.1f}s. Nodes and pools, read live from Redis:\n"
         )
-        print(render_text(await read_pool_view(redis, keys, now_ms()), nodes))
+        for k in cells:
+            if len(cells) > 1:
+                print(f"== cell {k.cell}")
+            print(render_text(await read_pool_view(redis, k, now_ms()), by_cell[k.cell]))
 
         print("\nA client streams the demo audio as a session zh -> en through the gateway;")
         print("each line is one utterance's result as it arrives, with its latency:\n")
