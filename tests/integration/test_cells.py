@@ -26,8 +26,8 @@ from lingua_node_agent import JobContext, JobOutcome
 from lingua_shared.devcluster import LocalCluster
 from lingua_shared.keys import Keys
 from lingua_shared.protocol import JobAssign
-from lingua_shared.testing import redis_for_tests
 from tests.support.agents import node, running
+from tests.support.clusters import flushed_client, local_cluster
 from tests.support.sessions import answers, init_session, send_utterance, session_url
 from tests.support.stack import JOB_ENV, JOB_SERVICES, started_stack
 
@@ -38,19 +38,14 @@ EU, US = Keys("eu"), Keys("us")
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    c = LocalCluster(tmp_path_factory.mktemp("cells-cluster"), replicas=1).start()
-    try:
+    with local_cluster(tmp_path_factory.mktemp("cells-cluster"), replicas=1) as c:
         yield c
-    finally:
-        c.stop()
 
 
 @pytest.fixture
 async def cluster_redis(cluster: LocalCluster) -> AsyncIterator[Redis]:
-    client = redis_for_tests(cluster.url, cluster=True)
-    await client.flushdb()
-    yield client
-    await client.aclose()
+    async with flushed_client(cluster) as client:
+        yield client
 
 
 @pytest.fixture

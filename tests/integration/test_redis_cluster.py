@@ -25,6 +25,7 @@ from lingua_shared.protocol import JobAssign
 from lingua_shared.scripts import Durability, ReplicasBehind, ScriptCode, Scripts, find_lua_dir
 from lingua_shared.testing import redis_for_tests
 from tests.support.agents import node, running
+from tests.support.clusters import flushed_client, local_cluster
 from tests.support.invariants import settle_idle
 from tests.support.sessions import answers, open_session, send_utterance, session_url
 from tests.support.stack import CELL, JOB_ENV, JOB_SERVICES, started_stack
@@ -35,19 +36,14 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     # two replicas a master: with WAIT on, a promoted replica still has one to confirm to
-    c = LocalCluster(tmp_path_factory.mktemp("redis-cluster"), replicas=2).start()
-    try:
+    with local_cluster(tmp_path_factory.mktemp("redis-cluster"), replicas=2) as c:
         yield c
-    finally:
-        c.stop()
 
 
 @pytest.fixture
 async def cluster_redis(cluster: LocalCluster) -> AsyncIterator[Redis]:
-    client = redis_for_tests(cluster.url, cluster=True)
-    await client.flushdb()
-    yield client
-    await client.aclose()
+    async with flushed_client(cluster) as client:
+        yield client
 
 
 @pytest.fixture

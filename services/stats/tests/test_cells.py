@@ -20,7 +20,7 @@ from lingua_dispatcher.stats_recorder import StatsRecorder
 from lingua_shared.keys import Keys
 from lingua_shared.scripts import Scripts
 from lingua_shared.settings import Settings
-from lingua_shared.testing import ON_CLUSTER
+from lingua_shared.testing import ON_CLUSTER, pooled_node
 from lingua_stats.__main__ import show
 from lingua_stats.app import create_app
 from lingua_stats.cells import CellPoolView, each_cell
@@ -48,23 +48,8 @@ class TwoCells:
         )
 
 
-async def register(scripts: Scripts, node_id: str, lang_sets, region: str, gpu: str) -> None:  # type: ignore[no-untyped-def]
-    await scripts.register_node_v2(
-        node_id=node_id,
-        now_ms=NOW,
-        ttl_ms=60_000,
-        region=region,
-        gpu_tier=gpu,
-        lang_sets=lang_sets,
-        capacity=4,
-        services=SERVICES,
-        gateway_id="gw-1",
-        conn_id=f"c-{node_id}",
-    )
-    hb = await scripts.heartbeat_with_pool_assign(
-        node_id=node_id, conn_id=f"c-{node_id}", gateway_id="gw-1", now_ms=NOW
-    )
-    assert hb.alive
+async def register(scripts, node_id: str, lang_sets, region: str, gpu: str) -> None:  # type: ignore[no-untyped-def]
+    await pooled_node(scripts, node_id, lang_sets, region, gpu, now_ms=NOW, services=SERVICES)
 
 
 async def delete_cells(redis: Redis, *cells: str) -> None:

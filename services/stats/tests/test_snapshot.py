@@ -9,6 +9,7 @@ from lingua_dispatcher.stats_recorder import StatsRecorder
 from lingua_gateway.session_store import SessionStore
 from lingua_shared.runtime import now_ms
 from lingua_shared.settings import Settings
+from lingua_shared.testing import pooled_node
 from lingua_stats.snapshot import build_snapshot, percentile
 from lingua_stats.snapshot_model import CatalogView
 
@@ -18,22 +19,7 @@ SERVICES = {"asr": ["en", "ja", "zh"], "semantic": ["en", "ja", "zh"]}
 
 
 async def register(scripts, node_id: str, lang_sets, region: str, gpu: str) -> None:  # type: ignore[no-untyped-def]
-    await scripts.register_node_v2(
-        node_id=node_id,
-        now_ms=NOW,
-        ttl_ms=60_000,
-        region=region,
-        gpu_tier=gpu,
-        lang_sets=lang_sets,
-        capacity=4,
-        services=SERVICES,
-        gateway_id="gw-1",
-        conn_id=f"c-{node_id}",
-    )
-    hb = await scripts.heartbeat_with_pool_assign(
-        node_id=node_id, conn_id=f"c-{node_id}", gateway_id="gw-1", now_ms=NOW
-    )
-    assert hb.alive
+    await pooled_node(scripts, node_id, lang_sets, region, gpu, now_ms=NOW, services=SERVICES)
 
 
 def test_percentile_is_the_upper_bound_of_the_bucket_reaching_the_rank():

@@ -7,6 +7,7 @@ import asyncio
 import httpx
 
 from lingua_shared.settings import Settings
+from lingua_shared.testing import pooled_node
 from lingua_stats.__main__ import show
 from lingua_stats.app import create_app
 from lingua_stats.snapshot_model import Snapshot
@@ -20,22 +21,7 @@ def make_settings(redis_url: str, amqp_url: str, bus_prefix: str) -> Settings:
 
 
 async def register(scripts, node_id: str, lang_sets, region: str = "eu") -> None:  # type: ignore[no-untyped-def]
-    await scripts.register_node_v2(
-        node_id=node_id,
-        now_ms=NOW,
-        ttl_ms=60_000,
-        region=region,
-        gpu_tier="a100",
-        lang_sets=lang_sets,
-        capacity=4,
-        services=SERVICES,
-        gateway_id="gw-1",
-        conn_id=f"c-{node_id}",
-    )
-    hb = await scripts.heartbeat_with_pool_assign(
-        node_id=node_id, conn_id=f"c-{node_id}", gateway_id="gw-1", now_ms=NOW
-    )
-    assert hb.alive
+    await pooled_node(scripts, node_id, lang_sets, region, now_ms=NOW, services=SERVICES)
 
 
 async def test_health_ready_metrics_and_live_views(redis_url, amqp_url, bus_prefix, scripts):

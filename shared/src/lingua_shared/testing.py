@@ -206,6 +206,30 @@ def node_beat(node_id: str, **over: Any) -> dict[str, Any]:
     return kw
 
 
+async def pooled_node(
+    scripts: Any,
+    node_id: str,
+    lang_sets: list[list[str]],
+    region: str = "eu",
+    gpu_tier: str = "a100",
+    *,
+    now_ms: int,
+    services: dict[str, list[str]],
+) -> None:
+    """A node registered and in its pools, as node-manager leaves it (``register_node_v2``,
+    then ``heartbeat_with_pool_assign``), on gateway ``gw-1``, 4 slots, a minute's TTL."""
+    await scripts.register_node_v2(
+        **node_registration(
+            node_id, now_ms=now_ms, ttl_ms=60_000, region=region, gpu_tier=gpu_tier,
+            lang_sets=lang_sets, services=services, gateway_id="gw-1",
+        )
+    )  # fmt: skip
+    hb = await scripts.heartbeat_with_pool_assign(
+        **node_beat(node_id, now_ms=now_ms, gateway_id="gw-1")
+    )
+    assert hb.alive
+
+
 async def key_snapshot(redis: Redis) -> dict[bytes, tuple[bytes, int]]:
     """Every key of the test cell, serialized, with its absolute expiry: equal snapshots mean
     nothing was written."""
