@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import contextlib
 import json
 from collections import Counter
 
@@ -21,7 +20,7 @@ from redis.asyncio import Redis
 
 from lingua_shared.keys import Keys
 from lingua_shared.logs import get_logger
-from lingua_shared.runtime import now_ms
+from lingua_shared.runtime import now_ms, pause
 
 log = get_logger(__name__)
 
@@ -52,6 +51,7 @@ class StatsRecorder:
         self._seconds: dict[int, Counter[str]] = {}
         self._errors: list[str] = []
         self._task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
 
     def _count(self, field: str, ts_ms: int | None = None, n: int = 1) -> None:
         second = (ts_ms if ts_ms is not None else now_ms()) // 1000
@@ -122,8 +122,8 @@ class StatsRecorder:
         return True
 
     async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.flush_s)
+        while not self._stop.is_set():
+            await pause(self._stop, self.flush_s)
             await self.flush()
 
     async def start(self) -> None:
@@ -131,10 +131,12 @@ class StatsRecorder:
             self._task = asyncio.create_task(self._run(), name="stats-recorder")
 
     async def stop(self) -> None:
-        """Stop the loop and flush what is left (shutdown keeps the last second's counts)."""
+        """Stop the loop and flush what is left (shutdown keeps the last second's counts).
+
+        By a flag, never by cancelling: a cancel landing inside redis-py can be swallowed,
+        and awaiting the task would then never end (the caller bounds this step too)."""
+        self._stop.set()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await self._task  # its last round flushes
             self._task = None
         await self.flush()

@@ -25,7 +25,6 @@ failing fails a build.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import math
 import time
 from collections import Counter, defaultdict
@@ -35,6 +34,7 @@ from lingua_shared.cells import CellMap
 from lingua_shared.keys import Keys
 from lingua_shared.logs import get_logger
 from lingua_shared.runtime import now_ms as wall_ms
+from lingua_shared.runtime import pause
 from lingua_shared.scripts import Scripts
 from lingua_shared.settings import Settings
 from lingua_stats.cells import cell_order, each_cell, regions_of
@@ -268,6 +268,7 @@ class SnapshotService:
         self.latest: Snapshot | None = None
         self.latest_json: bytes | None = None  # serialized once per build, not per request
         self._task: asyncio.Task[None] | None = None
+        self._stop = asyncio.Event()
         self._invalid_total = 0
 
     async def build_once(self) -> bool:
@@ -292,9 +293,10 @@ class SnapshotService:
 
     async def _run(self) -> None:
         interval = max(0.01, self.settings.stats_interval_s)
-        while True:
-            await asyncio.sleep(interval)
-            await self.build_once()
+        while not self._stop.is_set():
+            await pause(self._stop, interval)
+            if not self._stop.is_set():
+                await self.build_once()
 
     async def start(self) -> None:
         """Build the first snapshot now (cold start: Redis only), then every interval."""
@@ -303,8 +305,9 @@ class SnapshotService:
             self._task = asyncio.create_task(self._run(), name="stats-snapshot")
 
     async def stop(self) -> None:
+        """By a flag, never by cancelling (a cancel landing inside redis-py can be swallowed);
+        the build in progress ends first (the caller bounds this step)."""
+        self._stop.set()
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await self._task
             self._task = None
