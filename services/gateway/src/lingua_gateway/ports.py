@@ -110,6 +110,10 @@ class HeldNode(Protocol):
 class CellPlacement(Protocol):
     """Chooses a new session's cell (``placement.Placement``)."""
 
+    def home(self, region: str | None) -> str:
+        """The cell of ``region`` (None: the gateway's own region)."""
+        ...
+
     async def place(self, region: str | None, pair: tuple[str, str]) -> tuple[str, str]:
         """``(home cell, cell placed in)``."""
         ...
