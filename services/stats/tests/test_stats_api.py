@@ -7,7 +7,7 @@ import asyncio
 import httpx
 
 from lingua_shared.settings import Settings
-from lingua_shared.testing import pooled_node
+from lingua_shared.testing import ON_CLUSTER, pooled_node
 from lingua_stats.__main__ import show
 from lingua_stats.app import create_app
 from lingua_stats.snapshot_model import Snapshot
@@ -96,7 +96,7 @@ async def test_not_ready_outside_the_lifespan(redis_url, amqp_url, bus_prefix):
 
 async def test_show_prints_the_live_table(redis_url, scripts, capsys):
     await register(scripts, "n1", [["en", "zh"]])
-    assert await show(redis_url, "test", None) == 0
+    assert await show(redis_url, "test", None, ON_CLUSTER) == 0
     out = capsys.readouterr().out
     assert "registered=1" in out and "schedulable=1" in out
     assert "n1" in out and "en_zh:eu:a100:0" in out
