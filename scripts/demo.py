@@ -50,7 +50,7 @@ async def wait_schedulable(
 async def demo(count: int) -> int:
     settings = Settings()
     cell_map = settings.cell_map()
-    cells = [Keys(c) for c in cell_map.names]
+    cells = [Keys(c) for c in cell_map.ordered]
     keys = Keys(cell_map.cell_of("eu"))  # the agent's region's cell
     redis = redis_client(settings.redis_url, cluster=settings.redis_cluster)
     agent_id = "demo-agent-1"

@@ -21,6 +21,8 @@ def test_unset_is_one_cell_of_lingua_cell() -> None:
 def test_regions_map_to_cells_and_the_rest_to_the_star() -> None:
     m = CellMap.parse("eu=eu, us=us, *=main")
     assert m.names == ("eu", "us", "main")
+    assert m.ordered == ["main", "eu", "us"]  # the default first
+    assert (m.regions_of("eu"), m.regions_of("main")) == (["eu"], ["*"])
     assert (m.cell_of("eu"), m.cell_of("us"), m.cell_of("asia"), m.cell_of(None)) == (
         "eu",
         "us",

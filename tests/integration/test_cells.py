@@ -13,22 +13,21 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from redis.asyncio import Redis
-from websockets.asyncio.client import connect
 
 from lingua_node_agent import JobContext, JobOutcome
 from lingua_shared.devcluster import LocalCluster
 from lingua_shared.keys import Keys
 from lingua_shared.protocol import JobAssign
 from tests.support.agents import node, running
-from tests.support.clusters import flushed_client, local_cluster
-from tests.support.sessions import answers, init_session, send_utterance, session_url
+from tests.support.clusters import local_cluster
+from tests.support.sessions import answers, open_session, send_utterance, session_url
 from tests.support.stack import JOB_ENV, JOB_SERVICES, started_stack
 
 pytestmark = pytest.mark.integration
@@ -40,12 +39,6 @@ EU, US = Keys("eu"), Keys("us")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     with local_cluster(tmp_path_factory.mktemp("cells-cluster"), replicas=1) as c:
         yield c
-
-
-@pytest.fixture
-async def cluster_redis(cluster: LocalCluster) -> AsyncIterator[Redis]:
-    async with flushed_client(cluster) as client:
-        yield client
 
 
 @pytest.fixture
@@ -80,21 +73,6 @@ class Tagged:
         return JobOutcome(text_asr="asr", text_translated=f"{ctx.node_id} #{job.utterance_index}")
 
 
-async def session(url: str, src: str, tgt: str, **fields: Any) -> tuple[Any, str]:
-    ws = await connect(url)
-    ack = await init_session(
-        ws,
-        client_version="it",
-        mode="one_way",
-        src_lang=src,
-        tgt_lang=tgt,
-        audio_format="pcm16",
-        result_delivery="ordered",
-        **fields,
-    )
-    return ws, ack["session_id"]
-
-
 async def answered_by(ws: Any, sid: str, timeout: float = 15) -> str:
     await send_utterance(ws, sid, 0)
     (msg,) = await answers(ws, 1, timeout=timeout)
@@ -118,24 +96,24 @@ async def test_two_cells_serve_their_regions_and_fall_back(
         assert await cluster_redis.exists(US.node("node-eu"), EU.node("node-us")) == 0
 
         # eu's pair, eu's region: eu's node (and its slot is now taken for 3 s)
-        ws1, s1 = await session(url, "zh", "en", region="eu")
+        ws1, s1 = await open_session(url, "zh", "en", region="eu")
         # eu has no node for ja: the session falls back to us
-        ws2, s2 = await session(url, "ja", "en", region="eu")
+        ws2, s2 = await open_session(url, "ja", "en", region="eu")
         # no region named: the gateway's own (us)
-        ws3, s3 = await session(url, "zh", "en")
+        ws3, s3 = await open_session(url, "zh", "en")
         async with ws1, ws2, ws3:
             await send_utterance(ws1, s1, 0)
             await asyncio.wait_for(busy.started.wait(), 10)
             assert await answered_by(ws2, s2) == "node-us"
             assert await answered_by(ws3, s3) == "node-us"
             # eu's only node is busy now: a new eu session falls back to us
-            ws4, s4 = await session(url, "zh", "en", region="eu")
+            ws4, s4 = await open_session(url, "zh", "en", region="eu")
             async with ws4:
                 assert await answered_by(ws4, s4) == "node-us"
             (first,) = await answers(ws1, 1, timeout=15)
             assert first["text_translated"] == "node-eu #0", first
             # us has no node for de: a us session (the gateway's region) falls back to eu
-            ws5, s5 = await session(url, "de", "en")
+            ws5, s5 = await open_session(url, "de", "en")
             async with ws5:
                 assert await answered_by(ws5, s5) == "node-eu"
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from lingua_shared.protocol import JobAssign
 from lingua_shared.scripts import Durability, ReplicasBehind, ScriptCode, Scripts, find_lua_dir
 from lingua_shared.testing import redis_for_tests
 from tests.support.agents import node, running
-from tests.support.clusters import flushed_client, local_cluster
+from tests.support.clusters import local_cluster
 from tests.support.invariants import settle_idle
 from tests.support.sessions import answers, open_session, send_utterance, session_url
 from tests.support.stack import CELL, JOB_ENV, JOB_SERVICES, started_stack
@@ -38,12 +38,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
     # two replicas a master: with WAIT on, a promoted replica still has one to confirm to
     with local_cluster(tmp_path_factory.mktemp("redis-cluster"), replicas=2) as c:
         yield c
-
-
-@pytest.fixture
-async def cluster_redis(cluster: LocalCluster) -> AsyncIterator[Redis]:
-    async with flushed_client(cluster) as client:
-        yield client
 
 
 @pytest.fixture

@@ -71,10 +71,11 @@ async def open_session(
     *,
     client_version: str = "it",
     timeout: float = 5.0,
+    region: str | None = None,
     **connect_kw: Any,
 ) -> tuple[ClientConnection, str]:
-    """A new connection with a one-way PCM session on it, results in ``delivery`` order;
-    the connection and the session id."""
+    """A new connection with a one-way PCM session on it, results in ``delivery`` order
+    (``region``: the session's, when given); the connection and the session id."""
     ws = await connect(url, **connect_kw)
     ack = await init_session(
         ws,
@@ -85,6 +86,7 @@ async def open_session(
         tgt_lang=tgt,
         audio_format="pcm16",
         result_delivery=delivery,
+        **({"region": region} if region is not None else {}),
     )
     return ws, ack["session_id"]
 

@@ -97,6 +97,16 @@ class CellMap:
             ladders[steps[0]] = tuple(steps)
         return cls(regions, default, tuple(names), ladders)
 
+    @property
+    def ordered(self) -> list[str]:
+        """Every cell, the default first, then in the order the settings name them."""
+        return [self.default, *(c for c in self.names if c != self.default)]
+
+    def regions_of(self, cell: str) -> list[str]:
+        """The regions mapped to ``cell``, sorted; ``*`` last for the default cell."""
+        regions = sorted(r for r, c in self.regions.items() if c == cell)
+        return [*regions, ANY_REGION] if cell == self.default else regions
+
     def cell_of(self, region: str | None) -> str:
         """The cell of a region (the default cell for none, or one not mapped)."""
         if region is None:

@@ -148,8 +148,7 @@ class Infra:
 
     def every_cell(self) -> list[Infra]:
         """One view per configured cell, the default cell's first."""
-        default = self.in_cell(self.cell_map.default)
-        return [default, *(self.in_cell(c) for c in self.cell_map.names if c != default.cell)]
+        return [self.in_cell(c) for c in self.cell_map.ordered]
 
     @classmethod
     @contextlib.asynccontextmanager

@@ -26,7 +26,7 @@ from lingua_shared.redisconn import redis_client
 from lingua_shared.runtime import install_uvloop, now_ms
 from lingua_shared.settings import Settings
 from lingua_stats.app import DEFAULT_PORT, create_app
-from lingua_stats.cells import cell_order, each_cell, regions_of
+from lingua_stats.cells import each_cell
 
 
 def serve(settings: Settings) -> None:
@@ -65,7 +65,7 @@ async def render_cells(
         if len(cells) == 1:
             return text
         head = (
-            f"== cell {cell}: regions {','.join(regions_of(cell_map, cell)) or '-'}  "
+            f"== cell {cell}: regions {','.join(cell_map.regions_of(cell)) or '-'}  "
             f"ladder {'>'.join(cell_map.ladder(cell))}  "
             f"fallbacks out {await _fallbacks(redis, keys)}"
         )
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.command == "show":
         cell_map = settings.cell_map()
-        cells = [args.cell] if args.cell else cell_order(cell_map)
+        cells = [args.cell] if args.cell else cell_map.ordered
         try:
             sys.exit(
                 asyncio.run(

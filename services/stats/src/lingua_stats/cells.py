@@ -18,7 +18,6 @@ from typing import TypeVar
 from pydantic import Field
 from redis.asyncio import Redis
 
-from lingua_shared.cells import ANY_REGION, CellMap
 from lingua_shared.keys import Keys
 from lingua_shared.poolview import (
     NodeCounts,
@@ -32,18 +31,6 @@ from lingua_shared.poolview import (
 CELL_READS = 8  # cells read at the same time (each read is a few pipelined round trips)
 T = TypeVar("T")
 R = TypeVar("R")
-
-
-def cell_order(cell_map: CellMap) -> list[str]:
-    """Every configured cell, the default first, then in the order LINGUA_CELLS names them
-    (``Infra.every_cell``'s order)."""
-    return [cell_map.default, *(c for c in cell_map.names if c != cell_map.default)]
-
-
-def regions_of(cell_map: CellMap, cell: str) -> list[str]:
-    """The regions LINGUA_CELLS maps to ``cell``, sorted; ``*`` last for the default cell."""
-    regions = sorted(r for r, c in cell_map.regions.items() if c == cell)
-    return [*regions, ANY_REGION] if cell == cell_map.default else regions
 
 
 async def each_cell(

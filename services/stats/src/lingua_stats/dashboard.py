@@ -18,7 +18,6 @@ from fastapi import FastAPI, HTTPException
 from fastapi.responses import HTMLResponse, Response
 
 from lingua_shared.settings import Settings
-from lingua_stats.cells import cell_order
 
 STATIC_DIR = Path(__file__).parent / "static"
 ASSETS = {"app.js": "text/javascript", "style.css": "text/css"}
@@ -42,7 +41,7 @@ def render_page(cells: Sequence[str]) -> str:
 
 def add_dashboard_routes(app: FastAPI, settings: Settings) -> None:
     """``GET /`` (the page) and ``GET /static/{name}`` (its script and style sheet)."""
-    page = render_page(cell_order(settings.cell_map()))
+    page = render_page(settings.cell_map().ordered)
     assets = {name: (STATIC_DIR / name).read_bytes() for name in ASSETS}
 
     @app.get(

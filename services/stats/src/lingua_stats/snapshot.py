@@ -37,7 +37,7 @@ from lingua_shared.runtime import now_ms as wall_ms
 from lingua_shared.runtime import pause
 from lingua_shared.scripts import Scripts
 from lingua_shared.settings import Settings
-from lingua_stats.cells import cell_order, each_cell, regions_of
+from lingua_stats.cells import each_cell
 from lingua_stats.metrics import Metrics
 from lingua_stats.snapshot_model import (
     CatalogView,
@@ -177,7 +177,7 @@ def _cells(cell_map: CellMap, reads: Sequence[CellRead], window: int) -> list[Ce
             CellSummary(
                 name=r.cell,
                 default=r.cell == cell_map.default,
-                regions=regions_of(cell_map, r.cell),
+                regions=cell_map.regions_of(r.cell),
                 ladder=list(cell_map.ladder(r.cell)),
                 nodes=r.nodes,
                 pools=len(r.pools),
@@ -203,7 +203,7 @@ async def build_snapshot(
     now_s = now_ms // 1000
     seconds = list(range(now_s - window + 1, now_s + 1))
     reads = await each_cell(
-        cell_order(cell_map),
+        cell_map.ordered,
         lambda cell: read_cell(scripts.for_cell(Keys(cell)), settings, now_ms, seconds),
     )
 
