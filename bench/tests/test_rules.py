@@ -130,6 +130,12 @@ def test_heartbeat_fallback_and_crashes_are_errors() -> None:
     crashed = heartbeat_errors([held, {"nodes": 14_000, "held": False, "error": "boom"}], 10_000)
     assert crashed == ["14000 nodes crashed: boom"]
     assert heartbeat_errors([{"nodes": 10_000, "skipped": "no time"}], 10_000)
+    # a larger count whose registrations queued past their deadline ends the search: a
+    # capacity limit, not a crash; the required count's is an error, naming why
+    slow = {"nodes": 14_000, "held": False, "reason": "registration incomplete: 9000 of 14000"}
+    assert heartbeat_errors([held, slow], 10_000) == []
+    first_slow = heartbeat_errors([{**slow, "nodes": 10_000}], 10_000)
+    assert len(first_slow) == 1 and "registration incomplete" in first_slow[0]
 
 
 def run_main(tmp_path: Path, *args: str) -> tuple[int, dict[str, Any]]:

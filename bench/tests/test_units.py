@@ -178,3 +178,41 @@ def test_hop_breakdown_means_per_leg() -> None:
     assert legs["client -> gateway (ws, parse)"]["mean"] == 1.0
     assert legs["finished -> client (broker, gateway, ws)"]["mean"] == 3.0
     assert out["roundtrip_mean_ms"] == 8.0
+
+
+def test_registrations_past_their_deadline_are_reported_not_crashed() -> None:
+    """A stack that queues registrations (here: one that never acks) ends the generator's
+    wait at its deadline with a report that says how many registered, and no phase runs."""
+    from websockets.asyncio.server import ServerConnection, serve
+
+    from lingua_bench.fleet import RegistrationIncomplete
+    from lingua_bench.loadgen import LoadConfig, LoadGen
+
+    async def never_ack(ws: ServerConnection) -> None:
+        async for _ in ws:
+            pass
+
+    async def go() -> tuple[dict, RegistrationIncomplete]:
+        async with serve(never_ack, "127.0.0.1", 0) as server:
+            port = server.sockets[0].getsockname()[1]
+            cfg = LoadConfig(
+                gateway=f"ws://127.0.0.1:{port}",
+                nodes=3,
+                sessions=1,
+                phases=[parse_phase("low=closed:1")],
+                progress=False,
+                register_deadline_s=0.5,
+            )
+            t0 = time.monotonic()
+            report = await LoadGen(cfg).run()
+            assert time.monotonic() - t0 < 10
+            gen = LoadGen(cfg)
+            with pytest.raises(RegistrationIncomplete) as raised:
+                await gen.fleet.connect_all(None, 0.3)
+            await gen.fleet.close()
+        return report, raised.value
+
+    report, exc = asyncio.run(go())
+    assert report["registration"]["incomplete"] == {"registered": 0, "deadline_s": 0.5}
+    assert report["phases"] == {}
+    assert exc.registered == 0 and exc.nodes == 3 and "0 of 3 nodes registered" in str(exc)

@@ -48,6 +48,16 @@ def cpu_to_seq(cpu: float) -> int:
     return round(cpu * 10) % SEQ_MOD
 
 
+class RegistrationIncomplete(Exception):
+    """The fleet's registrations did not all complete within their deadline."""
+
+    def __init__(self, registered: int, nodes: int, seconds: float) -> None:
+        super().__init__(f"{registered} of {nodes} nodes registered in {seconds:.0f} s")
+        self.registered = registered
+        self.nodes = nodes
+        self.seconds = seconds
+
+
 @dataclass
 class FleetSpec:
     count: int
@@ -166,10 +176,14 @@ class Fleet:
         self.closing = False
 
     # -- connection ---------------------------------------------------------------------
-    async def connect_all(self, progress: Callable[[int], None] | None = None) -> float:
+    async def connect_all(
+        self, progress: Callable[[int], None] | None = None, deadline_s: float | None = None
+    ) -> float:
         """Connect and register every node (bounded concurrency, paced at ``register_per_s``
         when set); returns the seconds taken. Raises ``RuntimeError`` naming how many failed,
-        since a partial fleet would measure something else than what was asked."""
+        since a partial fleet would measure something else than what was asked, and
+        :class:`RegistrationIncomplete` when ``deadline_s`` passes with registrations still
+        waiting (queued by a slow stack, not refused: a capacity limit, not a crash)."""
         sem = asyncio.Semaphore(self.spec.connect_concurrency)
         failed: list[str] = []
         t0 = time.monotonic()
@@ -186,7 +200,12 @@ class Fleet:
                 if progress is not None:
                     progress(1)
 
-        await asyncio.gather(*(one(n) for n in self.nodes))
+        everyone = asyncio.gather(*(one(n) for n in self.nodes))
+        try:
+            await asyncio.wait_for(everyone, deadline_s)
+        except TimeoutError:
+            acked = sum(1 for n in self.nodes if n.acked)
+            raise RegistrationIncomplete(acked, len(self.nodes), time.monotonic() - t0) from None
         if failed:
             raise RuntimeError(
                 f"{len(failed)} of {len(self.nodes)} nodes did not register; first: {failed[0]}"

@@ -59,9 +59,13 @@ def heartbeat_errors(attempts: Sequence[Mapping[str, Any]], required: int) -> li
     elif "skipped" in first:
         out.append(f"{required} nodes skipped: {first['skipped']}")
     elif not first.get("held"):
-        why = first.get("error") or (
-            f"false_expiries {first.get('false_expiries')}, "
-            f"apply_lag_p99_ms {first.get('apply_lag_p99_ms')}"
+        why = (
+            first.get("error")
+            or first.get("reason")
+            or (
+                f"false_expiries {first.get('false_expiries')}, "
+                f"apply_lag_p99_ms {first.get('apply_lag_p99_ms')}"
+            )
         )
         fell = [a["nodes"] for a in attempts if a.get("nodes", 0) < required and "held" in a]
         fallback = f"; fell back to {fell[0]}" if fell else ""
