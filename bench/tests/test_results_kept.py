@@ -71,3 +71,28 @@ def test_a_quick_run_is_not_kept_nor_tabled(
     assert bench_main.main(["--out-dir", str(tmp_path), "--no-progress", "--quick"]) == 0
     assert sorted(p.name for p in tmp_path.glob("*.json")) == ["latest.json"]
     assert doc_table.main([str(tmp_path / "latest.json")]) == 2
+
+
+def test_the_history_says_which_targets_held_on_two_days(tmp_path: Path) -> None:
+    def run(name: str, at: str, met: dict[str, bool | None], quick: bool = False) -> None:
+        targets = {k: {"rule": f"rule {k}", "met": v} for k, v in met.items()}
+        doc = {"meta": {"generated_at": at, "quick": quick}, "targets": targets}
+        (tmp_path / name).write_text(json.dumps(doc))
+
+    run("2026-12-07-amd-epyc.json", "2026-12-07T11:00:00Z", {"a": True, "b": True, "c": None})
+    run("2026-12-07-amd-epyc-2.json", "2026-12-07T15:00:00Z", {"a": False, "b": True, "c": True})
+    run("2026-12-08-intel-xeon.json", "2026-12-08T01:00:00Z", {"a": True, "b": False, "c": True})
+    run("2026-12-08-intel-xeon-2.json", "2026-12-08T02:00:00Z", {"a": True}, quick=True)
+    (tmp_path / "cells-2026-12-07.json").write_text("{}")  # not a full run
+    (tmp_path / "latest.json").write_text("{}")
+
+    page = tmp_path / "performance.md"
+    page.write_text(f"x\n{doc_table.HISTORY_BEGIN}\nold\n{doc_table.HISTORY_END}\ny\n")
+    assert doc_table.main([str(tmp_path), "--history", "--write", str(page)]) == 0
+    text = page.read_text()
+    assert "old" not in text and text.startswith("x\n") and text.endswith("\ny\n")
+    assert "1 = `2026-12-07-amd-epyc.json`, 2 = `2026-12-07-amd-epyc-2.json`, 3 = " in text
+    assert "intel-xeon-2" not in text  # a quick run is not a kept run
+    assert "| `rule a` | yes | no | yes | **yes** |" in text  # the 7th and the 8th
+    assert "| `rule b` | yes | yes | no | no |" in text  # twice, but on one day
+    assert "| `rule c` | - | yes | yes | **yes** |" in text
