@@ -88,6 +88,11 @@ def _step(sent: int, results: int, missing: int = 0, p99_us: int = 5000) -> Step
 def test_a_step_holds_only_with_every_utterance_answered_and_p99_within_the_limit() -> None:
     assert _step(100, 95, missing=5).held()  # missing_result answers an utterance
     assert not _step(100, 99).held()  # one lost
+    # one whose node withheld its result, still open after the drain: answered at the job's
+    # deadline, which the run waits for (never answered then: an error of the run)
+    withheld = _step(100, 99)
+    withheld.awaiting_deadline = 1
+    assert withheld.held()
     assert not _step(100, 100, p99_us=60_000).held()
     assert not _step(0, 0).held()
     errored = _step(10, 10)
