@@ -93,6 +93,8 @@ def test_a_step_holds_only_with_every_utterance_answered_and_p99_within_the_limi
     withheld = _step(100, 99)
     withheld.awaiting_deadline = 1
     assert withheld.held()
+    withheld.results, withheld.late_answered = 100, 1  # answered at its deadline, later
+    assert withheld.held()  # the verdict the search acted on stands in the report
     assert not _step(100, 100, p99_us=60_000).held()
     assert not _step(0, 0).held()
     errored = _step(10, 10)

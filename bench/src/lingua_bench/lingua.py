@@ -176,11 +176,12 @@ class StepStats:
         the overhead p99 within the limit. An utterance whose node withheld its result and
         that is still open (``awaiting_deadline``) is not a loss: the scheduler answers it at
         the job's deadline, which the run waits for at its end (one never answered is an
-        error of the run, ``never_answered``)."""
+        error of the run, ``never_answered``). The same verdict before and after those late
+        answers came (they count among ``answered`` once they do)."""
         p99 = self.overhead.percentile_ms(99)
         return (
             self.sent > 0
-            and self.answered + self.awaiting_deadline == self.sent
+            and self.answered - self.late_answered + self.awaiting_deadline == self.sent
             and not self.errors
             and p99 is not None
             and p99 <= limit_ms
