@@ -809,7 +809,7 @@ def main(argv: list[str] | None = None) -> int:
         figures = run_fixed(
             args.sessions, args.seconds, sizes.nodes, args.redis_url, args.amqp_url, args.work
         )
-        print(json.dumps(figures, indent=1))
+        write_report(figures, args.out)
         return 0
     try:
         cfg = GenConfig(
@@ -831,13 +831,18 @@ def main(argv: list[str] | None = None) -> int:
         report = asyncio.run(gen.fixed(args.sessions, args.seconds, args.warmup))
     else:
         report = asyncio.run(gen.run())
+    write_report(report, args.out)
+    return 0
+
+
+def write_report(report: dict[str, Any], out: Path | None) -> None:
+    """``report`` as JSON into ``out``, or to stdout without one."""
     text = json.dumps(report, indent=1)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
     else:
         print(text)
-    return 0
 
 
 if __name__ == "__main__":
