@@ -12,6 +12,7 @@ API."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,13 +21,15 @@ from typing import Any
 import httpx
 import pytest
 from redis.asyncio import Redis
+from websockets.asyncio.client import connect
 
 from lingua_node_agent import JobContext, JobOutcome
 from lingua_shared.devcluster import LocalCluster
 from lingua_shared.keys import Keys
 from lingua_shared.protocol import JobAssign
-from tests.support.agents import node, running
+from tests.support.agents import node, node_url, running
 from tests.support.clusters import local_cluster
+from tests.support.helpers import eventually, node_pools, node_ready, node_state, register_frame
 from tests.support.sessions import answers, open_session, send_utterance, session_url
 from tests.support.stack import JOB_ENV, JOB_SERVICES, started_stack
 
@@ -155,3 +158,40 @@ async def test_two_cells_serve_their_regions_and_fall_back(
             assert await client.keys(other.prefix + "*") == []
         finally:
             await client.aclose()
+
+
+async def test_a_node_registering_again_in_another_region_leaves_its_old_cell(
+    cells_stack, cluster_redis: Redis
+) -> None:
+    """Registered in eu, the same connection registers again with region us: the node is in
+    us's pools, and eu's record is gone at once, not left schedulable until its TTL (three
+    15 s beats, as lingua's agent beats) runs out; its beats go on reaching us."""
+    frame = functools.partial(register_frame, "node-mover", heartbeat_interval_ms=15_000)
+    async with connect(node_url(cells_stack)) as ws:
+        await ws.send(frame(region="eu"))
+        assert json.loads(await ws.recv())["type"] == "node_register_ack"
+        assert await node_ready(cluster_redis, EU, "node-mover")
+        assert await node_pools(cluster_redis, EU, "node-mover")
+
+        await ws.send(frame(region="us"))
+        assert json.loads(await ws.recv())["type"] == "node_register_ack"
+        assert await node_ready(cluster_redis, US, "node-mover")
+        assert await node_pools(cluster_redis, US, "node-mover")
+
+        async def gone_from_eu() -> bool:
+            return await cluster_redis.exists(EU.node("node-mover")) == 0
+
+        await eventually(gone_from_eu, timeout=5, what="the eu record removed")
+        assert await node_pools(cluster_redis, EU, "node-mover") == set()
+
+        beat = {"type": "node_heartbeat", "node_id": "node-mover", "resource_usage": {}}
+        for cpu in range(1, 4):
+            beat["resource_usage"] = {"cpu_percent": cpu, "running_jobs": 0}
+            await ws.send(json.dumps(beat))
+
+        async def beats_in_us() -> bool:
+            state = await node_state(cluster_redis, US, "node-mover")
+            return state.get("cpu_percent") in ("3", "3.0") and state.get("status") == "ready"
+
+        await eventually(beats_in_us, what="the beats applied in us")
+        assert await cluster_redis.exists(EU.node("node-mover")) == 0

@@ -7,6 +7,8 @@ next frame is read; a slower one is waited for as long as it takes (lingua's age
 timeout on its ack and reconnects only once). A node whose ASR or Semantic is not ready yet
 is held, not refused: the first heartbeat whose capabilities pass N1 registers it. When Redis
 lost the node, the gateway registers it again from the registration the connection holds.
+A node that registers again on its connection with a region of another cell is registered in
+the new cell first, then leaves the old one (a goodbye there, as if it had disconnected).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from lingua_shared.errors import (
     LinguaError,
     NodeIdConflict,
 )
-from lingua_shared.events import NodeRegisterEvent
+from lingua_shared.events import NodeDisconnected, NodeRegisterEvent
 from lingua_shared.logs import get_logger
 from lingua_shared.protocol import (
     MAX_TRACE_ID,
@@ -83,6 +85,8 @@ class NodeRegistrar:
         self.metrics = deps.metrics
         self.register_call = deps.register
         self.beats = deps.beats
+        self.publisher = deps.publisher
+        self.cells = deps.cells
         self.waiting_node_id: str | None = None  # held until ASR and Semantic are ready
         self._task: asyncio.Task[None] | None = None
         self._rpc_seq = 0
@@ -208,6 +212,41 @@ class NodeRegistrar:
                 min(interval / 1000, REGISTRATION_HOLD_MAX_S), self.beats.end_registration, token
             )
 
+    async def leave_old_cell(
+        self, node_id: str, previous: NodeCapabilities, caps: NodeCapabilities
+    ) -> None:
+        """The node registered again on this connection, now in another region's cell: the
+        old cell's record would otherwise stay schedulable until its TTL ran out (jobs sent
+        there would reach the node, and its answers go to the new cell). Its goodbye there
+        removes it and takes back what it ran there, fenced by this connection."""
+        cells, conn = self.cells, self.conn
+        old, new = cells.cell_of(previous.region), cells.cell_of(caps.region)
+        if old == new:
+            return
+        self.beats.forget(node_id, conn.conn_id)  # a pending beat is tagged with the old cell
+        log.info(
+            "gateway.node_moved_cell",
+            node_id=node_id,
+            conn_id=conn.conn_id,
+            from_cell=old,
+            to_cell=new,
+        )
+        ev = NodeDisconnected(
+            node_id=node_id,
+            conn_id=conn.conn_id,
+            gateway_id=self.settings.instance_id,
+            graceful=True,
+            close_code=1000,
+            ts_ms=now_ms(),
+            cell=cells.tag(old),
+        )
+        try:
+            await self.publisher.event("node.disconnected", ev)
+        except Exception as exc:
+            # the old record's TTL still ends it there: nothing is lost but promptness
+            self.metrics.publish_failures.labels("node_disconnected").inc()
+            log.warning("gateway.disconnect_event_lost", node_id=node_id, error=repr(exc))
+
     async def _register(
         self, node_id: str, reg: NodeRegister, caps: NodeCapabilities, why: str, interval: int
     ) -> None:
@@ -241,8 +280,11 @@ class NodeRegistrar:
         if not reply.ok:
             conn.send_error(InvalidCapabilitySchema(reply.message or "registration refused"))
             return
+        previous = self.profile.caps if conn.node_id == node_id else None
         conn.bind(node_id)
         self.profile.registered(reg, caps)
+        if previous is not None:
+            await self.leave_old_cell(node_id, previous, caps)
         log.info(
             "gateway.node_registered",
             node_id=node_id,
