@@ -3,7 +3,9 @@
 -- the order they reached it, so its answer to this job also ends the jobs of the session that
 -- reached it before this one and are still open (the gateway saw the order on the socket and
 -- lists them): they end without a result (their slots are freed, nothing is dispatched again,
--- the client gets missing_result reason no_result).
+-- the client gets missing_result reason no_result). An answer of an attempt that node_lost
+-- took back (the node's connection ended just after it sent it) still ends the job while no
+-- other attempt has been dispatched.
 -- KEYS[1] prefix             lingua:v1:{cell}:
 --   built from KEYS[1]: job:<job_id>, job:<job_id>:audio, node:<id>, node:<id>:jobs,
 --     node:<id>:pools, pool:<shard>, pairbest:<a>:<b>, timers, session:<sid>, session:<sid>:results,
@@ -70,7 +72,15 @@ end
 if node_id ~= '' then
   if tonumber(job[2]) ~= attempt then return {-5, 'stale_attempt'} end
   if job[3] ~= node_id then return {-5, 'wrong_node'} end
-  if job[1] ~= 'assigned' and job[1] ~= 'acked' then return {-5, 'state_' .. job[1]} end
+  if job[1] ~= 'assigned' and job[1] ~= 'acked' then
+    -- The node's connection ended right after it sent this answer, and the goodbye's take
+    -- back (node_lost) ran first (one queue, handled concurrently; or two replicas). Until
+    -- the job is dispatched again, the answer of the attempt it took back still ends it:
+    -- better than a missing_result, or doing the work again elsewhere.
+    local late = (job[1] == 'queued' or job[1] == 'exhausted')
+      and redis.call('HGET', job_key, 'release_reason') == 'node_lost'
+    if not late then return {-5, 'state_' .. job[1]} end
+  end
 end
 
 if job[1] == 'assigned' or job[1] == 'acked' then

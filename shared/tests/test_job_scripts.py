@@ -457,6 +457,37 @@ async def test_duplicate_stale_and_unknown_finishes_write_nothing(
     assert [await slots(redis, keys, n) for n in ("n1", "n2")] == [(0, 1), (0, 0)]
 
 
+async def test_an_answer_overtaken_by_its_nodes_goodbye_still_ends_the_job(
+    redis: Redis, keys: Keys, scripts: Scripts
+):
+    """A node sends its answer and closes; the goodbye's take back (node_lost) runs before
+    the answer's job_finish. Until the job is dispatched again, that answer still ends it;
+    once another attempt holds it, the answer is stale, as any other."""
+    for n in ("n1", "n2"):
+        await join(scripts, n)
+    await open_session(redis, keys)
+    assert await dispatch(scripts, "j0", index=0) == "n1"
+    assert await dispatch(scripts, "j1", index=1) == "n1"
+    lost = await scripts.node_lost(node_id="n1", conn_id="c-n1", now_ms=NOW + 500, max_attempts=3)
+    assert sorted(t.job_id for t in lost.jobs) == ["j0", "j1"]
+    assert (await hash_of(redis, keys.job("j0")))["state"] == "queued"
+
+    d = await scripts.job_finish(**finish_kw("j0", "n1"))  # before any redispatch
+    assert (d.code, indexes(d)) == (1, [0])
+    job = await hash_of(redis, keys.job("j0"))
+    assert job["state"] == "done" and "j0" not in await zmembers(redis, keys.timers)
+    assert [await slots(redis, keys, n) for n in ("n1", "n2")] == [(0, 0), (0, 0)]
+
+    assert await dispatch(scripts, "j1", index=1, attempt=2) == "n2"  # j1 moved on first
+    before = await snapshot(redis)
+    assert await raw(scripts, "job_finish", finish_kw("j1", "n1")) == [-5, "stale_attempt"]
+    assert await snapshot(redis) == before
+    # a release for another reason (its deadline, a refusal) leaves no such window
+    holder = await dispatch(scripts, "j2", index=2)
+    assert (await scripts.job_release(**release_kw("j2", reason="deadline"))).code == 1
+    assert await raw(scripts, "job_finish", finish_kw("j2", holder)) == [-5, "state_queued"]
+
+
 async def test_scheduler_finish_fails_a_queued_job_in_its_place(
     redis: Redis, keys: Keys, scripts: Scripts
 ):

@@ -177,7 +177,12 @@ async def refused(redis_url: str, bad: str) -> None:
         scripts = await Scripts.load(redis, KEYS)
         # the gateway: INVALID_CAPABILITY_SCHEMA, no ack, nothing published
         deps = types.SimpleNamespace(
-            settings=SETTINGS, metrics=GatewayMetrics(), register=None, beats=None
+            settings=SETTINGS,
+            metrics=GatewayMetrics(),
+            register=None,
+            beats=None,
+            publisher=None,
+            cells=SETTINGS.cell_map(),
         )
         profile = NodeProfile(SETTINGS, deps.metrics)
         registrar = NodeRegistrar(_Conn(), profile, deps)  # type: ignore[arg-type]

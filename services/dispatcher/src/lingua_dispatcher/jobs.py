@@ -154,8 +154,8 @@ class Jobs:
         selection for ``attempt`` already made; ``cause`` why the previous attempt was taken
         back (read from the job record when not given)."""
         job = job or await self.read_job(job_id)
-        if job is None:
-            return
+        if job is None or job.get("state") in ("done", "failed"):
+            return  # gone, or ended meanwhile (a late answer of the attempt taken back)
         cause = cause or job.get("release_reason")
         pipeline = pipeline_of(job)
         while True:

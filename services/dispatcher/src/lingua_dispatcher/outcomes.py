@@ -114,6 +114,23 @@ class Outcomes:
             hint=message,
             elapsed_ms=max(0, now - received) if received else None,
         ).to_wire()
+        delivery = await self.s.job_finish(
+            job_id=job_id,
+            attempt=attempt,
+            node_id=node_id,
+            now_ms=now,
+            outcome="failed",
+            payload=payload,
+            gap_ms=self.settings.gap_timeout_ms,
+            session_ttl_ms=int(self.settings.session_ttl_s * 1000),
+            earlier=earlier,
+        )
+        if delivery.code == ScriptCode.ALREADY_FINISHED:
+            # it ended meanwhile (a late answer of the attempt taken back, a replay): not a
+            # failure; what that end released and no gateway acknowledged goes out again
+            log.info("job.fail_skipped", job_id=job_id, code=code.value, why="already_finished")
+            await self.deliver(job["session_id"], delivery)
+            return
         self.metrics.errors.labels(code.value).inc()
         self.metrics.jobs.labels("failed").inc()
         self.stats.failed(
@@ -131,17 +148,6 @@ class Outcomes:
             error=message,
             session_id=job["session_id"],
             trace_id=job.get("trace_id"),
-        )
-        delivery = await self.s.job_finish(
-            job_id=job_id,
-            attempt=attempt,
-            node_id=node_id,
-            now_ms=now,
-            outcome="failed",
-            payload=payload,
-            gap_ms=self.settings.gap_timeout_ms,
-            session_ttl_ms=int(self.settings.session_ttl_s * 1000),
-            earlier=earlier,
         )
         if delivery.code == ScriptCode.FINISHED and delivery.gateway_id:
             # the event goes at once (it is not an answer: it takes no place in the order)
