@@ -216,3 +216,18 @@ def test_registrations_past_their_deadline_are_reported_not_crashed() -> None:
     assert report["registration"]["incomplete"] == {"registered": 0, "deadline_s": 0.5}
     assert report["phases"] == {}
     assert exc.registered == 0 and exc.nodes == 3 and "0 of 3 nodes registered" in str(exc)
+
+
+def test_ws_frame_cost_reports_the_servers_cpu_per_frame(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from lingua_bench import ws_frame_cost
+
+    out = tmp_path / "ws.json"
+    args = ["--connections", "3", "--rate", "200", "--seconds", "1", "--out", str(out)]
+    assert ws_frame_cost.main(args) == 0
+    report = json.loads(out.read_text())
+    for mode in ws_frame_cost.MODES:
+        m = report["modes"][mode]
+        assert m["frames"] >= 150  # paced at 200/s for 1 s
+        assert m["server_cpu_s"] >= 0 and m["us_per_frame"] is not None
