@@ -63,6 +63,7 @@ from lingua_bench.guard import require_loopback
 from lingua_bench.hist import Latency
 from lingua_bench.phases import Phase, search_max_rate
 from lingua_bench.procstat import CpuMeter
+from lingua_bench.report import write_report
 from lingua_bench.sessions import open_session
 from lingua_shared.protocol.webclient import (
     CHUNK_INTERVAL_S,
@@ -833,16 +834,6 @@ def main(argv: list[str] | None = None) -> int:
         report = asyncio.run(gen.run())
     write_report(report, args.out)
     return 0
-
-
-def write_report(report: dict[str, Any], out: Path | None) -> None:
-    """``report`` as JSON into ``out``, or to stdout without one."""
-    text = json.dumps(report, indent=1)
-    if out:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(text + "\n")
-    else:
-        print(text)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
-import json
 import os
 import sys
 import time
@@ -35,6 +34,7 @@ from lingua_bench.fleet import BenchNode, Fleet, FleetSpec, RegistrationIncomple
 from lingua_bench.guard import require_loopback
 from lingua_bench.phases import Phase, PhaseStats, parse_phase, search_max_rate
 from lingua_bench.procstat import CpuMeter
+from lingua_bench.report import write_report
 from lingua_bench.rules import DRAIN_S, P99_LIMIT_MS, SEARCH_SPLITS, scheduled_ns
 from lingua_bench.sessions import BenchSession
 from lingua_shared.keys import Keys
@@ -539,12 +539,7 @@ def main(argv: list[str] | None = None) -> int:
 
     install_uvloop()
     report = asyncio.run(gen.run())
-    text = json.dumps(report, indent=1)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-    else:
-        print(text)
+    write_report(report, args.out)
     if args.plots:
         from lingua_bench.plots import plot_loadgen
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import json
 import os
 import random
 import socket
@@ -37,6 +36,7 @@ from typing import Any
 import orjson
 
 from lingua_bench.procstat import cpu_seconds
+from lingua_bench.report import write_report
 from lingua_shared.protocol.webclient import opus_chunk
 
 MODES = ("recv", "parse")
@@ -160,12 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         report["modes"][mode] = measure(mode, args.connections, args.rate, args.seconds)
         print(f"ws_frame_cost: {mode}: {report['modes'][mode]}", file=sys.stderr)
     report["load_avg_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    text = json.dumps(report, indent=1)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
-    else:
-        print(text)
+    write_report(report, args.out)
     return 0
 
 
