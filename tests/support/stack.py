@@ -34,6 +34,8 @@ STACK_ENV = {
     "LINGUA_WS_PING_INTERVAL_S": "0.5",
     "LINGUA_WS_PING_TIMEOUT_S": "0.5",
     "LINGUA_WS_MAX_FRAME_BYTES": "65536",
+    # the suites check that activity refreshes a session record within a second
+    "LINGUA_SESSION_TOUCH_INTERVAL_S": "1",
     "LINGUA_LOG_LEVEL": "INFO",
 }
 

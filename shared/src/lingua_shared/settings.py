@@ -150,10 +150,10 @@ class Settings(BaseSettings):
     # sessions (gateway, client side)
     session_ttl_s: float = Field(600.0, description="session record TTL, refreshed on activity")
     session_touch_interval_s: float = Field(
-        1.0,
+        30.0,
         ge=0,
-        description="activity refreshes a session record's TTL at most this often (0: on every "
-        "utterance and heartbeat)",
+        description="activity refreshes a session record's TTL (600 s) at most this often (0: on "
+        "every utterance and heartbeat); a round trip to Redis ahead of the utterance's publish",
     )
     max_utterance_ms: int = Field(
         MAX_UTTERANCE_MS, description="the gateway cuts an utterance this long"
