@@ -25,7 +25,7 @@ from lingua_gateway.ports import NodeDeps
 from lingua_gateway.read_loop import EndpointConnection, read_frames
 from lingua_shared.auth import Principal
 from lingua_shared.errors import InvalidMessage, NodeNotRegistered, Unauthorized
-from lingua_shared.events import Beat, NodeDisconnected, NodeJobEvent
+from lingua_shared.events import Beat, NodeJobEvent
 from lingua_shared.logs import get_logger
 from lingua_shared.protocol import (
     GRACEFUL_NODE_CLOSES,
@@ -356,16 +356,6 @@ class NodeConnection(EndpointConnection):
             return
         if self.connections.nodes.get(self.node_id) is self:
             del self.connections.nodes[self.node_id]
-        self.beats.forget(self.node_id, self.conn_id)
-        ev = NodeDisconnected(
-            node_id=self.node_id,
-            conn_id=self.conn_id,
-            gateway_id=self.settings.instance_id,
-            graceful=graceful,
-            close_code=code,
-            ts_ms=now_ms(),
-            cell=self.cell,
-        )
         log.info(
             "gateway.node_closed",
             node_id=self.node_id,
@@ -373,9 +363,6 @@ class NodeConnection(EndpointConnection):
             close_code=code,
             graceful=graceful,
         )
-        try:
-            await self.publisher.event("node.disconnected", ev)
-        except Exception as exc:
-            # The node's TTL still ends its schedulability: nothing is lost but promptness.
-            self.metrics.publish_failures.labels("node_disconnected").inc()
-            log.warning("gateway.disconnect_event_lost", node_id=self.node_id, error=repr(exc))
+        await self.registrar.goodbye(
+            self.node_id, graceful=graceful, close_code=code, cell=self.cell
+        )

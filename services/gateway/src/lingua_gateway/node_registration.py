@@ -219,31 +219,40 @@ class NodeRegistrar:
         old cell's record would otherwise stay schedulable until its TTL ran out (jobs sent
         there would reach the node, and its answers go to the new cell). Its goodbye there
         removes it and takes back what it ran there, fenced by this connection."""
-        cells, conn = self.cells, self.conn
+        cells = self.cells
         old, new = cells.cell_of(previous.region), cells.cell_of(caps.region)
         if old == new:
             return
-        self.beats.forget(node_id, conn.conn_id)  # a pending beat is tagged with the old cell
         log.info(
             "gateway.node_moved_cell",
             node_id=node_id,
-            conn_id=conn.conn_id,
+            conn_id=self.conn.conn_id,
             from_cell=old,
             to_cell=new,
         )
+        await self.goodbye(node_id, graceful=True, close_code=1000, cell=cells.tag(old))
+
+    async def goodbye(
+        self, node_id: str, *, graceful: bool, close_code: int, cell: str | None
+    ) -> None:
+        """Tell ``cell`` this connection no longer carries ``node_id`` (``node.disconnected``):
+        its pending beat (tagged with that cell) is dropped, and a publish that fails is
+        counted and logged, since the record's TTL still ends it there: nothing is lost but
+        promptness."""
+        conn_id = self.conn.conn_id
+        self.beats.forget(node_id, conn_id)
         ev = NodeDisconnected(
             node_id=node_id,
-            conn_id=conn.conn_id,
+            conn_id=conn_id,
             gateway_id=self.settings.instance_id,
-            graceful=True,
-            close_code=1000,
+            graceful=graceful,
+            close_code=close_code,
             ts_ms=now_ms(),
-            cell=cells.tag(old),
+            cell=cell,
         )
         try:
             await self.publisher.event("node.disconnected", ev)
         except Exception as exc:
-            # the old record's TTL still ends it there: nothing is lost but promptness
             self.metrics.publish_failures.labels("node_disconnected").inc()
             log.warning("gateway.disconnect_event_lost", node_id=node_id, error=repr(exc))
 
