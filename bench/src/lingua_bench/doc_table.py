@@ -204,6 +204,14 @@ def write_into(page: Path, text: str, begin: str = BEGIN, end: str = END) -> Non
     page.write_text(pattern.sub(lambda _: f"{begin}\n{text}\n{end}", content, count=1))
 
 
+def repo_name(path: Path) -> str:
+    """``path`` as the docs name it: from ``bench/results`` on when it lies there."""
+    name = path.as_posix().rstrip("/")
+    if "bench/results" in name:
+        name = "bench/results" + name.split("bench/results", 1)[1]
+    return name
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m lingua_bench.doc_table", description=__doc__)
     ap.add_argument(
@@ -217,9 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = ap.parse_args(argv)
     if args.history:
-        folder = args.result.as_posix().rstrip("/")
-        if "bench/results" in folder:
-            folder = "bench/results" + folder.split("bench/results", 1)[1]
+        folder = repo_name(args.result)
         text = history(kept_runs(args.result), folder)
         if args.write:
             write_into(args.write, text, HISTORY_BEGIN, HISTORY_END)
@@ -231,9 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     if doc.get("meta", {}).get("quick"):
         print("doc_table: a --quick run does not make the docs' table", file=sys.stderr)
         return 2
-    name = args.result.as_posix()
-    if "bench/results/" in name:
-        name = "bench/results/" + name.split("bench/results/", 1)[1]
+    name = repo_name(args.result)
     text = tables(doc, name)
     if args.write:
         write_into(args.write, text)

@@ -26,7 +26,6 @@ import asyncio
 import base64
 import os
 import random
-import socket
 import subprocess
 import sys
 import time
@@ -37,6 +36,7 @@ import orjson
 
 from lingua_bench.procstat import cpu_seconds
 from lingua_bench.report import write_report
+from lingua_shared.devstack import free_port
 from lingua_shared.protocol.webclient import opus_chunk
 
 MODES = ("recv", "parse")
@@ -68,12 +68,6 @@ async def serve(port: int, mode: str) -> None:
 
 
 # -- the client (this process) -----------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def drive(port: int, connections: int, rate: float, seconds: float, pid: int) -> dict:
     from websockets.asyncio.client import connect
 
